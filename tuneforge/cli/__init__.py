@@ -1,0 +1,1 @@
+"""Thin CLI commands that parse arguments and call the packages."""

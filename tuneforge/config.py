@@ -1,0 +1,173 @@
+"""The typed run configuration: one object for the CLI, the Python API and the service.
+
+Every section is a pydantic model with a help text per field and `extra="forbid"`, so an
+unknown or misspelt key is an error naming the key. `load_config` validates the whole file
+(plus command-line overrides) and reports every problem at once, with its key and fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuneforge.errors import ConfigError, Problem
+
+
+def tuneforge_home() -> Path:
+    """Where models, caches and the service's state live ($TUNEFORGE_HOME)."""
+    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge"))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field("demo", description="Base model: a Hugging Face hub id, a local HF folder, a run directory, or a named model ('demo', 'minilm').")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype: auto picks bfloat16 on CUDA and float32 on CPU.")
+    max_length: int = Field(512, gt=8, description="Longest tokenized example in tokens; longer ones are truncated (and counted in the log).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub repository (only for models you trust).")
+
+
+class DataSection(Section):
+    train: Path = Field(..., description="Training file (JSONL chat, prompt/completion, text...).")
+    validation: Path | None = Field(None, description="Validation file, evaluated while training. If absent, `validation_fraction` of train is held out.")
+    test: Path | None = Field(None, description="Held-out test file for the final comparison (never trained on).")
+    format: str = Field("auto", description="Input format; 'auto' detects it from the records.")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given.")
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input; 0 is fastest.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class FullMethod(Section):
+    name: Literal["full"] = "full"
+
+
+MethodSection = Annotated[Union[LoraMethod, FullMethod], Field(discriminator="name")]
+
+
+class TrainSection(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate decay after warm-up.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables clipping.")
+    seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    eval_every: int = Field(50, gt=0, description="Validate every N optimizer steps (and at the end).")
+    save_every: int = Field(100, gt=0, description="Write a checkpoint every N optimizer steps (and at the end).")
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep on disk.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many evaluations; null disables.")
+    log_every: int = Field(10, gt=0, description="Log training loss every N optimizer steps.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    packing: bool = Field(False, description="Pack several examples into one row (with correct boundaries) instead of padding.")
+
+
+class EvalSection(Section):
+    max_new_tokens: int = Field(64, gt=0, description="Longest generated answer when scoring generations.")
+    max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
+    batch_size: int = Field(16, gt=0, description="Prompts generated at once.")
+
+
+class RunConfig(Section):
+    """A whole fine-tuning run."""
+
+    objective: Literal["sft", "clm"] = Field("sft", description="What is learned: sft (assistant tokens of chats) or clm (all tokens of raw text).")
+    output_dir: Path = Field(Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model).")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    method: MethodSection = Field(default_factory=LoraMethod)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict."""
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem(f"override '{item}'", "expected key=value", "e.g. train.lr=1e-4"))
+            continue
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(Problem(f"override '{item}'", f"'{part}' is not a section"))
+                break
+        else:
+            node[parts[-1]] = yaml.safe_load(value)
+    if problems:
+        raise ConfigError("invalid command-line overrides", problems)
+    return raw
+
+
+def validate_config(raw: dict[str, Any], source: str = "config", check_files: bool = True) -> RunConfig:
+    """Validate a config dict; raise ConfigError listing every problem with its key."""
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {exc.error_count()} problem(s) in the configuration", [_problem(source, e) for e in exc.errors()]) from None
+    if check_files:
+        problems = [
+            Problem(f"{source}: data.{key}", f"file not found: {path}", "fix the path (relative paths are from the config file's folder)")
+            for key, path in (("train", cfg.data.train), ("validation", cfg.data.validation), ("test", cfg.data.test))
+            if path is not None and not Path(path).exists()
+        ]
+        if problems:
+            raise ConfigError(f"{source}: {len(problems)} missing data file(s)", problems)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config; relative data paths resolve against the config's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}", [Problem(str(path), "no such file", "pass the path of a YAML run config")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML", [Problem(str(path), str(exc).replace("\n", " "))]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections", [])
+    raw = apply_overrides(raw, overrides or [])
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "validation", "test"):
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str(path.parent / data[key])
+    return validate_config(raw, source=str(path))
+
+
+def _problem(source: str, err: dict[str, Any]) -> Problem:
+    loc = list(err["loc"])
+    if loc[:1] == ["method"] and len(loc) > 1:
+        loc.pop(1)  # pydantic puts the discriminator's value (the method name) in the path
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = key.rsplit(".", 1)[0] if "." in key else "top level"
+        return Problem(f"{source}: {key}", "unknown key", f"remove it or check the spelling; see `tuneforge config-help` for the keys of {section}")
+    if kind == "missing":
+        return Problem(f"{source}: {key}", "required key is missing", "add it")
+    got = err.get("input")
+    return Problem(f"{source}: {key}", f"{err['msg']} (got {got!r})" if not isinstance(got, dict) else err["msg"])

@@ -1,0 +1,1 @@
+"""Data: readers per format -> one example type; validation, cleaning, splits, tokenization."""

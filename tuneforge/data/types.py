@@ -1,0 +1,118 @@
+"""The in-memory example types every reader produces and everything downstream consumes.
+
+Formats are readers at the edge: nothing after `data.readers` knows which file format an
+example came from. `metadata` carries user fields (product line, language, source line
+number...) used for slices, lineage and error messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Message:
+    role: str
+    content: str
+    # OpenAI's per-message weight: 0 turns the loss off for this assistant message.
+    weight: float | None = None
+
+
+@dataclass
+class Conversation:
+    """Chat, prompt/completion, Alpaca and ShareGPT data all become a conversation."""
+
+    messages: list[Message]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        msgs = []
+        for m in self.messages:
+            d: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.weight is not None:
+                d["weight"] = m.weight
+            msgs.append(d)
+        out: dict[str, Any] = {"messages": msgs}
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the final assistant message (what a model is asked)."""
+        last = self.last_assistant_index()
+        return self.messages[:last] if last is not None else list(self.messages)
+
+    @property
+    def reference(self) -> str:
+        """The final assistant message: the expected answer."""
+        last = self.last_assistant_index()
+        return self.messages[last].content if last is not None else ""
+
+    def last_assistant_index(self) -> int | None:
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].role == "assistant":
+                return i
+        return None
+
+
+@dataclass
+class TextExample:
+    """Raw text (pretraining, domain adaptation, MLM)."""
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, **({"metadata": self.metadata} if self.metadata else {})}
+
+
+@dataclass
+class LabelledExample:
+    """Text with a class label (sentiment, intent...)."""
+
+    text: str
+    label: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"text": self.text, "label": self.label}
+        return {**d, **({"metadata": self.metadata} if self.metadata else {})}
+
+
+@dataclass
+class TokenExample:
+    """Pre-tokenized words with one BIO tag each (NER)."""
+
+    tokens: list[str]
+    tags: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tokens": self.tokens, "tags": self.tags}
+        return {**d, **({"metadata": self.metadata} if self.metadata else {})}
+
+
+@dataclass
+class PreferencePair:
+    """A prompt with a preferred and a rejected answer (DPO)."""
+
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "prompt": [{"role": m.role, "content": m.content} for m in self.prompt],
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
+        return {**d, **({"metadata": self.metadata} if self.metadata else {})}
+
+
+Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair]

@@ -1,0 +1,1 @@
+"""How parameters are adapted: one registry, name -> apply(model, method_config)."""

@@ -1,0 +1,1 @@
+"""What is learned: each objective turns examples into batches and a batch into a loss."""

@@ -1,0 +1,1 @@
+"""The HTTP service: OpenAI-compatible API, job store, workers, generation, monitoring."""
