@@ -1,74 +1,144 @@
 """Readers: files of any supported format -> in-memory examples (see data/types.py).
 
-This first version reads OpenAI chat JSONL and raw text; every problem is reported with
-file and line, all at once.
+Containers (JSONL, JSON, CSV/TSV, Parquet, .txt/.md, folders of them) are read by
+`sources`; record formats (chat, prompt/completion, Alpaca, ShareGPT, text,
+classification, tokens, preference) are parsed by `formats`. `iter_checked` streams
+both, one `Checked` record at a time, for the validator and `prepare`;
+`read_examples` collects a whole file and raises one DataError listing every problem.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
-from tuneforge.data.types import ROLES, Conversation, Example, Message, TextExample
+from tuneforge.data import formats, sources
+from tuneforge.data.issues import Issue, located
+from tuneforge.data.types import Example
 from tuneforge.errors import DataError, Problem
 
+MAX_LISTED_PROBLEMS = 200  # a DataError lists this many problems and counts the rest
 
-def read_examples(path: str | Path, format: str = "auto") -> list[Example]:
-    """Read every example of `path`; raise DataError listing every bad line."""
+
+@dataclass
+class Checked:
+    """One record after parsing and checking: an example, or the reasons it has none."""
+
+    file: str
+    line: int | None
+    example: Example | None
+    issues: list[Issue] = field(default_factory=list)
+    record: Any = sources.NOTHING  # the parsed record as read (before mapping), for rejects
+    raw: str = ""  # the unparsable text, when there is no record
+    format: str | None = None
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    def reject_entry(self) -> dict[str, Any]:
+        """What rejects.jsonl stores for a record that was not kept."""
+        original = self.record if self.record is not sources.NOTHING else self.raw
+        return {"file": self.file, "line": self.line, "reasons": [i.to_dict() for i in self.errors], "record": original}
+
+
+def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
+    """`text=body,label=stars` -> {"text": "body", "label": "stars"} (ours=theirs)."""
+    if not spec:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+    bad = [p[0] for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
+    if bad:
+        raise DataError("invalid column mapping", [Problem(f"--map {spec}", f"'{b}' is not ours=theirs", "e.g. --map text=body,label=stars") for b in bad])
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def check_format(format: str) -> str:
+    fmt = formats.canonical_format(format)
+    if fmt != "auto" and fmt not in formats.FORMATS:
+        raise DataError(f"unknown data format {format!r}", [Problem("--format", f"{format!r} is not a format", f"use auto or one of {', '.join(formats.FORMATS)}")])
+    return fmt
+
+
+def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None,
+                 max_record_bytes: int = sources.MAX_RECORD_BYTES) -> Iterator[Checked]:
+    """Every record of a file or folder, parsed and checked, in order (streams)."""
     path = Path(path)
+    fmt, mapping = check_format(format), parse_mapping(mapping)
     if not path.exists():
-        raise DataError(f"data file not found: {path}", [Problem(str(path), "no such file", "check the path in the config's data section")])
-    if format == "auto":
-        format = "text" if path.suffix in (".txt", ".md") else "chat"
-    if format == "text":
-        return [TextExample(text=t) for t in path.read_text(encoding="utf-8").split("\n\n") if t.strip()]
-    return _read_chat_jsonl(path)
+        raise DataError(f"data file not found: {path}", [Problem(str(path), "no such file or folder", "check the path")])
+    files = sources.list_files(path)
+    if not files:
+        raise DataError(f"no data files in {path}", [Problem(str(path), "folder has no .jsonl/.json/.csv/.tsv/.parquet/.txt/.md files")])
+    for file in files:
+        yield from _iter_file(file, fmt, mapping, max_record_bytes)
 
 
-def _read_chat_jsonl(path: Path) -> list[Example]:
+def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int) -> Iterator[Checked]:
+    text_file = sources.container_of(path) == "text"
+    file_fmt = "text" if text_file and fmt in ("auto", "text") else (None if fmt == "auto" else fmt)
+    for raw in sources.iter_raw(path, text_mode=text_file, max_record_bytes=limit):
+        if raw.value is sources.NOTHING:
+            yield Checked(raw.file, raw.line, None, raw.issues, raw=raw.raw, format=file_fmt)
+            continue
+        record = formats.apply_mapping(raw.value, mapping)
+        seen = formats.detect(record)
+        issues = list(raw.issues)
+        if file_fmt is None and seen is None:
+            issues += located([_unknown_format(record)], raw.file, raw.line)
+            yield Checked(raw.file, raw.line, None, issues, raw.value)
+            continue
+        file_fmt = file_fmt or seen
+        if fmt == "auto" and seen is not None and seen != file_fmt:
+            issues.append(Issue("mixed_format", f"record looks like {seen} but the file is {file_fmt}", raw.file, raw.line,
+                                fix="keep one format per file, or pass --format"))
+            yield Checked(raw.file, raw.line, None, issues, raw.value, format=file_fmt)
+            continue
+        example, found = formats.parse(record, file_fmt)
+        issues += located(found, raw.file, raw.line)
+        if example is not None and raw.line is not None:
+            example.metadata.setdefault("source_line", raw.line)
+        yield Checked(raw.file, raw.line, example, issues, raw.value, format=file_fmt)
+
+
+def _unknown_format(record: Any) -> Issue:
+    if not isinstance(record, dict):
+        return formats.parse(record, "chat")[1][0]  # the not_object issue
+    keys = ", ".join(sorted(map(str, record))[:8]) or "no keys"
+    return Issue("unknown_format", f"cannot tell the format from the keys ({keys})",
+                 fix="use messages / prompt+completion / instruction+output / conversations / text(+label) / tokens+tags / prompt+chosen+rejected, or --map ours=theirs")
+
+
+def read_examples(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None) -> list[Example]:
+    """Read every example of `path`; raise DataError listing every bad record."""
     examples: list[Example] = []
     problems: list[Problem] = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                problems.append(Problem(where, f"not valid UTF-8 JSON ({exc})", "each line must be one JSON object"))
-                continue
-            conv = _conversation(record, where, problems)
-            if conv is not None:
-                conv.metadata.setdefault("source_line", lineno)
-                examples.append(conv)
-    if problems:
-        raise DataError(f"{path}: {len(problems)} invalid record(s)", problems)
+    n_bad = 0
+    for checked in iter_checked(path, format, mapping):
+        errors = checked.errors
+        if errors:
+            n_bad += 1
+            problems.extend(e.to_problem() for e in errors[: max(0, MAX_LISTED_PROBLEMS - len(problems))])
+        elif checked.example is not None:
+            examples.append(checked.example)
+    if n_bad:
+        raise DataError(f"{path}: {n_bad} invalid record(s); run `tuneforge data validate {path}` for the full report", problems)
+    if not examples:
+        raise DataError(f"{path}: no examples", [Problem(str(path), "the file is empty", "add at least one record")])
     return examples
 
 
-def _conversation(record: object, where: str, problems: list[Problem]) -> Conversation | None:
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        problems.append(Problem(where, "expected an object with a 'messages' list", 'write {"messages": [{"role": ..., "content": ...}]}'))
-        return None
-    messages = []
-    ok = True
-    for i, m in enumerate(record["messages"]):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            problems.append(Problem(f"{where}: messages[{i}]", "needs 'role' (system/user/assistant/tool) and string 'content'"))
-            ok = False
-            continue
-        messages.append(Message(m["role"], m["content"], m.get("weight")))
-    if ok and not any(m.role == "assistant" for m in messages):
-        problems.append(Problem(where, "no assistant message", "add the answer the model should learn"))
-        ok = False
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    return Conversation(messages, dict(metadata)) if ok else None
-
-
-def write_jsonl(examples: list[Example], path: str | Path) -> None:
+def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
+    """Write examples as JSONL (our canonical format); returns how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
     with path.open("w", encoding="utf-8") as fh:
         for ex in examples:
             fh.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+    return n

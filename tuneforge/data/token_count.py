@@ -1,0 +1,64 @@
+"""Count tokens of examples the way training will see them (chat template included).
+
+Tokenizers come from `tuneforge.models.loading.load_tokenizer` (named models such as
+'demo'), or any Hugging Face tokenizer folder via AutoTokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
+from tuneforge.errors import ModelLoadError, Problem
+
+
+def load_tokenizer(name_or_path: str | Path) -> Any:
+    """A tokenizer for a model name ('demo', hub id) or a local HF tokenizer folder."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load a tokenizer from {path}", [Problem(str(path), str(exc), "pass a folder with tokenizer.json / tokenizer_config.json")]) from None
+    try:
+        from tuneforge.models.loading import load_tokenizer as load_named
+    except ImportError:
+        raise ModelLoadError(f"cannot load tokenizer {name_or_path!r}", [Problem("--model", "named models need tuneforge.models.loading", "pass a local tokenizer folder")]) from None
+    return load_named(str(name_or_path))
+
+
+def _ids(encoded: Any) -> list[int]:
+    """apply_chat_template returns a list or (transformers 5) a BatchEncoding."""
+    if hasattr(encoded, "keys") and "input_ids" in encoded:
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+def count_tokens(tokenizer: Any, example: Example) -> int:
+    """Tokens the model reads for one example (the longest side for preference pairs)."""
+    if isinstance(example, Conversation):
+        return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in example.messages])
+    if isinstance(example, PreferencePair):
+        prompt = [{"role": m.role, "content": m.content} for m in example.prompt]
+        return max(_chat_tokens(tokenizer, prompt + [{"role": "assistant", "content": a}]) for a in (example.chosen, example.rejected))
+    if isinstance(example, (TextExample, LabelledExample)):
+        return len(tokenizer(example.text)["input_ids"])
+    if isinstance(example, TokenExample):
+        return len(tokenizer(example.tokens, is_split_into_words=True)["input_ids"])
+    raise TypeError(f"not an example: {type(example).__name__}")
+
+
+def _chat_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    if getattr(tokenizer, "chat_template", None):
+        return len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
+    # No template: role-tagged lines are a fair stand-in for what a template adds.
+    return len(tokenizer("\n".join(f"{m['role']}: {m['content']}" for m in messages))["input_ids"])
+
+
+def context_window(tokenizer: Any, default: int = 2048) -> int:
+    """The tokenizer's model_max_length, unless it is HF's 'unset' sentinel (~1e30)."""
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < 10_000_000 else default

@@ -1,0 +1,177 @@
+"""`validate_file`: every problem of a data file, located, counted, never a crash.
+
+Used by `tuneforge data validate` and by the service for uploads. It streams the file;
+memory is bounded by `max_issues` stored issues, a label counter and 18 bytes per
+example for the duplicate index (so 1M examples need ~18 MB).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneforge.data import token_count
+from tuneforge.data.hashing import content_hash
+from tuneforge.data.issues import Issue
+from tuneforge.data.readers import Checked, check_format, iter_checked, parse_mapping
+from tuneforge.data.sources import MAX_RECORD_BYTES
+from tuneforge.data.types import Conversation, LabelledExample, PreferencePair, TokenExample
+from tuneforge.errors import DataError
+
+
+@dataclass
+class ValidationReport:
+    file: str
+    format: str | None = None
+    records: int = 0  # records read (valid or not)
+    valid: int = 0
+    errors: list[Issue] = field(default_factory=list)  # the first `max_issues`; counts are complete
+    warnings: list[Issue] = field(default_factory=list)
+    error_counts: Counter = field(default_factory=Counter)
+    warning_counts: Counter = field(default_factory=Counter)
+    label_counts: Counter = field(default_factory=Counter)
+    skipped_checks: list[str] = field(default_factory=list)
+    max_issues: int = 1000
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_counts
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.errors) < sum(self.error_counts.values()) or len(self.warnings) < sum(self.warning_counts.values())
+
+    def add(self, issue: Issue) -> None:
+        errors = issue.severity == "error"
+        (self.error_counts if errors else self.warning_counts)[issue.kind] += 1
+        target = self.errors if errors else self.warnings
+        if len(target) < self.max_issues:
+            target.append(issue)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "format": self.format, "ok": self.ok, "records": self.records, "valid": self.valid,
+            "invalid": self.records - self.valid, "error_counts": dict(self.error_counts), "warning_counts": dict(self.warning_counts),
+            "errors": [i.to_dict() for i in self.errors], "warnings": [i.to_dict() for i in self.warnings],
+            "truncated": self.truncated, "label_counts": dict(self.label_counts), "skipped_checks": self.skipped_checks,
+        }
+
+
+@dataclass
+class _Duplicates:
+    """Hash, file and line per valid example; duplicates are found by one sort at the end."""
+
+    hashes: array = field(default_factory=lambda: array("q"))
+    files: array = field(default_factory=lambda: array("H"))
+    lines: array = field(default_factory=lambda: array("l"))
+    names: list[str] = field(default_factory=list)
+
+    def add(self, h: int, file: str, line: int | None) -> None:
+        if not self.names or self.names[-1] != file:
+            self.names.append(file)
+        self.hashes.append(h)
+        self.files.append(min(len(self.names) - 1, 65535))
+        self.lines.append(line or 0)
+
+    def issues(self) -> list[Issue]:
+        h = np.frombuffer(self.hashes, dtype=np.int64)
+        order = np.argsort(h, kind="stable")  # equal hashes stay in file order: the first is the original
+        sorted_h = h[order]
+        dup = np.flatnonzero(sorted_h[1:] == sorted_h[:-1]) + 1
+        out = []
+        for k in dup:
+            first = order[np.searchsorted(sorted_h, sorted_h[k])]
+            i = order[k]
+            where = f"{self.names[self.files[first]]}:{self.lines[first]}"
+            out.append(Issue("duplicate", f"same content as {where}", self.names[self.files[i]], self.lines[i], fix="remove it (tuneforge data prepare deduplicates)"))
+        return sorted(out, key=lambda i: (i.file, i.line or 0))
+
+
+def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict[str, str] | None = None,
+                  labels: list[str] | None = None, tokenizer: Any = None, max_tokens: int | None = None,
+                  min_examples: int = 10, min_answer_chars: int = 3, imbalance_ratio: float = 10.0,
+                  max_issues: int = 1000, max_record_bytes: int = MAX_RECORD_BYTES) -> ValidationReport:
+    """Check a data file completely; never raises on bad content (only on a bad call).
+
+    labels: the allowed label set (classification/NER) - other labels are errors.
+    tokenizer: a tokenizer object or model name; with it, examples over `max_tokens`
+    (default: the tokenizer's context window) are errors.
+    min_examples: fewer valid examples than this is an error (OpenAI asks for 10).
+    """
+    check_format(format)  # a wrong call raises; a wrong file only ever gives issues
+    mapping = parse_mapping(mapping)
+    report = ValidationReport(str(path), max_issues=max_issues)
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = token_count.load_tokenizer(tokenizer)
+    if tokenizer is None:
+        report.skipped_checks.append("too_long: no tokenizer given (pass --model)")
+    elif max_tokens is None:
+        max_tokens = token_count.context_window(tokenizer)
+    allowed = set(labels) if labels else None
+    dups = _Duplicates()
+    try:
+        for checked in iter_checked(path, format, mapping, max_record_bytes):
+            _check_record(checked, report, dups, allowed, tokenizer, max_tokens, min_answer_chars)
+    except DataError as exc:  # the path itself is wrong (missing, empty folder)
+        for p in exc.problems:
+            report.add(Issue("unreadable_file", p.message, p.where, fix=p.fix))
+        return report
+    for issue in dups.issues():
+        report.add(issue)
+    _file_checks(report, min_examples, imbalance_ratio)
+    return report
+
+
+def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates, allowed: set[str] | None,
+                  tokenizer: Any, max_tokens: int | None, min_answer_chars: int) -> None:
+    report.records += checked.example is not None or bool(checked.errors)
+    report.format = report.format or checked.format
+    for issue in checked.issues:
+        report.add(issue)
+    ex = checked.example
+    if ex is None:
+        return
+    extra = _example_issues(ex, allowed, tokenizer, max_tokens, min_answer_chars)
+    for issue in extra:
+        report.add(Issue(issue.kind, issue.message, checked.file, checked.line, issue.field, issue.fix))
+    if any(i.severity == "error" for i in extra):
+        return
+    report.valid += 1
+    dups.add(content_hash(ex), checked.file, checked.line)
+    if isinstance(ex, LabelledExample):
+        report.label_counts[ex.label] += 1
+
+
+def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_tokens: int | None, min_chars: int) -> list[Issue]:
+    issues = []
+    if isinstance(ex, LabelledExample) and allowed is not None and ex.label not in allowed:
+        issues.append(Issue("label_not_in_set", f"label {ex.label!r} is not one of {sorted(allowed)}", field="label", fix="fix the label or extend --labels"))
+    if isinstance(ex, TokenExample) and allowed is not None:
+        entity_types = {t[2:] for t in ex.tags if t != "O"}
+        for t in sorted(entity_types - allowed):
+            issues.append(Issue("label_not_in_set", f"entity type {t!r} is not one of {sorted(allowed)}", field="tags"))
+    answer = ex.reference if isinstance(ex, Conversation) else ex.chosen if isinstance(ex, PreferencePair) else None
+    if answer is not None and len(answer.strip()) < min_chars:
+        issues.append(Issue("short_answer", f"answer has {len(answer.strip())} characters: {answer.strip()!r}", field="answer"))
+    if tokenizer is not None and max_tokens is not None:
+        n = token_count.count_tokens(tokenizer, ex)
+        if n > max_tokens:
+            issues.append(Issue("too_long", f"{n} tokens, more than the context window of {max_tokens}", fix="shorten or split the example, or raise model.max_length"))
+    return issues
+
+
+def _file_checks(report: ValidationReport, min_examples: int, imbalance_ratio: float) -> None:
+    if report.records == 0:
+        report.add(Issue("empty_file", "no records in the file", report.file, fix="add at least one example"))
+    elif report.valid < min_examples and (report.valid or not report.error_counts):  # a broken file says so already
+        report.add(Issue("too_few_examples", f"{report.valid} valid example(s), at least {min_examples} needed", report.file, fix="add more examples"))
+    if len(report.label_counts) >= 2:
+        (top, most), (low, least) = report.label_counts.most_common(1)[0], report.label_counts.most_common()[-1]
+        if most >= imbalance_ratio * least:
+            report.add(Issue("label_imbalance", f"label {top!r} has {most} examples, {low!r} only {least} (ratio {most / least:.1f})", report.file,
+                             fix="collect more of the rare labels or use class weights"))
