@@ -1,0 +1,43 @@
+"""/v1/files: upload (multipart), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from tuneforge.serve import files
+from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.keys import Principal
+
+router = APIRouter(prefix="/v1/files")
+
+
+@router.post("")
+async def upload(file: UploadFile, purpose: str = Form(...), who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    row = await run_in_threadpool(files.create_file, svc.store, svc.settings.files_dir, who.project_id, file.filename or "upload.jsonl", purpose, file.file, svc.settings.max_upload_bytes)
+    return files.file_object(row)
+
+
+@router.get("")
+def list_files(purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc", who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    rows, more = files.list_files(svc.store, who.project_id, purpose, after, max(1, min(limit, 10000)), order)
+    data = [files.file_object(f) for f in rows]
+    return {"object": "list", "data": data, "has_more": more, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/{file_id}")
+def retrieve(file_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    return files.file_object(files.get_file(svc.store, who.project_id, file_id))
+
+
+@router.get("/{file_id}/content")
+def content(file_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> FileResponse:
+    row = files.get_file(svc.store, who.project_id, file_id)
+    return FileResponse(row.path, media_type="application/octet-stream", filename=row.filename)
+
+
+@router.delete("/{file_id}")
+def delete(file_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    files.delete_file(svc.store, who.project_id, file_id)
+    return {"id": file_id, "object": "file", "deleted": True}

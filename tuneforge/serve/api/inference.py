@@ -1,0 +1,219 @@
+"""/v1/chat/completions, /v1/completions (streamed as server-sent events or not) and
+/v1/embeddings (the embedded MiniLM encoder)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any, AsyncIterator, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.api.errors import APIError
+from tuneforge.serve.api.models import require_model
+from tuneforge.serve.engine import Sampling
+from tuneforge.serve.ids import new_id, now
+from tuneforge.serve.keys import Principal
+
+router = APIRouter(prefix="/v1")
+EMBEDDING_MODEL = "minilm"
+
+
+class _Request(BaseModel):
+    # Unknown OpenAI fields (user, presence_penalty...) are accepted and ignored;
+    # fields that would change the answer and are not supported are refused below.
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(None, gt=0)
+    max_completion_tokens: int | None = Field(None, gt=0)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+    def sampling(self) -> Sampling:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stop) > 4:
+            raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
+        return Sampling(self.max_completion_tokens or self.max_tokens or 256, self.temperature, self.top_p, tuple(stop), self.seed)
+
+    def refuse(self, names: tuple[str, ...]) -> None:
+        extra = self.model_extra or {}
+        for name in names:
+            if extra.get(name) not in (None, False, [], "text", {"type": "text"}):
+                raise APIError(400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
+
+
+class ChatRequest(_Request):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+def _messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for i, m in enumerate(raw):
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: only text parts can be used
+            if any(p.get("type") != "text" for p in content):
+                raise APIError(400, f"messages[{i}].content: only text parts are supported.", param=f"messages[{i}].content")
+            content = "".join(p.get("text", "") for p in content)
+        if m.get("role") not in ("system", "developer", "user", "assistant", "tool") or not isinstance(content, str):
+            raise APIError(400, f"messages[{i}] needs a role and a text content.", param=f"messages[{i}]")
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    return out
+
+
+def _usage(results: list) -> dict[str, int]:
+    prompt = results[0].prompt_tokens if results else 0  # the prompt is counted once, as OpenAI does
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@router.post("/chat/completions")
+async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
+    body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
+    ref = require_model(svc, who, body.model)
+    conv = _messages(body.messages)
+    sampling, started = body.sampling(), time.perf_counter()
+    prompt_text = "\n".join(m["content"] for m in conv if m["role"] == "user")
+    meta = {"id": new_id("chatcmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
+
+    def record(results: list) -> None:
+        usage = _usage(results)
+        svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="chat", started=started, prompt_text=prompt_text,
+                           prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+                           request=body.model_dump(), response={"choices": [r.text for r in results]})
+
+    if body.stream:
+        return _sse(_stream_chat(svc, ref, conv, body, meta, record))
+    try:
+        results = await svc.engine.chat(ref, [conv] * body.n, sampling)
+    except Exception:
+        svc.monitor.failed(body.model, "chat")
+        raise
+    record(results)
+    choices = [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None}, "finish_reason": r.finish_reason, "logprobs": None}
+               for i, r in enumerate(results)]
+    return {"object": "chat.completion", **meta, "choices": choices, "usage": _usage(results)}
+
+
+async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, record) -> AsyncIterator[dict]:
+    chunk = {"object": "chat.completion.chunk", **meta}
+    for i in range(body.n):
+        yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]}
+    pieces, task = _start(svc.engine.chat, ref, [conv] * body.n, body.sampling())
+    async for index, text in _drain(pieces, task):
+        yield {**chunk, "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
+    results = task.result()
+    record(results)
+    for i, r in enumerate(results):
+        yield {**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": r.finish_reason, "logprobs": None}]}
+    if (body.stream_options or {}).get("include_usage"):
+        yield {**chunk, "choices": [], "usage": _usage(results)}
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
+    body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
+    ref = require_model(svc, who, body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise APIError(400, "prompt must not be empty.", param="prompt")
+    expanded = [p for p in prompts for _ in range(body.n)]  # choice index = prompt index * n + k
+    sampling, started = body.sampling(), time.perf_counter()
+    meta = {"id": new_id("cmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
+
+    def record(results: list) -> None:
+        completion = sum(r.completion_tokens for r in results)
+        prompt_tokens = sum(r.prompt_tokens for r in results[:: body.n])
+        svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="completions", started=started, prompt_text="\n".join(prompts),
+                           prompt_tokens=prompt_tokens, completion_tokens=completion, request=body.model_dump(), response={"choices": [r.text for r in results]})
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+    if body.stream:
+        async def events() -> AsyncIterator[dict]:
+            chunk = {"object": "text_completion", **meta}
+            pieces, task = _start(svc.engine.complete, ref, expanded, sampling)
+            async for index, text in _drain(pieces, task):
+                yield {**chunk, "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]}
+            results = task.result()
+            usage = record(results)
+            for i, r in enumerate(results):
+                yield {**chunk, "choices": [{"index": i, "text": "", "finish_reason": r.finish_reason, "logprobs": None}]}
+            if (body.stream_options or {}).get("include_usage"):
+                yield {**chunk, "choices": [], "usage": usage}
+
+        return _sse(events())
+    results = await svc.engine.complete(ref, expanded, sampling)
+    usage = record(results)
+    choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]
+    return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
+
+
+def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task]:
+    """Run a generation that pushes (choice index, text) into a queue from the engine thread."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    task = asyncio.ensure_future(fn(ref, prompts, sampling, on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t))))
+    task.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+    return pieces, task
+
+
+async def _drain(pieces: asyncio.Queue, task: asyncio.Task) -> AsyncIterator[tuple[int, str]]:
+    while (item := await pieces.get()) is not None:
+        yield item
+    while not pieces.empty():  # text queued before the completion marker was processed
+        if (item := pieces.get_nowait()) is not None:
+            yield item
+
+
+def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+        except Exception as exc:  # headers are sent: report the error in the stream, as OpenAI does
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    if body.model not in (EMBEDDING_MODEL, "all-MiniLM-L6-v2"):
+        raise APIError(404, f"The embedding model '{body.model}' does not exist; use '{EMBEDDING_MODEL}'.", param="model", code="model_not_found")
+    if body.dimensions not in (None, 384):
+        raise APIError(400, "MiniLM embeddings have 384 dimensions.", param="dimensions")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts or any(not t for t in texts):
+        raise APIError(400, "input must be a non-empty string or list of non-empty strings.", param="input")
+    started = time.perf_counter()
+    vectors, tokens = await svc.engine.embed(texts)  # (N, 384), L2-normalised
+    svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="embeddings", started=started, prompt_text="", prompt_tokens=tokens, completion_tokens=0)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)} for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
+    return base64.b64encode(vector.astype("<f4").tobytes()).decode() if fmt == "base64" else vector.astype(float).tolist()

@@ -1,0 +1,155 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
+
+from tuneforge.errors import ConfigError
+from tuneforge.serve import catalog, files, jobs
+from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
+from tuneforge.serve.jobspec import CreateJob, build_config, method_name, resolve_hyperparameters
+from tuneforge.serve.keys import Principal
+from tuneforge.serve.runner import fine_tuned_name
+from tuneforge.serve.tables import Job
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs")
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    method = dict(job.method)
+    method[job.method["type"]] = {"hyperparameters": _openai_hyper(job.hyperparameters)}
+    return {
+        "object": "fine_tuning.job", "id": job.id, "model": job.model, "created_at": job.created_at, "finished_at": job.finished_at,
+        "fine_tuned_model": job.fine_tuned_model, "organization_id": job.project_id, "result_files": job.result_files, "status": job.status,
+        "validation_file": job.validation_file, "training_file": job.training_file, "hyperparameters": _openai_hyper(job.hyperparameters),
+        "trained_tokens": job.trained_tokens, "error": job.error, "user_provided_suffix": job.suffix, "seed": job.seed,
+        "estimated_finish": None, "integrations": [], "metadata": job.user_metadata, "method": method,
+        "tuneforge": {"options": job.options, "learning_rate": job.hyperparameters.get("learning_rate"), "attempts": job.attempts, "worker_id": job.worker_id},
+    }
+
+
+def _openai_hyper(h: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in h.items() if k != "learning_rate"}
+
+
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": data, "has_more": more}
+
+
+@router.post("")
+def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    if catalog.find_model(svc.store, svc.settings, who.project_id, body.model) is None or body.model.startswith("ft:"):
+        raise APIError(400, f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.", param="model", code="model_not_available")
+    train_file = files.get_file(svc.store, who.project_id, body.training_file, param="training_file")
+    val_file = files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file") if body.validation_file else None
+    method = body.resolved_method()
+    options = body.tuneforge or {}
+    n_examples = (train_file.validation or {}).get("valid", 0)
+    hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options))
+    seed = body.seed if body.seed is not None else 42
+    try:  # the whole run config is checked now, so a bad option is a 400 and not a failed job
+        build_config(base_model=catalog.base_model_path(body.model), train_path=Path(train_file.path),
+                     validation_path=Path(val_file.path) if val_file else None, output_dir=svc.settings.runs_dir / "check",
+                     method_type=method.type, hyper=hyper, seed=seed, options=options)
+    except ConfigError as exc:
+        raise from_tuneforge(exc, param="tuneforge", code="invalid_options") from None
+    job = jobs.create_job(svc.store, project_id=who.project_id, model=body.model, training_file=train_file.id, validation_file=val_file.id if val_file else None,
+                          hyperparameters=hyper, method=method.model_dump(exclude_none=True), options=options, suffix=body.suffix, seed=seed, user_metadata=body.metadata)
+    background.add_task(validate_job_files, svc, job.id)
+    return job_object(job)
+
+
+def validate_job_files(svc: Services, job_id: str) -> None:
+    """validating_files -> queued, or failed naming the file (runs after the response)."""
+    with svc.store.session() as s:
+        job = s.get(Job, job_id)
+    want_pairs = job.method["type"] == "dpo"
+    for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file_id is None:
+            continue
+        jobs.add_event(svc.store, job_id, f"Validating {param.replace('_', ' ')}: {file_id}")
+        row = files.get_file(svc.store, job.project_id, file_id)
+        fmt = (row.validation or {}).get("format")
+        if row.purpose != "fine-tune" or (fmt == "preference") != want_pairs:
+            need = "preference pairs (prompt/chosen/rejected)" if want_pairs else "conversations or prompt/completion records"
+            message = f"{param} {file_id} holds {fmt or row.purpose} data; method '{job.method['type']}' needs {need}."
+            jobs.set_status(svc.store, job_id, "failed", expect=("validating_files",), error={"code": f"invalid_{param}", "message": message, "param": param})
+            jobs.add_event(svc.store, job_id, message, level="error")
+            return
+    if jobs.set_status(svc.store, job_id, "queued", expect=("validating_files",), fine_tuned_model=None):
+        jobs.add_event(svc.store, job_id, "Files validated, moving job to queued state")
+
+
+def _job(svc: Services, who: Principal, job_id: str) -> Job:
+    job = jobs.get_job(svc.store, job_id, who.project_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+@router.get("")
+def list_jobs(request: Request, after: str | None = None, limit: int = 20, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    rows, more = jobs.list_jobs(svc.store, who.project_id, after, max(1, min(limit, 100)), metadata)
+    return _page([job_object(j) for j in rows], more)
+
+
+@router.get("/{job_id}")
+def retrieve(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    return job_object(_job(svc, who, job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    job = _job(svc, who, job_id)
+    # A running job's worker sees the status change at its next heartbeat and stops the process.
+    if not jobs.set_status(svc.store, job_id, "cancelled", expect=jobs.ACTIVE, control=None):
+        raise APIError(400, f"Job {job_id} has already completed with status {job.status}.", param="job_id", code="job_already_completed")
+    jobs.add_event(svc.store, job_id, "Job cancelled")
+    return job_object(_job(svc, who, job_id))
+
+
+@router.post("/{job_id}/pause")
+def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    job = _job(svc, who, job_id)
+    if job.status == "running":
+        jobs.request_control(svc.store, job_id, "pause")  # the worker acknowledges by moving it to paused
+        jobs.add_event(svc.store, job_id, "Pause requested; the job stops after its current step and saves a checkpoint")
+    elif jobs.set_status(svc.store, job_id, "paused", expect=("validating_files", "queued")):
+        jobs.add_event(svc.store, job_id, "Job paused before it started")
+    elif job.status != "paused":
+        raise APIError(400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state")
+    return job_object(_job(svc, who, job_id))
+
+
+@router.post("/{job_id}/resume")
+def resume(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    job = _job(svc, who, job_id)
+    if not jobs.set_status(svc.store, job_id, "queued", expect=("paused",), resume=True):
+        raise APIError(400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state")
+    jobs.add_event(svc.store, job_id, "Job resumed; queued to continue from its last checkpoint")
+    return job_object(_job(svc, who, job_id))
+
+
+@router.get("/{job_id}/events")
+def events(job_id: str, after: str | None = None, limit: int = 20, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    _job(svc, who, job_id)
+    rows, more = jobs.list_events(svc.store, job_id, after, max(1, min(limit, 1000)))
+    return _page([{"object": "fine_tuning.job.event", "id": f"ftevent-{e.seq}", "created_at": e.created_at, "level": e.level,
+                   "message": e.message, "data": e.data, "type": e.type} for e in rows], more)
+
+
+@router.get("/{job_id}/checkpoints")
+def checkpoints(job_id: str, after: str | None = None, limit: int = 10, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    job = _job(svc, who, job_id)
+    rows, more = jobs.list_checkpoints(svc.store, job_id, after, max(1, min(limit, 100)))
+    name = fine_tuned_name(job)
+    data = [{"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": c.created_at, "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{c.step}",
+             "step_number": c.step, "metrics": c.metrics, "fine_tuning_job_id": job_id} for c in rows]
+    out = _page(data, more)
+    out.update(first_id=data[0]["id"] if data else None, last_id=data[-1]["id"] if data else None)
+    return out

@@ -1,0 +1,38 @@
+"""/health, /metrics (Prometheus text format) and per-project usage."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select
+
+from tuneforge.serve import jobs
+from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.keys import Principal
+from tuneforge.serve.tables import Worker
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health(svc: Services = Depends(services)) -> JSONResponse:
+    try:
+        with svc.store.session() as s:
+            cutoff = time.time() - jobs.lease_seconds()
+            alive = len(list(s.scalars(select(Worker.id).where(Worker.heartbeat_at > cutoff))))
+    except Exception as exc:  # the database is down: report it instead of a bare 500
+        return JSONResponse({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": svc.store.engine.dialect.name, "workers_alive": alive, "models_loaded": svc.engine.loaded()})
+
+
+@router.get("/metrics")
+def metrics(svc: Services = Depends(services)) -> Response:
+    return Response(svc.monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/monitoring/usage")
+def usage(who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+    return {"object": "list", "data": svc.monitor.usage(who.project_id)}

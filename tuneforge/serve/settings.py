@@ -1,0 +1,36 @@
+"""Server settings: read from the environment once, overridable in code and tests."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneforge.config import tuneforge_home
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class ServeSettings:
+    database_url: str | None = field(default_factory=lambda: os.environ.get("TUNEFORGE_DATABASE_URL"))
+    data_dir: Path = field(default_factory=lambda: tuneforge_home() / "serve")
+    max_upload_bytes: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_UPLOAD_MB", 512) * 1024 * 1024))
+    # Base models a key may use besides 'demo' and the folders under $TUNEFORGE_HOME/models.
+    base_models: list[str] = field(default_factory=lambda: [m for m in os.environ.get("TUNEFORGE_BASE_MODELS", "").split(",") if m])
+    model_cache_bytes: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MODEL_CACHE_MB", 4096) * 1024 * 1024))
+    log_requests: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_LOG_REQUESTS", "0") == "1")
+    redact_pii: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_REDACT_PII", "1") == "1")
+    drift_threshold: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRIFT_THRESHOLD", 0.25))
+    batch_window_ms: float = field(default_factory=lambda: _env_float("TUNEFORGE_BATCH_WINDOW_MS", 10))
+    max_batch_size: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_BATCH", 8)))
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"

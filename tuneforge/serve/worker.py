@@ -1,0 +1,119 @@
+"""Worker processes: claim queued jobs and run each in a child process.
+
+The API never trains: a crash or an out-of-memory kill takes down only the child. The
+worker heartbeats the job's lease while the child runs, relays pause/cancel, and records
+what happened when the child dies without reporting. Any worker also takes back jobs of
+workers that died (see `jobs.reap_orphans`). Run several against one database with
+`tuneforge worker`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+
+from sqlalchemy import update
+
+from tuneforge.serve import jobs
+from tuneforge.serve.db import Store
+from tuneforge.serve.ids import new_id
+from tuneforge.serve.runner import run_job
+from tuneforge.serve.settings import ServeSettings
+from tuneforge.serve.tables import Job, Worker as WorkerRow
+
+STOP_GRACE_S = 15.0  # time a stopped child gets to write its checkpoint before it is killed
+
+
+class Worker:
+    def __init__(self, store: Store, settings: ServeSettings, poll_s: float = 1.0, beat_s: float = 1.0) -> None:
+        self.store, self.settings = store, settings
+        self.id = new_id("worker-", 6)
+        self.poll_s, self.beat_s = poll_s, beat_s
+        self.shutdown = threading.Event()
+
+    def run_forever(self) -> None:
+        self._register()
+        try:
+            while not self.shutdown.is_set():
+                self._beat()
+                jobs.reap_orphans(self.store)
+                job = jobs.claim_next_job(self.store, self.id)
+                if job is None:
+                    self.shutdown.wait(self.poll_s)
+                else:
+                    self.run(job)
+        finally:
+            with self.store.session() as s:
+                s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(current_job_id=None, heartbeat_at=0.0))
+
+    def run(self, job: Job) -> None:
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited threads, locks or DB connections
+        stop = ctx.Event()
+        proc = ctx.Process(target=run_job, args=(self.store.url, str(self.settings.data_dir), job.id, stop), name=f"tuneforge-{job.id}")
+        proc.start()
+        jobs.add_event(self.store, job.id, f"Fine-tuning job started on {self.id} (pid {proc.pid}, attempt {job.attempts})")
+        self._beat(job.id)
+        deadline = None
+        while proc.is_alive():
+            proc.join(self.beat_s)
+            self._beat(job.id)
+            current = jobs.heartbeat(self.store, job.id, self.id)
+            wants_stop = current is None or current.control is not None or self.shutdown.is_set()
+            if wants_stop and deadline is None:
+                stop.set()
+                deadline = time.time() + STOP_GRACE_S
+            if deadline is not None and time.time() > deadline and proc.is_alive():
+                proc.kill()
+        proc.join()
+        self._after_exit(job.id, proc.exitcode, stop.is_set())
+
+    def _after_exit(self, job_id: str, exitcode: int | None, stopped: bool) -> None:
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+        if job.status != "running" or job.worker_id != self.id:
+            return  # the child recorded the outcome, or the job was cancelled/taken back
+        mine = (Job.id == job_id, Job.worker_id == self.id, Job.status == "running")
+        if stopped and exitcode == 0 and (job.control == "pause" or self.shutdown.is_set()):
+            new = "paused" if job.control == "pause" else "queued"
+            with self.store.session() as s:
+                s.execute(update(Job).where(*mine).values(status=new, control=None, worker_id=None, resume=True))
+            why = "Job paused; resume it to continue from the last checkpoint" if new == "paused" else f"Worker {self.id} shut down; job re-queued"
+            jobs.add_event(self.store, job_id, why)
+            return
+        if exitcode is not None and exitcode < 0:
+            why = f"the training process was killed by {signal.Signals(-exitcode).name}" + (" (often the out-of-memory killer)" if -exitcode == signal.SIGKILL else "")
+        else:
+            why = f"the training process exited with code {exitcode} without reporting a result"
+        if job.attempts < jobs.max_attempts():
+            with self.store.session() as s:
+                s.execute(update(Job).where(*mine).values(status="queued", control=None, worker_id=None, resume=True))
+            jobs.add_event(self.store, job_id, f"{why[0].upper()}{why[1:]}; job re-queued (attempt {job.attempts + 1} of {jobs.max_attempts()})", level="warn")
+        elif jobs.set_status(self.store, job_id, "failed", expect=("running",), worker_id=None, error={"code": "worker_crashed", "message": why, "param": None}):
+            jobs.add_event(self.store, job_id, f"Job failed: {why}", level="error")
+
+    def _register(self) -> None:
+        with self.store.session() as s:
+            s.add(WorkerRow(id=self.id, hostname=socket.gethostname(), pid=os.getpid(), started_at=time.time(), heartbeat_at=time.time()))
+
+    def _beat(self, job_id: str | None = None) -> None:
+        with self.store.session() as s:
+            s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=time.time(), current_job_id=job_id))
+
+
+def main(database_url: str | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT; a running job is re-queued to resume elsewhere."""
+    settings = ServeSettings()
+    store = Store(database_url or settings.database_url)
+    worker = Worker(store, settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.shutdown.set())
+    worker.run_forever()
+    store.dispose()
+
+
+if __name__ == "__main__":
+    main()
