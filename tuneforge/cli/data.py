@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneforge.data.prepare import prepare as run_prepare
+from tuneforge.data.prepare_config import load_prepare_config
 from tuneforge.data.validate import ValidationReport, validate_file
 from tuneforge.errors import TuneforgeError
 
@@ -71,3 +73,71 @@ def _print_validation(report: ValidationReport) -> None:
     for check in report.skipped_checks:
         console.print(f"[dim]skipped: {check}[/dim]")
     console.print("[green]OK[/green]" if report.ok else f"[red]FAILED[/red]: {sum(report.error_counts.values())} error(s)")
+
+
+@app.command()
+def prepare(
+    source: Path = typer.Argument(..., help="A prepare config (.yaml) or a data file/folder (default steps)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for train/validation/test.jsonl, rejects, duplicates and manifest.json."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="Record format of the inputs (default: auto)."),
+    map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Allowed labels (comma-separated); records with others are rejected."),
+    split: Optional[str] = typer.Option(None, "--split", help="train,validation,test ratios, e.g. 0.8,0.1,0.1."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Split seed."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep examples sharing this metadata field in one split."),
+    near_threshold: Optional[float] = typer.Option(None, "--near-threshold", help="MinHash Jaccard threshold for near-duplicates."),
+    no_near: bool = typer.Option(False, "--no-near-dedup", help="Only remove exact duplicates."),
+    strip_html: bool = typer.Option(False, "--strip-html", help="Replace HTML markup by its text."),
+    redact_pii: Optional[str] = typer.Option(None, "--redact-pii", help="Comma-separated: email,phone,card."),
+    augment: Optional[int] = typer.Option(None, "--augment", help="Add this many augmented copies per training example."),
+    synonyms: Optional[Path] = typer.Option(None, "--synonyms", help="Synonym table (YAML/JSON word: [synonyms]) for augmentation."),
+    set_: list[str] = typer.Option([], "--set", help="Any config key, e.g. --set dedup.num_perm=64 (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already in --out."),
+) -> None:
+    """Clean, deduplicate, split (and optionally augment) data into a prepared dataset with a manifest."""
+    overrides = _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) + list(set_)
+    try:
+        cfg = load_prepare_config(source, overrides)
+        with console.status("preparing...") as status:
+            manifest = run_prepare(cfg, out, overwrite=overwrite, progress=lambda stage, n: status.update(f"{stage}: {n:,} records"))
+    except TuneforgeError as exc:
+        _fail(exc)
+    counts, steps = manifest["counts"], {s["name"]: s for s in manifest["steps"]}
+    console.print(f"read {counts['read']:,} = kept {counts['kept']:,} + rejected {counts['rejected']:,} + duplicates {counts['duplicates']:,}"
+                  f" (exact {steps['dedup']['exact_removed']:,}, near {steps['dedup']['near_removed']:,})")
+    console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in steps["split"]["examples"].items())
+                  + (f"; +{counts['augmented']:,} augmented in train" if counts["augmented"] else ""))
+    if steps["clean"]["counts"]:
+        console.print("clean: " + ", ".join(f"{k} {v:,}" for k, v in sorted(steps["clean"]["counts"].items())))
+    console.print(f"wrote {out}/ (manifest.json output_hash {manifest['output_hash'][:12]})")
+
+
+def _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) -> list[str]:
+    """Flags -> `key=value` overrides of the prepare config (values as YAML)."""
+    o = []
+    if format:
+        o.append(f"format={format}")
+    if map:
+        o += [f"mapping.{k}={json.dumps(v)}" for k, v in (p.split("=", 1) for p in map.split(",") if "=" in p)]
+    if labels:
+        o.append(f"labels={json.dumps(_labels(labels))}")
+    if split:
+        parts = split.split(",")
+        o += [f"split.{name}={value}" for name, value in zip(("train", "validation", "test"), parts)]
+    if seed is not None:
+        o.append(f"split.seed={seed}")
+    if group_by:
+        o.append(f"split.group_by={json.dumps(group_by)}")
+    if near_threshold is not None:
+        o.append(f"dedup.threshold={near_threshold}")
+    if no_near:
+        o.append("dedup.near=false")
+    if strip_html:
+        o.append("clean.strip_html=true")
+    if redact_pii:
+        o.append(f"clean.redact_pii={json.dumps(_labels(redact_pii))}")
+    if augment:
+        o += ["augment.enabled=true", f"augment.copies={augment}"]
+    if synonyms:
+        o.append(f"augment.synonyms={json.dumps(str(synonyms))}")
+    return o

@@ -62,10 +62,22 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
     return out
 
 
+# Keys each format reads; any other top-level field goes to metadata (for group splits, slices).
+FIELDS = {
+    "chat": {"messages"}, "sharegpt": {"conversations"}, "prompt_completion": {"prompt", "completion"},
+    "alpaca": {"instruction", "input", "output", "system"}, "text": {"text"}, "classification": {"text", "label"},
+    "tokens": {"tokens", "tags", "ner_tags"}, "preference": {"prompt", "chosen", "rejected"},
+}
+
+
 def parse(record: Any, fmt: str) -> ParseResult:
     if not isinstance(record, dict):
         return None, [Issue("not_object", f"expected a JSON object, got {_type(record)}", fix="each record must be an object like {\"messages\": [...]}")]
-    return PARSERS[fmt](record)
+    example, issues = PARSERS[fmt](record)
+    if example is not None:
+        for key in record.keys() - FIELDS[fmt] - {"metadata"}:
+            example.metadata.setdefault(str(key), record[key])
+    return example, issues
 
 
 def _type(value: Any) -> str:

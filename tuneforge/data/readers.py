@@ -139,6 +139,6 @@ def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
     n = 0
     with path.open("w", encoding="utf-8") as fh:
         for ex in examples:
-            fh.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(ex.to_dict(), ensure_ascii=False, default=str) + "\n")
             n += 1
     return n

@@ -1,0 +1,141 @@
+"""The `tuneforge` command. Each command parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneforge.errors import TuneforgeError
+
+app = typer.Typer(help="Fine-tune language models on your own data, and prove it was worth it.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+err = Console(stderr=True)
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run directory."),
+               as_json: bool = typer.Option(False, "--json", help="Print only one JSON object on stdout.")) -> None:
+    """Pretrain (once) a demo model, fine-tune it with LoRA on support-desk data, compare with the base."""
+    from tuneforge.quickstart import REPORTED, run_quickstart
+
+    summary = run_quickstart(out, progress=not as_json, say=lambda m: err.print(f"[bold cyan]{m}[/bold cyan]"))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"held-out test split ({summary['test_examples']} conversations)")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("fine-tuned", justify="right")
+    for metric in REPORTED:
+        table.add_row(metric, f"{summary['base'][metric]:.4f}", f"{summary['fine_tuned'][metric]:.4f}")
+    Console().print(table)
+    Console().print(f"run directory: {summary['run_dir']}   total time: {summary['seconds']:.0f} s")
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="YAML run config."),
+          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4"),
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+          quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Fine-tune a model as described by a YAML config."""
+    from tuneforge.config import load_config
+    from tuneforge.train import train as run_train
+
+    cfg = load_config(config, overrides or [])
+    result = run_train(cfg, resume=resume, progress=not quiet)
+    err.print(f"[green]{result.status}[/green] after {result.steps} steps; run directory: {result.run_dir}")
+    print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, **result.final_metrics}))
+
+
+@app.command()
+def pretrain(config: Path = typer.Argument(..., help="YAML pretraining config (corpus, architecture, train)."),
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")) -> None:
+    """Train a tokenizer and a small Llama from scratch with the causal-LM objective."""
+    from tuneforge.train.pretrain import load_pretrain_config, pretrain as run_pretrain
+
+    folder = run_pretrain(load_pretrain_config(config, overrides or []))
+    print(folder)
+
+
+@app.command()
+def generate(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
+             prompt: str = typer.Option(..., help="User message."),
+             system: Optional[str] = typer.Option(None, help="System message."),
+             max_new_tokens: int = typer.Option(64), temperature: float = typer.Option(0.0),
+             merge: bool = typer.Option(False, help="Merge an adapter into the base before generating.")) -> None:
+    """Answer one prompt."""
+    from tuneforge.models.generate import generate_batch
+    from tuneforge.models.loading import load_for_inference
+
+    m, tok = load_for_inference(model, merge=merge)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    print(generate_batch(m, tok, [messages], max_new_tokens, temperature)[0].text)
+
+
+@app.command()
+def chat(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
+         system: Optional[str] = typer.Option(None, help="System message."),
+         max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0)) -> None:
+    """Chat in the terminal (empty line or Ctrl-D to leave)."""
+    from tuneforge.models.generate import generate_batch
+    from tuneforge.models.loading import load_for_inference
+
+    m, tok = load_for_inference(model)
+    history = [{"role": "system", "content": system}] if system else []
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you> "), ""):
+        if not line.strip():
+            break
+        history.append({"role": "user", "content": line.strip()})
+        answer = generate_batch(m, tok, [history], max_new_tokens, temperature)[0].text
+        history.append({"role": "assistant", "content": answer})
+        print(f"assistant> {answer}", flush=True)
+
+
+@app.command()
+def export(run: Path = typer.Argument(..., help="Run directory."),
+           out: Path = typer.Option(..., help="Folder for the standalone HF model."),
+           merge: bool = typer.Option(True, help="Fold the adapter into the base weights.")) -> None:
+    """Write a standalone Hugging Face model folder (adapter merged into the base)."""
+    from tuneforge.models.loading import load_for_inference
+
+    if not merge:
+        raise typer.BadParameter("only --merge export is supported; the unmerged adapter is already in RUN/adapter")
+    m, tok = load_for_inference(run, merge=True)
+    m.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(out)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except TuneforgeError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

