@@ -37,3 +37,18 @@ def test_validate_bad_arguments_exit_2_without_traceback(tmp_path):
     result = runner.invoke(root, ["data", "validate", str(path), "--format", "xml"])
     assert result.exit_code == 2 and "unknown data format" in result.output
     assert "Traceback" not in result.output
+
+
+def test_prepare_command(tmp_path):
+    rows = [_chat(f"question {i} about the invoice {i * 13}", f"the answer is {i}") for i in range(40)] + ['{"messages": []}']
+    src = tmp_path / "d.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    result = runner.invoke(root, ["data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "0.5,0.25,0.25", "--seed", "3",
+                                  "--set", "dedup.num_perm=64"])
+    assert result.exit_code == 0, result.output
+    assert "read 41 = kept 40 + rejected 1 + duplicates 0" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["steps"][3]["examples"] == {"train": 20, "validation": 10, "test": 10}
+    assert manifest["config"]["dedup"]["num_perm"] == 64 and manifest["config"]["split"]["seed"] == 3
+    again = runner.invoke(root, ["data", "prepare", str(src), "--out", str(tmp_path / "out")])
+    assert again.exit_code == 2 and "--overwrite" in again.output

@@ -21,7 +21,9 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 # 9-15 digits, optionally +country, with the usual separators; dates and short numbers do not match.
-_PHONE = re.compile(r"(?<![\w+])\+?\d(?:[ .()-]{0,2}\d){8,14}(?!\w)")
+# Not part of a longer digit run (a non-Luhn 16-digit number is not a phone number).
+_PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])\+?\d(?:[ .()-]{0,2}\d){8,14}(?!\w|[ .()-]{1,2}\d)")
+_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
 PII_KINDS = ("email", "phone", "card")
 
 
@@ -114,8 +116,14 @@ def redact_pii(text: str, counts: Counter, kinds: tuple[str, ...] = PII_KINDS) -
         text = _CARD.sub(card, text)
     if "email" in kinds and "@" in text:
         text = sub("email", _EMAIL, "[EMAIL]", text)
+    def phone(m: re.Match) -> str:
+        if _DATE.search(m.group()):  # "2024-01-02 12" is a date and an hour
+            return m.group()
+        counts["phone"] += 1
+        return "[PHONE]"
+
     if "phone" in kinds:
-        text = sub("phone", _PHONE, "[PHONE]", text)
+        text = _PHONE.sub(phone, text)
     return text
 
 

@@ -48,9 +48,9 @@ class _Index:
     lines: array = field(default_factory=lambda: array("l"))
     hashes: array = field(default_factory=lambda: array("q"))
     labels: array = field(default_factory=lambda: array("l"))  # label id, -1 if none
-    groups: array = field(default_factory=lambda: array("q"))
+    groups: array = field(default_factory=lambda: array("q"))  # group id; the content hash when the field is missing
+    grouped: array = field(default_factory=lambda: array("b"))
     label_ids: dict[str, int] = field(default_factory=dict)
-    ungrouped: int = 0
 
     def add(self, file_idx: int, line: int | None, ex: Example, group_by: str | None) -> None:
         self.files.append(file_idx)
@@ -61,7 +61,7 @@ class _Index:
         self.labels.append(self.label_ids.setdefault(label, len(self.label_ids)) if label is not None else -1)
         if group_by is not None:
             value = ex.metadata.get(group_by)
-            self.ungrouped += value is None
+            self.grouped.append(value is not None)
             self.groups.append(h if value is None else hash_value(value))
 
 
@@ -242,7 +242,7 @@ def _manifest(cfg: PrepareConfig, out: Path, inputs: list[dict], counts: Counter
             {"name": "clean", "params": cfg.clean.model_dump(mode="json"), "counts": dict(clean_counts)},
             {"name": "dedup", "params": cfg.dedup.model_dump(mode="json"), "exact_removed": n_exact, "near_removed": n_near},
             {"name": "split", "params": cfg.split.model_dump(mode="json"), "examples": {n.split(".")[0]: written[n]["examples"] for n in OUTPUTS},
-             "ungrouped": index.ungrouped, "labels": _label_counts(index, split_of)},
+             "ungrouped": _ungrouped(index, split_of), "labels": _label_counts(index, split_of)},
             {"name": "augment", "params": cfg.augment.model_dump(mode="json"), "added": written["train.jsonl"]["augmented"],
              "by_op": {k.split(".", 1)[1]: v for k, v in written["train.jsonl"].items() if k.startswith("augmented.")},
              "skipped": written["train.jsonl"]["augment_skipped"]},
@@ -262,3 +262,10 @@ def _label_counts(index: _Index, split_of: np.ndarray) -> dict[str, dict[str, in
     labels = np.frombuffer(index.labels, dtype=np.int64)
     return {split: {names[int(k)]: int(v) for k, v in zip(*np.unique(labels[split_of == s], return_counts=True))}
             for s, split in enumerate(splitting.SPLITS)}
+
+
+def _ungrouped(index: _Index, split_of: np.ndarray) -> int:
+    """Kept examples without the group field (each became its own group)."""
+    if not len(index.grouped):
+        return 0
+    return int(((np.frombuffer(index.grouped, dtype=np.int8) == 0) & (split_of >= 0)).sum())

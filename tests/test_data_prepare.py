@@ -1,0 +1,142 @@
+"""prepare: clean, dedup, split, augment, rejects and a manifest that reconciles."""
+
+import json
+import random
+
+import pytest
+
+from tuneforge.data.clean import Cleaner, redact_pii
+from tuneforge.data.lineage import dataset_fingerprint, file_sha256
+from tuneforge.data.prepare import prepare
+from tuneforge.data.prepare_config import load_prepare_config
+from tuneforge.errors import ConfigError, DataError
+
+WORDS = "account password order refund delivery invoice printer laptop screen battery charger warranty shipping address".split()
+
+
+def _sentence(rng, n=30):
+    return " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(n))
+
+
+def _chat(u, a, **meta):
+    row = {"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+    return {**row, **meta}
+
+
+def _write(path, rows, extra=""):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + extra)
+    return path
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    rng = random.Random(1)
+    rows = [_chat(_sentence(rng), _sentence(rng), customer=f"c{i % 25}") for i in range(300)]
+    near = json.loads(json.dumps(rows[10]))
+    near["messages"][0]["content"] += " thanks"  # one extra word in 60: Jaccard ~0.9
+    rows += [rows[3], _chat(rows[4]["messages"][0]["content"].upper(), rows[4]["messages"][1]["content"]), near,
+             _chat("hi", "   "), _chat("<b>Call</b> me on +44 20 7946 0958 or a.b@example.com", "Done &amp; dusted")]
+    return _write(tmp_path / "chat.jsonl", rows, extra="{broken\n")
+
+
+def test_reconciles_and_writes_rejects_and_duplicates(chat_file, tmp_path):
+    cfg = load_prepare_config(chat_file, ["clean.strip_html=true", "clean.redact_pii=[email,phone,card]"])
+    m = prepare(cfg, tmp_path / "out")
+    assert m["counts"] == {"read": 306, "kept": 301, "rejected": 2, "duplicates": 3, "augmented": 0, "reconciled": True}
+    dedup = m["steps"][2]
+    assert (dedup["exact_removed"], dedup["near_removed"]) == (2, 1)
+    rejects = _read(tmp_path / "out" / "rejects.jsonl")
+    assert [(r["line"], r["reasons"][0]["kind"]) for r in rejects] == [(304, "empty_content"), (306, "invalid_json")]
+    dups = _read(tmp_path / "out" / "duplicates.jsonl")
+    assert [(d["line"], d["kind"], d["duplicate_of"]["line"]) for d in dups] == [(301, "exact", 4), (302, "exact", 5), (303, "near", 11)]
+    assert 0.85 <= dups[2]["similarity"] < 1
+    clean = m["steps"][1]["counts"]
+    assert (clean["email"], clean["phone"], clean["html_stripped"]) == (1, 1, 2)
+    texts = [msg["content"] for split in ("train", "validation", "test") for r in _read(tmp_path / "out" / f"{split}.jsonl") for msg in r["messages"]]
+    assert "Call me on [PHONE] or [EMAIL]" in texts and "Done & dusted" in texts
+
+
+def test_split_ratios_seed_and_determinism(chat_file, tmp_path):
+    m1 = prepare(load_prepare_config(chat_file), tmp_path / "a")
+    m2 = prepare(load_prepare_config(chat_file), tmp_path / "b")
+    m3 = prepare(load_prepare_config(chat_file, ["split.seed=7"]), tmp_path / "c")
+    assert m1["steps"][3]["examples"] == {"train": 241, "validation": 30, "test": 30}
+    assert m1["output_hash"] == m2["output_hash"] != m3["output_hash"]
+    assert m1["outputs"]["train.jsonl"]["sha256"] == file_sha256(tmp_path / "a" / "train.jsonl")
+
+
+def test_no_test_example_leaks_into_train(chat_file, tmp_path):
+    prepare(load_prepare_config(chat_file), tmp_path / "out")
+    from tuneforge.data.hashing import normalise
+
+    def keys(split):
+        return {normalise(r["messages"][0]["content"]) for r in _read(tmp_path / "out" / f"{split}.jsonl")}
+
+    assert not keys("train") & keys("test") and not keys("train") & keys("validation")
+
+
+def test_group_split_keeps_groups_together(chat_file, tmp_path):
+    m = prepare(load_prepare_config(chat_file, ["split.group_by=customer"]), tmp_path / "out")
+    groups = {s: {r["metadata"].get("customer") for r in _read(tmp_path / "out" / f"{s}.jsonl")} - {None} for s in ("train", "validation", "test")}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"] and not groups["validation"] & groups["test"]
+    assert m["steps"][3]["ungrouped"] == 1  # the kept record without a customer (its upper-case twin is a duplicate)
+
+
+def test_stratified_by_label(tmp_path):
+    rng = random.Random(0)
+    rows = [{"text": _sentence(rng, 8), "label": "rare" if i % 10 == 0 else "common"} for i in range(400)]
+    m = prepare(load_prepare_config(_write(tmp_path / "c.jsonl", rows)), tmp_path / "out")
+    labels = m["steps"][3]["labels"]
+    assert labels == {"train": {"common": 288, "rare": 32}, "validation": {"common": 36, "rare": 4}, "test": {"common": 36, "rare": 4}}
+
+
+def test_augment_only_train_and_marked(chat_file, tmp_path):
+    synonyms = tmp_path / "syn.yaml"
+    synonyms.write_text("hello: [hi, greetings]\n")
+    m = prepare(load_prepare_config(chat_file, ["augment.enabled=true", "augment.copies=2", f"augment.synonyms={synonyms}"]), tmp_path / "out")
+    train = _read(tmp_path / "out" / "train.jsonl")
+    augmented = [r for r in train if r["metadata"].get("augmented")]
+    assert len(augmented) == 2 * 241 == m["counts"]["augmented"] == m["outputs"]["train.jsonl"]["augmented"]
+    assert m["outputs"]["train.jsonl"]["examples"] == 3 * 241
+    for split in ("validation", "test"):
+        assert not any(r.get("metadata", {}).get("augmented") for r in _read(tmp_path / "out" / f"{split}.jsonl"))
+    originals = {r["metadata"]["source_line"]: r for r in train if not r["metadata"].get("augmented")}
+    for r in augmented:  # only the user side changes
+        assert r["messages"][1] == originals[r["metadata"]["augmented_from_line"]]["messages"][1]
+
+
+def test_fingerprint_points_at_prepared_manifest(chat_file, tmp_path):
+    m = prepare(load_prepare_config(chat_file), tmp_path / "out")
+    fp = dataset_fingerprint(tmp_path / "out" / "train.jsonl")
+    assert fp["prepared"]["output_hash"] == m["output_hash"] and fp["prepared"]["unchanged"]
+    assert m["inputs"][0]["sha256"] == file_sha256(chat_file) == dataset_fingerprint(chat_file)["sha256"]
+    assert "prepared" not in dataset_fingerprint(chat_file)
+    (tmp_path / "out" / "train.jsonl").write_text("{}\n")
+    assert dataset_fingerprint(tmp_path / "out" / "train.jsonl")["prepared"]["unchanged"] is False
+
+
+def test_refuses_to_overwrite_and_config_errors(chat_file, tmp_path):
+    prepare(load_prepare_config(chat_file), tmp_path / "out")
+    with pytest.raises(DataError, match="already holds"):
+        prepare(load_prepare_config(chat_file), tmp_path / "out")
+    cfg_path = tmp_path / "prep.yaml"
+    cfg_path.write_text("inputs: [chat.jsonl]\ndedup: {thresold: 0.9}\nsplit: {train: 0.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_prepare_config(cfg_path)
+    wheres = sorted(p.where for p in err.value.problems)
+    assert wheres == [f"{cfg_path}: dedup.thresold", f"{cfg_path}: split"]
+    cfg_path.write_text("inputs: [chat.jsonl]\ndedup: {threshold: 0.9}\n")
+    assert load_prepare_config(cfg_path).inputs == [chat_file]  # relative to the config file
+
+
+def test_cleaner_details():
+    c = Cleaner()
+    assert c.text("ｆｕｌｌ\u200bwidth\t tabs  \r\n\n\n\nend  ") == "fullwidth tabs\n\nend"
+    counts = __import__("collections").Counter()
+    assert redact_pii("card 4111-1111-1111-1111, not 1234 5678 9012 3456, date 2024-01-02", counts) == \
+        "card [CARD], not 1234 5678 9012 3456, date 2024-01-02"
+    assert counts == {"card": 1}
