@@ -113,6 +113,16 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
     print(out)
 
 
+def _register_subcommands() -> None:
+    from tuneforge.cli import data, serve
+
+    app.add_typer(data.app, name="data")
+    serve.register(app)
+
+
+_register_subcommands()
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -19,12 +19,18 @@ ApplyFn = Callable[[nn.Module, Any], nn.Module]
 SaveFn = Callable[[nn.Module, Path], Path]
 
 
+def _no_load_kwargs(cfg: Any) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     apply: ApplyFn  # (base model, method config section) -> model to train
     save: SaveFn  # (trained model, run dir) -> folder written
     merge: Callable[[nn.Module], nn.Module]  # -> plain transformers model with the update folded in
+    # extra `from_pretrained` kwargs for the base (e.g. a 4-bit quantization_config for QLoRA)
+    load_kwargs: Callable[[Any], dict[str, Any]] = _no_load_kwargs
 
 
 _METHODS: dict[str, Method] = {}

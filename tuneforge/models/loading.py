@@ -11,11 +11,20 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer)
 
 from tuneforge.errors import ModelLoadError, Problem
 
 NAMED_MODELS = ("demo", "minilm")
+# objective.task -> the transformers head class to load the base with
+MODEL_CLASSES = {
+    "causal_lm": AutoModelForCausalLM,
+    "masked_lm": AutoModelForMaskedLM,
+    "pretraining": AutoModelForPreTraining,  # BERT-style MLM + next-sentence heads
+    "sequence_classification": AutoModelForSequenceClassification,
+    "token_classification": AutoModelForTokenClassification,
+}
 
 
 def resolve_model_path(name: str | Path) -> str:
@@ -75,10 +84,11 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: str | None = None,
-               trust_remote_code: bool = False, model_class=AutoModelForCausalLM):
+               trust_remote_code: bool = False, task: str = "causal_lm", **kwargs):
+    """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...)."""
     source = resolve_model_path(name)
     try:
-        return model_class.from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+        return MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(name, exc) from None
 

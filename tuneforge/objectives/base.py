@@ -13,7 +13,10 @@ from tuneforge.data.types import Example
 
 class Objective(Protocol):
     name: str
-    task: str  # "causal_lm" | "sequence_classification" | ... decides which model head is loaded
+    task: str  # a key of models.loading.MODEL_CLASSES: which model head is loaded
+
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        """Extra `from_pretrained` kwargs the head needs (num_labels, id2label...)."""
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         """Examples -> token features (stable order; may drop nothing silently)."""

@@ -18,6 +18,9 @@ class SupervisedChat:
     collate = staticmethod(pad_batch)
     loss = staticmethod(causal_lm_loss)
 
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        return {}
+
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, Conversation)]
         if wrong:
@@ -36,6 +39,9 @@ class CausalLM:
     task = "causal_lm"
     collate = staticmethod(pad_batch)
     loss = staticmethod(causal_lm_loss)
+
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        return {}
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         texts = [ex.text if isinstance(ex, TextExample) else tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in ex.messages], tokenize=False)

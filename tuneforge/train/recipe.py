@@ -55,8 +55,9 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     pad_id = tokenizer.pad_token_id
 
     base_path = resolve_model_path(cfg.model.name)
-    model = load_model(base_path, pick_dtype(cfg.model.dtype, device), cfg.model.revision, cfg.model.trust_remote_code)
     method = get_method(cfg.method.name)
+    model = load_model(base_path, pick_dtype(cfg.model.dtype, device), cfg.model.revision, cfg.model.trust_remote_code,
+                       task=objective.task, **objective.model_kwargs(train_examples), **method.load_kwargs(cfg.method))
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
     model = method.apply(model, cfg.method).to(device)
     trainable, total = trainable_parameters(model)
