@@ -82,6 +82,23 @@ class EvalSection(Section):
     max_new_tokens: int = Field(64, gt=0, description="Longest generated answer when scoring generations.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
     batch_size: int = Field(16, gt=0, description="Prompts generated at once.")
+    task: Literal["auto", "qa", "classification", "summarization", "translation", "ner"] = Field(
+        "auto", description="Which task metrics to report; auto means qa (exact match, token F1) for chat data.")
+    metrics: list[str] | None = Field(None, description="Metric names to report instead of the task's defaults (see `tuneforge.eval.metrics.METRICS`).")
+    custom_metric: str | None = Field(None, description="A user metric 'file.py:function' or 'module:function', called as f(prediction, reference) -> float.")
+    approaches: list[str] = Field(["base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"], description="Approaches to compare on the test split.")
+    few_shot_k: int = Field(4, ge=1, description="Training examples put in a few-shot prompt (fewer if the context budget is reached).")
+    few_shot_selection: Literal["random", "similar"] = Field("similar", description="Pick few-shot examples at random or by BM25 similarity to the question.")
+    rag_docs: Path | None = Field(None, description="Folder or file of documents to retrieve from; the training split when absent.")
+    rag_retriever: Literal["bm25", "embeddings", "hybrid"] = Field("bm25", description="Retrieval: BM25, MiniLM embeddings, or both fused by reciprocal rank.")
+    rag_k: int = Field(3, ge=1, description="Passages put in a RAG prompt (fewer if the context budget is reached).")
+    context_budget: int | None = Field(None, gt=0, description="Prompt token budget for few-shot/RAG prompts; model.max_length - max_new_tokens when absent.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    slice_fields: list[str] | None = Field(None, description="Metadata fields to slice results by; fields with 2-20 values are picked when absent.")
+    general_text: Path | None = Field(None, description="General held-out text (file, one document per line or JSONL) for forgetting; generated text for the demo model.")
+    latency_samples: int = Field(8, ge=0, description="Requests timed one at a time per approach for latency.")
+    prices: Path | None = Field(None, description="Price table YAML (training_per_1k, input_per_1k, output_per_1k) for cost and break-even.")
 
 
 class RunConfig(Section):
