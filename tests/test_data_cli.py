@@ -52,3 +52,20 @@ def test_prepare_command(tmp_path):
     assert manifest["config"]["dedup"]["num_perm"] == 64 and manifest["config"]["split"]["seed"] == 3
     again = runner.invoke(root, ["data", "prepare", str(src), "--out", str(tmp_path / "out")])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_report_command_json_and_html(tmp_path):
+    from tuneforge.models.demo import build_tokenizer
+
+    tok = build_tokenizer(["hello there question answer"] * 20, vocab_size=280)
+    tok.save_pretrained(tmp_path / "tok")
+    src = tmp_path / "d.jsonl"
+    src.write_text("\n".join(_chat(f"question {i}", f"answer {i}") for i in range(12)) + "\n")
+    html = tmp_path / "r.html"
+    result = runner.invoke(root, ["data", "report", str(src), "--model", str(tmp_path / "tok"), "--no-hardware", "-o", "json", "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["examples"] == 12 and report["tokens"]["total_tokens"] > 0 and report["cost"]["epochs"] == 3
+    assert html.read_text().startswith("<!doctype html>")
+    text = runner.invoke(root, ["data", "report", str(src), "--model", str(tmp_path / "tok"), "--no-hardware"])
+    assert text.exit_code == 0 and "training cost" in text.output

@@ -141,3 +141,65 @@ def _prepare_overrides(format, map, labels, split, seed, group_by, near_threshol
     if synonyms:
         o.append(f"augment.synonyms={json.dumps(str(synonyms))}")
     return o
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A data file, a folder, or a prepared dataset folder (reports its train split)."),
+    model: str = typer.Option("demo", "--model", "-m", help="Model (name, hub id, or HF folder) whose tokenizer and chat template count tokens."),
+    format: str = typer.Option("auto", "--format", "-f", help="Record format, or auto."),
+    map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
+    epochs: float = typer.Option(3.0, "--epochs", help="Planned passes over the data (for tokens, cost and time)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Context limit (default: the tokenizer's)."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="YAML price table: training_per_1k, input_per_1k, output_per_1k, currency."),
+    sample: int = typer.Option(5000, "--sample", help="Tokenize at most this many examples (seeded sample); totals are then estimates."),
+    no_hardware: bool = typer.Option(False, "--no-hardware", help="Skip the matmul benchmark (no time estimate)."),
+    output: str = typer.Option("text", "--output", "-o", help="text or json."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML page with plots here."),
+) -> None:
+    """Statistics, tokens, and a cost and compute estimate for training on the data."""
+    from tuneforge.data.costs import load_prices
+    from tuneforge.data.report import build_report
+    from tuneforge.data.report_html import render_html
+
+    try:
+        result = build_report(path, model=model, format=format, mapping=map, epochs=epochs, max_tokens=max_tokens,
+                              prices=load_prices(prices), sample=sample, measure_hardware=not no_hardware)
+    except TuneforgeError as exc:
+        _fail(exc)
+    if html_path is not None:
+        html_path.write_text(render_html(result), encoding="utf-8")
+    if output == "json":
+        typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    _print_report(result)
+    if html_path is not None:
+        console.print(f"HTML report: {html_path}")
+
+
+def _print_report(r: dict) -> None:
+    table = Table(title=f"{r['path']}: {r['examples']:,} examples ({r['invalid']:,} invalid records skipped)", show_header=False)
+    table.add_column("statistic")
+    table.add_column("value")
+    rows = [("kinds", r["kinds"]), ("splits", r["splits"] or "-"), ("messages / example", r["messages_per_example"]),
+            ("characters / example", r["chars_per_example"]), ("duplicates", r["duplicates"]),
+            ("length outliers", f"{r['length_outliers']['count']} (lines {r['length_outliers']['lines'][:5]})"),
+            ("labels", r["labels"] or "-"), ("scripts", r["charset"]["scripts"]), ("charset anomalies", r["charset"]["anomalies"] or "none")]
+    tokens = r.get("tokens")
+    if tokens:
+        est = " (estimated from a sample)" if tokens["estimated"] else ""
+        rows += [("tokens / example", tokens["per_example"]), ("total tokens" + est, f"{tokens['total_tokens']:,} ({tokens['loss_tokens']:,} carry loss)"),
+                 ("over context limit", f"{tokens['over_context']:,} examples > {tokens['context_limit']} tokens")]
+    cost = r.get("cost")
+    if cost:
+        rows += [("training tokens x epochs", f"{cost['training_tokens']:,} ({cost['epochs']:g} epochs)"),
+                 ("training cost", f"{cost['training_cost']:,.2f} {cost['currency']}"),
+                 ("serving cost / 1K requests", f"{cost['serving_cost_per_1k_requests']:,.2f} {cost['currency']}")]
+        if "flops" in cost:
+            rows.append(("compute", f"{cost['flops']:.3g} FLOPs ({cost['params']:,} params)"))
+        if "seconds_typical" in cost:
+            rows.append(("time on this machine", f"{cost['seconds_typical']:,.0f} s at {cost['typical_utilisation']:.0%} of the measured "
+                         f"{cost['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s peak (>= {cost['seconds_at_peak']:,.0f} s)"))
+    for name, value in rows:
+        table.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    console.print(table)

@@ -1,7 +1,7 @@
 """Count tokens of examples the way training will see them (chat template included).
 
-Tokenizers come from `tuneforge.models.loading.load_tokenizer` (named models such as
-'demo'), or any Hugging Face tokenizer folder via AutoTokenizer.
+Tokenizers come from `tuneforge.models.loading.load_tokenizer`: named models such as
+'demo', hub ids, run directories, or any Hugging Face tokenizer folder.
 """
 
 from __future__ import annotations
@@ -10,24 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
-from tuneforge.errors import ModelLoadError, Problem
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
-    """A tokenizer for a model name ('demo', hub id) or a local HF tokenizer folder."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        from transformers import AutoTokenizer
+    """A tokenizer for a model name ('demo', hub id), a run directory or a local HF folder."""
+    from tuneforge.models.loading import load_tokenizer as load  # imports torch/transformers: only when needed
 
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a tokenizer from {path}", [Problem(str(path), str(exc), "pass a folder with tokenizer.json / tokenizer_config.json")]) from None
-    try:
-        from tuneforge.models.loading import load_tokenizer as load_named
-    except ImportError:
-        raise ModelLoadError(f"cannot load tokenizer {name_or_path!r}", [Problem("--model", "named models need tuneforge.models.loading", "pass a local tokenizer folder")]) from None
-    return load_named(str(name_or_path))
+    return load(name_or_path)
 
 
 def _ids(encoded: Any) -> list[int]:
