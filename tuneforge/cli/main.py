@@ -39,6 +39,17 @@ def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run d
     Console().print(f"run directory: {summary['run_dir']}   total time: {summary['seconds']:.0f} s")
 
 
+@app.command("demo-data")
+def demo_data(out: Path = typer.Argument(..., help="Folder for train/validation/test.jsonl."),
+              n: int = typer.Option(900, help="Conversations in all (split 80/10/10)."),
+              seed: int = typer.Option(0)) -> None:
+    """Write the Lumora support-desk dataset (OpenAI chat JSONL) used by the quickstart."""
+    from tuneforge.quickstart import write_support_splits
+
+    for name, path in write_support_splits(out, n, seed).items():
+        print(f"{name}\t{path}")
+
+
 @app.command()
 def train(config: Path = typer.Argument(..., help="YAML run config."),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4"),

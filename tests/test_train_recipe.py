@@ -1,0 +1,127 @@
+"""The training recipe end to end on a tiny Llama: artifacts, loss, golden values, resume,
+gradient accumulation, NaN handling, early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tuneforge.config import DataSection, FullMethod, LoraMethod, ModelSection, RunConfig, TrainSection
+from tuneforge.errors import ConfigError, TrainingError
+from tuneforge.train import train
+
+
+def make_config(tiny_model_dir, data, out, method=None, **train_kw) -> RunConfig:
+    defaults = dict(max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0, seed=7)
+    return RunConfig(
+        objective="sft", output_dir=out,
+        model=ModelSection(name=str(tiny_model_dir), max_length=128),
+        data=DataSection(train=data["train"], validation=data["validation"], test=data["test"]),
+        method=method or LoraMethod(r=4, alpha=8), train=TrainSection(**{**defaults, **train_kw}),
+    )
+
+
+def read_metrics(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def test_lora_run_writes_the_run_directory_and_learns(tiny_model_dir, support_data, tmp_path):
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=30, eval_every=10, save_every=10, lr=1e-2)
+    result = train(cfg, progress=False)
+
+    run = result.run_dir
+    assert result.status == "completed" and result.steps == 30
+    assert (run / "config.yaml").exists() and (run / "adapter" / "adapter_config.json").exists()
+    assert (run / "adapter" / "adapter_model.safetensors").exists() and (run / "adapter" / "tokenizer.json").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert len(manifest["datasets"]["train"]["sha256"]) == 64 and manifest["base_model"]["weights_sha256"]
+    assert manifest["seed"] == 7 and 0 < manifest["params"]["trainable_share"] < 0.2
+    assert manifest["memory"]["peak_rss_bytes"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000020", "step-0000030"]  # keep_checkpoints=2
+    losses = result.losses
+    assert sum(losses[-5:]) / 5 < 0.95 * sum(losses[:5]) / 5, losses  # LoRA on a random 2-layer model learns slowly
+    evals = read_metrics(run, "eval")
+    assert [e["step"] for e in evals] == [10, 20, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+# Losses of a fixed tiny run (full fine-tuning, seed 7, fp32, 2 threads); they pin the
+# numerics of tokenization, label masking, loss normalisation and the optimizer step.
+GOLDEN_LOSSES = [6.295186, 6.108575, 5.942912, 5.902067]
+
+
+def test_golden_losses(tiny_model_dir, support_data, tmp_path):
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", method=FullMethod(), max_steps=4, lr=1e-3)
+    losses = train(cfg, progress=False).losses
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
+
+
+def test_resume_continues_exactly(tiny_model_dir, support_data, tmp_path):
+    full = train(make_config(tiny_model_dir, support_data, tmp_path / "a", save_every=2), progress=False)
+
+    calls = {"n": 0}
+
+    def stop_after_three_steps():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "b", save_every=2)
+    first = train(cfg, should_stop=stop_after_three_steps, progress=False)
+    assert first.status == "stopped" and first.steps == 3 and not (tmp_path / "b" / "adapter").exists()
+    second = train(cfg, resume=True, progress=False)
+    assert second.status == "completed" and second.steps == 6
+    assert first.losses + second.losses == pytest.approx(full.losses, abs=1e-6)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tiny_model_dir, support_data, tmp_path):
+    big = train(make_config(tiny_model_dir, support_data, tmp_path / "a", method=FullMethod(), max_steps=3, batch_size=8), progress=False)
+    small = train(make_config(tiny_model_dir, support_data, tmp_path / "b", method=FullMethod(), max_steps=3, batch_size=4, grad_accum=2), progress=False)
+    assert small.losses == pytest.approx(big.losses, abs=1e-5)
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_model_dir, support_data, tmp_path, monkeypatch):
+    import tuneforge.train.recipe as recipe
+
+    real = recipe._accumulate
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, n = real(*args, **kwargs)
+        return (float("nan"), n) if calls["n"] == 4 else (loss, n)
+
+    monkeypatch.setattr(recipe, "_accumulate", poisoned)
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", save_every=3)
+    with pytest.raises(TrainingError, match="nan at step 4"):
+        train(cfg, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainable.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_early_stopping_keeps_best_weights(tiny_model_dir, support_data, tmp_path, monkeypatch):
+    import tuneforge.train.recipe as recipe
+
+    real = recipe.evaluate_loss
+    fake = iter([3.0, 2.0, 2.5, 2.6, 2.7])  # best at the 2nd evaluation, then worse twice
+
+    def scripted(*args, **kwargs):
+        real(*args, **kwargs)
+        return next(fake, 9.0)
+
+    monkeypatch.setattr(recipe, "evaluate_loss", scripted)
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=20, eval_every=1, early_stopping_patience=2)
+    result = train(cfg, progress=False)
+    assert result.status == "early_stopped" and result.steps == 4
+    assert (tmp_path / "run" / "adapter").exists()
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tiny_model_dir, support_data, tmp_path):
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=1)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(cfg, resume=True, progress=False)
+    train(cfg, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg, progress=False)
