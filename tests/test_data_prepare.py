@@ -37,7 +37,7 @@ def chat_file(tmp_path):
     rng = random.Random(1)
     rows = [_chat(_sentence(rng), _sentence(rng), customer=f"c{i % 25}") for i in range(300)]
     near = json.loads(json.dumps(rows[10]))
-    near["messages"][0]["content"] += " thanks"  # one extra word in 60: Jaccard ~0.9
+    near["messages"][1]["content"] += " thanks"  # one extra shingle in 61: Jaccard ~0.98
     rows += [rows[3], _chat(rows[4]["messages"][0]["content"].upper(), rows[4]["messages"][1]["content"]), near,
              _chat("hi", "   "), _chat("<b>Call</b> me on +44 20 7946 0958 or a.b@example.com", "Done &amp; dusted")]
     return _write(tmp_path / "chat.jsonl", rows, extra="{broken\n")

@@ -17,6 +17,9 @@ from tuneforge.data.types import Conversation, Example, LabelledExample, Message
 
 _KEEP_CONTROL = {"\n", "\t", "\u200d"}  # newline, tab, and the zero-width joiner inside emoji sequences
 _INLINE_SPACE = re.compile(r"[^\S\n]+")
+# Anything the whitespace step would change; most texts have none, and skip the per-line work.
+_WS_TO_FIX = re.compile(r"[^\S\n]{2}|[^\S \n]|[^\S\n]\n|\n[^\S\n]|\n{3}|^\s|\s$")
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
@@ -37,7 +40,7 @@ def _control_chars() -> re.Pattern:
 def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...] | None = None) -> Example:
     """A copy of `example` with `fn` applied to each text field (messages of `roles` only, if given)."""
     def msgs(ms: list[Message]) -> list[Message]:
-        return [dataclasses.replace(m, content=fn(m.content)) if roles is None or m.role in roles else m for m in ms]
+        return [Message(m.role, fn(m.content), m.weight) if roles is None or m.role in roles else m for m in ms]
 
     meta = dict(example.metadata)
     if isinstance(example, Conversation):
@@ -147,9 +150,9 @@ class Cleaner:
             text = unicodedata.normalize("NFKC", text)
         if self.control_chars:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-            text, n = _control_chars().subn("", text)
+            text, n = (_ASCII_CONTROL if text.isascii() else _control_chars()).subn("", text)
             self.counts["control_chars_removed"] += n
-        if self.whitespace:
+        if self.whitespace and _WS_TO_FIX.search(text):
             text = _MANY_NEWLINES.sub("\n\n", "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))).strip()
         if self.pii:
             text = redact_pii(text, self.counts, self.pii)

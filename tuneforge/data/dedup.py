@@ -15,6 +15,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+import zlib
+
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
@@ -56,6 +58,11 @@ class NearDuplicates:
         rng = np.random.default_rng(self.seed)
         self._mult = rng.integers(1, 2**63, size=(self.bands * self.rows,), dtype=np.uint64) | np.uint64(1)
         self._band_hashes = [array("q") for _ in range(self.bands)]
+        # Permutations drawn once (MinHash.bulk would redraw them per example); crc32 (C) hashes
+        # shingles ~10x faster than datasketch's default SHA-1 wrapper, and is deterministic.
+        template = MinHash(num_perm=self.num_perm, seed=self.seed)
+        self._minhash_kwargs = {"num_perm": self.num_perm, "seed": self.seed, "permutations": template.permutations,
+                                "scheme": template.scheme, "hashfunc": zlib.crc32}
         self._sig_fh = self.signature_file.open("wb")
         self.count = 0
 
@@ -63,7 +70,7 @@ class NearDuplicates:
         """Append a batch of texts (one per example, in order)."""
         if not texts:
             return
-        sigs = MinHash.bulk([shingles(t, self.ngram) for t in texts], num_perm=self.num_perm, seed=self.seed)
+        sigs = MinHash.bulk([shingles(t, self.ngram) for t in texts], **self._minhash_kwargs)
         sig = np.stack([m.hashvalues for m in sigs]).astype(np.uint32)  # (B, num_perm)
         self._sig_fh.write(sig.tobytes())
         for k in range(self.bands):
