@@ -113,6 +113,18 @@ def _decode(raw: bytes, name: str, lineno: int, issues: list[Issue]) -> str | No
         return None
 
 
+def _surrogate_issue(text: str, value: Any, name: str, lineno: int) -> Issue | None:
+    """JSON escapes like "\\ud800" decode to lone surrogates, which no UTF-8 writer accepts."""
+    if "\\ud" not in text and "\\uD" not in text:  # the only way a surrogate gets in
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return Issue("encoding", "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode", name, lineno,
+                     fix="escape characters outside the BMP as a full surrogate pair, or write them as UTF-8")
+
+
 def _too_large(name: str, lineno: int, limit: int) -> Issue:
     return Issue("record_too_large", f"line is longer than {limit} bytes", name, lineno, fix="split the record or raise max_record_bytes")
 
@@ -133,11 +145,14 @@ def _iter_jsonl(path: Path, limit: int) -> Iterator[RawRecord]:
                 yield RawRecord(name, lineno, issues=issues)
             continue
         try:
-            yield RawRecord(name, lineno, json.loads(text), issues)
+            value = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
             msg = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
             issues.append(Issue("invalid_json", msg, name, lineno, fix="each line must be one complete JSON object"))
             yield RawRecord(name, lineno, issues=issues, raw=text.rstrip("\n"))
+            continue
+        bad = _surrogate_issue(text, value, name, lineno)
+        yield RawRecord(name, lineno, issues=issues + [bad], raw=text.rstrip("\n")) if bad else RawRecord(name, lineno, value, issues)
 
 
 def _iter_json(path: Path, limit: int) -> Iterator[RawRecord]:
@@ -159,7 +174,8 @@ def _iter_json(path: Path, limit: int) -> Iterator[RawRecord]:
             value, end = decoder.raw_decode(text, pos)
             if text[_skip_ws(text, end):]:
                 raise json.JSONDecodeError("extra data after the JSON value", text, _skip_ws(text, end))
-            yield RawRecord(name, 1, value, issues)
+            bad = _surrogate_issue(text, value, name, 1)
+            yield RawRecord(name, 1, issues=issues + [bad]) if bad else RawRecord(name, 1, value, issues)
         except (json.JSONDecodeError, RecursionError) as exc:
             yield RawRecord(name, _line_of(text, getattr(exc, "pos", 0)), issues=issues + [_json_issue(exc, text, name)], raw=text[:200])
         return
@@ -175,12 +191,14 @@ def _iter_json_array(text: str, pos: int, name: str, issues: list[Issue]) -> Ite
             return
         line += text.count("\n", counted, pos)
         counted = pos
+        start = pos
         try:
             value, pos = decoder.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError) as exc:
             yield RawRecord(name, line, issues=issues + [_json_issue(exc, text, name)], raw=text[pos:pos + 200])
             return  # the rest of the array cannot be located reliably
-        yield RawRecord(name, line, value, issues)
+        bad = _surrogate_issue(text[start:pos], value, name, line)
+        yield RawRecord(name, line, issues=issues + [bad]) if bad else RawRecord(name, line, value, issues)
         issues = []
         pos = _skip_ws(text, pos)
         if pos < len(text) and text[pos] == ",":
