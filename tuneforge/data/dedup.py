@@ -25,6 +25,8 @@ from tuneforge.data.hashing import normalise
 
 def first_occurrence(hashes: np.ndarray) -> np.ndarray:
     """For each position, the index of the first position with the same hash (itself if first)."""
+    if len(hashes) == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.argsort(hashes, kind="stable")  # equal hashes stay in input order
     sorted_h = hashes[order]
     starts = np.r_[True, sorted_h[1:] != sorted_h[:-1]]

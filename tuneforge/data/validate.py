@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.data import token_count
+from tuneforge.data.dedup import first_occurrence
 from tuneforge.data.hashing import content_hash
 from tuneforge.data.issues import Issue
 from tuneforge.data.readers import Checked, check_format, iter_checked, parse_mapping
@@ -79,17 +80,13 @@ class _Duplicates:
         self.lines.append(line or 0)
 
     def issues(self) -> list[Issue]:
-        h = np.frombuffer(self.hashes, dtype=np.int64)
-        order = np.argsort(h, kind="stable")  # equal hashes stay in file order: the first is the original
-        sorted_h = h[order]
-        dup = np.flatnonzero(sorted_h[1:] == sorted_h[:-1]) + 1
+        first = first_occurrence(np.frombuffer(self.hashes, dtype=np.int64))
         out = []
-        for k in dup:
-            first = order[np.searchsorted(sorted_h, sorted_h[k])]
-            i = order[k]
-            where = f"{self.names[self.files[first]]}:{self.lines[first]}"
+        for i in np.flatnonzero(first != np.arange(len(first))):
+            j = first[i]
+            where = f"{self.names[self.files[j]]}:{self.lines[j]}"
             out.append(Issue("duplicate", f"same content as {where}", self.names[self.files[i]], self.lines[i], fix="remove it (tuneforge data prepare deduplicates)"))
-        return sorted(out, key=lambda i: (i.file, i.line or 0))
+        return out
 
 
 def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict[str, str] | None = None,
