@@ -9,6 +9,7 @@ from tuneforge.data.clean import Cleaner, redact_pii
 from tuneforge.data.lineage import dataset_fingerprint, file_sha256
 from tuneforge.data.prepare import prepare
 from tuneforge.data.prepare_config import load_prepare_config
+from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, DataError
 
 WORDS = "account password order refund delivery invoice printer laptop screen battery charger warranty shipping address".split()
@@ -121,6 +122,8 @@ def test_fingerprint_points_at_prepared_manifest(chat_file, tmp_path):
 
 def test_refuses_to_overwrite_and_config_errors(chat_file, tmp_path):
     prepare(load_prepare_config(chat_file), tmp_path / "out")
+    with pytest.raises(DataError, match="is a prepared dataset"):
+        read_examples(tmp_path / "out")
     with pytest.raises(DataError, match="already holds"):
         prepare(load_prepare_config(chat_file), tmp_path / "out")
     cfg_path = tmp_path / "prep.yaml"

@@ -71,6 +71,9 @@ def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str
     fmt, mapping = check_format(format), parse_mapping(mapping)
     if not path.exists():
         raise DataError(f"data file not found: {path}", [Problem(str(path), "no such file or folder", "check the path")])
+    if path.is_dir() and (path / "manifest.json").is_file() and (path / "train.jsonl").is_file():
+        raise DataError(f"{path} is a prepared dataset", [Problem(str(path), "reading the whole folder would mix train, test and rejects",
+                                                                   f"pass one split, e.g. {path / 'train.jsonl'}")])
     files = sources.list_files(path)
     if not files:
         raise DataError(f"no data files in {path}", [Problem(str(path), "folder has no .jsonl/.json/.csv/.tsv/.parquet/.txt/.md files")])
