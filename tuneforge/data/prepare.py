@@ -1,7 +1,7 @@
 """`prepare`: read -> clean -> dedup -> split -> augment -> write, with rejects and a manifest.
 
-Two streaming passes keep memory flat in the number of examples except for ~50 bytes per
-example of index arrays (hash, position, label/group id, LSH band hashes): pass 1 reads,
+Two streaming passes keep memory flat in the number of examples except for ~18 bytes per
+example of index arrays (hash, file, line, label id; +9 with group_by): pass 1 reads,
 checks and cleans each record and spools it to disk; the dedup and split decisions are
 then made on the arrays; pass 2 streams the spool into the split files.
 
@@ -45,9 +45,9 @@ class _Index:
     """Per kept-after-cleaning example: where it came from and what decides dedup and split."""
 
     files: array = field(default_factory=lambda: array("H"))
-    lines: array = field(default_factory=lambda: array("l"))
+    lines: array = field(default_factory=lambda: array("i"))
     hashes: array = field(default_factory=lambda: array("q"))
-    labels: array = field(default_factory=lambda: array("l"))  # label id, -1 if none
+    labels: array = field(default_factory=lambda: array("i"))  # label id, -1 if none
     groups: array = field(default_factory=lambda: array("q"))  # group id; the content hash when the field is missing
     grouped: array = field(default_factory=lambda: array("b"))
     label_ids: dict[str, int] = field(default_factory=dict)
@@ -154,14 +154,14 @@ def _dedup(cfg: PrepareConfig, index: _Index, near: NearDuplicates | None) -> tu
     if near is None:
         return exact_of, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
     near_of, similarity = near.resolve(exact_of < 0)
-    near.signature_file.unlink(missing_ok=True)
+    near.remove_files()
     return exact_of, near_of, similarity
 
 
 def _split(cfg: PrepareConfig, index: _Index, kept: np.ndarray) -> np.ndarray:
     """Split id per example (-1 for removed duplicates)."""
     ids = np.flatnonzero(kept)
-    labels = np.frombuffer(index.labels, dtype=np.int64)[ids] if len(index.labels) else np.zeros(0, dtype=np.int64)
+    labels = np.frombuffer(index.labels, dtype=np.int32)[ids] if len(index.labels) else np.zeros(0, dtype=np.int32)
     stratify = cfg.split.stratify != "none" and labels.size > 0 and (labels >= 0).all()
     groups = np.frombuffer(index.groups, dtype=np.int64)[ids] if cfg.split.group_by else None
     ratios = (cfg.split.train, cfg.split.validation, cfg.split.test)
@@ -259,7 +259,7 @@ def _label_counts(index: _Index, split_of: np.ndarray) -> dict[str, dict[str, in
     if not index.label_ids:
         return {}
     names = {v: k for k, v in index.label_ids.items()}
-    labels = np.frombuffer(index.labels, dtype=np.int64)
+    labels = np.frombuffer(index.labels, dtype=np.int32)
     return {split: {names[int(k)]: int(v) for k, v in zip(*np.unique(labels[split_of == s], return_counts=True))}
             for s, split in enumerate(splitting.SPLITS)}
 
