@@ -79,3 +79,10 @@ def test_cost_estimate_and_price_table(tmp_path):
 def test_charset_helpers():
     assert dominant_script("Bonjour à tous") == "Latin" and dominant_script("東京は大きい") == "CJK"
     assert charset_anomalies("donâ€™t") == ["mojibake"] and charset_anomalies("plain") == []
+
+
+def test_validate_context_window_with_real_tokenizer(chat_file, tiny_tokenizer_dir):
+    from tuneforge.data.validate import validate_file
+
+    report = validate_file(chat_file, tokenizer=str(tiny_tokenizer_dir), max_tokens=256, min_examples=1)
+    assert sorted((i.line, i.kind) for i in report.errors) == [(34, "too_long"), (35, "invalid_json")]
