@@ -28,7 +28,9 @@ class Method:
     name: str
     apply: ApplyFn  # (base model, method config section) -> model to train
     save: SaveFn  # (trained model, run dir) -> folder written
-    merge: Callable[[nn.Module], nn.Module]  # -> plain transformers model with the update folded in
+    # -> plain transformers model with the update folded in; None when the update cannot be folded
+    # into the base weights (soft prompts, prefixes, non-linear bottleneck adapters)
+    merge: Callable[[nn.Module], nn.Module] | None
     # extra `from_pretrained` kwargs for the base (e.g. a 4-bit quantization_config for QLoRA)
     load_kwargs: Callable[[Any], dict[str, Any]] = _no_load_kwargs
 
@@ -45,6 +47,30 @@ def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ConfigError(f"unknown method '{name}'", [Problem("method.name", f"'{name}' is not registered", f"use one of {sorted(_METHODS)}")])
     return _METHODS[name]
+
+
+def save_model_folder(model: nn.Module, run_dir: Path) -> Path:
+    """The whole model in HF format (`model/`): for methods that change base weights."""
+    out = run_dir / "model"
+    model.save_pretrained(out)
+    return out
+
+
+def task_head_parameters(model: nn.Module) -> list[str]:
+    """Names of a task model's head parameters: everything outside the backbone.
+
+    transformers task models hold the backbone under `base_model_prefix` (bert, model...);
+    the head (classifier, score, cls...) is what lies outside it.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or not hasattr(model, prefix):
+        return []
+    return [n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")]
+
+
+def is_new_head_task(model: nn.Module) -> bool:
+    """True for models whose head is freshly initialised (classification), not a pretrained LM head."""
+    return type(model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification"))
 
 
 def available_methods() -> list[str]:

@@ -7,6 +7,7 @@ machines tests exercise it with local folders.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -53,10 +54,34 @@ def run_artifact(path: str | Path) -> tuple[str, Path] | None:
     path = Path(path)
     if (path / "adapter_config.json").exists():
         return "adapter", path
-    for kind in ("adapter", "model"):
+    if (path / "bottleneck_config.json").exists():
+        return "bottleneck", path
+    for kind in ("adapter", "model", "bottleneck"):
         if (path / kind / "config.json").exists() or (path / kind / "adapter_config.json").exists():
             return kind, path / kind
     return None
+
+
+# the class-name suffix of a saved task model -> its MODEL_CLASSES key
+_TASK_SUFFIXES = {"ForSequenceClassification": "sequence_classification", "ForTokenClassification": "token_classification",
+                  "ForMaskedLM": "masked_lm", "ForPreTraining": "pretraining"}
+
+
+def saved_task(folder: Path) -> tuple[str, dict]:
+    """(task, label kwargs) of a saved model/adapter folder, from the config.json saved beside it.
+
+    Causal-LM adapters carry no config.json: the default task is causal_lm.
+    """
+    config = folder / "config.json"
+    if not config.exists():
+        return "causal_lm", {}
+    data = json.loads(config.read_text())
+    arch = (data.get("architectures") or [""])[0]
+    task = next((t for suffix, t in _TASK_SUFFIXES.items() if arch.endswith(suffix)), "causal_lm")
+    if task not in ("sequence_classification", "token_classification"):
+        return task, {}
+    id2label = {int(k): v for k, v in data["id2label"].items()}
+    return task, {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
 def load_tokenizer(name: str | Path):
@@ -105,16 +130,23 @@ def load_for_inference(ref: str | Path, device: torch.device | None = None, merg
     device = device or pick_device()
     dtype = pick_dtype("auto", device)
     artifact = run_artifact(ref) if Path(str(ref)).exists() else None
-    if artifact and artifact[0] == "adapter":
-        from peft import PeftModel
-
+    if artifact and artifact[0] in ("adapter", "bottleneck"):
         folder = artifact[1]
-        run_dir = folder.parent if folder.name == "adapter" else folder
-        base_name = base_model_of_run(run_dir)
-        model = PeftModel.from_pretrained(load_model(base_name, dtype), str(folder))
-        model = model.merge_and_unload() if merge else model
+        run_dir = folder.parent if folder.name in ("adapter", "bottleneck") else folder
+        task, labels = saved_task(folder)
+        base = load_model(base_model_of_run(run_dir), dtype, task=task, **labels)
+        if artifact[0] == "bottleneck":  # not mergeable: the non-linearity sits between the projections
+            from tuneforge.methods.bottleneck import load_bottleneck
+
+            model = load_bottleneck(base, folder)
+        else:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, str(folder))
+            model = model.merge_and_unload() if merge and not model.peft_config["default"].is_prompt_learning else model
     else:
-        model = load_model(artifact[1] if artifact else ref, dtype)
+        folder = artifact[1] if artifact else Path(resolve_model_path(ref))
+        model = load_model(folder, dtype, task=saved_task(folder)[0] if folder.is_dir() else "causal_lm")
     tokenizer = load_tokenizer(ref)
     return model.to(device).eval(), tokenizer
 
