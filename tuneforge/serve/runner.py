@@ -13,6 +13,8 @@ import io
 import json
 import os
 import signal
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from tuneforge.serve.jobspec import build_config
 from tuneforge.serve.tables import FineTunedModel, Job
 
 
+WORKER_GONE_GRACE_S = 15.0
+
+
 def fine_tuned_name(job: Job) -> str:
     return f"ft:{job.model}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
 
@@ -37,11 +42,11 @@ def run_dir_of(data_dir: Path, job: Job) -> Path:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its worker dies, so no training outlives it."""
+    """Ask Linux to SIGKILL this process when its parent (the fork server) dies."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass  # other systems: should_stop below also checks the parent
+        pass  # other systems: _watch_worker still stops the job
 
 
 class EventSink:
@@ -68,13 +73,31 @@ class EventSink:
             jobs.add_event(self.store, self.job.id, event["message"], level=level)
         elif kind == "final":
             data = {k: v for k, v in event.items() if k not in ("type", "time", "artifact")}
-            jobs.add_event(self.store, self.job.id, "Training finished", type="metrics", data=data)
+            jobs.add_event(self.store, self.job.id, "Training finished", data=data)
 
 
-def run_job(db_url: str, data_dir: str, job_id: str, stop) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _watch_worker(worker_pid: int, stop) -> None:
+    """The job's process is a child of the fork server, not of the worker: watch the worker.
+    When it is gone, stop at the next step (checkpoint kept); if a step hangs, exit hard."""
+    while _alive(worker_pid):
+        time.sleep(0.5)
+    stop.set()
+    time.sleep(WORKER_GONE_GRACE_S)
+    os._exit(3)
+
+
+def run_job(db_url: str, data_dir: str, job_id: str, stop, worker_pid: int) -> None:
     """Process entry point. `stop` is a multiprocessing Event the worker sets to pause/cancel."""
     _die_with_parent()
-    parent = os.getppid()
+    threading.Thread(target=_watch_worker, args=(worker_pid, stop), daemon=True).start()
     if threads := os.environ.get("TUNEFORGE_WORKER_THREADS"):
         import torch
 
@@ -83,7 +106,7 @@ def run_job(db_url: str, data_dir: str, job_id: str, stop) -> None:
     with store.session() as s:
         job = s.get(Job, job_id)
     try:
-        _train(store, Path(data_dir), job, should_stop=lambda: stop.is_set() or os.getppid() != parent)
+        _train(store, Path(data_dir), job, should_stop=stop.is_set)
     except TuneforgeError as exc:
         code = "invalid_training_file" if type(exc).__name__ == "DataError" else "training_error"
         _fail(store, job, code, str(exc))

@@ -28,18 +28,41 @@ from tuneforge.serve.tables import Job, Worker as WorkerRow
 STOP_GRACE_S = 15.0  # time a stopped child gets to write its checkpoint before it is killed
 
 
+def _context():
+    """A fork server that imported torch and the training recipe once: each job starts in
+    a fresh fork of it (about a second) rather than a new interpreter (import takes 5-10 s),
+    and inherits none of the worker's threads or database connections."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["tuneforge.serve.runner", "tuneforge.train"])
+    return ctx
+
+
+def _start_fork_server() -> None:
+    """Boot the fork server and wait until its imports are done (a no-op child round trip),
+    so that no job is claimed before this worker can start it promptly."""
+    ctx = _context()
+    warm = ctx.Process(target=os.getpid)
+    warm.start()
+    warm.join()
+
+
 class Worker:
     def __init__(self, store: Store, settings: ServeSettings, poll_s: float = 1.0, beat_s: float = 1.0) -> None:
         self.store, self.settings = store, settings
         self.id = new_id("worker-", 6)
         self.poll_s, self.beat_s = poll_s, beat_s
-        self.shutdown = threading.Event()
+        self.shutdown = threading.Event()  # set by SIGTERM: finish up and exit
+        self._stopped = threading.Event()  # the main loop has ended
+        self._job_id: str | None = None  # the job being run, whose lease the heartbeat thread refreshes
+        self._job_state: Job | None = None  # the job as of the last heartbeat (control requests)
 
     def run_forever(self) -> None:
+        _start_fork_server()
         self._register()
+        beats = threading.Thread(target=self._heartbeats, name="tuneforge-heartbeat", daemon=True)
+        beats.start()
         try:
             while not self.shutdown.is_set():
-                self._beat()
                 jobs.reap_orphans(self.store)
                 job = jobs.claim_next_job(self.store, self.id)
                 if job is None:
@@ -47,21 +70,38 @@ class Worker:
                 else:
                     self.run(job)
         finally:
+            self._stopped.set()
+            beats.join(timeout=10)
             with self.store.session() as s:
                 s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(current_job_id=None, heartbeat_at=0.0))
 
+    def _heartbeats(self) -> None:
+        """Refresh this worker's row and its job's lease on their own thread, so that a slow
+        step of the main loop (starting a process, a busy database) never loses the lease."""
+        while not self._stopped.is_set():
+            job_id = self._job_id
+            self._beat(job_id)
+            if job_id is not None:
+                self._job_state = jobs.heartbeat(self.store, job_id, self.id)
+            self._stopped.wait(self.beat_s)
+
     def run(self, job: Job) -> None:
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited threads, locks or DB connections
+        self._job_state, self._job_id = job, job.id
+        try:
+            self._supervise(job)
+        finally:
+            self._job_id = None
+
+    def _supervise(self, job: Job) -> None:
+        ctx = _context()
         stop = ctx.Event()
-        proc = ctx.Process(target=run_job, args=(self.store.url, str(self.settings.data_dir), job.id, stop), name=f"tuneforge-{job.id}")
+        proc = ctx.Process(target=run_job, args=(self.store.url, str(self.settings.data_dir), job.id, stop, os.getpid()), name=f"tuneforge-{job.id}")
         proc.start()
         jobs.add_event(self.store, job.id, f"Fine-tuning job started on {self.id} (pid {proc.pid}, attempt {job.attempts})")
-        self._beat(job.id)
         deadline = None
         while proc.is_alive():
-            proc.join(self.beat_s)
-            self._beat(job.id)
-            current = jobs.heartbeat(self.store, job.id, self.id)
+            proc.join(0.2)
+            current = self._job_state  # None once the job was cancelled or taken back
             wants_stop = current is None or current.control is not None or self.shutdown.is_set()
             if wants_stop and deadline is None:
                 stop.set()
