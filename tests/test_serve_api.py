@@ -236,3 +236,31 @@ def test_metrics_and_usage(server):
     with server["store"].engine.connect() as conn:
         logged = [r[0] for r in conn.exec_driver_sql("SELECT prompt_text FROM request_logs WHERE prompt_text LIKE '%email%'")]
     assert logged and all("jo@example.com" not in t and "[EMAIL]" in t for t in logged)
+
+
+def test_full_fine_tunes_load_separately_within_the_memory_bound(server):
+    """A fine-tuned model with its own weights is a second model in memory; with a bound
+    that fits one model, serving it evicts the least recently used one."""
+    from tuneforge.serve.ids import now
+    from tuneforge.serve.tables import FineTunedModel
+
+    store, services = server["store"], server["app"].state.services
+    who = keys.authenticate(store, server["a"])
+    with store.session() as s:
+        s.add(FineTunedModel(id="ft:demo:full:0001", project_id=who.project_id, job_id="ftjob-x", base_model="demo", kind="model",
+                             path=str(server["home"] / "models" / "demo"), created_at=now()))
+    a = client(server, server["a"])
+    msgs = [{"role": "user", "content": "Where is my parcel?"}]
+    base = a.chat.completions.create(model="demo", messages=msgs, max_tokens=6, temperature=0).choices[0].message.content
+    old_bound = services.settings.model_cache_bytes
+    services.settings.model_cache_bytes = 1  # fits one model at a time
+    try:
+        full = a.chat.completions.create(model="ft:demo:full:0001", messages=msgs, max_tokens=6, temperature=0).choices[0].message.content
+        assert full == base  # same weights, loaded as a model of its own
+        assert services.engine.loaded() == ["ft:demo:full:0001"]
+        a.chat.completions.create(model="demo", messages=msgs, max_tokens=2)
+        assert services.engine.loaded() == ["demo"]
+    finally:
+        services.settings.model_cache_bytes = old_bound
+    with pytest.raises(openai.NotFoundError):  # another project cannot see or use it
+        client(server, server["b"]).chat.completions.create(model="ft:demo:full:0001", messages=msgs, max_tokens=2)

@@ -181,7 +181,7 @@ class Engine:
 
     # ---- models and the memory bound
     def _model_for(self, ref: ModelRef):
-        if ref.kind == "model":  # a full fine-tune: its own weights
+        if ref.kind in ("model", "run"):  # a full fine-tune or a non-LoRA method: its own weights
             entry = self._load(ref.id, ref.path)
             return entry.model, entry.tokenizer, None
         entry = self._load(ref.base, base_model_path(ref.base))

@@ -138,9 +138,20 @@ def _train(store: Store, data_dir: Path, job: Job, should_stop) -> None:
     _succeed(store, data_dir, job, result, cfg.method.name)
 
 
+def _served_as(artifact: Path, run_dir: Path) -> tuple[str, Path]:
+    """How the engine serves the result: LoRA/DoRA adapters share their base in memory
+    (switched per request); anything else (full model, prompt tuning, bottleneck adapters,
+    task heads) is loaded from the run directory as a model of its own."""
+    config = artifact / "adapter_config.json"
+    if config.exists() and json.loads(config.read_text()).get("peft_type") == "LORA":
+        return "adapter", artifact
+    if (artifact / "config.json").exists() and not config.exists():
+        return "model", artifact
+    return "run", run_dir
+
+
 def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> None:
-    artifact = Path(result.final_metrics["artifact"])
-    kind = "adapter" if (artifact / "adapter_config.json").exists() else "model"
+    kind, path = _served_as(Path(result.final_metrics["artifact"]), Path(result.run_dir))
     name = fine_tuned_name(job)
     result_file = files.store_result_file(store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir))
     with store.session() as s:
@@ -149,7 +160,7 @@ def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> Non
                 status="succeeded", finished_at=now(), fine_tuned_model=name, trained_tokens=result.trained_tokens, result_files=[result_file.id], control=None)
         ).rowcount == 1
         if won:
-            s.add(FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind, path=str(artifact), created_at=now()))
+            s.add(FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind, path=str(path), created_at=now()))
     if won:
         jobs.add_event(store, job.id, f"New fine-tuned model created: {name} ({method}, {kind})")
         jobs.add_event(store, job.id, "The job has successfully completed")

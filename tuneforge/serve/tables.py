@@ -104,7 +104,7 @@ class FineTunedModel(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     job_id: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(String(500))
-    kind: Mapped[str] = mapped_column(String(16))  # adapter (PEFT folder) | model (HF folder)
+    kind: Mapped[str] = mapped_column(String(16))  # adapter (LoRA, shares the base) | model (HF folder) | run (run dir)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer)
 

@@ -50,6 +50,12 @@ def install(app: FastAPI) -> None:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         return JSONResponse(APIError(400, message, param=".".join(loc) or None).body(), status_code=400)
 
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        # Not the caller's fault (a broken model folder, a bug): say what failed, keep the shape.
+        body = APIError(500, f"The server had an error while processing your request: {type(exc).__name__}: {exc}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
