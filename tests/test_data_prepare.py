@@ -48,6 +48,8 @@ def test_reconciles_and_writes_rejects_and_duplicates(chat_file, tmp_path):
     cfg = load_prepare_config(chat_file, ["clean.strip_html=true", "clean.redact_pii=[email,phone,card]"])
     m = prepare(cfg, tmp_path / "out")
     assert m["counts"] == {"read": 306, "kept": 301, "rejected": 2, "duplicates": 3, "augmented": 0, "reconciled": True}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl", "duplicates.jsonl", "manifest.json"])  # no temp files left
     dedup = m["steps"][2]
     assert (dedup["exact_removed"], dedup["near_removed"]) == (2, 1)
     rejects = _read(tmp_path / "out" / "rejects.jsonl")

@@ -74,14 +74,19 @@ def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, pro
     out = Path(out)
     _check_out(out, overwrite)
     started = time.time()
-    inputs = [{k: v for k, v in dataset_fingerprint(p).items() if k in ("path", "sha256", "bytes", "files")} for p in cfg.inputs]
+    inputs = [dataset_fingerprint(p) for p in cfg.inputs]  # an input from an earlier prepare keeps its lineage
     cleaner = Cleaner(cfg.clean.nfkc, cfg.clean.control_chars, cfg.clean.whitespace, cfg.clean.strip_html, tuple(cfg.clean.redact_pii))
     near = NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram) if cfg.dedup.near else None
-    index, counts, file_names = _pass_one(cfg, out, cleaner, near, progress)
-    exact_of, near_of, similarity = _dedup(cfg, index, near)
-    kept = (exact_of < 0) & (near_of < 0)
-    split_of = _split(cfg, index, kept)
-    written = _pass_two(cfg, out, index, file_names, exact_of, near_of, similarity, split_of, progress)
+    try:
+        index, counts, file_names = _pass_one(cfg, out, cleaner, near, progress)
+        exact_of, near_of, similarity = _dedup(cfg, index, near)
+        kept = (exact_of < 0) & (near_of < 0)
+        split_of = _split(cfg, index, kept)
+        written = _pass_two(cfg, out, index, file_names, exact_of, near_of, similarity, split_of, progress)
+    finally:  # temporary files, also when a step fails
+        (out / ".spool.jsonl").unlink(missing_ok=True)
+        if near is not None:
+            near.remove_files()
     manifest = _manifest(cfg, out, inputs, counts, cleaner.counts, index, exact_of, near_of, split_of, written, started)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return manifest
@@ -154,7 +159,6 @@ def _dedup(cfg: PrepareConfig, index: _Index, near: NearDuplicates | None) -> tu
     if near is None:
         return exact_of, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
     near_of, similarity = near.resolve(exact_of < 0)
-    near.remove_files()
     return exact_of, near_of, similarity
 
 
@@ -205,7 +209,6 @@ def _pass_two(cfg: PrepareConfig, out: Path, index: _Index, file_names: list[str
     finally:
         for fh in handles.values():
             fh.close()
-        (out / ".spool.jsonl").unlink(missing_ok=True)
     return written
 
 
