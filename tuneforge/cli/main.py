@@ -125,10 +125,11 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
 
 
 def _register_subcommands() -> None:
-    from tuneforge.cli import data, serve
+    from tuneforge.cli import data, estimate, serve
 
     app.add_typer(data.app, name="data")
     serve.register(app)
+    estimate.register(app)
 
 
 _register_subcommands()

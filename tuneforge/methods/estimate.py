@@ -1,0 +1,168 @@
+"""Training-memory estimate for a model x method, before any weight is allocated.
+
+The model is built from its config on the meta device (shapes only, no storage), the method
+is applied to it exactly as in training, and memory is counted from the resulting
+parameters: weights, gradients (trainable only), AdamW state (two moments per trainable
+weight) and activations kept for the backward pass. A 70B config takes seconds and no RAM.
+
+Activations follow the usual per-layer accounting (Korthikanti et al. 2022) for a
+pre-norm block with memory-efficient attention (SDPA/flash: no T x T matrix kept); eager
+attention adds the softmax matrix. Only the blocks from the lowest trainable one upwards
+keep activations: a frozen block below every trainable weight needs no backward pass.
+Gradient checkpointing keeps each block's input plus one block's activations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from tuneforge.errors import ModelLoadError, Problem
+from tuneforge.methods.partial import block_list
+from tuneforge.methods.registry import get_method
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# bitsandbytes 4-bit: 4 bits per weight + one fp32 scale per 64 weights; double quantization
+# stores the scales in 8 bits with one fp32 scale per 256 of them
+_NF4_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
+
+
+@dataclass
+class Estimate:
+    model: str
+    method: str
+    total_params: int
+    trainable_params: int
+    trainable_share: float
+    memory_bytes: dict[str, int]  # weights, gradients, optimizer, activations, total
+    assumptions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_model_config(ref: str | Path):
+    """A transformers config from a bare config.json, a model folder, a named model or a hub id."""
+    from tuneforge.models.loading import resolve_model_path
+
+    path = Path(str(ref)).expanduser()
+    source = str(path) if path.is_file() else resolve_model_path(ref)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read a model config from '{ref}'",
+                             [Problem("--model", str(exc).splitlines()[0][:300], "give a config.json, a model folder, 'demo', 'minilm' or a hub id")]) from None
+
+
+def meta_model(config, task: str = "causal_lm", **head_kwargs) -> nn.Module:
+    """The model with the head `task` needs, built with shapes only (no memory)."""
+    from tuneforge.models.loading import MODEL_CLASSES
+
+    for key, value in head_kwargs.items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        return MODEL_CLASSES[task].from_config(config)
+
+
+def estimate(ref: str | Path, method_cfg, batch: int, seq_len: int, *, task: str = "causal_lm", dtype: str = "float32",
+             gradient_checkpointing: bool = False, attention: str = "sdpa", num_labels: int = 2) -> Estimate:
+    config = load_model_config(ref)
+    head = {"num_labels": num_labels} if task in ("sequence_classification", "token_classification") else {}
+    model = get_method(method_cfg.name).apply(meta_model(config, task, **head), method_cfg)
+    return estimate_for_model(model, method_cfg, batch, seq_len, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                              attention=attention, name=str(ref))
+
+
+def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *, dtype: str = "float32",
+                       gradient_checkpointing: bool = False, attention: str = "sdpa", name: str = "") -> Estimate:
+    """Count an adapted model's parameters and its training memory (works on meta and real models)."""
+    e = _BYTES[dtype]
+    quantized_bytes = _NF4_BYTES[getattr(method_cfg, "double_quant", False)] if method_cfg.name == "qlora" else None
+    quantized = _quantized_weights(model) if quantized_bytes else set()
+    total = trainable = 0
+    weights = grads = 0.0
+    for p in _unique_parameters(model):
+        n = _numel(p)
+        total += n
+        if id(p) in quantized or hasattr(p, "quant_state"):
+            weights += n * (quantized_bytes or _NF4_BYTES[False])
+        elif p.requires_grad and e < 4 and method_cfg.name not in ("full", "freeze", "head"):
+            weights += n * 4  # peft keeps adapter weights in fp32 under a 16-bit base
+        else:
+            weights += n * e
+        if p.requires_grad:
+            trainable += n
+            grads += n * (4 if method_cfg.name not in ("full", "freeze", "head") else e)
+    optimizer = 2 * grads  # AdamW: exp_avg and exp_avg_sq, each the size of the gradient
+    acts = _activations(model, batch, seq_len, e, gradient_checkpointing, attention)
+    memory = {"weights": int(weights), "gradients": int(grads), "optimizer": int(optimizer), "activations": int(acts)}
+    memory["total"] = sum(memory.values())
+    assumptions = {"dtype": dtype, "batch": batch, "seq_len": seq_len, "optimizer": "AdamW (2 states per trainable weight)",
+                   "attention": attention, "gradient_checkpointing": gradient_checkpointing,
+                   "layers_with_activations": _layers_to_backprop(model)}
+    if quantized_bytes:
+        assumptions["quantized_bytes_per_weight"] = round(quantized_bytes, 4)
+    return Estimate(name or model.config._name_or_path, method_cfg.name, total, trainable, trainable / max(total, 1), memory, assumptions)
+
+
+def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list({id(p): p for p in model.parameters()}.values())  # tied weights count once
+
+
+def _numel(p: torch.Tensor) -> int:
+    state = getattr(p, "quant_state", None)  # a packed 4-bit weight holds 2 weights per byte
+    return math.prod(state.shape) if state is not None else p.numel()
+
+
+def _quantized_weights(model: nn.Module) -> set[int]:
+    """Weights bitsandbytes would store in 4 bits: every frozen Linear except the output head."""
+    out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {id(out_head.weight)} if out_head is not None else set()
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad and id(m.weight) not in skip}
+
+
+def _layers_to_backprop(model: nn.Module) -> int:
+    """Blocks that keep activations: from the lowest block holding a trainable weight upwards,
+    or all of them when something below the blocks trains (embeddings, soft prompts, prefixes)."""
+    prefix, blocks = block_list(model)
+    names = [(n, p.requires_grad) for n, p in model.named_parameters()]
+    first_block = next(i for i, (n, _) in enumerate(names) if n.startswith(prefix + "."))
+    if any(t for n, t in names[:first_block]) or any(t and "prompt_encoder" in n for n, t in names):
+        return len(blocks)
+    for i, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return len(blocks) - i
+    return 0
+
+
+def _activations(model: nn.Module, batch: int, seq_len: int, e: int, checkpointing: bool, attention: str) -> float:
+    """Bytes kept for backward: per token and block, the inputs of every matmul, norm and activation."""
+    c = model.config
+    h, layers = c.hidden_size, _layers_to_backprop(model)
+    heads = c.num_attention_heads
+    kv = h * getattr(c, "num_key_value_heads", None) // heads if getattr(c, "num_key_value_heads", None) else h
+    inter = getattr(c, "intermediate_size", 4 * h)
+    tokens = batch * seq_len
+    # norms (2h), q/k/v outputs before and after rotary (2h + 4kv... counted as h + 2kv twice), attention output
+    # and o_proj input (2h); FFN: gate and up outputs, activation and product (4 * intermediate)
+    per_block = e * tokens * (6 * h + 3 * kv + 4 * inter)
+    if attention == "eager":
+        per_block += e * batch * heads * seq_len * seq_len * 2  # scores and softmax probabilities (B, heads, T, T)
+    blocks = (layers * e * tokens * h + per_block) if checkpointing and layers else layers * per_block
+    head = _head_activations(model, tokens, e)
+    return blocks + head
+
+
+def _head_activations(model: nn.Module, tokens: int, e: int) -> float:
+    """A language-model head's logits dominate for big vocabularies: (B, T, V) in the model dtype,
+    their fp32 upcast for the loss, and the fp32 gradient of the log-softmax."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is None:
+        return 0.0
+    return tokens * out.weight.shape[0] * (e + 4 + 4)
