@@ -125,10 +125,11 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
 
 
 def _register_subcommands() -> None:
-    from tuneforge.cli import data, estimate, serve
+    from tuneforge.cli import data, estimate, eval as eval_cli, serve
 
     app.add_typer(data.app, name="data")
     serve.register(app)
+    eval_cli.register(app)
     estimate.register(app)
 
 

@@ -1,47 +1,154 @@
-"""Score chat models on held-out conversations: loss/perplexity and generated-answer metrics."""
+"""Score one approach (a model + a prompt builder) on held-out conversations.
+
+For each test example we keep everything needed later (per-example metric values, the
+answer's summed loss and token count, prompt/completion tokens, metadata), so intervals,
+slices and paired comparisons are computed afterwards without re-running the model.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from tuneforge.data.types import Conversation
-from tuneforge.eval.metrics import exact_match, token_f1
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
+from tuneforge.data.types import Conversation, Message
+from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
+from tuneforge.eval.bootstrap import Interval, mean_ci, ratio_ci, statistic_ci
+from tuneforge.eval.metrics import Metric, exact_match, token_f1
 from tuneforge.models.generate import generate_batch
-from tuneforge.objectives import get_objective
-from tuneforge.train.recipe import evaluate_loss
+from tuneforge.objectives.base import pad_batch
+
+
+@dataclass
+class ApproachResult:
+    name: str
+    model: str
+    predictions: list[str]
+    references: list[str]
+    metadata: list[dict[str, Any]]
+    loss_sums: list[float]  # summed answer-token loss per example
+    loss_tokens: list[int]  # answer tokens per example
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    seconds_per_request_batched: float  # wall time of batched generation / requests
+    latencies: list[float] = field(default_factory=list)  # seconds, one request at a time
+    prompts: list[list[dict]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def sequence_nll(model, feats: Sequence[Encoded], batch_size: int, pad_id: int) -> tuple[list[float], list[int]]:
+    """Summed next-token cross-entropy over the labelled tokens of each feature, and their count."""
+    device = next(model.parameters()).device
+    sums, counts = [], []
+    for i in range(0, len(feats), batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch(feats[i:i + batch_size], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
+        sums += nll.sum(dim=1).tolist()
+        counts += (targets != IGNORE).sum(dim=1).tolist()
+    return sums, counts
+
+
+def answer_losses(model, tokenizer, prompts: Sequence[list[Message]], references: Sequence[str], batch_size: int,
+                  max_length: int) -> tuple[list[float], list[int]]:
+    """Summed loss of each reference answer given its prompt (demonstrations have weight 0), and its token count."""
+    convs = [Conversation(list(p) + [Message("assistant", r)]) for p, r in zip(prompts, references)]
+    return sequence_nll(model, [encode_conversation(tokenizer, c, max_length) for c in convs], batch_size, tokenizer.pad_token_id)
+
+
+def context_window(model, fallback: int = 2048) -> int:
+    return int(getattr(model.config, "max_position_embeddings", None) or fallback)
+
+
+def score_approach(name: str, model_ref: str, model, tokenizer, conversations: list[Conversation],
+                   builder: PromptBuilder = zero_shot, max_new_tokens: int = 64, batch_size: int = 16,
+                   latency_samples: int = 0) -> ApproachResult:
+    """Generate greedy answers and measure answer loss for one approach."""
+    prompts = [builder(c) for c in conversations]
+    references = [c.reference for c in conversations]
+    sums, counts = answer_losses(model, tokenizer, prompts, references, batch_size, context_window(model))
+    predictions, p_tokens, c_tokens = [], [], []
+    started = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        for r in generate_batch(model, tokenizer, [as_dicts(p) for p in prompts[i:i + batch_size]], max_new_tokens):
+            predictions.append(r.text)
+            p_tokens.append(r.prompt_tokens)
+            c_tokens.append(r.completion_tokens)
+    batched = (time.perf_counter() - started) / max(len(prompts), 1)
+    latencies = []
+    for p in prompts[:latency_samples]:  # one request at a time: what a single user waits
+        t0 = time.perf_counter()
+        generate_batch(model, tokenizer, [as_dicts(p)], max_new_tokens)
+        latencies.append(time.perf_counter() - t0)
+    return ApproachResult(name, model_ref, predictions, references, [dict(c.metadata) for c in conversations], sums, counts,
+                          p_tokens, c_tokens, batched, latencies, [as_dicts(p) for p in prompts])
+
+
+def metric_values(result: ApproachResult, metric: Metric) -> list[float] | None:
+    """Per-example values of an example metric (None for corpus metrics)."""
+    return metric.per_example(result.predictions, result.references) if metric.kind == "example" else None
+
+
+def metric_interval(result: ApproachResult, metric: Metric, samples: int, confidence: float, seed: int = 0,
+                    subset: Sequence[int] | None = None) -> Interval:
+    """Mean and bootstrap interval of `metric` over all examples (or the `subset` of indices)."""
+    idx = np.arange(len(result.predictions)) if subset is None else np.asarray(subset)
+    if metric.kind == "example":
+        values = np.asarray(metric.per_example(result.predictions, result.references))[idx]
+        return mean_ci(values, samples, confidence, seed)
+    preds, refs = [result.predictions[i] for i in idx], [result.references[i] for i in idx]
+    return statistic_ci(len(idx), lambda s: metric.fn([preds[i] for i in s], [refs[i] for i in s]), samples, confidence, seed)
+
+
+def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000, confidence: float = 0.95,
+              seed: int = 0) -> dict[str, Any]:
+    """The eval.json entry of one approach: metrics with intervals, tokens, latency."""
+    loss = ratio_ci(result.loss_sums, result.loss_tokens, samples, confidence, seed)
+    out = {"loss": loss.to_dict(),
+           # perplexity is monotone in the per-token loss, so its interval is exp of the loss interval
+           "perplexity": Interval(*(math.exp(min(v, 50.0)) for v in (loss.mean, loss.ci_low, loss.ci_high))).to_dict()}
+    for m in metrics:
+        out[m.name] = metric_interval(result, m, samples, confidence, seed).to_dict()
+    n = max(len(result.predictions), 1)
+    return {
+        "name": result.name, "model": result.model, "metrics": out,
+        "prompt_tokens_per_request": round(sum(result.prompt_tokens) / n, 1),
+        "completion_tokens_per_request": round(sum(result.completion_tokens) / n, 1),
+        "seconds_per_request_batched": round(result.seconds_per_request_batched, 4),
+        "latency_seconds": round(float(np.median(result.latencies)), 4) if result.latencies else None,
+        "examples": len(result.predictions),
+    }
 
 
 def evaluate_chat_model(model, tokenizer, conversations: list[Conversation], max_new_tokens: int = 64,
                         batch_size: int = 16, max_length: int = 512) -> dict[str, Any]:
-    """Loss and perplexity on the reference answers; exact match and token F1 of greedy answers."""
-    objective = get_objective("sft")
-    feats = objective.encode(conversations, tokenizer, max_length)
-    device = next(model.parameters()).device
-    loss = evaluate_loss(model, objective, feats, batch_size, tokenizer.pad_token_id, device)
-    predictions = []
-    for i in range(0, len(conversations), batch_size):
-        chunk = conversations[i:i + batch_size]
-        prompts = [[{"role": m.role, "content": m.content} for m in c.prompt_messages] for c in chunk]
-        predictions += [r.text for r in generate_batch(model, tokenizer, prompts, max_new_tokens)]
-    references = [c.reference for c in conversations]
+    """Zero-shot loss/perplexity and exact match/token F1 means (no intervals): a quick check."""
+    result = score_approach("model", "", model, tokenizer, conversations, zero_shot, max_new_tokens, batch_size)
+    loss = sum(result.loss_sums) / max(sum(result.loss_tokens), 1)
     n = max(len(conversations), 1)
     return {
-        "metrics": {
-            "loss": loss,
-            "perplexity": math.exp(min(loss, 50.0)),
-            "exact_match": sum(exact_match(p, r) for p, r in zip(predictions, references)) / n,
-            "token_f1": sum(token_f1(p, r) for p, r in zip(predictions, references)) / n,
-        },
-        "predictions": [{"prompt": c.prompt_messages[-1].content, "reference": r, "prediction": p, **c.metadata}
-                        for c, p, r in zip(conversations, predictions, references)],
+        "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                    "exact_match": sum(map(exact_match, result.predictions, result.references)) / n,
+                    "token_f1": sum(map(token_f1, result.predictions, result.references)) / n},
+        "predictions": prediction_rows(result),
     }
 
 
-def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
-    import json
+def prediction_rows(result: ApproachResult) -> list[dict[str, Any]]:
+    return [{"prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y, "prompt_tokens": t, **meta}
+            for p, r, y, t, meta in zip(result.prompts, result.references, result.predictions, result.prompt_tokens, result.metadata)]
 
+
+def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,185 @@
+"""`tuneforge eval`: every approach on the same held-out test split, with intervals, slices,
+forgetting, cost and a verdict; writes eval.json, predictions and report.html.
+
+Models are loaded one at a time (base, then the fine-tuned run, then each other run) and
+every approach that uses a model is scored while it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.data.readers import read_examples
+from tuneforge.data.types import Conversation, LabelledExample, Message
+from tuneforge.errors import ConfigError, DataError, Problem
+from tuneforge.eval import cost as costs
+from tuneforge.eval.baselines import RAG, FewShot, zero_shot
+from tuneforge.eval.compare import ApproachResult, prediction_rows, score_approach, summarise, write_predictions
+from tuneforge.eval.forgetting import forgetting_summary, general_texts, loss_curves, overfitting, perplexity_interval, text_nll
+from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
+from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
+from tuneforge.eval.slices import slice_fields, slice_report
+from tuneforge.eval.verdict import verdict
+from tuneforge.models.loading import load_for_inference, run_artifact
+
+BASELINES = ("base", "few_shot", "rag")
+TUNED = ("fine_tuned", "fine_tuned+rag")
+APPROACHES = BASELINES + TUNED
+
+
+@dataclass
+class EvalTarget:
+    cfg: RunConfig
+    run_dir: Path | None  # the fine-tuned run, None when the config has not been trained yet
+    other_runs: list[Path] = field(default_factory=list)
+
+
+def resolve_target(target: Path, others: list[Path] | None = None, overrides: list[str] | None = None) -> EvalTarget:
+    """A run directory (its config.yaml) or a YAML config (its output_dir, if trained)."""
+    target = Path(target)
+    config = target / "config.yaml" if target.is_dir() else target
+    if not config.exists():
+        raise ConfigError(f"nothing to evaluate at {target}", [Problem(str(target), "neither a run directory with config.yaml nor a YAML config", "pass a run directory or a run config")])
+    cfg = load_config(config, overrides)
+    run_dir = target if target.is_dir() else Path(cfg.output_dir)
+    problems = [Problem(str(r), "not a run directory (no adapter/ or model/)", "pass finished runs with --run") for r in others or [] if run_artifact(r) is None]
+    if cfg.data.test is None:
+        problems.append(Problem(f"{config}: data.test", "no held-out test split", "add data.test: the file every approach is scored on"))
+    if problems:
+        raise ConfigError("cannot evaluate", problems)
+    return EvalTarget(cfg, run_dir if run_artifact(run_dir) else None, list(others or []))
+
+
+def as_conversation(example, where: str) -> Conversation:
+    if isinstance(example, Conversation):
+        return example
+    if isinstance(example, LabelledExample):  # classification as a chat: the text in, the label out
+        return Conversation([Message("user", example.text), Message("assistant", example.label)], dict(example.metadata))
+    raise DataError("tuneforge eval scores generated answers", [Problem(where, f"{type(example).__name__} examples have no answer to generate",
+                                                                        "use chat, prompt/completion or classification data")])
+
+
+def load_split(path: Path, fmt: str, limit: int | None = None) -> list[Conversation]:
+    convs = [as_conversation(ex, f"{path}: example {i}") for i, ex in enumerate(read_examples(path, fmt))]
+    return convs[:limit] if limit else convs
+
+
+def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[str] | None = None,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    cfg, ev = target.cfg, target.cfg.eval
+    out_dir = Path(out_dir or target.run_dir or Path(cfg.output_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = _check_approaches(approaches or ev.approaches, target)
+    metrics = select_metrics(ev.task, ev.metrics, ev.custom_metric)
+    primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY["qa" if ev.task == "auto" else ev.task]))
+    test = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
+    train = load_split(cfg.data.train, cfg.data.format)
+    budget = ev.context_budget or cfg.model.max_length - ev.max_new_tokens
+    general = general_texts(cfg)
+    results: list[ApproachResult] = []
+    general_ppl: dict[str, dict[str, float]] = {}
+    retriever = None
+
+    def score(name: str, ref: str, model, tok, builder) -> None:
+        say(f"  {name}: {len(test)} test examples")
+        results.append(score_approach(name, ref, model, tok, test, builder, ev.max_new_tokens, ev.batch_size, ev.latency_samples))
+
+    def rag_builder(tok):
+        nonlocal retriever
+        if retriever is None:
+            passages = read_documents(ev.rag_docs) if ev.rag_docs else [conversation_passage(c) for c in train]
+            retriever = build_retriever(ev.rag_retriever, passages)
+        return RAG(retriever, tok, ev.rag_k, budget)
+
+    def forget(name: str, model, tok) -> None:
+        if general:
+            sums, counts = text_nll(model, tok, general[0], ev.batch_size, cfg.model.max_length)
+            general_ppl[name] = perplexity_interval(sums, counts, ev.bootstrap_samples, ev.confidence)
+
+    say(f"base model {cfg.model.name}")
+    model, tok = load_for_inference(cfg.model.name)
+    for name, builder in (("base", lambda: zero_shot), ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
+                          ("rag", lambda: rag_builder(tok))):
+        if name in wanted:
+            score(name, cfg.model.name, model, tok, builder())
+    forget("base", model, tok)
+    if target.run_dir is not None and any(n in wanted for n in TUNED):
+        say(f"fine-tuned run {target.run_dir}")
+        model, tok = load_for_inference(target.run_dir)
+        if "fine_tuned" in wanted:
+            score("fine_tuned", str(target.run_dir), model, tok, zero_shot)
+        if "fine_tuned+rag" in wanted:
+            score("fine_tuned+rag", str(target.run_dir), model, tok, rag_builder(tok))
+        forget("fine_tuned", model, tok)
+    for run in target.other_runs:
+        name = _unique(Path(run).name, [r.name for r in results])
+        say(f"other run {run} as '{name}'")
+        model, tok = load_for_inference(run)
+        score(name, str(run), model, tok, zero_shot)
+        forget(name, model, tok)
+    del model
+
+    report = assemble(target, results, metrics, primary, general_ppl, general[1] if general else None, tok)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(report, results, out_dir)
+    return report
+
+
+def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Metric], primary: Metric,
+             general_ppl: dict[str, dict[str, float]], general_source: str | None, tokenizer) -> dict[str, Any]:
+    cfg, ev = target.cfg, target.cfg.eval
+    summaries = [summarise(r, metrics, ev.bootstrap_samples, ev.confidence) for r in results]
+    fields = slice_fields(results[0].metadata, ev.slice_fields)
+    slices = slice_report(results, primary, fields, ev.bootstrap_samples, ev.confidence)
+    flags = [f for s in slices["fields"].values() for f in s["flags"]]
+    prices = costs.load_price_table(ev.prices)
+    training = costs.training_cost(cfg, tokenizer, target.run_dir, prices) if target.run_dir else None
+    cost = costs.cost_report(summaries, training, prices)
+    forgetting = forgetting_summary(general_ppl, general_source) if general_source else {"skipped": "no general text: set eval.general_text"}
+    curves = loss_curves(target.run_dir) if target.run_dir else {"train": [], "validation": []}
+    overfit = overfitting(curves) if target.run_dir else None
+    summary = verdict(results, summaries, primary, cost, forgetting if general_source else None, overfit, flags,
+                      ev.bootstrap_samples, ev.confidence)
+    return {
+        "run_dir": str(target.run_dir) if target.run_dir else None, "base_model": cfg.model.name,
+        "test_file": str(cfg.data.test), "test_examples": len(results[0].predictions) if results else 0,
+        "confidence": ev.confidence, "bootstrap_samples": ev.bootstrap_samples, "primary_metric": primary.name,
+        "approaches": summaries, "slices": slices, "forgetting": forgetting,
+        "training_curves": {**curves, **({"overfitting": overfit} if overfit else {})},
+        "cost": cost, "verdict": summary,
+    }
+
+
+def write_outputs(report: dict[str, Any], results: list[ApproachResult], out_dir: Path) -> None:
+    from tuneforge.eval.report import render_html
+
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    preds = out_dir / "predictions"
+    preds.mkdir(exist_ok=True)
+    for r in results:
+        write_predictions(prediction_rows(r), preds / f"{r.name.replace('+', '_plus_')}.jsonl")
+    (out_dir / "eval_report.html").write_text(render_html(report, results), encoding="utf-8")
+
+
+def _check_approaches(names: list[str], target: EvalTarget) -> list[str]:
+    unknown = [n for n in names if n not in APPROACHES]
+    if unknown:
+        raise ConfigError("unknown approach(es)", [Problem("eval.approaches", f"'{n}'", f"use {', '.join(APPROACHES)}; other runs go in --run") for n in unknown])
+    if target.run_dir is None:
+        return [n for n in names if n not in TUNED]  # not trained yet: the baselines still answer "is fine-tuning needed?"
+    return names
+
+
+def _unique(name: str, taken: list[str]) -> str:
+    out, k = name, 2
+    while out in taken or out in APPROACHES:
+        out, k = f"{name}-{k}", k + 1
+    return out

@@ -1,0 +1,101 @@
+"""A plain-language verdict: which approach wins on quality, which on cost, and how sure we are.
+
+Quality differences are paired bootstrap intervals of the per-example primary metric (same
+test questions for both approaches); a difference whose interval contains 0 is reported
+as a tie, not a win. Fine-tuning is "worth it" only when the best fine-tuned approach
+beats the best cheaper alternative with an interval above 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneforge.eval.bootstrap import paired_difference
+from tuneforge.eval.compare import ApproachResult
+from tuneforge.eval.cost import FINE_TUNED_PREFIX
+from tuneforge.eval.metrics import Metric
+
+
+def _diff(a: ApproachResult, b: ApproachResult, metric: Metric, samples: int, confidence: float) -> dict[str, float]:
+    d, p_better = paired_difference(metric.per_example(a.predictions, a.references), metric.per_example(b.predictions, b.references),
+                                    samples, confidence)
+    return {**d.to_dict(), "p_better": round(p_better, 3)}
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metric: Metric, cost: dict[str, Any],
+            forgetting: dict[str, Any] | None, overfit: dict[str, Any] | None, slice_flags: list[str],
+            samples: int = 1000, confidence: float = 0.95) -> dict[str, Any]:
+    by_name = {r.name: r for r in results}
+    means = {s["name"]: s["metrics"][metric.name]["mean"] for s in summaries}
+    ranked = sorted(means, key=means.get, reverse=metric.higher_is_better)
+    best = ranked[0]
+    level = f"{100 * confidence:.0f}%"
+    lines: list[str] = []
+    tied, differences = [], {}
+    if metric.kind == "example":
+        for other in ranked[1:]:
+            differences[f"{best} - {other}"] = d = _diff(by_name[best], by_name[other], metric, samples, confidence)
+            if d["ci_low"] <= 0:
+                tied.append(other)
+    lines.append(f"Quality ({metric.name}, {len(by_name[best].predictions)} test examples): {best} scores best at {means[best]:.3f}"
+                 + (f"; statistically tied with {', '.join(tied)} (the {level} interval of the difference includes 0)." if tied
+                    else "; its lead over every other approach is larger than the noise." if metric.kind == "example"
+                    else " (corpus metric: no paired test)."))
+    worth, tuned_line = _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences)
+    if tuned_line:
+        lines.append(tuned_line)
+    cost_rows = cost["approaches"]
+    cheapest = min(cost_rows, key=lambda n: cost_rows[n]["cost_per_request"])
+    lines.append(f"Cost: {cheapest} is cheapest per request ({cost_rows[cheapest]['prompt_tokens_per_request']:.0f} prompt tokens, "
+                 f"{cost['prices']['currency']} {cost_rows[cheapest]['cost_per_1k_requests']:.4f} per 1K requests).")
+    lines += _break_even_lines(cost)
+    lines += _health_lines(forgetting, overfit, slice_flags)
+    return {"metric": metric.name, "confidence": confidence, "quality_winner": best, "tied_with": tied,
+            "cost_winner": cheapest, "fine_tuning_worth_it": worth, "differences": differences, "summary": lines}
+
+
+def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences) -> tuple[str, str | None]:
+    tuned = [n for n in means if n.startswith(FINE_TUNED_PREFIX)]
+    cheaper = [n for n in means if not n.startswith(FINE_TUNED_PREFIX) and n in ("base", "few_shot", "rag")]
+    if not tuned or not cheaper or metric.kind != "example":
+        return "unknown", None
+    best_tuned = max(tuned, key=means.get) if metric.higher_is_better else min(tuned, key=means.get)
+    best_cheap = max(cheaper, key=means.get) if metric.higher_is_better else min(cheaper, key=means.get)
+    d = differences[f"{best_tuned} - {best_cheap}"] = _diff(by_name[best_tuned], by_name[best_cheap], metric, samples, confidence)
+    if d["ci_low"] > 0:
+        return "yes", (f"Fine-tuning pays on quality: {best_tuned} beats the best cheaper alternative ({best_cheap}) by {_fmt(d)} "
+                       f"({level} interval above 0).")
+    if d["ci_high"] < 0:
+        reverse = {"mean": -d["mean"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
+        return "no", f"Fine-tuning does not pay on quality: {best_cheap} beats {best_tuned} by {_fmt(reverse)}."
+    return "uncertain", (f"Fine-tuning is not distinguishable from {best_cheap} on quality: {best_tuned} - {best_cheap} = {_fmt(d)} "
+                         f"({level} interval includes 0; more test data would narrow it).")
+
+
+def _break_even_lines(cost: dict[str, Any]) -> list[str]:
+    training = cost.get("training")
+    if not training:
+        return []
+    lines = [f"Training cost {training['currency']} {training['training_cost']:.4f} ({training['training_tokens']:,} tokens over "
+             f"{training['epochs']:.2f} epochs)."]
+    for tuned, others in cost["break_even_requests"].items():
+        parts = [f"{n}: after {v:,} requests" if v is not None else f"{n}: never (its prompts are not more expensive)" for n, v in others.items()]
+        lines.append(f"Break-even of {tuned} - " + "; ".join(parts) + ".")
+    return lines
+
+
+def _health_lines(forgetting, overfit, slice_flags) -> list[str]:
+    lines = []
+    if forgetting:
+        for name, pct in forgetting["change_percent_vs_base"].items():
+            lines.append(f"General-text perplexity of {name} changed by {pct:+.1f}% against the base"
+                         + (" - forgetting." if forgetting["forgetting"][name] else " (no material forgetting)."))
+    if overfit and overfit.get("overfitting") is not None:
+        lines.append(("Overfitting: " if overfit["overfitting"] else "No overfitting: ") + overfit["reason"] + ".")
+    if slice_flags:
+        lines.append(f"{len(slice_flags)} slice warning(s); first: {slice_flags[0]}.")
+    return lines
