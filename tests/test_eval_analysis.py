@@ -80,7 +80,7 @@ def test_verdict_states_ties_and_wins():
     assert v["fine_tuning_worth_it"] == "uncertain"  # identical answers: the difference interval is [0, 0]
     assert v["cost_winner"] in ("base", "fine_tuned")
     text = " ".join(v["summary"])
-    assert "interval includes 0" in text and "Break-even of fine_tuned" in text and "+20.0% against the base - forgetting" in text
+    assert "interval includes 0" in text and "fine_tuned (training included) becomes cheaper than" in text and "+20.0% against the base - forgetting" in text
     clear = verdict([base, tuned], summaries[::2], F1, cost_report(summaries[::2], None, prices), None, None, [], 300)
     assert clear["fine_tuning_worth_it"] == "yes" and clear["quality_winner"] == "fine_tuned" and clear["tied_with"] == []
 

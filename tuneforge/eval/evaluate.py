@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from tuneforge.config import RunConfig, load_config
 from tuneforge.data.readers import read_examples
 from tuneforge.data.types import Conversation, LabelledExample, Message
@@ -78,6 +76,8 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     out_dir = Path(out_dir or target.run_dir or Path(cfg.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = _check_approaches(approaches or ev.approaches, target)
+    if target.run_dir is None:
+        say(f"no trained run in {cfg.output_dir}: scoring the baselines only (is fine-tuning needed at all?)")
     metrics = select_metrics(ev.task, ev.metrics, ev.custom_metric)
     primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY["qa" if ev.task == "auto" else ev.task]))
     test = load_split(cfg.data.test, cfg.data.format, ev.max_examples)

@@ -83,8 +83,10 @@ def _break_even_lines(cost: dict[str, Any]) -> list[str]:
     lines = [f"Training cost {training['currency']} {training['training_cost']:.4f} ({training['training_tokens']:,} tokens over "
              f"{training['epochs']:.2f} epochs)."]
     for tuned, others in cost["break_even_requests"].items():
-        parts = [f"{n}: after {v:,} requests" if v is not None else f"{n}: never (its prompts are not more expensive)" for n, v in others.items()]
-        lines.append(f"Break-even of {tuned} - " + "; ".join(parts) + ".")
+        cheaper_after = [f"{n} after {v:,} requests" for n, v in others.items() if v is not None]
+        never = [n for n, v in others.items() if v is None]
+        lines.append(f"{tuned} (training included) becomes cheaper than " + (", ".join(cheaper_after) or "no alternative")
+                     + (f"; never cheaper than {', '.join(never)}, whose requests cost no more." if never else "."))
     return lines
 
 
