@@ -150,7 +150,7 @@ class EvalSection(Section):
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
     batch_size: int = Field(16, gt=0, description="Prompts generated at once.")
     task: Literal["auto", "qa", "classification", "summarization", "translation", "ner"] = Field(
-        "auto", description="Which task metrics to report; auto means qa (exact match, token F1) for chat data.")
+        "auto", description="Which task metrics to report; auto: classification (accuracy, macro-F1) for text+label data, else qa (exact match, token F1).")
     metrics: list[str] | None = Field(None, description="Metric names to report instead of the task's defaults (see `tuneforge.eval.metrics.METRICS`).")
     custom_metric: str | None = Field(None, description="A user metric 'file.py:function' or 'module:function', called as f(prediction, reference) -> float.")
     approaches: list[str] = Field(["base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"], description="Approaches to compare on the test split.")
