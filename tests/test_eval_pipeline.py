@@ -177,3 +177,26 @@ def test_eval_errors_name_the_fix(tmp_path, tiny_run):
     with pytest.raises(ConfigError) as err:
         resolve_target(tiny_run.output_dir, [tmp_path])
     assert "--run" in err.value.problems[0].fix
+
+
+@pytest.mark.slow
+def test_untrained_config_scores_baselines_with_classification_metrics(tiny_model_dir, tmp_path):
+    import yaml
+
+    from tuneforge.eval.evaluate import resolve_target, run_eval
+
+    rows = [{"text": f"the {thing} is {mood}", "label": mood} for thing in ("lamp", "lock", "fan", "radio", "kettle") for mood in ("good", "bad")]
+    for name, part in (("train.jsonl", rows[:6]), ("test.jsonl", rows[6:])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "not-trained"), "model": {"name": str(tiny_model_dir), "max_length": 128},
+                                      "data": {"train": "train.jsonl", "test": "test.jsonl"},
+                                      "eval": {"max_new_tokens": 3, "latency_samples": 0, "bootstrap_samples": 200, "few_shot_k": 2}}))
+    said = []
+    report = run_eval(resolve_target(config), tmp_path / "out", say=said.append)
+    assert [a["name"] for a in report["approaches"]] == ["base", "few_shot", "rag"]
+    assert set(report["approaches"][0]["metrics"]) == {"loss", "perplexity", "accuracy", "macro_f1"}
+    assert report["primary_metric"] == "accuracy" and report["cost"]["training"] is None
+    assert report["verdict"]["fine_tuning_worth_it"] == "unknown" and any("baselines only" in m for m in said)
+    assert "skipped" in report["forgetting"]
+    assert (tmp_path / "out" / "eval_report.html").exists()

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tuneforge.config import RunConfig, load_config
+import yaml
+
+from tuneforge.config import RunConfig, apply_overrides, load_config, validate_config
 from tuneforge.data.readers import read_examples
 from tuneforge.data.types import Conversation, LabelledExample, Message
 from tuneforge.errors import ConfigError, DataError, Problem
@@ -45,7 +47,7 @@ def resolve_target(target: Path, others: list[Path] | None = None, overrides: li
     config = target / "config.yaml" if target.is_dir() else target
     if not config.exists():
         raise ConfigError(f"nothing to evaluate at {target}", [Problem(str(target), "neither a run directory with config.yaml nor a YAML config", "pass a run directory or a run config")])
-    cfg = load_config(config, overrides)
+    cfg = _load_run_config(config, overrides) if target.is_dir() else load_config(config, overrides)
     run_dir = target if target.is_dir() else Path(cfg.output_dir)
     problems = [Problem(str(r), "not a run directory (no adapter/ or model/)", "pass finished runs with --run") for r in others or [] if run_artifact(r) is None]
     if cfg.data.test is None:
@@ -53,6 +55,18 @@ def resolve_target(target: Path, others: list[Path] | None = None, overrides: li
     if problems:
         raise ConfigError("cannot evaluate", problems)
     return EvalTarget(cfg, run_dir if run_artifact(run_dir) else None, list(others or []))
+
+
+def _load_run_config(config: Path, overrides: list[str] | None) -> RunConfig:
+    """A run's config.yaml. Its data paths were written as given to `train`: relative ones are
+    relative to the folder training ran in, so they are tried against the current folder too."""
+    raw = apply_overrides(yaml.safe_load(config.read_text(encoding="utf-8")) or {}, overrides or [])
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    for key in ("train", "validation", "test"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists() and (config.parent / value).exists():
+            data[key] = str(config.parent / value)
+    return validate_config(raw, source=str(config))
 
 
 def as_conversation(example, where: str) -> Conversation:
@@ -64,9 +78,12 @@ def as_conversation(example, where: str) -> Conversation:
                                                                         "use chat, prompt/completion or classification data")])
 
 
-def load_split(path: Path, fmt: str, limit: int | None = None) -> list[Conversation]:
-    convs = [as_conversation(ex, f"{path}: example {i}") for i, ex in enumerate(read_examples(path, fmt))]
-    return convs[:limit] if limit else convs
+def load_split(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Conversation], str]:
+    """The split as conversations, and the task its format implies (classification for text+label)."""
+    examples = read_examples(path, fmt)
+    task = "classification" if examples and all(isinstance(ex, LabelledExample) for ex in examples) else "qa"
+    convs = [as_conversation(ex, f"{path}: example {i}") for i, ex in enumerate(examples)]
+    return (convs[:limit] if limit else convs), task
 
 
 def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[str] | None = None,
@@ -78,10 +95,11 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     wanted = _check_approaches(approaches or ev.approaches, target)
     if target.run_dir is None:
         say(f"no trained run in {cfg.output_dir}: scoring the baselines only (is fine-tuning needed at all?)")
-    metrics = select_metrics(ev.task, ev.metrics, ev.custom_metric)
-    primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY["qa" if ev.task == "auto" else ev.task]))
-    test = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
-    train = load_split(cfg.data.train, cfg.data.format)
+    test, implied = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
+    train, _ = load_split(cfg.data.train, cfg.data.format)
+    task = implied if ev.task == "auto" else ev.task
+    metrics = select_metrics(task, ev.metrics, ev.custom_metric)
+    primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY[task]))
     budget = ev.context_budget or cfg.model.max_length - ev.max_new_tokens
     general = general_texts(cfg)
     results: list[ApproachResult] = []

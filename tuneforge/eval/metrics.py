@@ -168,7 +168,6 @@ PRIMARY: dict[str, str] = {task: names[-1] if task == "qa" else names[0] for tas
 
 def select_metrics(task: str, names: list[str] | None = None, custom: str | None = None) -> list[Metric]:
     """The metrics to report: explicit `names`, else the task's defaults; plus the custom metric."""
-    task = "qa" if task == "auto" else task
     names = names or TASK_METRICS[task]
     unknown = [n for n in names if n not in METRICS]
     if unknown:
