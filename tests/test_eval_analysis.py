@@ -60,7 +60,7 @@ def test_break_even_and_cost_report():
     prices = PriceTable(training_per_1k=0.008, input_per_1k=0.012, output_per_1k=0.016)
     rows = [{"name": "rag", "prompt_tokens_per_request": 300.0, "completion_tokens_per_request": 20.0, "latency_seconds": 0.2, "seconds_per_request_batched": 0.1},
             {"name": "fine_tuned", "prompt_tokens_per_request": 50.0, "completion_tokens_per_request": 20.0, "latency_seconds": 0.1, "seconds_per_request_batched": 0.05}]
-    report = cost_report(rows, {"training_cost": 1.2, "training_tokens": 150_000, "epochs": 3, "currency": "USD"}, prices)
+    report = cost_report(rows, {"fine_tuned": {"training_cost": 1.2, "training_tokens": 150_000, "epochs": 3, "currency": "USD"}}, prices)
     # rag: (300*0.012 + 20*0.016)/1000 = 0.00392; tuned: (50*0.012 + 20*0.016)/1000 = 0.00092; 1.2 / 0.003 = 400
     assert report["approaches"]["rag"]["cost_per_request"] == pytest.approx(0.00392)
     assert report["break_even_requests"] == {"fine_tuned": {"rag": 400}}
@@ -73,15 +73,15 @@ def test_verdict_states_ties_and_wins():
     results = [base, rag, tuned]
     summaries = [summarise(r, [F1], 300) for r in results]
     prices = PriceTable()
-    cost = cost_report(summaries, {"training_cost": 0.5, "training_tokens": 60_000, "epochs": 2.0, "currency": "USD"}, prices)
+    cost = cost_report(summaries, {"fine_tuned": {"training_cost": 0.5, "training_tokens": 60_000, "epochs": 2.0, "currency": "USD"}}, prices)
     v = verdict(results, summaries, F1, cost, forgetting_summary({"base": {"mean": 10.0}, "fine_tuned": {"mean": 12.0}}, "gen"),
                 None, [], 300)
     assert v["quality_winner"] in ("rag", "fine_tuned") and set(v["tied_with"]) == ({"rag", "fine_tuned"} - {v["quality_winner"]})
     assert v["fine_tuning_worth_it"] == "uncertain"  # identical answers: the difference interval is [0, 0]
     assert v["cost_winner"] in ("base", "fine_tuned")
     text = " ".join(v["summary"])
-    assert "interval includes 0" in text and "fine_tuned (training included) becomes cheaper than" in text and "+20.0% against the base - forgetting" in text
-    clear = verdict([base, tuned], summaries[::2], F1, cost_report(summaries[::2], None, prices), None, None, [], 300)
+    assert "interval includes 0" in text and "fine_tuned costs USD 0.5000 to train" in text and "+20.0% against the base - forgetting" in text
+    clear = verdict([base, tuned], summaries[::2], F1, cost_report(summaries[::2], {}, prices), None, None, [], 300)
     assert clear["fine_tuning_worth_it"] == "yes" and clear["quality_winner"] == "fine_tuned" and clear["tied_with"] == []
 
 

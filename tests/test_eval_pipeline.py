@@ -141,7 +141,7 @@ def test_eval_pipeline_writes_eval_json_and_report(tiny_run, tmp_path):
     over = report["training_curves"]["overfitting"]
     assert [g["step"] for g in over["gap"]] == [2, 4, 6] and over["overfitting"] in (True, False)
     cost = report["cost"]
-    assert cost["training"]["training_tokens"] > 0 and cost["training"]["epochs"] == pytest.approx(6 / 8)
+    assert cost["training"]["fine_tuned"]["training_tokens"] > 0 and cost["training"]["fine_tuned"]["epochs"] == pytest.approx(6 / 8)
     assert set(cost["break_even_requests"]["fine_tuned"]) == {"base", "few_shot", "rag"}
     assert cost["break_even_requests"]["fine_tuned"]["base"] is None  # same prompt: fine-tuning never saves serving cost
     assert report["verdict"]["quality_winner"] in names and report["verdict"]["summary"]
@@ -165,6 +165,8 @@ def test_eval_cli_json_with_other_run_and_subset(tiny_run, tmp_path):
     assert [a["name"] for a in report["approaches"]] == ["base", "fine_tuned", "run"]
     assert report["approaches"][0]["examples"] == 6
     assert report["approaches"][1]["metrics"] == report["approaches"][2]["metrics"]  # the same run scored twice agrees
+    assert report["cost"]["training"]["run"] == report["cost"]["training"]["fine_tuned"]
+    assert set(report["cost"]["break_even_requests"]) == {"fine_tuned", "run"}
 
 
 def test_eval_errors_name_the_fix(tmp_path, tiny_run):
@@ -196,7 +198,7 @@ def test_untrained_config_scores_baselines_with_classification_metrics(tiny_mode
     report = run_eval(resolve_target(config), tmp_path / "out", say=said.append)
     assert [a["name"] for a in report["approaches"]] == ["base", "few_shot", "rag"]
     assert set(report["approaches"][0]["metrics"]) == {"loss", "perplexity", "accuracy", "macro_f1"}
-    assert report["primary_metric"] == "accuracy" and report["cost"]["training"] is None
+    assert report["primary_metric"] == "accuracy" and report["cost"]["training"] == {}
     assert report["verdict"]["fine_tuning_worth_it"] == "unknown" and any("baselines only" in m for m in said)
     assert "skipped" in report["forgetting"]
     assert (tmp_path / "out" / "eval_report.html").exists()

@@ -19,7 +19,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.costs import PriceTable, load_prices
 from tuneforge.data.report import build_report
 
-FINE_TUNED_PREFIX = "fine_tuned"
+BASELINES = ("base", "few_shot", "rag")  # approaches that need no training; every other approach is a tuned model
 
 
 def epochs_run(cfg: RunConfig, run_dir: Path | None) -> float:
@@ -55,19 +55,19 @@ def break_even(train_cost: float, tuned_per_request: float, other_per_request: f
     return math.ceil(train_cost / saving)
 
 
-def cost_report(approaches: list[dict[str, Any]], training: dict[str, Any] | None, prices: PriceTable) -> dict[str, Any]:
+def cost_report(approaches: list[dict[str, Any]], trainings: dict[str, dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
+    """Per-request cost of every approach; break-even of every tuned approach (a key of
+    `trainings`: approach name -> its run's training cost) against every baseline."""
     per_request = {a["name"]: round(request_cost(a, prices), 6) for a in approaches}
     rows = {a["name"]: {"prompt_tokens_per_request": a["prompt_tokens_per_request"],
                         "completion_tokens_per_request": a["completion_tokens_per_request"],
                         "cost_per_request": per_request[a["name"]], "cost_per_1k_requests": round(1000 * per_request[a["name"]], 4),
                         "latency_seconds": a["latency_seconds"], "seconds_per_request_batched": a["seconds_per_request_batched"]}
             for a in approaches}
-    even: dict[str, dict[str, int | None]] = {}
-    if training:
-        for tuned in (n for n in per_request if n.startswith(FINE_TUNED_PREFIX)):
-            even[tuned] = {other: break_even(training["training_cost"], per_request[tuned], per_request[other])
-                           for other in per_request if not other.startswith(FINE_TUNED_PREFIX)}
-    return {"prices": prices.model_dump(), "approaches": rows, "training": training, "break_even_requests": even}
+    even = {tuned: {other: break_even(training["training_cost"], per_request[tuned], per_request[other])
+                    for other in per_request if other in BASELINES}
+            for tuned, training in trainings.items() if tuned in per_request}
+    return {"prices": prices.model_dump(), "approaches": rows, "training": trainings, "break_even_requests": even}
 
 
 def load_price_table(path: Path | None) -> PriceTable:

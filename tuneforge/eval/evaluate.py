@@ -27,9 +27,9 @@ from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
 from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import verdict
-from tuneforge.models.loading import load_for_inference, run_artifact
+from tuneforge.models.loading import load_for_inference, load_tokenizer, run_artifact
 
-BASELINES = ("base", "few_shot", "rag")
+BASELINES = costs.BASELINES
 TUNED = ("fine_tuned", "fine_tuned+rag")
 APPROACHES = BASELINES + TUNED
 
@@ -145,22 +145,21 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
         forget(name, model, tok)
     del model
 
-    report = assemble(target, results, metrics, primary, general_ppl, general[1] if general else None, tok)
+    report = assemble(target, results, metrics, primary, general_ppl, general[1] if general else None)
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(report, results, out_dir)
     return report
 
 
 def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Metric], primary: Metric,
-             general_ppl: dict[str, dict[str, float]], general_source: str | None, tokenizer) -> dict[str, Any]:
+             general_ppl: dict[str, dict[str, float]], general_source: str | None) -> dict[str, Any]:
     cfg, ev = target.cfg, target.cfg.eval
     summaries = [summarise(r, metrics, ev.bootstrap_samples, ev.confidence) for r in results]
     fields = slice_fields(results[0].metadata, ev.slice_fields)
     slices = slice_report(results, primary, fields, ev.bootstrap_samples, ev.confidence)
     flags = [f for s in slices["fields"].values() for f in s["flags"]]
     prices = costs.load_price_table(ev.prices)
-    training = costs.training_cost(cfg, tokenizer, target.run_dir, prices) if target.run_dir else None
-    cost = costs.cost_report(summaries, training, prices)
+    cost = costs.cost_report(summaries, _trainings(target, results, prices), prices)
     forgetting = forgetting_summary(general_ppl, general_source) if general_source else {"skipped": "no general text: set eval.general_text"}
     curves = loss_curves(target.run_dir) if target.run_dir else {"train": [], "validation": []}
     overfit = overfitting(curves) if target.run_dir else None
@@ -174,6 +173,18 @@ def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Me
         "training_curves": {**curves, **({"overfitting": overfit} if overfit else {})},
         "cost": cost, "verdict": summary,
     }
+
+
+def _trainings(target: EvalTarget, results: list[ApproachResult], prices) -> dict[str, dict[str, Any]]:
+    """Training cost of the run behind each tuned approach (fine_tuned and fine_tuned+rag share one)."""
+    runs = {r.name: Path(r.model) for r in results if r.name not in costs.BASELINES}
+    out, by_run = {}, {}
+    for name, run in runs.items():
+        if run not in by_run:
+            cfg = target.cfg if run == target.run_dir else _load_run_config(run / "config.yaml", None)
+            by_run[run] = costs.training_cost(cfg, load_tokenizer(run), run, prices)
+        out[name] = by_run[run]
+    return out
 
 
 def write_outputs(report: dict[str, Any], results: list[ApproachResult], out_dir: Path) -> None:

@@ -138,11 +138,10 @@ def _cost(cost: dict[str, Any]) -> str:
     out = _table(["approach", "prompt tokens", "completion tokens", f"{cur} per 1K requests", "latency s (1 request)", "s/request batched"],
                  [[n, r["prompt_tokens_per_request"], r["completion_tokens_per_request"], r["cost_per_1k_requests"], r["latency_seconds"],
                    r["seconds_per_request_batched"]] for n, r in cost["approaches"].items()])
-    t = cost.get("training")
-    if t:
-        out += f"<p>Training: {t['training_tokens']:,} tokens over {t['epochs']} epochs = {cur} {t['training_cost']:.4f}.</p>"
-        for tuned, others in cost["break_even_requests"].items():
-            out += _table([f"{tuned} vs", "break-even requests"], [[n, v if v is not None else "never"] for n, v in others.items()])
+    for tuned, others in cost["break_even_requests"].items():
+        t = cost["training"][tuned]
+        out += f"<p>{html.escape(tuned)}: training {t['training_tokens']:,} tokens x {t['epochs']} epochs = {cur} {t['training_cost']:.4f}.</p>"
+        out += _table([f"{tuned} vs", "break-even requests"], [[n, v if v is not None else "never"] for n, v in others.items()])
     return out
 
 

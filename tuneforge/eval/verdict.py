@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.eval.bootstrap import paired_difference
 from tuneforge.eval.compare import ApproachResult
-from tuneforge.eval.cost import FINE_TUNED_PREFIX
+from tuneforge.eval.cost import BASELINES
 from tuneforge.eval.metrics import Metric
 
 
@@ -59,8 +59,8 @@ def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metr
 
 
 def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences) -> tuple[str, str | None]:
-    tuned = [n for n in means if n.startswith(FINE_TUNED_PREFIX)]
-    cheaper = [n for n in means if not n.startswith(FINE_TUNED_PREFIX) and n in ("base", "few_shot", "rag")]
+    tuned = [n for n in means if n not in BASELINES]
+    cheaper = [n for n in means if n in BASELINES]
     if not tuned or not cheaper or metric.kind != "example":
         return "unknown", None
     best_tuned = max(tuned, key=means.get) if metric.higher_is_better else min(tuned, key=means.get)
@@ -77,15 +77,13 @@ def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, diffe
 
 
 def _break_even_lines(cost: dict[str, Any]) -> list[str]:
-    training = cost.get("training")
-    if not training:
-        return []
-    lines = [f"Training cost {training['currency']} {training['training_cost']:.4f} ({training['training_tokens']:,} tokens over "
-             f"{training['epochs']:.2f} epochs)."]
+    lines = []
     for tuned, others in cost["break_even_requests"].items():
+        t = cost["training"][tuned]
         cheaper_after = [f"{n} after {v:,} requests" for n, v in others.items() if v is not None]
         never = [n for n, v in others.items() if v is None]
-        lines.append(f"{tuned} (training included) becomes cheaper than " + (", ".join(cheaper_after) or "no alternative")
+        lines.append(f"{tuned} costs {t['currency']} {t['training_cost']:.4f} to train ({t['training_tokens']:,} tokens x {t['epochs']:.2f} epochs) "
+                     f"and becomes cheaper than " + (", ".join(cheaper_after) or "no baseline")
                      + (f"; never cheaper than {', '.join(never)}, whose requests cost no more." if never else "."))
     return lines
 
