@@ -1,4 +1,5 @@
-"""Tokenization for training: chat template + label masks, and raw-text packing.
+"""Tokenization for training: chat template + label masks, raw-text packing, and the row
+packing of whole examples used by `train.packing`.
 
 Assistant-only labels are found at the string level: rendering the conversation up to
 message i (with the generation prompt) and up to message i+1 gives the character span of
@@ -77,3 +78,39 @@ def pack_texts(tokenizer, texts: list[str], block_size: int) -> list[Encoded]:
         stream.append(eos)
     blocks = len(stream) // block_size
     return [Encoded(stream[i * block_size:(i + 1) * block_size], stream[i * block_size:(i + 1) * block_size]) for i in range(blocks)]
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group item indices into rows of at most `capacity` tokens, computing as few tokens as possible.
+
+    Rows are padded to the longest row, so the cost is rows x width: first-fit decreasing
+    is tried for every useful width between the longest item and `capacity` (the widths
+    that split the total evenly into 1, 2, ... rows) and the cheapest layout is kept
+    (ties: the narrower one, whose attention squares are smaller). Deterministic.
+    """
+    longest, total = max(lengths), sum(lengths)
+    widths = {min(max(longest, -(-total // r)), max(capacity, longest)) for r in range(1, len(lengths) + 1)}
+    best: list[list[int]] | None = None
+    best_cost = (0, 0)
+    for width in sorted(widths):
+        rows = _first_fit_decreasing(lengths, width)
+        used = max(sum(lengths[i] for i in row) for row in rows)
+        cost = (len(rows) * used, used)
+        if best is None or cost < best_cost:
+            best, best_cost = rows, cost
+    return best
+
+
+def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Equal lengths keep their input order; an item longer than `capacity` gets a row of its own."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        slot = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if slot is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[slot].append(i)
+            room[slot] -= lengths[i]
+    return rows

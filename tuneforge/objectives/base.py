@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from tuneforge.data.tokenize import IGNORE, Encoded
+from tuneforge.data.tokenize import IGNORE, Encoded, pack_rows
 from tuneforge.data.types import Example
 
 
@@ -22,7 +22,11 @@ class Objective(Protocol):
         """Examples -> token features (stable order; may drop nothing silently)."""
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-        """Features -> one padded batch."""
+        """Features -> one padded batch.
+
+        Objectives over token sequences may also offer `pack(features, pad_id, capacity)`
+        (`pack_batch`): the same features in rows without padding, used when `train.packing` is on.
+        """
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed loss over the batch and the number of tokens/examples it sums over.
@@ -46,9 +50,92 @@ def pad_batch(features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack_batch(features: Sequence[Encoded], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+    """Pack whole features into rows of <= `capacity` tokens: input_ids, labels, position_ids (R, W).
+
+    Positions restart at 0 for every feature. With no attention_mask, transformers reads
+    the restarts as document boundaries and builds a block-diagonal causal mask, so each
+    feature attends only to itself: the loss equals `pad_batch`'s on the same features
+    while padding shrinks from ~40% of the tokens (random batches of mixed lengths) to
+    the few tokens left at the end of each row. The row tail is one more pseudo-document
+    (positions from 0, labels IGNORE) that no real token can see.
+    """
+    rows = pack_rows([len(f.input_ids) for f in features], capacity)
+    width = max(sum(len(features[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            n = len(features[i].input_ids)
+            ids[r, start:start + n] = torch.tensor(features[i].input_ids)
+            labels[r, start + 1:start + n] = torch.tensor(features[i].labels[1:])  # a first token is never predicted, as in a padded row
+            positions[r, start:start + n] = torch.arange(n)
+            start += n
+        positions[r, start:] = torch.arange(width - start)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Next-token cross-entropy summed over labelled positions."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    """Next-token cross-entropy summed over labelled positions, for padded or packed batches.
+
+    Only the supervised positions go through the LM head when the model allows it (see
+    `decoder_and_head`): with assistant-only labels that skips ~35% of the head's FLOPs
+    and never materialises the (B, T, V) logits, the largest activation of a small-vocab
+    model's step and the dominant one for a 128k vocabulary.
+    """
     targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    keep = targets != IGNORE  # (B, T-1)
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}  # a KV cache is useless in training (and disables packing)
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    else:
+        inputs["attention_mask"] = batch["attention_mask"]
+    split = decoder_and_head(model)
+    if split is None:
+        logits = model(**inputs).logits[:, :-1][keep]  # (N, V)
+    else:
+        decoder, head = split
+        hidden = decoder(**inputs).last_hidden_state[:, :-1][keep]  # (N, d)
+        logits = head(hidden)  # (N, V)
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss, int(keep.sum())
+
+
+# Architectures whose logits are exactly lm_head(last hidden state): no logit scaling or
+# soft-capping after the head (Gemma 2 caps, Cohere and Granite scale), so the head can
+# be applied to a subset of positions.
+_PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, LM head) of a causal LM whose head may run on selected positions only, else None."""
+    base = model
+    if hasattr(model, "active_peft_config"):  # a peft wrapper
+        if model.active_peft_config.is_prompt_learning:  # virtual tokens are added by PeftModel.forward
+            return None
+        base = model.get_base_model()
+    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD or not hasattr(base, "get_decoder"):
+        return None
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+@torch.no_grad()
+def packing_matches_padding(model: torch.nn.Module, pad_id: int) -> bool:
+    """Does this model keep packed documents apart? Two short random documents, packed vs padded.
+
+    A model whose mask builder ignores position restarts would let them attend to each
+    other and silently train on a different loss; the recipe refuses packing then.
+    """
+    g = torch.Generator().manual_seed(0)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    feats = [Encoded(ids, ids) for ids in (torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in (11, 7))]
+    was_training = model.training
+    model.eval()
+    try:
+        packed, _ = causal_lm_loss(model, pack_batch(feats, pad_id, capacity=32))
+        padded, _ = causal_lm_loss(model, pad_batch(feats, pad_id))
+    finally:
+        model.train(was_training)
+    return bool(torch.isclose(packed, padded, rtol=1e-4, atol=1e-4))

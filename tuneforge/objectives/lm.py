@@ -7,7 +7,7 @@ from typing import Sequence
 from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
-from tuneforge.objectives.base import causal_lm_loss, pad_batch
+from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch
 
 
 class SupervisedChat:
@@ -16,6 +16,7 @@ class SupervisedChat:
     name = "sft"
     task = "causal_lm"
     collate = staticmethod(pad_batch)
+    pack = staticmethod(pack_batch)
     loss = staticmethod(causal_lm_loss)
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
@@ -38,6 +39,7 @@ class CausalLM:
     name = "clm"
     task = "causal_lm"
     collate = staticmethod(pad_batch)
+    pack = staticmethod(pack_batch)
     loss = staticmethod(causal_lm_loss)
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:

@@ -21,6 +21,7 @@ from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import get_objective
+from tuneforge.objectives.base import packing_matches_padding
 from tuneforge.train.batching import micro_batches, steps_per_epoch
 from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tuneforge.train.optim import build_optimizer, build_scheduler
@@ -60,6 +61,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
                        task=objective.task, **objective.model_kwargs(train_examples), **method.load_kwargs(cfg.method))
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
     model = method.apply(model, cfg.method).to(device)
+    if cfg.train.packing:
+        _check_packing(model, objective, pad_id)
     trainable, total = trainable_parameters(model)
 
     per_epoch = steps_per_epoch(len(train_feats), cfg.train.batch_size, cfg.train.grad_accum)
@@ -166,7 +169,9 @@ def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_i
             if n_total:  # an optimizer step never spans two epochs
                 break
             batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
-        batch = objective.collate([feats[i] for i in batches[state.micro_batch]], pad_id)
+        chosen = [feats[i] for i in batches[state.micro_batch]]
+        # packing changes the layout of the same examples, not the batch: the loss is the same
+        batch = objective.pack(chosen, pad_id, cfg.model.max_length) if cfg.train.packing else objective.collate(chosen, pad_id)
         state.micro_batch += 1
         loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
         loss.backward()
@@ -185,6 +190,15 @@ def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device)
         loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
         total, count = total + loss.item(), count + n
     return total / max(count, 1)
+
+
+def _check_packing(model, objective, pad_id: int) -> None:
+    if not hasattr(objective, "pack"):
+        raise ConfigError(f"train.packing is not available for the {objective.name} objective",
+                          [Problem("train.packing", f"{objective.name} batches are not token sequences", "set train.packing: false")])
+    if not packing_matches_padding(model, pad_id):
+        raise ConfigError(f"{type(model).__name__} does not keep packed examples apart",
+                          [Problem("train.packing", "its attention mask ignores the position restarts between packed examples", "set train.packing: false")])
 
 
 def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
