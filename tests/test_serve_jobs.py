@@ -168,6 +168,31 @@ def test_pause_resume_and_cancel_stop_the_process(env):
     assert c.fine_tuning.jobs.retrieve(job.id).status == "cancelled" and paused.status == "paused" and step_at_pause >= 10
 
 
+def test_dpo_job_on_preference_pairs_and_format_checks(env):
+    import json
+
+    c, (train_id, _) = env["client"], env["files"]
+    pairs = env["home"] / "pairs.jsonl"
+    products = ["Cam Pro", "Soundbar", "Light Strip", "Hub", "Doorbell", "Thermostat"]
+    pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What warranty does the {p} have? ({k})"}],
+                                         "chosen": f"Thanks for asking! The Lumora {p} has a {k + 1} year warranty.",
+                                         "rejected": "No idea."}) + "\n" for p in products for k in range(2)))
+    f = c.files.create(file=pairs.open("rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as exc:
+        c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5}}})
+    assert "beta" in exc.value.body["param"]
+    wrong = c.fine_tuning.jobs.create(model="demo", training_file=f.id)  # supervised on pairs
+    wrong = wait_for(c, wrong.id, {"failed"}, timeout=30)
+    assert wrong.error.code == "invalid_training_file" and wrong.error.param == "training_file"
+    job = c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 4}}},
+                                    extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 3}}})
+    done = wait_for(c, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
+    answer = c.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Warranty of the Hub?"}], max_tokens=4)
+    assert answer.choices[0].message.role == "assistant"
+
+
 def test_killed_worker_job_is_taken_over_and_finishes(env):
     c, (train_id, _) = env["client"], env["files"]
     opts = {"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 150, "save_every": 5}}}

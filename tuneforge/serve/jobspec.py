@@ -29,7 +29,7 @@ class Hyperparameters(BaseModel):
     n_epochs: int | Auto = Field("auto", description="Passes over the training file; auto scales with its size.")
     batch_size: int | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
     learning_rate_multiplier: float | Auto = Field("auto", description="Times the method's base learning rate.")
-    beta: float | Auto | None = Field(None, description="DPO only: strength of the preference term.")
+    beta: float | Auto | None = Field(None, description="DPO only: strength of the preference term (tuneforge's dpo objective uses 0.1).")
 
 
 class MethodDetail(BaseModel):
@@ -65,7 +65,20 @@ class CreateJob(BaseModel):
         return MethodSpec(type=method.type, **{method.type: detail})
 
 
-def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: str) -> dict[str, Any]:
+DPO_BETA = 0.1  # tuneforge.objectives.dpo.DirectPreference.beta; not a config key yet
+
+
+def check_method(method: MethodSpec) -> list[Problem]:
+    detail = getattr(method, method.type)
+    beta = detail.hyperparameters.beta if detail else None
+    if method.type == "supervised" and beta is not None:
+        return [Problem("method.supervised.hyperparameters.beta", "beta applies to dpo only", "remove it")]
+    if beta not in (None, "auto", DPO_BETA):
+        return [Problem("method.dpo.hyperparameters.beta", f"this server trains dpo with beta {DPO_BETA} only", "use 'auto' or 0.1")]
+    return []
+
+
+def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: str, method_type: str = "supervised") -> dict[str, Any]:
     """Fill in 'auto' the way OpenAI describes it: about 3 epochs, more for tiny files and
     fewer for big ones (keeping epochs x examples within [100, 25000]), batch ~0.2% of the data."""
     n = max(n_examples, 1)
@@ -73,8 +86,8 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
     batch = h.batch_size if h.batch_size != "auto" else int(min(32, max(1, round(n * 0.002))))
     mult = h.learning_rate_multiplier if h.learning_rate_multiplier != "auto" else 1.0
     out: dict[str, Any] = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
-    if h.beta is not None:
-        out["beta"] = 0.1 if h.beta == "auto" else h.beta
+    if method_type == "dpo":
+        out["beta"] = DPO_BETA
     out["learning_rate"] = BASE_LR.get(method_name, 2e-4) * mult
     return out
 

@@ -11,7 +11,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.serve import catalog, files, jobs
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
-from tuneforge.serve.jobspec import CreateJob, build_config, method_name, resolve_hyperparameters
+from tuneforge.serve.jobspec import CreateJob, build_config, check_method, method_name, resolve_hyperparameters
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.runner import fine_tuned_name
 from tuneforge.serve.tables import Job
@@ -47,9 +47,11 @@ def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depend
     train_file = files.get_file(svc.store, who.project_id, body.training_file, param="training_file")
     val_file = files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file") if body.validation_file else None
     method = body.resolved_method()
+    if problems := check_method(method):
+        raise from_tuneforge(ConfigError("unsupported hyperparameters", problems), param=problems[0].where, code="invalid_hyperparameters")
     options = body.tuneforge or {}
     n_examples = (train_file.validation or {}).get("valid", 0)
-    hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options))
+    hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type)
     seed = body.seed if body.seed is not None else 42
     try:  # the whole run config is checked now, so a bad option is a 400 and not a failed job
         build_config(base_model=catalog.base_model_path(body.model), train_path=Path(train_file.path),
