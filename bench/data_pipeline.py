@@ -101,6 +101,7 @@ def main() -> None:
         src = tmp / "chats.jsonl"
         t0 = time.perf_counter()
         generate(src, args.n)
+        file_mb = round(src.stat().st_size / 2**20, 1)
         t1 = time.perf_counter()
         report = validate_file(src, max_issues=100)
         t2 = time.perf_counter()
@@ -111,7 +112,7 @@ def main() -> None:
     validate_rss = rss.between(t1, t2)
     prepare_rss = rss.between(t2, t3)
     result = {
-        "examples": args.n, "file_mb": round(src.stat().st_size / 2**20, 1) if src.exists() else None,
+        "examples": args.n, "file_mb": file_mb,
         "generate_s": round(t1 - t0, 1),
         "validate_s": round(t2 - t1, 1), "validate_examples_per_s": round(args.n / (t2 - t1)),
         "prepare_s": round(t3 - t2, 1), "prepare_examples_per_s": round(args.n / (t3 - t2)),

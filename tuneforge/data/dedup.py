@@ -4,17 +4,21 @@ Signatures come from datasketch (`MinHash.bulk`, band/row counts from `MinHashLS
 threshold). The LSH index itself is kept as flat numpy arrays instead of datasketch's
 in-memory `MinHashLSH`, which stores Python objects per key (~400 bytes per example,
 measured: 400 MB per million): here signatures (4 bytes x num_perm per example) and band
-hashes (8 bytes x bands) are appended to files on disk and memory-mapped at the end, where
-one band at a time is sorted (16 bytes per example of RAM while it runs). Candidates (same band hash) are confirmed by the estimated Jaccard similarity, then
-joined into clusters; the first example of a cluster (in file order) is kept.
+hashes (8 bytes per band) are appended to files on disk; at the end one band at a time is
+read and sorted (16 bytes per example of RAM while it runs, plus 8 bytes per
+candidate pair: templated data where most examples collide costs up to 8 x bands per example).
+
+Candidates (same band hash) are confirmed by the estimated Jaccard similarity; each
+example points at its earliest confirmed match, chains are followed back to an example
+that matches nothing earlier, and that one (the first in file order) is kept.
 """
 
 from __future__ import annotations
 
+import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import zlib
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -53,9 +57,8 @@ class NearDuplicates:
     ngram: int = 3
     seed: int = 1
 
-    @property
-    def band_file(self) -> Path:
-        return self.signature_file.with_suffix(".bands")
+    def band_file(self, k: int) -> Path:
+        return self.signature_file.with_suffix(f".band{k}")
 
     def __post_init__(self) -> None:
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)  # only for its optimal (bands, rows)
@@ -68,7 +71,7 @@ class NearDuplicates:
         self._minhash_kwargs = {"num_perm": self.num_perm, "seed": self.seed, "permutations": template.permutations,
                                 "scheme": template.scheme, "hashfunc": zlib.crc32}
         self._sig_fh = self.signature_file.open("wb")
-        self._band_fh = self.band_file.open("wb")
+        self._band_fhs = [self.band_file(k).open("wb") for k in range(self.bands)]  # one file per band: read back contiguously
         self.count = 0
 
     def add(self, texts: list[str]) -> None:
@@ -80,68 +83,62 @@ class NearDuplicates:
         self._sig_fh.write(sig.tobytes())
         weighted = sig[:, : self.bands * self.rows].astype(np.uint64) * self._mult  # (B, bands*rows), wraps mod 2^64
         bands = weighted.reshape(len(texts), self.bands, self.rows).sum(axis=2)  # (B, bands)
-        self._band_fh.write(bands.view(np.int64).tobytes())
+        for k, fh in enumerate(self._band_fhs):
+            fh.write(np.ascontiguousarray(bands[:, k]).view(np.int64).tobytes())
         self.count += len(texts)
 
     def resolve(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Among rows where `alive`, find near-duplicates of earlier rows.
 
-        Returns (dup_of, similarity): dup_of[i] is the kept row i duplicates, or -1.
+        Returns (dup_of, similarity): dup_of[i] is the kept row that row i duplicates (or -1),
+        similarity[i] the estimated Jaccard similarity between the two.
         """
-        self._sig_fh.close()
-        self._band_fh.close()
-        dup_of = np.full(self.count, -1, dtype=np.int64)
-        similarity = np.zeros(self.count, dtype=np.float32)
-        if self.count == 0:
+        for fh in (self._sig_fh, *self._band_fhs):
+            fh.close()
+        n = self.count
+        dup_of = np.full(n, -1, dtype=np.int64)
+        similarity = np.zeros(n, dtype=np.float32)
+        if n == 0:
             return dup_of, similarity
-        sig = np.memmap(self.signature_file, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm))
-        bands = np.memmap(self.band_file, dtype=np.int64, mode="r", shape=(self.count, self.bands))
         idx = np.flatnonzero(alive)
-        pairs = np.concatenate([self._band_pairs(np.asarray(bands[idx, k]), idx) for k in range(self.bands)], axis=1)
-        pairs = np.unique(pairs, axis=1) if pairs.size else pairs  # (2, P): (earlier, later)
-        sims = np.concatenate([(sig[pairs[0, s]] == sig[pairs[1, s]]).mean(axis=1) for s in _chunks(pairs.shape[1])]) if pairs.size else np.zeros(0)
-        keep = sims >= self.threshold
-        root = _cluster_roots(pairs[:, keep], self.count)
-        later = np.flatnonzero(root != np.arange(self.count))
-        dup_of[later] = root[later]
-        best = {}
-        for (a, b), s in zip(pairs[:, keep].T, sims[keep]):
-            best[b] = max(best.get(b, 0.0), s)
-        similarity[later] = [best.get(i, self.threshold) for i in later]
-        del sig, bands
+        keys = np.unique(np.concatenate([_band_pairs(np.fromfile(self.band_file(k), dtype=np.int64)[idx], idx, n) for k in range(self.bands)]))  # (P,)
+        earlier, later = keys % n, keys // n
+        confirmed = self._similarities(earlier, later) >= self.threshold
+        parent = np.arange(n)
+        np.minimum.at(parent, later[confirmed], earlier[confirmed])  # each row -> its earliest confirmed match
+        while not np.array_equal(parent[parent], parent):  # follow chains back to a row that matches nothing earlier
+            parent = parent[parent]
+        removed = np.flatnonzero(parent != np.arange(n))
+        dup_of[removed] = parent[removed]
+        similarity[removed] = self._similarities(parent[removed], removed)
         return dup_of, similarity
 
+    def _similarities(self, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Estimated Jaccard similarity of rows a[i] and b[i]: the share of equal MinHash values.
+
+        Rows are read with pread, chunk by chunk: memory-mapping the file instead would put
+        most of it in the process's resident set (the kernel maps 64 KB around each fault).
+        """
+        out = np.empty(len(a), dtype=np.float32)
+        row_bytes = 4 * self.num_perm
+        with self.signature_file.open("rb") as fh:
+            fd = fh.fileno()
+            for i in range(0, len(a), chunk):
+                rows, inverse = np.unique(np.concatenate([a[i:i + chunk], b[i:i + chunk]]), return_inverse=True)
+                block = np.frombuffer(b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in rows), dtype=np.uint32)
+                block = block.reshape(len(rows), self.num_perm)  # (U, num_perm)
+                half = len(inverse) // 2
+                equal = (block[inverse[:half]] == block[inverse[half:]]).sum(axis=1, dtype=np.int32)  # (chunk,)
+                out[i:i + chunk] = equal / self.num_perm
+        return out
+
     def remove_files(self) -> None:
-        self.signature_file.unlink(missing_ok=True)
-        self.band_file.unlink(missing_ok=True)
-
-    @staticmethod
-    def _band_pairs(band: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """(2, P) pairs (first row of the bucket, other row) for buckets with several rows."""
-        first = first_occurrence(band)  # positions within idx
-        others = np.flatnonzero(first != np.arange(len(band)))
-        return np.stack([idx[first[others]], idx[others]])
+        for path in (self.signature_file, *(self.band_file(k) for k in range(self.bands))):
+            path.unlink(missing_ok=True)
 
 
-def _chunks(n: int, size: int = 65536) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _cluster_roots(pairs: np.ndarray, n: int) -> np.ndarray:
-    """Union-find over confirmed pairs; each row's root is the earliest row of its cluster."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs.T:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.arange(n)
-    involved = np.unique(pairs)
-    roots[involved] = [find(int(i)) for i in involved]
-    return roots
+def _band_pairs(band: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """Candidate pairs of one band, (first row of the bucket, other row), encoded as later * n + earlier."""
+    first = first_occurrence(band)  # (len(idx),) positions within idx
+    others = np.flatnonzero(first != np.arange(len(band)))
+    return idx[others] * n + idx[first[others]]
