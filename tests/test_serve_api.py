@@ -115,7 +115,9 @@ def test_upload_limits_and_purpose(server, tmp_path):
 def test_models_list_and_base_models_cannot_be_deleted(server):
     a = client(server, server["a"])
     ids = [m.id for m in a.models.list()]
-    assert "demo" in ids
+    assert "demo" in ids and "minilm" in ids
+    with pytest.raises(openai.BadRequestError):
+        a.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "hi"}])
     assert a.models.retrieve("demo").owned_by == "tuneforge"
     with pytest.raises(openai.PermissionDeniedError):
         a.models.delete("demo")
@@ -229,13 +231,24 @@ def test_metrics_and_usage(server):
     a.chat.completions.create(model="demo", messages=[{"role": "user", "content": "my email is jo@example.com"}], max_tokens=2)
     text = httpx.get(server["url"] + "/metrics").text
     assert 'tuneforge_requests_total{endpoint="chat",model="demo",status="ok"}' in text
-    assert "tuneforge_request_latency_seconds_bucket" in text and 'tuneforge_jobs{status=' in text
+    assert "tuneforge_request_latency_seconds_bucket" in text and "# TYPE tuneforge_jobs gauge" in text
     usage = httpx.get(server["url"] + "/v1/monitoring/usage", headers={"Authorization": f"Bearer {server['a']}"}).json()["data"]
     demo = next(u for u in usage if u["model"] == "demo")
     assert demo["requests"] >= 1 and demo["completion_tokens"] >= 1
     with server["store"].engine.connect() as conn:
-        logged = [r[0] for r in conn.exec_driver_sql("SELECT prompt_text FROM request_logs WHERE prompt_text LIKE '%email%'")]
-    assert logged and all("jo@example.com" not in t and "[EMAIL]" in t for t in logged)
+        logged = list(conn.exec_driver_sql("SELECT prompt_text, request FROM request_logs WHERE prompt_text LIKE '%email%'"))
+    assert logged and all("jo@example.com" not in t and "[EMAIL]" in t for t, _ in logged)
+    assert all(request is None for _, request in logged)  # full request logging is off by default
+    settings = server["app"].state.services.settings
+    settings.log_requests = True
+    try:
+        a.chat.completions.create(model="demo", messages=[{"role": "user", "content": "call me on +44 20 7946 0958"}], max_tokens=2)
+    finally:
+        settings.log_requests = False
+    with server["store"].engine.connect() as conn:
+        request, response = conn.exec_driver_sql("SELECT request, response FROM request_logs ORDER BY seq DESC LIMIT 1").one()
+    request = json.loads(request) if isinstance(request, str) else request
+    assert request["messages"][0]["content"] == "call me on [PHONE]" and response is not None
 
 
 def test_full_fine_tunes_load_separately_within_the_memory_bound(server):

@@ -13,6 +13,7 @@ from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import FineTunedModel
 
 BASE_CREATED = 1767225600  # 2026-01-01: base models have no creation time of their own
+EMBEDDING_MODEL = "minilm"  # the embedded all-MiniLM-L6-v2 encoder, for /v1/embeddings only
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def base_model_path(name: str) -> str:
 
 def list_models(store: Store, settings: ServeSettings, project_id: str) -> list[ModelRef]:
     refs = [ModelRef(b, b, "base", None, "tuneforge", BASE_CREATED) for b in base_models(settings)]
+    refs.append(ModelRef(EMBEDDING_MODEL, EMBEDDING_MODEL, "embedding", None, "tuneforge", BASE_CREATED))
     with store.session() as s:
         rows = s.scalars(select(FineTunedModel).where(FineTunedModel.project_id == project_id).order_by(FineTunedModel.created_at))
         refs += [_ft_ref(r, project_id) for r in rows]
@@ -49,6 +51,8 @@ def list_models(store: Store, settings: ServeSettings, project_id: str) -> list[
 
 
 def find_model(store: Store, settings: ServeSettings, project_id: str, model_id: str) -> ModelRef | None:
+    if model_id == EMBEDDING_MODEL:
+        return ModelRef(model_id, model_id, "embedding", None, "tuneforge", BASE_CREATED)
     if model_id in base_models(settings):
         return ModelRef(model_id, model_id, "base", None, "tuneforge", BASE_CREATED)
     with store.session() as s:

@@ -144,8 +144,8 @@ class RequestLog(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     prompt_text: Mapped[str] = mapped_column(Text)  # redacted; drift compares it with training data
-    request: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # only with request logging on
-    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))  # only with request logging on
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 Index("ix_request_logs_model_seq", RequestLog.model, RequestLog.seq)

@@ -17,12 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError
 from tuneforge.serve.api.models import require_model
+from tuneforge.serve.catalog import EMBEDDING_MODEL
 from tuneforge.serve.engine import Sampling
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.keys import Principal
 
 router = APIRouter(prefix="/v1")
-EMBEDDING_MODEL = "minilm"
+
+
+def generative_model(svc: Services, who: Principal, model_id: str):
+    ref = require_model(svc, who, model_id)
+    if ref.kind == "embedding":
+        raise APIError(400, f"'{model_id}' is an embedding model; use it with /v1/embeddings.", param="model", code="model_not_supported")
+    return ref
 
 
 class _Request(BaseModel):
@@ -92,7 +99,7 @@ def _usage(results: list) -> dict[str, int]:
 @router.post("/chat/completions")
 async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
     body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
-    ref = require_model(svc, who, body.model)
+    ref = generative_model(svc, who, body.model)
     conv = _messages(body.messages)
     sampling, started = body.sampling(), time.perf_counter()
     prompt_text = "\n".join(m["content"] for m in conv if m["role"] == "user")
@@ -135,7 +142,7 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
 @router.post("/completions")
 async def completions(body: CompletionRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
     body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
-    ref = require_model(svc, who, body.model)
+    ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise APIError(400, "prompt must not be empty.", param="prompt")

@@ -42,7 +42,7 @@ def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
 
 @router.post("")
 def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    if catalog.find_model(svc.store, svc.settings, who.project_id, body.model) is None or body.model.startswith("ft:"):
+    if body.model not in catalog.base_models(svc.settings):
         raise APIError(400, f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.", param="model", code="model_not_available")
     train_file = files.get_file(svc.store, who.project_id, body.training_file, param="training_file")
     val_file = files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file") if body.validation_file else None

@@ -37,7 +37,7 @@ def retrieve(model_id: str, who: Principal = Depends(principal), svc: Services =
 @router.delete("/{model_id:path}")
 def delete(model_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     ref = require_model(svc, who, model_id)
-    if ref.kind == "base":
+    if ref.kind in ("base", "embedding"):
         raise APIError(403, f"You cannot delete the base model '{model_id}'; only fine-tuned models can be deleted.", param="model", code="model_not_deletable")
     catalog.delete_model(svc.store, model_id)
     svc.engine.forget(model_id)

@@ -29,8 +29,8 @@ SAMPLE = 300
 def reference_prompts(svc: Services, who: Principal, model_id: str) -> list[str]:
     """User turns of the fine-tuned model's training file, joined like live prompts are."""
     ref = require_model(svc, who, model_id)
-    if ref.kind == "base":
-        raise APIError(400, f"'{model_id}' is a base model: drift is measured against a fine-tuned model's training data.", param="model")
+    if ref.kind in ("base", "embedding"):
+        raise APIError(400, f"'{model_id}' is not a fine-tuned model: drift is measured against a fine-tuned model's training data.", param="model")
     with svc.store.session() as s:
         job = s.scalar(select(Job).where(Job.fine_tuned_model == model_id))
         train_file = s.get(File, job.training_file) if job else None
