@@ -26,7 +26,7 @@ from torch import nn
 
 from tuneforge.errors import ConfigError, ModelLoadError, Problem
 from tuneforge.methods.partial import block_list
-from tuneforge.methods.registry import Method, is_new_head_task, register, task_head_parameters
+from tuneforge.methods.registry import Method, is_new_head_task, register, save_task_config, task_head_parameters
 
 # model_type -> (attention output projection, FFN output projection, whole FFN), paths inside one block
 _SITES = {
@@ -123,7 +123,7 @@ def _save(model: nn.Module, run_dir: Path) -> Path:
     weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(weights, str(out / WEIGHTS_NAME))
     (out / CONFIG_NAME).write_text(json.dumps({**model.tuneforge_bottleneck, "base_model": model.config._name_or_path}, indent=2))
-    model.config.save_pretrained(out)  # architecture and label set, to rebuild the same base
+    save_task_config(model, out)  # architecture and label set, to rebuild the same base
     return out
 
 

@@ -79,9 +79,13 @@ def estimate(ref: str | Path, method_cfg, batch: int, seq_len: int, *, task: str
                               attention=attention, name=str(ref))
 
 
-def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *, dtype: str = "float32",
+def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *, dtype: str | None = None,
                        gradient_checkpointing: bool = False, attention: str = "sdpa", name: str = "") -> Estimate:
-    """Count an adapted model's parameters and its training memory (works on meta and real models)."""
+    """Count an adapted model's parameters and its training memory (works on meta and real models).
+
+    `dtype` is the base weights' training dtype; by default the dtype the model is in.
+    """
+    dtype = dtype or _float_dtype(model)
     e = _BYTES[dtype]
     quantized_bytes = _NF4_BYTES[getattr(method_cfg, "double_quant", False)] if method_cfg.name == "qlora" else None
     quantized = _quantized_weights(model) if quantized_bytes else set()
@@ -109,6 +113,11 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
     if quantized_bytes:
         assumptions["quantized_bytes_per_weight"] = round(quantized_bytes, 4)
     return Estimate(name or model.config._name_or_path, method_cfg.name, total, trainable, trainable / max(total, 1), memory, assumptions)
+
+
+def _float_dtype(model: nn.Module) -> str:
+    dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return str(max(set(dtypes), key=dtypes.count)).removeprefix("torch.") if dtypes else "float32"
 
 
 def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
-from tuneforge.methods.registry import Method, is_new_head_task, register
+from tuneforge.methods.registry import Method, is_new_head_task, register, save_task_config
 
 # peft wraps new task heads in `modules_to_save` for these task types, so they train too
 _TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS"}
@@ -27,7 +27,7 @@ def save_adapter(model: nn.Module, run_dir: Path) -> Path:
     model.save_pretrained(out)  # PEFT format: adapter_config.json + adapter_model.safetensors
     base = model.get_base_model()
     if is_new_head_task(base):  # the base must be rebuilt with the same label set before loading the adapter
-        base.config.save_pretrained(out)
+        save_task_config(base, out)
     return out
 
 

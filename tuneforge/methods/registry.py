@@ -7,6 +7,7 @@ other tools load (a PEFT `adapter/` folder or an HF `model/` folder) into the ru
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,6 +72,13 @@ def task_head_parameters(model: nn.Module) -> list[str]:
 def is_new_head_task(model: nn.Module) -> bool:
     """True for models whose head is freshly initialised (classification), not a pretrained LM head."""
     return type(model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification"))
+
+
+def save_task_config(model: nn.Module, folder: Path) -> None:
+    """config.json naming the task class and its labels, so the base can be rebuilt before an adapter loads."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]  # the checkpoint's own class (e.g. *ForPreTraining) otherwise
+    config.save_pretrained(folder)
 
 
 def available_methods() -> list[str]:

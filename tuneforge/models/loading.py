@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining,
+from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForNextSentencePrediction, AutoModelForPreTraining,
                           AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer)
 
 from tuneforge.errors import ModelLoadError, Problem
@@ -23,6 +23,7 @@ MODEL_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "masked_lm": AutoModelForMaskedLM,
     "pretraining": AutoModelForPreTraining,  # BERT-style MLM + next-sentence heads
+    "next_sentence": AutoModelForNextSentencePrediction,  # the NSP head alone (no vocabulary-sized logits)
     "sequence_classification": AutoModelForSequenceClassification,
     "token_classification": AutoModelForTokenClassification,
 }
@@ -64,7 +65,7 @@ def run_artifact(path: str | Path) -> tuple[str, Path] | None:
 
 # the class-name suffix of a saved task model -> its MODEL_CLASSES key
 _TASK_SUFFIXES = {"ForSequenceClassification": "sequence_classification", "ForTokenClassification": "token_classification",
-                  "ForMaskedLM": "masked_lm", "ForPreTraining": "pretraining"}
+                  "ForMaskedLM": "masked_lm", "ForPreTraining": "pretraining", "ForNextSentencePrediction": "next_sentence"}
 
 
 def saved_task(folder: Path) -> tuple[str, dict]:

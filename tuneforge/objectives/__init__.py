@@ -1,28 +1,35 @@
 """What is learned: each objective turns examples into features, batches and a loss.
 
-An objective is a small object (see `base.Objective`); `get_objective(name)` finds it.
+An objective is a small object (see `base.Objective`); `get_objective(name)` builds a fresh
+one per run, because labelled objectives fix their label set from that run's training data.
 Methods (how parameters are adapted) are independent of objectives.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.objectives.base import Objective
+from tuneforge.objectives.classification import SequenceClassification
+from tuneforge.objectives.dpo import DirectPreference
+from tuneforge.objectives.encoder import MaskedLM, NextSentence
 from tuneforge.objectives.lm import CausalLM, SupervisedChat
+from tuneforge.objectives.tokens import TokenClassification
 
-_OBJECTIVES: dict[str, Objective] = {}
+_OBJECTIVES: dict[str, Callable[[], Objective]] = {}
 
 
-def register_objective(objective: Objective) -> Objective:
-    _OBJECTIVES[objective.name] = objective
-    return objective
+def register_objective(factory: Callable[[], Objective]) -> Callable[[], Objective]:
+    _OBJECTIVES[factory().name] = factory
+    return factory
 
 
 def get_objective(name: str) -> Objective:
     if name not in _OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'", [Problem("objective", f"'{name}' is not registered", f"use one of {sorted(_OBJECTIVES)}")])
-    return _OBJECTIVES[name]
+    return _OBJECTIVES[name]()
 
 
-register_objective(SupervisedChat())
-register_objective(CausalLM())
+for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence, DirectPreference):
+    register_objective(_factory)

@@ -15,6 +15,9 @@ class Objective(Protocol):
     name: str
     task: str  # a key of models.loading.MODEL_CLASSES: which model head is loaded
 
+    def prepare(self, train_examples: Sequence[Example]) -> None:
+        """Check the example type and fix what the training data defines (the label set), once per run."""
+
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         """Extra `from_pretrained` kwargs the head needs (num_labels, id2label...)."""
 
@@ -34,6 +37,9 @@ class Objective(Protocol):
         Returning a sum lets the recipe normalise by the token count of the whole optimizer
         step, so gradient accumulation gives the same update as one large batch.
         """
+
+    def metrics(self, model: torch.nn.Module, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:
+        """Task metrics on validation features beyond the loss (accuracy, entity F1...); {} when the loss says it all."""
 
 
 def pad_batch(features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

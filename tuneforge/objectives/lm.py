@@ -19,8 +19,14 @@ class SupervisedChat:
     pack = staticmethod(pack_batch)
     loss = staticmethod(causal_lm_loss)
 
+    def prepare(self, train_examples: Sequence[Example]) -> None:
+        pass  # encode checks the example types
+
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         return {}
+
+    def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
+        return {}  # the validation loss (per supervised token) is the metric
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, Conversation)]
@@ -42,8 +48,14 @@ class CausalLM:
     pack = staticmethod(pack_batch)
     loss = staticmethod(causal_lm_loss)
 
+    def prepare(self, train_examples: Sequence[Example]) -> None:
+        pass  # encode checks the example types
+
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         return {}
+
+    def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
+        return {}  # the validation loss (per supervised token) is the metric
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         texts = [ex.text if isinstance(ex, TextExample) else tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in ex.messages], tokenize=False)

@@ -19,6 +19,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
+from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.base import packing_matches_padding
@@ -51,6 +52,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     objective = get_objective(cfg.objective)
     tokenizer = load_tokenizer(cfg.model.name)
     train_examples, val_examples = _load_splits(cfg)
+    objective.prepare(train_examples)  # fixes the label set of labelled objectives from the training data
     train_feats = objective.encode(train_examples, tokenizer, cfg.model.max_length)
     val_feats = objective.encode(val_examples, tokenizer, cfg.model.max_length) if val_examples else []
     pad_id = tokenizer.pad_token_id
@@ -75,6 +77,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     manifest = run.read_manifest() if resume else {}
     manifest.update(new_manifest(cfg, base_path, _dataset_lineage(cfg, train_examples, val_examples)) if not manifest else {"status": "running"})
     manifest["params"] = {"trainable": trainable, "total": total, "trainable_share": trainable / total}
+    # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
+    manifest["memory_estimate"] = estimate_for_model(model, cfg.method, cfg.train.batch_size, cfg.model.max_length).memory_bytes
     manifest["data_stats"] = {"train_features": len(train_feats), "validation_features": len(val_feats),
                               "truncated": sum(f.truncated for f in train_feats), "steps_per_epoch": per_epoch, "total_steps": total_steps}
     run.write_manifest(manifest)
@@ -125,7 +129,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
                 state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
                 if improved and cfg.train.early_stopping_patience:
                     best_weights = trainable_state(model)
-                events.emit({"type": "eval", "step": state.step, "val_loss": val_loss, "best_val_loss": state.best_val_loss})
+                events.emit({"type": "eval", "step": state.step, "val_loss": val_loss, "best_val_loss": state.best_val_loss,
+                             **objective.metrics(model, val_feats, cfg.train.batch_size, pad_id, device)})
                 if cfg.train.early_stopping_patience and state.evals_without_improvement >= cfg.train.early_stopping_patience:
                     events.message(f"early stopping at step {state.step}: no improvement in {state.evals_without_improvement} evaluations")
                     status = "early_stopped"
@@ -148,6 +153,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
                 _load_trainable(model, best_weights)
             if val_feats:
                 final["val_loss"] = evaluate_loss(model, objective, val_feats, cfg.train.batch_size, pad_id, device)
+                final.update(objective.metrics(model, val_feats, cfg.train.batch_size, pad_id, device))
             artifact = method.save(model, run.root)
             tokenizer.save_pretrained(artifact)
             final["artifact"] = str(artifact)

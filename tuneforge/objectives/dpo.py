@@ -1,0 +1,107 @@
+"""Direct preference optimisation (Rafailov et al. 2023) on chosen/rejected answer pairs.
+
+loss = -log sigmoid(beta * [(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))])
+
+where log pi(answer) sums the answer's token log-probabilities given the prompt. The
+reference model is the frozen base itself, run with the adapter switched off (peft's
+`disable_adapter()`, or the bottleneck adapters' equivalent): no second copy in memory.
+That is why the config accepts dpo only with adapter methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+
+from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
+from tuneforge.data.types import Conversation, Example, Message, PreferencePair
+from tuneforge.errors import ConfigError, DataError, Problem
+from tuneforge.methods.bottleneck import Bottleneck, adapters_disabled
+from tuneforge.objectives.base import pad_batch
+
+
+@dataclass
+class PairFeature(Encoded):
+    """input_ids/labels hold prompt+chosen; rejected_* hold prompt+rejected (labels only on the answer)."""
+
+    rejected_ids: list[int] = field(default_factory=list)
+    rejected_labels: list[int] = field(default_factory=list)
+
+
+def reference_model(model: torch.nn.Module):
+    """A context in which `model` computes the frozen base's outputs."""
+    if isinstance(model, PeftModel):
+        return model.disable_adapter()
+    if any(isinstance(m, Bottleneck) for m in model.modules()):
+        return adapters_disabled(model)
+    raise ConfigError("dpo needs an adapter method: the reference model is the base with the adapter off",
+                      [Problem("method.name", f"{type(model).__name__} has no adapter to switch off", "use lora, dora, qlora, ia3 or adapter")])
+
+
+def sequence_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over labelled positions, per row: (N,)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (N, T-1, V)
+    targets = labels[:, 1:]  # (N, T-1)
+    token_logps = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")  # (N, T-1)
+    return (token_logps * (targets != IGNORE)).sum(-1)
+
+
+class DirectPreference:
+    name = "dpo"
+    task = "causal_lm"
+    beta = 0.1  # strength of the pull towards the reference (the paper's default range is 0.1-0.5)
+
+    def prepare(self, train_examples: Sequence[Example]) -> None:
+        wrong = [i for i, ex in enumerate(train_examples) if not isinstance(ex, PreferencePair)]
+        if wrong:
+            raise DataError("the dpo objective needs {prompt, chosen, rejected} examples",
+                            [Problem(f"example {i}", f"got {type(train_examples[i]).__name__}", "give preference records") for i in wrong[:10]])
+
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        return {}
+
+    def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
+        feats = []
+        for i, ex in enumerate(examples):
+            chosen = encode_conversation(tokenizer, Conversation([*ex.prompt, Message("assistant", ex.chosen)]), max_length)
+            rejected = encode_conversation(tokenizer, Conversation([*ex.prompt, Message("assistant", ex.rejected)]), max_length)
+            if all(t == IGNORE for t in chosen.labels) or all(t == IGNORE for t in rejected.labels):
+                raise DataError("a preference answer is cut off entirely by model.max_length",
+                                [Problem(f"example {i}", "no answer token left after truncation", "raise model.max_length or shorten the prompt")])
+            feats.append(PairFeature(chosen.input_ids, chosen.labels, chosen.truncated or rejected.truncated, rejected.input_ids, rejected.labels))
+        return feats
+
+    def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+        """Chosen rows then rejected rows: (2B, T), one forward pass for both."""
+        rows = [Encoded(f.input_ids, f.labels) for f in features] + [Encoded(f.rejected_ids, f.rejected_labels) for f in features]
+        return pad_batch(rows, pad_id)
+
+    def rewards(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Implicit rewards beta * log(pi / ref) of the chosen and the rejected answers: (B,), (B,)."""
+        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+        policy = sequence_logps(model, *args)  # (2B,)
+        with torch.no_grad(), reference_model(model):
+            reference = sequence_logps(model, *args)
+        margin = self.beta * (policy - reference)
+        half = margin.shape[0] // 2
+        return margin[:half], margin[half:]
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        chosen, rejected = self.rewards(model, batch)
+        return -F.logsigmoid(chosen - rejected).sum(), int(chosen.numel())
+
+    @torch.no_grad()
+    def metrics(self, model, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:
+        model.eval()
+        wins, margins = [], []
+        for i in range(0, len(features), batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(features[i:i + batch_size], pad_id).items()}
+            chosen, rejected = self.rewards(model, batch)
+            wins += (chosen > rejected).tolist()
+            margins += (chosen - rejected).tolist()
+        return {"reward_accuracy": sum(wins) / max(len(wins), 1), "reward_margin": sum(margins) / max(len(margins), 1)}
