@@ -102,13 +102,13 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(src, args.n)
         file_mb = round(src.stat().st_size / 2**20, 1)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         report = validate_file(src, max_issues=100)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         cfg = load_prepare_config(src, [f"dedup.near={not args.no_near}", f"dedup.num_perm={args.num_perm}"])
         progress_marks: list[tuple[float, int]] = []
         manifest = prepare(cfg, tmp / "prepared", progress=lambda stage, k: progress_marks.append((time.perf_counter(), k)) if stage == "read" else None)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
     validate_rss = rss.between(t1, t2)
     prepare_rss = rss.between(t2, t3)
     result = {
@@ -117,6 +117,9 @@ def main() -> None:
         "validate_s": round(t2 - t1, 1), "validate_examples_per_s": round(args.n / (t2 - t1)),
         "prepare_s": round(t3 - t2, 1), "prepare_examples_per_s": round(args.n / (t3 - t2)),
         "validate_plus_prepare_s": round(t3 - t1, 1),
+        # CPU seconds of this process: what the stages cost on a quiet machine (wall time includes waiting for a shared CPU)
+        "validate_cpu_s": round(c2 - c1, 1), "prepare_cpu_s": round(c3 - c2, 1),
+        "cpu_examples_per_s": round(args.n / (c3 - c1)), "load_average": os.getloadavg()[0],
         "validate_errors": dict(report.error_counts), "validate_warnings": dict(report.warning_counts),
         "counts": manifest["counts"], "exact_removed": manifest["steps"][2]["exact_removed"], "near_removed": manifest["steps"][2]["near_removed"],
         "rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
