@@ -20,7 +20,7 @@ def result(name: str, correct: list[bool], lines: list[str], prompt_tokens: int 
     refs = [f"answer {i}" for i in range(n)]
     preds = [r if ok else "wrong" for r, ok in zip(refs, correct)]
     return ApproachResult(name, name, preds, refs, [{"line": line, "id": i} for i, line in enumerate(lines)],
-                          [2.0] * n, [4] * n, [prompt_tokens] * n, [10] * n, 0.01, [0.05], [[{"role": "user", "content": "q"}]] * n)
+                          [2.0] * n, [4] * n, [prompt_tokens] * n, [10] * n, 0.01, 1.0, [0.05], [[{"role": "user", "content": "q"}]] * n)
 
 
 LINES = ["audio"] * 20 + ["video"] * 20

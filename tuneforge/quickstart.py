@@ -3,7 +3,8 @@
 1. a base model (the demo Llama, pretrained once and cached),
 2. a company's support-desk data in OpenAI chat JSONL, split train/validation/test,
 3. LoRA fine-tuning with assistant-only loss, validated while it trains,
-4. base vs fine-tuned on the held-out test split.
+4. `tuneforge eval` on the held-out test split: base (zero-shot), few-shot, RAG and
+   fine-tuned, with bootstrap intervals, slices, forgetting, cost and a verdict.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataSection, EvalSection, LoraMethod, ModelSection, RunConfig, TrainSection
-from tuneforge.data.readers import read_examples, write_jsonl
+from tuneforge.data.readers import write_jsonl
 from tuneforge.data.synthetic import support_desk_dataset
-from tuneforge.eval.compare import evaluate_chat_model, write_predictions
-from tuneforge.models.loading import load_for_inference
+from tuneforge.eval.evaluate import EvalTarget, run_eval
 from tuneforge.train import train
 from tuneforge.train.pretrain import ensure_demo_model
 
 REPORTED = ("loss", "perplexity", "exact_match", "token_f1")
+QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned")  # fine_tuned+rag: `tuneforge eval RUN`
 
 
 def write_support_splits(folder: Path, n: int = 900, seed: int = 0) -> dict[str, Path]:
@@ -46,7 +47,8 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
         method=LoraMethod(r=16, alpha=32, target_modules="all-linear"),
         train=TrainSection(epochs=5, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05, eval_every=30,
                            save_every=60, log_every=5, early_stopping_patience=3, seed=0),
-        eval=EvalSection(max_new_tokens=40, batch_size=32),
+        eval=EvalSection(max_new_tokens=40, batch_size=32, approaches=list(QUICKSTART_APPROACHES), few_shot_k=2, rag_k=2,
+                         latency_samples=2),
     )
 
 
@@ -63,15 +65,14 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
     say("3/4 fine-tuning with LoRA (assistant tokens only, validated while training)")
     result = train(cfg, progress=progress)
 
-    say("4/4 base vs fine-tuned on the held-out test split")
-    test = read_examples(data["test"])
-    comparison: dict[str, Any] = {}
-    for name, ref in (("base", cfg.model.name), ("fine_tuned", str(run_dir))):
-        model, tokenizer = load_for_inference(ref)
-        scored = evaluate_chat_model(model, tokenizer, test, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.model.max_length)
-        comparison[name] = {k: round(scored["metrics"][k], 4) for k in REPORTED}
-        write_predictions(scored["predictions"], run_dir / f"predictions_{name}.jsonl")
-    summary = {"run_dir": str(run_dir), **comparison, "test_examples": len(test), "train_status": result.status,
-               "train_steps": result.steps, "seconds": round(time.perf_counter() - started, 1)}
+    say("4/4 tuneforge eval: base, few-shot, RAG and fine-tuned on the held-out test split")
+    report = run_eval(EvalTarget(cfg, run_dir), run_dir, say=say)
+    approaches = {a["name"]: a for a in report["approaches"]}
+    summary = {"run_dir": str(run_dir),
+               **{name: {k: a["metrics"][k]["mean"] for k in REPORTED} for name, a in approaches.items()},
+               "intervals": {name: a["metrics"] for name, a in approaches.items()},
+               "prompt_tokens_per_request": {name: a["prompt_tokens_per_request"] for name, a in approaches.items()},
+               "verdict": report["verdict"]["summary"], "test_examples": report["test_examples"], "train_status": result.status,
+               "train_steps": result.steps, "eval_seconds": report["seconds"], "seconds": round(time.perf_counter() - started, 1)}
     (run_dir / "comparison.json").write_text(json.dumps(summary, indent=2))
     return summary

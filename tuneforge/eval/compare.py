@@ -22,7 +22,7 @@ from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
 from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
 from tuneforge.eval.bootstrap import Interval, mean_ci, ratio_ci, statistic_ci
-from tuneforge.eval.metrics import Metric, exact_match, token_f1
+from tuneforge.eval.metrics import Metric
 from tuneforge.models.generate import generate_batch
 from tuneforge.objectives.base import pad_batch
 
@@ -39,6 +39,7 @@ class ApproachResult:
     prompt_tokens: list[int]
     completion_tokens: list[int]
     seconds_per_request_batched: float  # wall time of batched generation / requests
+    seconds: float  # everything this approach cost to evaluate (prompts, loss, generation, latency)
     latencies: list[float] = field(default_factory=list)  # seconds, one request at a time
     prompts: list[list[dict]] = field(default_factory=list)
 
@@ -73,6 +74,7 @@ def score_approach(name: str, model_ref: str, model, tokenizer, conversations: l
                    builder: PromptBuilder = zero_shot, max_new_tokens: int = 64, batch_size: int = 16,
                    latency_samples: int = 0) -> ApproachResult:
     """Generate greedy answers and measure answer loss for one approach."""
+    t_start = time.perf_counter()
     prompts = [builder(c) for c in conversations]
     references = [c.reference for c in conversations]
     sums, counts = answer_losses(model, tokenizer, prompts, references, batch_size, context_window(model))
@@ -92,7 +94,7 @@ def score_approach(name: str, model_ref: str, model, tokenizer, conversations: l
         generate_batch(model, tokenizer, [as_dicts(p)], max_new_tokens)
         latencies.append(time.perf_counter() - t0)
     return ApproachResult(name, model_ref, predictions, references, [dict(c.metadata) for c in conversations], sums, counts,
-                          p_tokens, c_tokens, batched, latencies, [as_dicts(p) for p in prompts])
+                          p_tokens, c_tokens, batched, time.perf_counter() - t_start, latencies, [as_dicts(p) for p in prompts])
 
 
 def metric_values(result: ApproachResult, metric: Metric) -> list[float] | None:
@@ -127,21 +129,7 @@ def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000
         "completion_tokens_per_request": round(sum(result.completion_tokens) / n, 1),
         "seconds_per_request_batched": round(result.seconds_per_request_batched, 4),
         "latency_seconds": round(float(np.median(result.latencies)), 4) if result.latencies else None,
-        "examples": len(result.predictions),
-    }
-
-
-def evaluate_chat_model(model, tokenizer, conversations: list[Conversation], max_new_tokens: int = 64,
-                        batch_size: int = 16, max_length: int = 512) -> dict[str, Any]:
-    """Zero-shot loss/perplexity and exact match/token F1 means (no intervals): a quick check."""
-    result = score_approach("model", "", model, tokenizer, conversations, zero_shot, max_new_tokens, batch_size)
-    loss = sum(result.loss_sums) / max(sum(result.loss_tokens), 1)
-    n = max(len(conversations), 1)
-    return {
-        "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                    "exact_match": sum(map(exact_match, result.predictions, result.references)) / n,
-                    "token_f1": sum(map(token_f1, result.predictions, result.references)) / n},
-        "predictions": prediction_rows(result),
+        "examples": len(result.predictions), "eval_seconds": round(result.seconds, 1),
     }
 
 

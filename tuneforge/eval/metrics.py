@@ -141,6 +141,7 @@ class Metric:
     kind: str  # "example": fn(pred, ref) -> float, averaged | "corpus": fn(preds, refs) -> float
     fn: Callable
     higher_is_better: bool = True
+    scale: float = 1.0  # 100 for BLEU/chrF: what "a perfect score" is, to size meaningful gaps
 
     def per_example(self, predictions: Sequence, references: Sequence) -> list[float]:
         return [float(self.fn(p, r)) for p, r in zip(predictions, references)]
@@ -152,8 +153,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", "example", accuracy),
     Metric("macro_f1", "corpus", macro_f1),
     Metric("rouge_l", "example", rouge_l),
-    Metric("bleu", "corpus", bleu),
-    Metric("chrf", "corpus", chrf),
+    Metric("bleu", "corpus", bleu, scale=100.0),
+    Metric("chrf", "corpus", chrf, scale=100.0),
     Metric("entity_f1", "corpus", entity_f1),
 )}
 TASK_METRICS: dict[str, list[str]] = {

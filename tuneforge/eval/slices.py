@@ -2,7 +2,8 @@
 
 An average gain can hide a group that got worse (bias amplification). For every field we
 report each approach's metric per value with its interval, and flag (a) the worst slice of
-an approach when its whole interval lies below the approach's overall mean, and (b) slices
+an approach when its whole interval lies below the approach's overall mean by a material
+gap, and (b) slices
 where fine-tuning helped less than half its average gain, or hurt (paired interval of the
 per-example difference against the base model).
 """
@@ -20,6 +21,7 @@ from tuneforge.eval.metrics import Metric
 
 MAX_VALUES = 20
 MIN_PER_VALUE = 3
+MIN_GAP = 0.05  # of the metric's scale: smaller gaps are not worth a warning even when the interval excludes them
 
 
 def slice_fields(metadata: list[dict[str, Any]], requested: list[str] | None = None) -> list[str]:
@@ -60,7 +62,7 @@ def slice_report(results: list[ApproachResult], metric: Metric, fields: list[str
         values = {}
         for value, idx in idx_by_value.items():
             values[value] = {"n": len(idx), **{r.name: metric_interval(r, metric, samples, confidence, subset=idx).to_dict() for r in results}}
-        flags = _worst_slices(values, overall, field)
+        flags = _worst_slices(values, overall, field, MIN_GAP * metric.scale)
         if reference in by_name:
             for name in tuned:
                 if name in by_name:
@@ -69,11 +71,11 @@ def slice_report(results: list[ApproachResult], metric: Metric, fields: list[str
     return {"metric": metric.name, "overall": {k: round(v, 4) for k, v in overall.items()}, "fields": out}
 
 
-def _worst_slices(values: dict[str, dict], overall: dict[str, float], field: str) -> list[str]:
+def _worst_slices(values: dict[str, dict], overall: dict[str, float], field: str, min_gap: float) -> list[str]:
     flags = []
     for name, mean in overall.items():
         value, cell = min(((v, c[name]) for v, c in values.items()), key=lambda vc: vc[1]["mean"])
-        if cell["ci_high"] < mean:
+        if cell["ci_high"] < mean and mean - cell["mean"] >= min_gap:
             flags.append(f"{name}: {field}={value} scores {cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}], "
                          f"below its overall {mean:.3f}")
     return flags
