@@ -169,6 +169,7 @@ def test_eval_cli_json_with_other_run_and_subset(tiny_run, tmp_path):
     assert set(report["cost"]["break_even_requests"]) == {"fine_tuned", "run"}
 
 
+@pytest.mark.slow  # needs the trained tiny run
 def test_eval_errors_name_the_fix(tmp_path, tiny_run):
     from tuneforge.errors import ConfigError
     from tuneforge.eval.evaluate import resolve_target
