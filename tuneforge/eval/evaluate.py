@@ -156,7 +156,8 @@ def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Me
     cfg, ev = target.cfg, target.cfg.eval
     summaries = [summarise(r, metrics, ev.bootstrap_samples, ev.confidence) for r in results]
     fields = slice_fields(results[0].metadata, ev.slice_fields)
-    slices = slice_report(results, primary, fields, ev.bootstrap_samples, ev.confidence)
+    slices = slice_report(results, primary, fields, ev.bootstrap_samples, ev.confidence,
+                          tuned=tuple(r.name for r in results if r.name not in BASELINES))
     flags = [f for s in slices["fields"].values() for f in s["flags"]]
     prices = costs.load_price_table(ev.prices)
     cost = costs.cost_report(summaries, _trainings(target, results, prices), prices)
