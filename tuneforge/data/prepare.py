@@ -26,16 +26,15 @@ from tuneforge.data import split as splitting
 from tuneforge.data.augment import Augmenter, load_synonyms
 from tuneforge.data.clean import Cleaner, texts_of
 from tuneforge.data.dedup import NearDuplicates, first_occurrence
-from tuneforge.data.formats import parse
+from tuneforge.data.formats import detect, parse
 from tuneforge.data.hashing import content_hash, content_text
 from tuneforge.data.issues import Issue
 from tuneforge.data.lineage import MANIFEST_KIND, combined_hash, dataset_fingerprint, file_sha256
 from tuneforge.data.prepare_config import PrepareConfig
 from tuneforge.data.readers import Checked, iter_checked
-from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
+from tuneforge.data.types import Example, LabelledExample, TextExample
 from tuneforge.errors import DataError, Problem
 
-_FORMAT_OF = {Conversation: "chat", TextExample: "text", LabelledExample: "classification", TokenExample: "tokens", PreferencePair: "preference"}
 OUTPUTS = ("train.jsonl", "validation.jsonl", "test.jsonl")
 _BATCH = 2048
 
@@ -175,9 +174,9 @@ def _split(cfg: PrepareConfig, index: _Index, kept: np.ndarray) -> np.ndarray:
 
 
 def _example_from(line: str) -> Example:
+    """An example back from its spooled `to_dict()` line (every type's keys are distinct)."""
     record = json.loads(line)
-    fmt = "chat" if "messages" in record else "preference" if "chosen" in record else "tokens" if "tokens" in record else "classification" if "label" in record else "text"
-    example, _ = parse(record, fmt)
+    example, _ = parse(record, detect(record))
     return example
 
 
