@@ -19,6 +19,7 @@ EXPECTED = {
     "utf16.jsonl": ([(1, "", "encoding")], []),
     "bom.jsonl": ([], [(1, "", "bom")]),
     "empty.jsonl": ([(None, "", "empty_file")], []),
+    "corrupt.parquet": ([(None, "", "unreadable_file")], []),
     "wrong_nesting.jsonl": ([(1, "messages", "wrong_type"), (2, "messages[0]", "not_object"), (3, "", "not_object"),
                              (4, "messages[0].content", "wrong_type")], []),
     "mixed.jsonl": ([(2, "", "mixed_format"), (3, "messages", "missing_field")], []),

@@ -25,6 +25,7 @@ def main() -> None:
     write("latin1.jsonl", (good[0] + "\n" + chat("où est le café ?", "ici, à côté") + "\n").encode("latin-1"))
     write("bom.jsonl", b"\xef\xbb\xbf" + "\n".join(good).encode() + b"\n")
     write("empty.jsonl", b"")
+    write("corrupt.parquet", b"PAR1" + bytes(range(64)) + b"not a footer")
     write("utf16.jsonl", "\n".join(good).encode("utf-16"))
     write("wrong_nesting.jsonl", "\n".join([
         json.dumps({"messages": {"role": "user", "content": "hi"}}),
