@@ -1,0 +1,269 @@
+"""Training throughput: tuneforge vs TRL SFTTrainer (+peft), side by side in one run.
+
+    .venv/bin/python bench/train_throughput.py            # full run (median of 3 repeats)
+    .venv/bin/python bench/train_throughput.py --quick    # a few steps, one repeat
+
+Same model (Llama, ~26M parameters, built with from_config), same generated chat data of
+mixed lengths, same hyperparameters (LoRA r=16 alpha=32 dropout=0 on q,k,v,o; batch 8; max
+length 512; assistant-only loss; AdamW, linear schedule; fp32 on CPU: TRL's bf16 default
+runs at 1/8 of the fp32 matmul rate on CPUs without AMX, so both sides run fp32).
+
+Configurations (each run in a fresh subprocess, interleaved across repeats):
+  tf_lora          tuneforge, LoRA, plain padded batches of 8 examples
+  tf_lora_packed   tuneforge, LoRA, train.packing (the same 8 examples per micro-batch packed
+                   into rows of <= 512 tokens with per-example positions and attention blocks)
+  trl_lora         TRL SFTTrainer defaults (gradient checkpointing on, fused chunked LM head)
+  trl_lora_pack8   TRL packing (BFD, padding-free), batch 8 rows
+  trl_lora_pack1   TRL packing, batch 1 row x gradient accumulation 8 (TRL's best on CPU)
+  tf_full / trl_full   full fine-tuning, tuneforge (packing) vs TRL defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+CONFIGS = {
+    "tf_lora_packed": dict(tool="tuneforge", method="lora", packing=True),
+    "trl_lora": dict(tool="trl", method="lora", packing=False, batch=8, accum=1),
+    "trl_lora_pack1": dict(tool="trl", method="lora", packing=True, batch=1, accum=8),
+    "tf_lora": dict(tool="tuneforge", method="lora", packing=False),
+    "trl_lora_pack8": dict(tool="trl", method="lora", packing=True, batch=8, accum=1),
+    "tf_full": dict(tool="tuneforge", method="full", packing=True),
+    "trl_full": dict(tool="trl", method="full", packing=False, batch=8, accum=1),
+}
+# ratio rows: (tuneforge config, TRL config)
+RATIOS = [("tf_lora_packed", "trl_lora"), ("tf_lora_packed", "trl_lora_pack1"), ("tf_lora_packed", "trl_lora_pack8"),
+          ("tf_lora", "trl_lora"), ("tf_full", "trl_full")]
+LR = {"lora": 5e-4, "full": 1e-4}
+WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
+
+
+# ---------------------------------------------------------------- workers (one config per process)
+
+
+class Tally:
+    """Per micro-batch token counts, recorded where each tool builds its batches."""
+
+    def __init__(self, pad_id: int | None = None):
+        self.pad_id = pad_id  # tuneforge's packed rows end in padding; TRL's padding-free rows have none
+        self.micro: list[dict] = []
+
+    def record(self, batch: dict) -> None:
+        import torch
+
+        ids, labels = batch["input_ids"], batch["labels"]
+        if "attention_mask" in batch:  # padded rows
+            real_mask = batch["attention_mask"].bool()
+            seg_len = real_mask.sum(1)
+        else:  # packed rows: a document starts wherever the position restarts at 0
+            real_mask = ids != self.pad_id if self.pad_id is not None else torch.ones_like(ids, dtype=torch.bool)
+            seg = (batch["position_ids"] == 0).flatten().long().cumsum(0)
+            seg_len = torch.bincount(seg, weights=real_mask.flatten().double())
+        self.micro.append({"real": int(real_mask.sum()), "sup": int((labels[..., 1:] != -100).sum()), "sq": int((seg_len.double() ** 2).sum())})
+
+
+def _finish(tally: Tally, step_times: list[float], accum: list[int], peak_before: int, rss_before: int, loss: float, extra: dict) -> dict:
+    steps = []
+    i = 0
+    for n in accum:
+        chunk = tally.micro[i:i + n]
+        i += n
+        steps.append({k: sum(m[k] for m in chunk) for k in ("real", "sup", "sq")})
+    return {"step_s": step_times, "steps": steps[:len(step_times)], "peak_rss": C.peak_rss_bytes(), "rss_before": rss_before,
+            "peak_before": peak_before, "heldout_loss": loss, **extra}
+
+
+def worker_tuneforge(name: str, spec: dict, args) -> dict:
+    import torch
+
+    from tuneforge.config import DataSection, FullMethod, LoraMethod, ModelSection, RunConfig, TrainSection
+    from tuneforge.models.loading import load_for_inference
+    from tuneforge.train import recipe
+
+    from transformers import AutoTokenizer
+
+    tally = Tally(AutoTokenizer.from_pretrained(Path(args.work) / "model").pad_token_id)
+
+    class Counting:  # the recipe's own objective, counting what each micro-batch holds
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, attr):
+            return getattr(self.inner, attr)
+
+        def collate(self, feats, pad_id, *a, **kw):
+            batch = self.inner.collate(feats, pad_id, *a, **kw)
+            tally.record(batch)
+            return batch
+
+    real_get = recipe.get_objective
+    recipe.get_objective = lambda n: Counting(real_get(n))
+    work = Path(args.work)
+    out = work / "runs" / f"{name}-{time.time_ns()}"
+    method = LoraMethod(r=16, alpha=32, dropout=0.0, target_modules=C.TARGET_MODULES) if spec["method"] == "lora" else FullMethod()
+    cfg = RunConfig(objective="sft", output_dir=out, model=ModelSection(name=str(work / "model"), max_length=512, dtype="float32"),
+                    data=DataSection(train=work / "train.jsonl", validation_fraction=0.0), method=method,
+                    train=TrainSection(max_steps=args.steps, batch_size=8, grad_accum=1, lr=LR[spec["method"]], warmup_ratio=0.1,
+                                       log_every=1, save_every=10 ** 6, eval_every=10 ** 6, seed=0, packing=spec["packing"], device="cpu"))
+    stamps: list[float] = []
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "train":
+            stamps.append(time.perf_counter())
+        elif event["type"] == "message" and not stamps:
+            start[0] = time.perf_counter()  # the last message before the first step opens the loop
+
+    start = [0.0]
+    rss_before, peak_before = C.rss_bytes(), C.peak_rss_bytes()
+    result = recipe.train(cfg, on_event=on_event, progress=False)
+    step_times = [b - a for a, b in zip(start + stamps, stamps)]
+    stats = _finish(tally, step_times, [1] * len(step_times), peak_before, rss_before, float("nan"), {"final_train_loss": result.losses[-1]})
+    model, tokenizer = load_for_inference(out, device=torch.device("cpu"))
+    stats["heldout_loss"] = C.heldout_loss(model, tokenizer, json.loads((work / "heldout.json").read_text()))
+    return stats
+
+
+def worker_trl(name: str, spec: dict, args) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    work = Path(args.work)
+    tokenizer = AutoTokenizer.from_pretrained(work / "model")
+    rows = [json.loads(line) for line in open(work / "train.jsonl")]
+    dataset = Dataset.from_list(rows)
+    rss_before, peak_before = C.rss_bytes(), C.peak_rss_bytes()
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=C.TARGET_MODULES, task_type="CAUSAL_LM") if spec["method"] == "lora" else None
+    config = SFTConfig(output_dir=str(work / "runs" / f"{name}-{time.time_ns()}"), use_cpu=True, bf16=False, max_steps=args.steps,
+                       per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=spec["accum"], max_length=512,
+                       assistant_only_loss=True, packing=spec["packing"], learning_rate=LR[spec["method"]], warmup_steps=0.1,
+                       lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], seed=0, data_seed=0,
+                       dataloader_num_workers=0, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    tally = Tally(tokenizer.pad_token_id)
+    collate = trainer.data_collator
+
+    def counting(examples):
+        batch = collate(examples)
+        tally.record(batch)
+        return batch
+
+    trainer.data_collator = counting
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if not stamps:
+                stamps.append(time.perf_counter())
+
+        def on_step_end(self, a, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(Stamp())
+    trainer.train()
+    step_times = [b - a for a, b in zip(stamps, stamps[1:])]
+    stats = _finish(tally, step_times, [spec["accum"]] * len(step_times), peak_before, rss_before, float("nan"), {})
+    stats["heldout_loss"] = C.heldout_loss(trainer.model, tokenizer, json.loads((work / "heldout.json").read_text()))
+    return stats
+
+
+def worker(name: str, args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    # import every library up front so "RSS before" has the same baseline for both tools
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
+    import tuneforge.train.recipe  # noqa: F401
+
+    spec = CONFIGS[name]
+    stats = (worker_tuneforge if spec["tool"] == "tuneforge" else worker_trl)(name, spec, args)
+    print("RESULT " + json.dumps(stats), flush=True)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def summarise(runs: list[dict], meta: dict, peak: float) -> dict:
+    """Per-repeat figures (steps after warm-up) -> medians across repeats."""
+    per = []
+    n_params = meta["params"]
+    d, layers = meta["hidden"], meta["layers"]
+    n_matmul = n_params - meta["vocab"] * d  # the (tied) embedding counts once, as the LM head
+    for r in runs:
+        times = r["step_s"][WARMUP_STEPS:]
+        steps = r["steps"][WARMUP_STEPS:]
+        t = sum(times)
+        real, sup, sq = (sum(s[k] for s in steps) for k in ("real", "sup", "sq"))
+        # model FLOPs (PaLM appendix B convention): 6 N per real token + causal attention
+        # 6 * layers * d * len per token, i.e. 6*layers*d*sum(len^2) per sequence set; padding counts as nothing
+        flops = 6 * n_matmul * real + 6 * layers * d * sq
+        per.append({"sup_tps": sup / t, "real_tps": real / t, "step_s": C.median(times), "peak_mb": r["peak_rss"] / 2 ** 20,
+                    "train_mb": (r["peak_rss"] - r["rss_before"]) / 2 ** 20, "loss": r["heldout_loss"], "mfu": flops / t / (peak * 1e9),
+                    "sup_per_step": sup / len(steps)})
+    return {k: C.median([p[k] for p in per]) for k in per[0]} | {"spread": {k: C.spread([p[k] for p in per]) for k in per[0]}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3 steps, 1 repeat: a smoke run")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is excluded from throughput)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--configs", default="tf_lora_packed,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
+                   help="comma-separated subset of: " + ", ".join(CONFIGS) + " (trl_lora_pack8 is off by default: very slow on CPU)")
+    p.add_argument("--work", default="/tmp/tuneforge-bench-train", help="cache for the generated model and data")
+    p.add_argument("--report-only", action="store_true", help="print the tables of the last (possibly partial) run again")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.worker, args)
+    if args.quick:
+        args.steps, args.repeats = 3, 1
+    configs = [c for c in args.configs.split(",") if c]
+    meta = C.build_assets(Path(args.work), 2000)
+    print(f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, vocab {meta['vocab']}, {meta['params'] / 1e6:.1f}M parameters; "
+          f"{args.steps} steps x {args.repeats} repeats, {args.threads} threads", flush=True)
+    saved = Path(args.work) / "last_results.json"
+    if args.report_only:
+        loaded = json.loads(saved.read_text())
+        results, peaks = loaded["raw"], loaded["peaks"]
+    else:
+        passed = ["--steps", str(args.steps), "--threads", str(args.threads), "--work", args.work]
+        results, peaks = C.interleaved(Path(__file__), configs, args.repeats, passed, args.threads, saved)
+    summary = {c: summarise(runs, meta, C.median(peaks)) for c, runs in results.items() if runs}
+    print_report(summary, peaks, args)
+
+
+def print_report(summary: dict, peaks: list[float], args) -> None:
+    print(f"\nfp32 matmul peak (1024^3 GEMM, {args.threads} threads): median {C.median(peaks):.1f} GFLOP/s, runs {[round(x, 1) for x in peaks]}")
+    header = ["config", "sup tok/s", "real tok/s", "step s", "sup tok/step", "peak RSS MB", "train MB", "held-out loss", "MFU"]
+    rows = [[c, f"{s['sup_tps']:.1f} {s['spread']['sup_tps']}", f"{s['real_tps']:.1f}", f"{s['step_s']:.2f}", f"{s['sup_per_step']:.0f}",
+             f"{s['peak_mb']:.0f}", f"{s['train_mb']:.0f}", f"{s['loss']:.4f}", f"{100 * s['mfu']:.1f}%"] for c, s in summary.items()]
+    C.print_table("medians over repeats (± = half the max-min range, relative)", header, rows)
+    ratio_rows = []
+    for a, b in RATIOS:
+        if a in summary and b in summary:
+            x, y = summary[a], summary[b]
+            ratio_rows.append([f"{a} / {b}", f"{x['sup_tps'] / y['sup_tps']:.2f}", f"{x['real_tps'] / y['real_tps']:.2f}",
+                               f"{x['step_s'] / y['step_s']:.2f}", f"{x['peak_mb'] / y['peak_mb']:.2f}", f"{x['train_mb'] / y['train_mb']:.2f}",
+                               f"{x['loss'] - y['loss']:+.4f}"])
+    C.print_table("ratios tuneforge / TRL", ["pair", "sup tok/s", "real tok/s", "step time", "peak RSS", "train MB", "loss diff"], ratio_rows)
+    print("\nMFU = (6 N real_tokens + 6 L d sum(len^2)) / time / matmul peak, N = matmul parameters "
+          "(tied embedding counted once as the LM head), PaLM convention; padding is not counted.\n"
+          "train MB = peak RSS minus RSS before the model was loaded. held-out loss: same evaluator, 64 chats.")
+
+
+if __name__ == "__main__":
+    main()
