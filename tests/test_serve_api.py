@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TUNEFORGE_HOME", str(home))
     install_tiny_demo(home)
-    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", max_upload_bytes=200_000)
+    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=1, max_upload_bytes=200_000)
     store = Store(settings.database_url)
     app = create_app(settings, store)
     with serve_in_thread(app) as url:

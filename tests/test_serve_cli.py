@@ -27,7 +27,7 @@ TUNEFORGE = [sys.executable, "-m", "tuneforge.cli.main"]
 def test_serve_and_keys_commands_on_postgres(tmp_path):
     install_tiny_demo(tmp_path)
     with postgres_schema() as url:
-        env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_WORKER_THREADS": "1"}
+        env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_WORKER_THREADS": "1", "TUNEFORGE_INFERENCE_THREADS": "1"}
         made = subprocess.run([*TUNEFORGE, "keys", "create", "--project", "ops"], env=env, capture_output=True, text=True, check=True)
         key = made.stdout.strip()
         assert made.stdout.count("\n") == 1 and key.startswith("tf-")  # the key is the only stdout

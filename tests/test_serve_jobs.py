@@ -34,7 +34,7 @@ def env(tmp_path_factory):
     mp.setenv("TUNEFORGE_HOME", str(home))
     install_tiny_demo(home)
     url = f"sqlite:///{home / 'tf.db'}"
-    settings = ServeSettings(database_url=url, data_dir=home / "serve")
+    settings = ServeSettings(database_url=url, data_dir=home / "serve", inference_threads=1)
     store = Store(url)
     app = create_app(settings, store)
     worker_env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_JOB_LEASE_S": "3", "TUNEFORGE_WORKER_THREADS": "1"}

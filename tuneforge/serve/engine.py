@@ -69,11 +69,17 @@ class Engine:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._embedder = None
+        self._saved_threads: int | None = None
         self.batches: list[int] = []  # size of each generate_batch call (for monitoring and tests)
 
     # ---- lifecycle
     def start(self) -> None:
         if self._thread is None:
+            if self.settings.inference_threads:
+                import torch
+
+                self._saved_threads = torch.get_num_threads()
+                torch.set_num_threads(self.settings.inference_threads)  # process-wide: restored by stop()
             self._thread = threading.Thread(target=self._loop, name="tuneforge-engine", daemon=True)
             self._thread.start()
 
@@ -82,6 +88,11 @@ class Engine:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
+        if self._saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
 
     def loaded(self) -> list[str]:
         return [key for key, entry in self._cache.items() for key in [key, *entry.adapters]]
