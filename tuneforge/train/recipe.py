@@ -16,6 +16,7 @@ import torch
 from transformers import set_seed
 
 from tuneforge.config import RunConfig
+from tuneforge.data.lineage import dataset_fingerprint
 from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
@@ -27,7 +28,7 @@ from tuneforge.train.batching import micro_batches, steps_per_epoch
 from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import EventFn, Events
-from tuneforge.train.rundir import RunDir, new_manifest, peak_memory, sha256_file
+from tuneforge.train.rundir import RunDir, new_manifest, peak_memory
 
 
 @dataclass
@@ -186,6 +187,15 @@ def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_i
     return loss_total, n_total
 
 
+def _check_packing(model, objective, pad_id: int) -> None:
+    if not hasattr(objective, "pack"):
+        raise ConfigError(f"train.packing is not available for the {objective.name} objective",
+                          [Problem("train.packing", f"{objective.name} batches are not token sequences", "set train.packing: false")])
+    if not packing_matches_padding(model, pad_id):
+        raise ConfigError(f"{type(model).__name__} does not keep packed examples apart",
+                          [Problem("train.packing", "its attention mask ignores the position restarts between packed examples", "set train.packing: false")])
+
+
 @torch.no_grad()
 def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device) -> float:
     """Mean loss per supervised token over `feats`."""
@@ -196,15 +206,6 @@ def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device)
         loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
         total, count = total + loss.item(), count + n
     return total / max(count, 1)
-
-
-def _check_packing(model, objective, pad_id: int) -> None:
-    if not hasattr(objective, "pack"):
-        raise ConfigError(f"train.packing is not available for the {objective.name} objective",
-                          [Problem("train.packing", f"{objective.name} batches are not token sequences", "set train.packing: false")])
-    if not packing_matches_padding(model, pad_id):
-        raise ConfigError(f"{type(model).__name__} does not keep packed examples apart",
-                          [Problem("train.packing", "its attention mask ignores the position restarts between packed examples", "set train.packing: false")])
 
 
 def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
@@ -235,7 +236,7 @@ def _dataset_lineage(cfg: RunConfig, train_examples: list, val_examples: list) -
     out: dict[str, Any] = {}
     for key, path, n in (("train", cfg.data.train, len(train_examples)), ("validation", cfg.data.validation, len(val_examples)), ("test", cfg.data.test, None)):
         if path is not None:
-            out[key] = {"path": str(path), "sha256": sha256_file(Path(path)), "examples": n}
+            out[key] = {**dataset_fingerprint(path), "examples": n}  # points at a prepared dataset's manifest too
     return out
 
 
