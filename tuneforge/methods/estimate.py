@@ -87,6 +87,7 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
     """
     dtype = dtype or _float_dtype(model)
     e = _BYTES[dtype]
+    fp32_adapters = method_cfg.name not in ("full", "freeze", "head", "adapter")  # peft upcasts its adapter weights
     quantized_bytes = _NF4_BYTES[getattr(method_cfg, "double_quant", False)] if method_cfg.name == "qlora" else None
     quantized = _quantized_weights(model) if quantized_bytes else set()
     total = trainable = 0
@@ -96,13 +97,13 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
         total += n
         if id(p) in quantized or hasattr(p, "quant_state"):
             weights += n * (quantized_bytes or _NF4_BYTES[False])
-        elif p.requires_grad and e < 4 and method_cfg.name not in ("full", "freeze", "head"):
+        elif p.requires_grad and fp32_adapters:
             weights += n * 4  # peft keeps adapter weights in fp32 under a 16-bit base
         else:
             weights += n * e
         if p.requires_grad:
             trainable += n
-            grads += n * (4 if method_cfg.name not in ("full", "freeze", "head") else e)
+            grads += n * (4 if fp32_adapters else e)
     optimizer = 2 * grads  # AdamW: exp_avg and exp_avg_sq, each the size of the gradient
     acts = _activations(model, batch, seq_len, e, gradient_checkpointing, attention)
     memory = {"weights": int(weights), "gradients": int(grads), "optimizer": int(optimizer), "activations": int(acts)}
