@@ -114,18 +114,19 @@ def test_packing_check_detects_a_model_that_ignores_boundaries(lora_model):
     assert not packing_matches_padding(DropsPositions(lora_model.get_base_model()), pad_id=0)
 
 
-def _config(tiny_model_dir, data, out, packing, method):
+def _config(tiny_model_dir, data, out, method, **fast):
     return RunConfig(objective="sft", output_dir=out, model=ModelSection(name=str(tiny_model_dir), max_length=256),
                      data=DataSection(train=data["train"], validation=data["validation"]), method=method,
                      train=TrainSection(max_steps=3, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0,
-                                        seed=7, packing=packing))
+                                        seed=7, **fast))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [FullMethod(), LoraMethod(r=4, alpha=8)], ids=["full", "lora"])
-def test_recipe_with_packing_trains_the_same_losses(tiny_model_dir, support_data, tmp_path, method):
-    plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", False, method), progress=False)
-    packed = train(_config(tiny_model_dir, support_data, tmp_path / "packed", True, method), progress=False)
+@pytest.mark.parametrize("method,fast", [(FullMethod(), {"packing": True}), (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True})],
+                         ids=["full-packing", "lora-packing-checkpointing"])
+def test_recipe_with_the_fast_options_trains_the_same_losses(tiny_model_dir, support_data, tmp_path, method, fast):
+    plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", method), progress=False)
+    packed = train(_config(tiny_model_dir, support_data, tmp_path / "packed", method, **fast), progress=False)
     assert packed.trained_tokens == plain.trained_tokens
     assert packed.losses == pytest.approx(plain.losses, abs=2e-5)
     assert packed.final_metrics["val_loss"] == pytest.approx(plain.final_metrics["val_loss"], abs=2e-5)
@@ -139,3 +140,17 @@ def test_packing_refused_for_objectives_without_token_batches(tiny_model_dir):
 
     with pytest.raises(ConfigError, match="packing"):
         _check_packing(None, Labels(), 0)
+
+
+def test_gradient_checkpointing_keeps_loss_and_gradients(lora_model):
+    feats = mixed_features(6, lora_model.get_input_embeddings().num_embeddings, seed=3)
+    batch = pack_batch(feats, 0, 256)
+    plain = loss_and_grads(lora_model, batch)
+    lora_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        checkpointed = loss_and_grads(lora_model, batch)
+    finally:
+        lora_model.gradient_checkpointing_disable()
+    torch.testing.assert_close(checkpointed[0], plain[0], rtol=1e-10, atol=1e-9)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(checkpointed[2][name], grad, rtol=1e-8, atol=1e-10)

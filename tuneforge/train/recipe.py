@@ -66,6 +66,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     model = method.apply(model, cfg.method).to(device)
     if cfg.train.packing:
         _check_packing(model, objective, pad_id)
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without extra hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = trainable_parameters(model)
 
     per_epoch = steps_per_epoch(len(train_feats), cfg.train.batch_size, cfg.train.grad_accum)
