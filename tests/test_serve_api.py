@@ -107,8 +107,10 @@ def test_upload_limits_and_purpose(server, tmp_path):
     with pytest.raises(openai.APIStatusError) as exc:
         a.files.create(file=big.open("rb"), purpose="fine-tune")
     assert exc.value.status_code == 413 and exc.value.body["code"] == "file_too_large"
+    small = tmp_path / "small.jsonl"
+    write_chat_jsonl(small, 20)
     with pytest.raises(openai.BadRequestError) as exc:
-        a.files.create(file=big.open("rb"), purpose="assistants")
+        a.files.create(file=small.open("rb"), purpose="assistants")
     assert exc.value.body["param"] == "purpose"
 
 

@@ -82,14 +82,17 @@ def list_jobs(store: Store, project_id: str, after: str | None, limit: int, meta
     return rows[:limit], len(rows) > limit
 
 
-def set_status(store: Store, job_id: str, new: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
-    """Compare-and-set the status: only moves a job that is still in one of `expect`."""
+def set_status(store: Store, job_id: str, new: str, *, expect: tuple[str, ...], event: str | None = None, level: str = "info", **fields: Any) -> bool:
+    """Compare-and-set the status: only moves a job that is still in one of `expect`.
+    `event` is written in the same transaction, so a reader never sees one without the other."""
     values: dict[str, Any] = {"status": new, **fields}
     if new in FINAL:
         values.setdefault("finished_at", now())
     with store.session() as s:
-        result = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(expect)).values(**values))
-        return result.rowcount == 1
+        won = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(expect)).values(**values)).rowcount == 1
+        if won and event:
+            s.add(JobEvent(job_id=job_id, created_at=now(), level=level, type="message", message=event, data=None))
+        return won
 
 
 def request_control(store: Store, job_id: str, action: str) -> bool:

@@ -27,7 +27,7 @@ from tuneforge.serve.catalog import base_model_path
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import now
 from tuneforge.serve.jobspec import build_config
-from tuneforge.serve.tables import FineTunedModel, Job
+from tuneforge.serve.tables import FineTunedModel, Job, JobEvent
 
 
 WORKER_GONE_GRACE_S = 15.0
@@ -154,21 +154,20 @@ def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> Non
     kind, path = _served_as(Path(result.final_metrics["artifact"]), Path(result.run_dir))
     name = fine_tuned_name(job)
     result_file = files.store_result_file(store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir))
-    with store.session() as s:
+    with store.session() as s:  # status, model and final events become visible together
         won = s.execute(
             update(Job).where(Job.id == job.id, Job.status == "running").values(
                 status="succeeded", finished_at=now(), fine_tuned_model=name, trained_tokens=result.trained_tokens, result_files=[result_file.id], control=None)
         ).rowcount == 1
         if won:
             s.add(FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind, path=str(path), created_at=now()))
-    if won:
-        jobs.add_event(store, job.id, f"New fine-tuned model created: {name} ({method}, {kind})")
-        jobs.add_event(store, job.id, "The job has successfully completed")
+            for message in (f"New fine-tuned model created: {name} ({method}, {kind})", "The job has successfully completed"):
+                s.add(JobEvent(job_id=job.id, created_at=now(), level="info", type="message", message=message, data=None))
 
 
 def _fail(store: Store, job: Job, code: str, message: str) -> None:
-    if jobs.set_status(store, job.id, "failed", expect=("running",), error={"code": code, "message": message, "param": "training_file" if code == "invalid_training_file" else None}):
-        jobs.add_event(store, job.id, f"Job failed: {message}", level="error")
+    jobs.set_status(store, job.id, "failed", expect=("running",), event=f"Job failed: {message}", level="error",
+                    error={"code": code, "message": message, "param": "training_file" if code == "invalid_training_file" else None})
 
 
 def _metrics_csv(run_dir: Path) -> bytes:

@@ -132,8 +132,9 @@ class Worker:
             with self.store.session() as s:
                 s.execute(update(Job).where(*mine).values(status="queued", control=None, worker_id=None, resume=True))
             jobs.add_event(self.store, job_id, f"{why[0].upper()}{why[1:]}; job re-queued (attempt {job.attempts + 1} of {jobs.max_attempts()})", level="warn")
-        elif jobs.set_status(self.store, job_id, "failed", expect=("running",), worker_id=None, error={"code": "worker_crashed", "message": why, "param": None}):
-            jobs.add_event(self.store, job_id, f"Job failed: {why}", level="error")
+        else:
+            jobs.set_status(self.store, job_id, "failed", expect=("running",), worker_id=None, event=f"Job failed: {why}", level="error",
+                            error={"code": "worker_crashed", "message": why, "param": None})
 
     def _register(self) -> None:
         with self.store.session() as s:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Form, UploadFile
+from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from tuneforge.serve import files
 from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.api.errors import APIError
 from tuneforge.serve.keys import Principal
 
 router = APIRouter(prefix="/v1/files")
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field around the file itself
 
 
-@router.post("")
+def _refuse_oversized(request: Request) -> None:
+    """Refuse by Content-Length before the body is read (the multipart parser would spool it all)."""
+    limit = request.app.state.services.settings.max_upload_bytes
+    if int(request.headers.get("content-length") or 0) > limit + MULTIPART_OVERHEAD:
+        raise APIError(413, f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).", param="file", code="file_too_large")
+
+
+@router.post("", dependencies=[Depends(principal), Depends(_refuse_oversized)])
 async def upload(file: UploadFile, purpose: str = Form(...), who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     row = await run_in_threadpool(files.create_file, svc.store, svc.settings.files_dir, who.project_id, file.filename or "upload.jsonl", purpose, file.file, svc.settings.max_upload_bytes)
     return files.file_object(row)

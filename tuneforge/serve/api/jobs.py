@@ -79,11 +79,10 @@ def validate_job_files(svc: Services, job_id: str) -> None:
         if row.purpose != "fine-tune" or (fmt == "preference") != want_pairs:
             need = "preference pairs (prompt/chosen/rejected)" if want_pairs else "conversations or prompt/completion records"
             message = f"{param} {file_id} holds {fmt or row.purpose} data; method '{job.method['type']}' needs {need}."
-            jobs.set_status(svc.store, job_id, "failed", expect=("validating_files",), error={"code": f"invalid_{param}", "message": message, "param": param})
-            jobs.add_event(svc.store, job_id, message, level="error")
+            jobs.set_status(svc.store, job_id, "failed", expect=("validating_files",), event=message, level="error",
+                            error={"code": f"invalid_{param}", "message": message, "param": param})
             return
-    if jobs.set_status(svc.store, job_id, "queued", expect=("validating_files",), fine_tuned_model=None):
-        jobs.add_event(svc.store, job_id, "Files validated, moving job to queued state")
+    jobs.set_status(svc.store, job_id, "queued", expect=("validating_files",), event="Files validated, moving job to queued state")
 
 
 def _job(svc: Services, who: Principal, job_id: str) -> Job:
@@ -109,9 +108,8 @@ def retrieve(job_id: str, who: Principal = Depends(principal), svc: Services = D
 def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
     # A running job's worker sees the status change at its next heartbeat and stops the process.
-    if not jobs.set_status(svc.store, job_id, "cancelled", expect=jobs.ACTIVE, control=None):
+    if not jobs.set_status(svc.store, job_id, "cancelled", expect=jobs.ACTIVE, control=None, event="Job cancelled"):
         raise APIError(400, f"Job {job_id} has already completed with status {job.status}.", param="job_id", code="job_already_completed")
-    jobs.add_event(svc.store, job_id, "Job cancelled")
     return job_object(_job(svc, who, job_id))
 
 
@@ -121,9 +119,7 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
     if job.status == "running":
         jobs.request_control(svc.store, job_id, "pause")  # the worker acknowledges by moving it to paused
         jobs.add_event(svc.store, job_id, "Pause requested; the job stops after its current step and saves a checkpoint")
-    elif jobs.set_status(svc.store, job_id, "paused", expect=("validating_files", "queued")):
-        jobs.add_event(svc.store, job_id, "Job paused before it started")
-    elif job.status != "paused":
+    elif not jobs.set_status(svc.store, job_id, "paused", expect=("validating_files", "queued"), event="Job paused before it started") and job.status != "paused":
         raise APIError(400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state")
     return job_object(_job(svc, who, job_id))
 
@@ -131,9 +127,8 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
 @router.post("/{job_id}/resume")
 def resume(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
-    if not jobs.set_status(svc.store, job_id, "queued", expect=("paused",), resume=True):
+    if not jobs.set_status(svc.store, job_id, "queued", expect=("paused",), resume=True, event="Job resumed; queued to continue from its last checkpoint"):
         raise APIError(400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state")
-    jobs.add_event(svc.store, job_id, "Job resumed; queued to continue from its last checkpoint")
     return job_object(_job(svc, who, job_id))
 
 
