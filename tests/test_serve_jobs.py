@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -191,6 +192,22 @@ def test_dpo_job_on_preference_pairs_and_format_checks(env):
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
     answer = c.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Warranty of the Hub?"}], max_tokens=4)
     assert answer.choices[0].message.role == "assistant"
+
+
+def test_training_process_killed_like_oom_is_retried_from_its_checkpoint(env):
+    c, (train_id, _) = env["client"], env["files"]
+    opts = {"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 150, "save_every": 5}}}
+    job = c.fine_tuning.jobs.create(model="demo", training_file=train_id, extra_body=opts)
+    wait_for(c, job.id, {"running"})
+    while not list(c.fine_tuning.jobs.checkpoints.list(job.id)):
+        time.sleep(0.1)
+    os.kill(_training_pid(env["store"], job.id), signal.SIGKILL)  # what the out-of-memory killer does
+    done = wait_for(c, job.id, {"succeeded", "failed"}, timeout=120)
+    assert done.status == "succeeded", done.error
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000)]
+    assert any("killed by SIGKILL (often the out-of-memory killer); job re-queued (attempt 2 of 2)" in m for m in messages)
+    assert any(m.startswith("resumed from step-") for m in messages) and done.model_extra["tuneforge"]["attempts"] == 2
+    assert httpx.get(env["url"] + "/health").json()["status"] == "ok"  # the API never noticed
 
 
 def test_killed_worker_job_is_taken_over_and_finishes(env):
