@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,7 +119,7 @@ async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Serv
     except Exception:
         svc.monitor.failed(body.model, "chat")
         raise
-    record(results)
+    await run_in_threadpool(record, results)  # a database write: keep it off the event loop
     choices = [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None}, "finish_reason": r.finish_reason, "logprobs": None}
                for i, r in enumerate(results)]
     return {"object": "chat.completion", **meta, "choices": choices, "usage": _usage(results)}
@@ -132,7 +133,7 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
     async for index, text in _drain(pieces, task):
         yield {**chunk, "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
     results = task.result()
-    record(results)
+    await run_in_threadpool(record, results)
     for i, r in enumerate(results):
         yield {**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": r.finish_reason, "logprobs": None}]}
     if (body.stream_options or {}).get("include_usage"):
@@ -164,7 +165,7 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
             async for index, text in _drain(pieces, task):
                 yield {**chunk, "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]}
             results = task.result()
-            usage = record(results)
+            usage = await run_in_threadpool(record, results)
             for i, r in enumerate(results):
                 yield {**chunk, "choices": [{"index": i, "text": "", "finish_reason": r.finish_reason, "logprobs": None}]}
             if (body.stream_options or {}).get("include_usage"):
@@ -172,7 +173,7 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
 
         return _sse(events())
     results = await svc.engine.complete(ref, expanded, sampling)
-    usage = record(results)
+    usage = await run_in_threadpool(record, results)
     choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]
     return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
 
@@ -217,7 +218,7 @@ async def embeddings(body: EmbeddingRequest, who: Principal = Depends(principal)
         raise APIError(400, "input must be a non-empty string or list of non-empty strings.", param="input")
     started = time.perf_counter()
     vectors, tokens = await svc.engine.embed(texts)  # (N, 384), L2-normalised
-    svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="embeddings", started=started, prompt_text="", prompt_tokens=tokens, completion_tokens=0)
+    await run_in_threadpool(svc.monitor.record, project_id=who.project_id, model=body.model, endpoint="embeddings", started=started, prompt_text="", prompt_tokens=tokens, completion_tokens=0)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)} for i, v in enumerate(vectors)]
     return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
