@@ -38,7 +38,7 @@ def env(tmp_path_factory):
     settings = ServeSettings(database_url=url, data_dir=home / "serve", inference_threads=1)
     store = Store(url)
     app = create_app(settings, store)
-    worker_env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_JOB_LEASE_S": "3", "TUNEFORGE_WORKER_THREADS": "1"}
+    worker_env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_JOB_LEASE_S": "5", "TUNEFORGE_WORKER_THREADS": "1"}
     # Two workers share the database for the whole module (each boots a fork server that
     # imports torch once, the slow part); the last test kills one of them mid-job.
     workers = [subprocess.Popen([sys.executable, "-m", "tuneforge.serve.worker"], env=worker_env) for _ in range(2)]
