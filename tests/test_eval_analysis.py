@@ -79,6 +79,7 @@ def test_verdict_states_ties_and_wins():
     assert v["quality_winner"] in ("rag", "fine_tuned") and set(v["tied_with"]) == ({"rag", "fine_tuned"} - {v["quality_winner"]})
     assert v["fine_tuning_worth_it"] == "uncertain"  # identical answers: the difference interval is [0, 0]
     assert v["cost_winner"] in ("base", "fine_tuned")
+    assert v["cheapest_best_quality"] == "fine_tuned"  # tied with rag on quality, with a quarter of its prompt
     text = " ".join(v["summary"])
     assert "interval includes 0" in text and "fine_tuned costs USD 0.5000 to train" in text and "+20.0% against the base - forgetting" in text
     clear = verdict([base, tuned], summaries[::2], F1, cost_report(summaries[::2], {}, prices), None, None, [], 300)

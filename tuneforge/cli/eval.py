@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 
 def _cell(c: dict) -> str:
-    return f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+    return f"{c['mean']:.4g} [{c['ci_low']:.4g}, {c['ci_high']:.4g}]"
 
 
 def print_table(report: dict, console: Console) -> None:
@@ -47,7 +48,8 @@ def eval_command(target: Path = typer.Argument(..., help="A run directory, or a 
     if output == "json":
         print(json.dumps(report))
         return
-    print_table(report, Console())
+    # piped output has no terminal width; rich would squeeze the intervals into 80 columns
+    print_table(report, Console() if sys.stdout.isatty() else Console(width=160))
     folder = out or target_.run_dir or target_.cfg.output_dir
     err.print(f"eval.json and eval_report.html in {folder}")
 

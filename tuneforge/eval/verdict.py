@@ -50,12 +50,17 @@ def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metr
         lines.append(tuned_line)
     cost_rows = cost["approaches"]
     cheapest = min(cost_rows, key=lambda n: cost_rows[n]["cost_per_request"])
+    cur = cost["prices"]["currency"]
+    best_group = [best] + tied  # the approaches whose quality cannot be told apart from the best
+    cheapest_good = min(best_group, key=lambda n: cost_rows[n]["cost_per_request"])
     lines.append(f"Cost: {cheapest} is cheapest per request ({cost_rows[cheapest]['prompt_tokens_per_request']:.0f} prompt tokens, "
-                 f"{cost['prices']['currency']} {cost_rows[cheapest]['cost_per_1k_requests']:.4f} per 1K requests).")
+                 f"{cur} {cost_rows[cheapest]['cost_per_1k_requests']:.4f} per 1K requests)"
+                 + (f"; among the best-quality approaches, {cheapest_good} is cheapest ({cur} {cost_rows[cheapest_good]['cost_per_1k_requests']:.4f} per 1K)."
+                    if cheapest_good != cheapest else ", and it is also among the best on quality."))
     lines += _break_even_lines(cost)
     lines += _health_lines(forgetting, overfit, slice_flags)
     return {"metric": metric.name, "confidence": confidence, "quality_winner": best, "tied_with": tied,
-            "cost_winner": cheapest, "fine_tuning_worth_it": worth, "differences": differences, "summary": lines}
+            "cost_winner": cheapest, "cheapest_best_quality": cheapest_good, "fine_tuning_worth_it": worth, "differences": differences, "summary": lines}
 
 
 def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences) -> tuple[str, str | None]:
@@ -82,8 +87,11 @@ def _break_even_lines(cost: dict[str, Any]) -> list[str]:
         t = cost["training"][tuned]
         cheaper_after = [f"{n} after {v:,} requests" for n, v in others.items() if v is not None]
         never = [n for n, v in others.items() if v is None]
-        lines.append(f"{tuned} costs {t['currency']} {t['training_cost']:.4f} to train ({t['training_tokens']:,} tokens x {t['epochs']:.2f} epochs) "
-                     f"and becomes cheaper than " + (", ".join(cheaper_after) or "no baseline")
+        trained = f"{tuned} costs {t['currency']} {t['training_cost']:.4f} to train ({t['training_tokens']:,} tokens x {t['epochs']:.2f} epochs)"
+        if not cheaper_after:
+            lines.append(f"{trained} and is never cheaper overall than {', '.join(never)}: their requests cost no more than its own.")
+            continue
+        lines.append(f"{trained} and becomes cheaper overall than {', '.join(cheaper_after)}"
                      + (f"; never cheaper than {', '.join(never)}, whose requests cost no more." if never else "."))
     return lines
 
