@@ -95,7 +95,8 @@ class Engine:
             self._saved_threads = None
 
     def loaded(self) -> list[str]:
-        return [key for key, entry in self._cache.items() for key in [key, *entry.adapters]]
+        """Models in memory, least recently used first: each base/full model, then its adapters."""
+        return [name for key, entry in self._cache.items() for name in (key, *entry.adapters)]
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted fine-tuned model from memory (on the engine thread)."""

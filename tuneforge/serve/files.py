@@ -17,7 +17,6 @@ from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.tables import File
 
-PURPOSES = ("fine-tune", "fine-tune-results")
 CHUNK = 1 << 20
 
 
