@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
+from tuneforge.data.validate import validate_file
 from tuneforge.serve.api.errors import APIError, not_found
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id, now
@@ -60,8 +61,6 @@ def create_file(store: Store, files_dir: Path, project_id: str, filename: str, p
     suffix = Path(filename).suffix.lower()[:10] or ".jsonl"  # the validator detects formats by extension too
     path = files_dir / project_id / f"{file_id}{suffix}"
     size = save_upload(src, path, limit)
-    from tuneforge.data.validate import validate_file
-
     report = validate_file(path)
     if not report.ok:
         path.unlink()

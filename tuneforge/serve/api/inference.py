@@ -77,7 +77,7 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = None
 
 
-def _messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
+def chat_messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(raw):
         content = m.get("content")
@@ -101,7 +101,7 @@ def _usage(results: list) -> dict[str, int]:
 async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
     body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
     ref = generative_model(svc, who, body.model)
-    conv = _messages(body.messages)
+    conv = chat_messages(body.messages)
     sampling, started = body.sampling(), time.perf_counter()
     prompt_text = "\n".join(m["content"] for m in conv if m["role"] == "user")
     meta = {"id": new_id("chatcmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}

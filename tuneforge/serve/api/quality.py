@@ -16,7 +16,7 @@ from tuneforge.data.types import Conversation
 from tuneforge.serve import drift, files
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError
-from tuneforge.serve.api.inference import _messages
+from tuneforge.serve.api.inference import chat_messages
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.keys import Principal
@@ -80,7 +80,7 @@ def _feedback_object(f: Feedback) -> dict:
 @router.post("/feedback")
 def create_feedback(body: FeedbackIn, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     require_model(svc, who, body.model)
-    row = Feedback(id=new_id("fb-"), project_id=who.project_id, model=body.model, messages=_messages(body.messages), completion=body.completion,
+    row = Feedback(id=new_id("fb-"), project_id=who.project_id, model=body.model, messages=chat_messages(body.messages), completion=body.completion,
                    correction=body.correction, rating=body.rating, created_at=now())
     with svc.store.session() as s:
         s.add(row)
