@@ -98,8 +98,13 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
         def __getattr__(self, attr):
             return getattr(self.inner, attr)
 
-        def collate(self, feats, pad_id, *a, **kw):
-            batch = self.inner.collate(feats, pad_id, *a, **kw)
+        def collate(self, feats, pad_id):
+            batch = self.inner.collate(feats, pad_id)
+            tally.record(batch)
+            return batch
+
+        def pack(self, feats, pad_id, capacity):  # the recipe's layout with train.packing
+            batch = self.inner.pack(feats, pad_id, capacity)
             tally.record(batch)
             return batch
 
