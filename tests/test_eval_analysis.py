@@ -91,3 +91,17 @@ def test_summary_intervals_and_perplexity():
     assert s["metrics"]["token_f1"]["mean"] == 0.5 and s["metrics"]["token_f1"]["ci_low"] < 0.5 < s["metrics"]["token_f1"]["ci_high"]
     assert s["metrics"]["loss"]["mean"] == 0.5 and s["metrics"]["perplexity"]["mean"] == pytest.approx(1.6487, abs=1e-4)
     assert s["prompt_tokens_per_request"] == 50 and s["latency_seconds"] == 0.05
+
+
+def test_corpus_metric_differences_are_paired_too():
+    chrf = METRICS["chrf"]
+    base = result("base", [i % 4 == 0 for i in range(40)], LINES)
+    tuned = result("fine_tuned", [i % 4 != 1 for i in range(40)], LINES)
+    summaries = [summarise(r, [chrf], 200) for r in (base, tuned)]
+    v = verdict([base, tuned], summaries, chrf, cost_report(summaries, {}, PriceTable()), None, None, [], 200)
+    d = v["differences"]["fine_tuned - base"]
+    assert v["quality_winner"] == "fine_tuned" and v["fine_tuning_worth_it"] == "yes"
+    assert d["ci_low"] > 0 and d["mean"] == pytest.approx(summaries[1]["metrics"]["chrf"]["mean"] - summaries[0]["metrics"]["chrf"]["mean"], abs=1e-3)
+    # tuned answers 3 in 4 questions right on both lines, base 1 in 4: no slice is flagged as hurt
+    report = slice_report([base, tuned], chrf, ["line"], 200, 0.95)
+    assert not any("worse than base" in f for f in report["fields"]["line"]["flags"])

@@ -75,3 +75,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float], samples: int = 100
         return Interval(float("nan"), float("nan"), float("nan")), float("nan")
     boots = d[resample_indices(d.size, samples, seed)].mean(axis=1)
     return Interval(float(d.mean()), *_percentiles(boots, confidence)), float((boots > 0).mean())
+
+
+def paired_statistic_difference(n: int, statistic_a: Callable[[np.ndarray], float], statistic_b: Callable[[np.ndarray], float],
+                                samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[Interval, float]:
+    """Like `paired_difference` for corpus statistics (BLEU, macro-F1...): both recomputed on each resample."""
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan")), float("nan")
+    every = np.arange(n)
+    boots = np.array([statistic_a(idx) - statistic_b(idx) for idx in resample_indices(n, samples, seed)])
+    return Interval(float(statistic_a(every) - statistic_b(every)), *_percentiles(boots, confidence)), float((boots > 0).mean())

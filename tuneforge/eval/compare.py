@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
 from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
-from tuneforge.eval.bootstrap import Interval, mean_ci, ratio_ci, statistic_ci
+from tuneforge.eval.bootstrap import (Interval, mean_ci, paired_difference, paired_statistic_difference, ratio_ci,
+                                     statistic_ci)
 from tuneforge.eval.metrics import Metric
 from tuneforge.models.generate import generate_batch
 from tuneforge.objectives.base import pad_batch
@@ -111,6 +112,20 @@ def metric_interval(result: ApproachResult, metric: Metric, samples: int, confid
         return mean_ci(values, samples, confidence, seed)
     preds, refs = [result.predictions[i] for i in idx], [result.references[i] for i in idx]
     return statistic_ci(len(idx), lambda s: metric.fn([preds[i] for i in s], [refs[i] for i in s]), samples, confidence, seed)
+
+
+def metric_difference(a: ApproachResult, b: ApproachResult, metric: Metric, samples: int, confidence: float,
+                      subset: Sequence[int] | None = None) -> tuple[Interval, float]:
+    """Paired interval of metric(a) - metric(b) on the same examples, and the share of resamples where a wins."""
+    idx = np.arange(len(a.predictions)) if subset is None else np.asarray(subset)
+    if metric.kind == "example":
+        va = np.asarray(metric.per_example(a.predictions, a.references))[idx]
+        vb = np.asarray(metric.per_example(b.predictions, b.references))[idx]
+        return paired_difference(va, vb, samples, confidence)
+    refs = [a.references[i] for i in idx]
+    pa, pb = [a.predictions[i] for i in idx], [b.predictions[i] for i in idx]
+    return paired_statistic_difference(len(idx), lambda s: metric.fn([pa[i] for i in s], [refs[i] for i in s]),
+                                       lambda s: metric.fn([pb[i] for i in s], [refs[i] for i in s]), samples, confidence)
 
 
 def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000, confidence: float = 0.95,

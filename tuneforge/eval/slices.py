@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-
-from tuneforge.eval.bootstrap import paired_difference
-from tuneforge.eval.compare import ApproachResult, metric_interval
+from tuneforge.eval.compare import ApproachResult, metric_difference, metric_interval
 from tuneforge.eval.metrics import Metric
 
 MAX_VALUES = 20
@@ -83,19 +80,17 @@ def _worst_slices(values: dict[str, dict], overall: dict[str, float], field: str
 
 def _tuning_gaps(tuned: ApproachResult, base: ApproachResult, metric: Metric, idx_by_value: dict[str, list[int]], field: str,
                  samples: int, confidence: float) -> list[str]:
-    """Slices where fine-tuning hurt, or gained less than half of its average gain."""
-    if metric.kind != "example":
-        return []  # corpus metrics have no per-example difference to pair
-    a = np.asarray(metric.per_example(tuned.predictions, tuned.references))
-    b = np.asarray(metric.per_example(base.predictions, base.references))
-    average = float((a - b).mean())
+    """Slices where fine-tuning hurt, or gained less than half of its average gain (signs follow higher_is_better)."""
+    sign = 1.0 if metric.higher_is_better else -1.0
+    average = sign * metric_difference(tuned, base, metric, samples, confidence)[0].mean
     flags = []
     for value, idx in idx_by_value.items():
-        diff, _ = paired_difference(a[idx], b[idx], samples, confidence)
-        if diff.ci_high < 0:
-            flags.append(f"{tuned.name} is worse than {base.name} on {field}={value}: {diff.mean:+.3f} "
-                         f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] (fine-tuning hurt this group)")
-        elif average > 0 and diff.ci_high < average / 2:
-            flags.append(f"{tuned.name} gains only {diff.mean:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] on {field}={value}, "
+        d, _ = metric_difference(tuned, base, metric, samples, confidence, subset=idx)
+        mean, low, high = sign * d.mean, min(sign * d.ci_low, sign * d.ci_high), max(sign * d.ci_low, sign * d.ci_high)
+        if high < 0:
+            flags.append(f"{tuned.name} is worse than {base.name} on {field}={value}: {mean:+.3f} "
+                         f"[{low:+.3f}, {high:+.3f}] (fine-tuning hurt this group)")
+        elif average > 0 and high < average / 2:
+            flags.append(f"{tuned.name} gains only {mean:+.3f} [{low:+.3f}, {high:+.3f}] on {field}={value}, "
                          f"less than half its average gain {average:+.3f}")
     return flags

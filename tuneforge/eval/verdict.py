@@ -1,7 +1,7 @@
 """A plain-language verdict: which approach wins on quality, which on cost, and how sure we are.
 
-Quality differences are paired bootstrap intervals of the per-example primary metric (same
-test questions for both approaches); a difference whose interval contains 0 is reported
+Quality differences are paired bootstrap intervals of the primary metric (same resampled
+test questions for both approaches; corpus metrics are recomputed on each resample); a difference whose interval contains 0 is reported
 as a tie, not a win. Fine-tuning is "worth it" only when the best fine-tuned approach
 beats the best cheaper alternative with an interval above 0.
 """
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.eval.bootstrap import paired_difference
-from tuneforge.eval.compare import ApproachResult
+from tuneforge.eval.bootstrap import Interval
+from tuneforge.eval.compare import ApproachResult, metric_difference
 from tuneforge.eval.cost import BASELINES
 from tuneforge.eval.metrics import Metric
 
 
 def _diff(a: ApproachResult, b: ApproachResult, metric: Metric, samples: int, confidence: float) -> dict[str, float]:
-    d, p_better = paired_difference(metric.per_example(a.predictions, a.references), metric.per_example(b.predictions, b.references),
-                                    samples, confidence)
+    """a - b, signed so that a positive difference means a is better (also for lower-is-better metrics)."""
+    d, p_better = metric_difference(a, b, metric, samples, confidence)
+    if not metric.higher_is_better:
+        d, p_better = Interval(-d.mean, -d.ci_high, -d.ci_low), 1 - p_better
     return {**d.to_dict(), "p_better": round(p_better, 3)}
 
 
@@ -36,15 +38,13 @@ def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metr
     level = f"{100 * confidence:.0f}%"
     lines: list[str] = []
     tied, differences = [], {}
-    if metric.kind == "example":
-        for other in ranked[1:]:
-            differences[f"{best} - {other}"] = d = _diff(by_name[best], by_name[other], metric, samples, confidence)
-            if d["ci_low"] <= 0:
-                tied.append(other)
+    for other in ranked[1:]:
+        differences[f"{best} - {other}"] = d = _diff(by_name[best], by_name[other], metric, samples, confidence)
+        if d["ci_low"] <= 0:
+            tied.append(other)
     lines.append(f"Quality ({metric.name}, {len(by_name[best].predictions)} test examples): {best} scores best at {means[best]:.3f}"
                  + (f"; statistically tied with {', '.join(tied)} (the {level} interval of the difference includes 0)." if tied
-                    else "; its lead over every other approach is larger than the noise." if metric.kind == "example"
-                    else " (corpus metric: no paired test)."))
+                    else "; its lead over every other approach is larger than the noise."))
     worth, tuned_line = _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences)
     if tuned_line:
         lines.append(tuned_line)
@@ -66,7 +66,7 @@ def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metr
 def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, differences) -> tuple[str, str | None]:
     tuned = [n for n in means if n not in BASELINES]
     cheaper = [n for n in means if n in BASELINES]
-    if not tuned or not cheaper or metric.kind != "example":
+    if not tuned or not cheaper:
         return "unknown", None
     best_tuned = max(tuned, key=means.get) if metric.higher_is_better else min(tuned, key=means.get)
     best_cheap = max(cheaper, key=means.get) if metric.higher_is_better else min(cheaper, key=means.get)
