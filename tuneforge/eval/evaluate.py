@@ -97,6 +97,8 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
         say(f"no trained run in {cfg.output_dir}: scoring the baselines only (is fine-tuning needed at all?)")
     test, implied = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
     train, _ = load_split(cfg.data.train, cfg.data.format)
+    if not test:
+        raise DataError(f"no test examples in {cfg.data.test}", [Problem("data.test", "the file holds no examples", "point data.test at the held-out split")])
     task = implied if ev.task == "auto" else ev.task
     metrics = select_metrics(task, ev.metrics, ev.custom_metric)
     primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY[task]))

@@ -22,6 +22,7 @@ from tuneforge.eval.compare import sequence_nll
 
 HELD_OUT_SEED = 1001  # the demo pretraining corpus uses seed 0 (tuneforge.train.pretrain)
 OVERFIT_RISE = 0.02  # validation loss 2% above its best counts as rising
+FORGETTING_RISE_PERCENT = 10.0  # general-text perplexity this much above the base's counts as forgetting
 
 
 def general_texts(cfg: RunConfig, n: int = 200) -> tuple[list[str], str] | None:
@@ -73,7 +74,7 @@ def forgetting_summary(general: dict[str, dict[str, float]], source: str) -> dic
         if name != "base" and base:
             changes[name] = round(100 * (ppl["mean"] / base["mean"] - 1), 2)  # % change of perplexity
     return {"source": source, "perplexity": general, "change_percent_vs_base": changes,
-            "forgetting": {name: pct > 10 for name, pct in changes.items()}}
+            "forgetting": {name: pct > FORGETTING_RISE_PERCENT for name, pct in changes.items()}}
 
 
 def loss_curves(run_dir: Path) -> dict[str, list]:
