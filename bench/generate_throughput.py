@@ -1,15 +1,15 @@
 """Generation throughput: tuneforge's `generate_batch` vs `transformers` `generate`, and the
 service under concurrent requests.
 
-    .venv/bin/python bench/generate_throughput.py           # median of 3 repeats
+    .venv/bin/python bench/generate_throughput.py           # median of 5 repeats
     .venv/bin/python bench/generate_throughput.py --quick   # 1 repeat, 16 new tokens
 
 Same model as bench/train_throughput.py (Llama ~26M parameters from_config, fp32, CPU),
 greedy decoding with the KV cache, prompts taken from held-out chats. Both sides produce
 the same tokens (greedy, same weights), so tokens/s compare like for like.
 
-In-process configurations are interleaved in each repeat (hf_b1, tf_b1, hf_b8, tf_b8), so
-contention from other users hits both alike. The server part starts the tuneforge service
+In-process, each generate call of one side is paired with the same call of the other (which
+goes first alternates), so contention from other users hits both alike. The server part starts the tuneforge service
 (tuneforge.serve) on 127.0.0.1 with the same model as its 'demo' base and sends the same 8
 chat requests serially, then all 8 at once (the engine micro-batches them).
 """
@@ -58,27 +58,30 @@ def tf_generate(model, tokenizer, prompts: list[list[dict]], new_tokens: int) ->
 
 
 def in_process(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
+    """Paired measurement: every call of one side is followed (or preceded) by the same call of the other."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     prompts = prompts_from(work, 8)
-    runs = {"hf_b1": lambda: sum(hf_generate(model, tokenizer, [p], new_tokens) for p in prompts),
-            "tf_b1": lambda: sum(tf_generate(model, tokenizer, [p], new_tokens) for p in prompts),
-            "hf_b8": lambda: hf_generate(model, tokenizer, prompts, new_tokens),
-            "tf_b8": lambda: tf_generate(model, tokenizer, prompts, new_tokens)}
-    for fn in runs.values():  # warm-up (first-call overheads, allocator)
-        fn()
-    rates: dict[str, list[float]] = {k: [] for k in runs}
+    sides = {"hf": hf_generate, "tf": tf_generate}
+    rates: dict[str, list[float]] = {}
     with torch.no_grad():
-        for r in range(repeats):
-            names = list(runs)
-            for name in names[r % 2:] + names[:r % 2]:
-                t = time.perf_counter()
-                tokens = runs[name]()
-                rates[name].append(tokens / (time.perf_counter() - t))
-                print(f"  repeat {r + 1}/{repeats} {name}: {rates[name][-1]:.1f} tok/s", file=sys.stderr, flush=True)
+        for fn in sides.values():  # warm-up (first-call overheads, allocator)
+            fn(model, tokenizer, prompts[:2], new_tokens)
+        for batch in (1, 8):
+            calls = [prompts[i:i + batch] for i in range(0, len(prompts), batch)] * (2 if batch == 8 else 1)
+            for r in range(repeats):
+                tokens, seconds = {k: 0 for k in sides}, {k: 0.0 for k in sides}
+                for k, call in enumerate(calls):  # alternate which side goes first
+                    for side in (("hf", "tf") if (k + r) % 2 == 0 else ("tf", "hf")):
+                        t = time.perf_counter()
+                        tokens[side] += sides[side](model, tokenizer, call, new_tokens)
+                        seconds[side] += time.perf_counter() - t
+                for side in sides:
+                    rates.setdefault(f"{side}_b{batch}", []).append(tokens[side] / seconds[side])
+                print(f"  repeat {r + 1}/{repeats} batch {batch}: " + ", ".join(f"{k} {tokens[k] / seconds[k]:.1f} tok/s" for k in sides), file=sys.stderr, flush=True)
     return rates
 
 
@@ -128,9 +131,9 @@ def server(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 repeat, 16 new tokens")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP barrier stalls on a shared machine")
     p.add_argument("--no-server", action="store_true", help="skip the HTTP service part")
     p.add_argument("--work", default="/tmp/tuneforge-bench-train", help="cache for the generated model and data (shared with train_throughput)")
     args = p.parse_args()
