@@ -105,3 +105,16 @@ def test_corpus_metric_differences_are_paired_too():
     # tuned answers 3 in 4 questions right on both lines, base 1 in 4: no slice is flagged as hurt
     report = slice_report([base, tuned], chrf, ["line"], 200, 0.95)
     assert not any("worse than base" in f for f in report["fields"]["line"]["flags"])
+
+
+def test_answer_in_prompt_separates_retrieval_from_reading():
+    from tuneforge.eval.compare import answer_in_prompt
+
+    rag = result("rag", [False] * 4, LINES[:4])
+    rag.prompts = [[{"role": "system", "content": f"[1] Q: ... A: Answer {i}."}, {"role": "user", "content": "q"}] for i in range(3)] + \
+                  [[{"role": "system", "content": "[1] nothing useful"}, {"role": "user", "content": "answer 3"}]]  # the question is not a passage
+    assert answer_in_prompt(rag) == 0.75
+    tuned = result("fine_tuned", [True] * 4, LINES[:4])
+    summaries = [summarise(r, [F1], 200) for r in (rag, tuned)]
+    v = verdict([rag, tuned], summaries, F1, cost_report(summaries, {}, PriceTable()), None, None, [], 200, answer_shown={"rag": 0.75})
+    assert any("rag: the prompt held the reference answer for 75%" in line and "does not use what it is shown" in line for line in v["summary"])

@@ -138,6 +138,7 @@ def test_eval_pipeline_writes_eval_json_and_report(tiny_run, tmp_path):
     assert by["fine_tuned"]["prompt_tokens_per_request"] == by["base"]["prompt_tokens_per_request"]
     assert set(report["slices"]["fields"]) == {"product_line", "topic"}
     assert set(report["forgetting"]["perplexity"]) == {"base", "fine_tuned"}
+    assert set(report["retrieval"]["answer_in_prompt"]) == {"rag", "fine_tuned+rag"}
     over = report["training_curves"]["overfitting"]
     assert [g["step"] for g in over["gap"]] == [2, 4, 6] and over["overfitting"] in (True, False)
     cost = report["cost"]

@@ -23,7 +23,7 @@ from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
 from tuneforge.eval.bootstrap import (Interval, mean_ci, paired_difference, paired_statistic_difference, ratio_ci,
                                      statistic_ci)
-from tuneforge.eval.metrics import Metric
+from tuneforge.eval.metrics import Metric, normalize_answer
 from tuneforge.models.generate import generate_batch
 from tuneforge.objectives.base import pad_batch
 
@@ -146,6 +146,16 @@ def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000
         "latency_seconds": round(float(np.median(result.latencies)), 4) if result.latencies else None,
         "examples": len(result.predictions), "eval_seconds": round(result.seconds, 1),
     }
+
+
+def answer_in_prompt(result: ApproachResult) -> float:
+    """Share of examples whose reference answer appears verbatim (normalised) in the prompt sent.
+
+    For RAG this separates the retriever's failures (the answer was never shown) from the
+    model's (it was shown and not used)."""
+    hits = [normalize_answer(ref) in normalize_answer(" ".join(m["content"] for m in prompt[:-1]))
+            for prompt, ref in zip(result.prompts, result.references)]
+    return sum(hits) / max(len(hits), 1)
 
 
 def prediction_rows(result: ApproachResult) -> list[dict[str, Any]]:

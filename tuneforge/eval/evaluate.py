@@ -21,7 +21,7 @@ from tuneforge.data.types import Conversation, LabelledExample, Message
 from tuneforge.errors import ConfigError, DataError, Problem
 from tuneforge.eval import cost as costs
 from tuneforge.eval.baselines import RAG, FewShot, zero_shot
-from tuneforge.eval.compare import ApproachResult, prediction_rows, score_approach, summarise, write_predictions
+from tuneforge.eval.compare import ApproachResult, answer_in_prompt, prediction_rows, score_approach, summarise, write_predictions
 from tuneforge.eval.forgetting import forgetting_summary, general_texts, loss_curves, overfitting, perplexity_interval, text_nll
 from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
@@ -166,15 +166,17 @@ def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Me
     forgetting = forgetting_summary(general_ppl, general_source) if general_source else {"skipped": "no general text: set eval.general_text"}
     curves = loss_curves(target.run_dir) if target.run_dir else {"train": [], "validation": []}
     overfit = overfitting(curves) if target.run_dir else None
+    retrieval = {"retriever": ev.rag_retriever, "k": ev.rag_k, "source": str(ev.rag_docs or cfg.data.train),
+                 "answer_in_prompt": {r.name: round(answer_in_prompt(r), 4) for r in results if r.name.endswith("rag")}}
     summary = verdict(results, summaries, primary, cost, forgetting if general_source else None, overfit, flags,
-                      ev.bootstrap_samples, ev.confidence)
+                      ev.bootstrap_samples, ev.confidence, retrieval["answer_in_prompt"])
     return {
         "run_dir": str(target.run_dir) if target.run_dir else None, "base_model": cfg.model.name,
         "test_file": str(cfg.data.test), "test_examples": len(results[0].predictions) if results else 0,
         "confidence": ev.confidence, "bootstrap_samples": ev.bootstrap_samples, "primary_metric": primary.name,
         "approaches": summaries, "slices": slices, "forgetting": forgetting,
         "training_curves": {**curves, **({"overfitting": overfit} if overfit else {})},
-        "cost": cost, "verdict": summary,
+        "retrieval": retrieval, "cost": cost, "verdict": summary,
     }
 
 

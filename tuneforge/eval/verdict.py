@@ -30,7 +30,7 @@ def _fmt(d: dict[str, float]) -> str:
 
 def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metric: Metric, cost: dict[str, Any],
             forgetting: dict[str, Any] | None, overfit: dict[str, Any] | None, slice_flags: list[str],
-            samples: int = 1000, confidence: float = 0.95) -> dict[str, Any]:
+            samples: int = 1000, confidence: float = 0.95, answer_shown: dict[str, float] | None = None) -> dict[str, Any]:
     by_name = {r.name: r for r in results}
     means = {s["name"]: s["metrics"][metric.name]["mean"] for s in summaries}
     ranked = sorted(means, key=means.get, reverse=metric.higher_is_better)
@@ -57,6 +57,7 @@ def verdict(results: list[ApproachResult], summaries: list[dict[str, Any]], metr
                  f"{cur} {cost_rows[cheapest]['cost_per_1k_requests']:.4f} per 1K requests)"
                  + (f"; among the best-quality approaches, {cheapest_good} is cheapest ({cur} {cost_rows[cheapest_good]['cost_per_1k_requests']:.4f} per 1K)."
                     if cheapest_good != cheapest else ", and it is also among the best on quality."))
+    lines += [_retrieval_line(name, shown, means[name], means[best], metric) for name, shown in (answer_shown or {}).items()]
     lines += _break_even_lines(cost)
     lines += _health_lines(forgetting, overfit, slice_flags)
     return {"metric": metric.name, "confidence": confidence, "quality_winner": best, "tied_with": tied,
@@ -79,6 +80,16 @@ def _fine_tuning_worth(by_name, means, metric, samples, confidence, level, diffe
         return "no", f"Fine-tuning does not pay on quality: {best_cheap} beats {best_tuned} by {_fmt(reverse)}."
     return "uncertain", (f"Fine-tuning is not distinguishable from {best_cheap} on quality: {best_tuned} - {best_cheap} = {_fmt(d)} "
                          f"({level} interval includes 0; more test data would narrow it).")
+
+
+def _retrieval_line(name: str, shown: float, score: float, best: float, metric: Metric) -> str:
+    """Whether a RAG approach is limited by what was retrieved or by how the model reads it."""
+    found = f"{name}: the prompt held the reference answer for {100 * shown:.0f}% of questions and {name} scores {score:.3f} {metric.name}"
+    if shown < 0.5:
+        return found + "; retrieval is the limit (better passages or more of them would help)."
+    if metric.higher_is_better and score < 0.5 * best:
+        return found + "; the model does not use what it is shown (an instruction-tuned base, or fine-tuning with passages, would)."
+    return found + "."
 
 
 def _break_even_lines(cost: dict[str, Any]) -> list[str]:
