@@ -162,6 +162,7 @@ def docs(n: int, seed: int) -> list[TextExample]:
             for _ in range(n)]
 
 
+@pytest.mark.slow  # vocabulary-sized (30k) logits per token: the heaviest test here
 def test_mlm_reduces_masked_loss(tiny_bert_dir, tmp_path):
     train_path, val_path = write(tmp_path, "train", docs(64, 1)), write(tmp_path, "val", docs(16, 2))
     result = train(run_config(tiny_bert_dir, "mlm", train_path, val_path, tmp_path / "run", FullMethod(), 40, 5e-3), progress=False)
