@@ -29,14 +29,25 @@ def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run d
     if as_json:
         print(json.dumps(summary))
         return
-    table = Table(title=f"held-out test split ({summary['test_examples']} conversations)")
+    from tuneforge.quickstart import QUICKSTART_APPROACHES
+
+    shown = [a for a in QUICKSTART_APPROACHES if a in summary]
+    table = Table(title=f"held-out test split ({summary['test_examples']} conversations); token F1 with its 95% interval")
     table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("fine-tuned", justify="right")
+    for name in shown:
+        table.add_column(name.replace("_", "-"), justify="right")
     for metric in REPORTED:
-        table.add_row(metric, f"{summary['base'][metric]:.4f}", f"{summary['fine_tuned'][metric]:.4f}")
+        table.add_row(metric, *(f"{summary[name][metric]:.4f}" for name in shown))
+    table.add_row("token_f1 95% CI", *(_interval(summary["intervals"][name].get("token_f1")) for name in shown))
+    table.add_row("prompt tokens", *(f"{summary['prompt_tokens_per_request'][name]:.0f}" for name in shown))
     Console().print(table)
+    for line in summary["verdict"] if isinstance(summary["verdict"], list) else [summary["verdict"]]:
+        Console().print(f"- {line}")
     Console().print(f"run directory: {summary['run_dir']}   total time: {summary['seconds']:.0f} s")
+
+
+def _interval(m: dict | None) -> str:
+    return f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m and m.get("ci_low") is not None else "-"
 
 
 @app.command("demo-data")

@@ -68,7 +68,7 @@ class RunDir:
     def prepare(self, cfg: RunConfig, resume: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
-        (self.root / "config.yaml").write_text(cfg.to_yaml())
+        (self.root / "config.yaml").write_text(_with_absolute_paths(cfg).to_yaml())
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
 
@@ -83,6 +83,13 @@ class RunDir:
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
         os.replace(tmp, self.manifest_path)
+
+
+def _with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config as saved in the run: data paths absolute, so the run folder stands on its own."""
+    data = {k: Path(v).resolve() for k, v in (("train", cfg.data.train), ("validation", cfg.data.validation), ("test", cfg.data.test)) if v is not None}
+    model = cfg.model.model_copy(update={"name": str(Path(cfg.model.name).resolve())}) if Path(cfg.model.name).exists() else cfg.model
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=data), "model": model, "output_dir": Path(cfg.output_dir).resolve()})
 
 
 def new_manifest(cfg: RunConfig, base_path: str, datasets: dict[str, Any]) -> dict[str, Any]:
