@@ -122,8 +122,8 @@ def _config(tiny_model_dir, data, out, method, **fast):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,fast", [(FullMethod(), {"packing": True}), (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True})],
-                         ids=["full-packing", "lora-packing-checkpointing"])
+@pytest.mark.parametrize("method,fast", [(FullMethod(), {"packing": True}), (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True, "packed_rows_per_pass": 1})],
+                         ids=["full-packing", "lora-packing-checkpointing-one-row-per-pass"])
 def test_recipe_with_the_fast_options_trains_the_same_losses(tiny_model_dir, support_data, tmp_path, method, fast):
     plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", method), progress=False)
     packed = train(_config(tiny_model_dir, support_data, tmp_path / "packed", method, **fast), progress=False)
@@ -154,3 +154,31 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(lora_model):
     torch.testing.assert_close(checkpointed[0], plain[0], rtol=1e-10, atol=1e-9)
     for name, grad in plain[2].items():
         torch.testing.assert_close(checkpointed[2][name], grad, rtol=1e-8, atol=1e-10)
+
+
+def test_row_chunks_split_a_packed_batch_into_passes_with_the_same_total_loss(lora_model):
+    from tuneforge.train.batching import row_chunks
+
+    feats = mixed_features(8, lora_model.get_input_embeddings().num_embeddings, seed=4)
+    packed = pack_batch(feats, 0, 96)
+    parts = row_chunks(packed, 1)
+    assert len(parts) == packed["input_ids"].shape[0] > 1 and len(row_chunks(packed, None)) == 1
+    whole = loss_and_grads(lora_model, packed)
+    lora_model.zero_grad()
+    total, count = 0.0, 0
+    for part in parts:  # as the recipe does: sum the losses, let the gradients add up
+        loss, n = causal_lm_loss(lora_model, part)
+        loss.backward()
+        total, count = total + loss.detach(), count + n
+    assert count == whole[1]
+    torch.testing.assert_close(total, whole[0], rtol=1e-6, atol=1e-6)
+    for name, p in lora_model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, whole[2][name], rtol=1e-5, atol=1e-7)
+
+
+def test_rows_per_pass_without_packing_is_a_config_error():
+    from tuneforge.config import validate_config
+
+    with pytest.raises(ConfigError, match="problem"):
+        validate_config({"data": {"train": "x.jsonl"}, "train": {"packed_rows_per_pass": 2}}, check_files=False)

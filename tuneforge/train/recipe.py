@@ -24,7 +24,7 @@ from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.base import packing_matches_padding
-from tuneforge.train.batching import micro_batches, steps_per_epoch
+from tuneforge.train.batching import micro_batches, row_chunks, steps_per_epoch
 from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import EventFn, Events
@@ -179,13 +179,16 @@ def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_i
                 break
             batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
         chosen = [feats[i] for i in batches[state.micro_batch]]
-        # packing changes the layout of the same examples, not the batch: the loss is the same
-        batch = objective.pack(chosen, pad_id, cfg.model.max_length) if cfg.train.packing else objective.collate(chosen, pad_id)
         state.micro_batch += 1
-        loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
-        loss.backward()
-        loss_total += loss.item()
-        n_total += n
+        if cfg.train.packing:  # the same examples in another layout: the same summed loss and gradient
+            parts = row_chunks(objective.pack(chosen, pad_id, cfg.model.max_length), cfg.train.packed_rows_per_pass)
+        else:
+            parts = [objective.collate(chosen, pad_id)]
+        for part in parts:
+            loss, n = objective.loss(model, {k: v.to(device) for k, v in part.items()})
+            loss.backward()
+            loss_total += loss.item()
+            n_total += n
     return loss_total, n_total
 
 
