@@ -242,8 +242,8 @@ def main() -> None:
         args.steps, args.repeats = 3, 1
     configs = [c for c in args.configs.split(",") if c]
     meta = C.build_assets(Path(args.work), 2000)
-    print(f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, vocab {meta['vocab']}, {meta['params'] / 1e6:.1f}M parameters; "
-          f"{args.steps} steps x {args.repeats} repeats, {args.threads} threads", flush=True)
+    runs = "" if args.report_only else f"; {args.steps} steps x {args.repeats} repeats, {args.threads} threads"
+    print(f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, vocab {meta['vocab']}, {meta['params'] / 1e6:.1f}M parameters{runs}", flush=True)
     saved = Path(args.work) / "last_results.json"
     if args.report_only:
         loaded = json.loads(saved.read_text())
@@ -251,7 +251,7 @@ def main() -> None:
     else:
         passed = ["--steps", str(args.steps), "--threads", str(args.threads), "--work", args.work]
         results, peaks = C.interleaved(Path(__file__), configs, args.repeats, passed, args.threads, saved)
-    summary = {c: summarise(runs, meta, C.median(peaks)) for c, runs in results.items() if runs}
+    summary = {c: summarise(r, meta, C.median(peaks)) for c, r in results.items() if r}
     print_report(summary, peaks, args)
 
 
