@@ -10,10 +10,9 @@ from tuneforge.errors import DataError, Problem
 from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch
 
 
-class SupervisedChat:
-    """Instruction tuning: loss on assistant tokens only (per-message weight 0 honoured)."""
+class _NextTokenObjective:
+    """What sft and clm share: next-token loss on a causal LM, padded or packed batches."""
 
-    name = "sft"
     task = "causal_lm"
     collate = staticmethod(pad_batch)
     pack = staticmethod(pack_batch)
@@ -27,6 +26,12 @@ class SupervisedChat:
 
     def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
         return {}  # the validation loss (per supervised token) is the metric
+
+
+class SupervisedChat(_NextTokenObjective):
+    """Instruction tuning: loss on assistant tokens only (per-message weight 0 honoured)."""
+
+    name = "sft"
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, Conversation)]
@@ -39,23 +44,10 @@ class SupervisedChat:
         return feats
 
 
-class CausalLM:
+class CausalLM(_NextTokenObjective):
     """Pretraining / domain adaptation: every token of raw text, packed into full blocks."""
 
     name = "clm"
-    task = "causal_lm"
-    collate = staticmethod(pad_batch)
-    pack = staticmethod(pack_batch)
-    loss = staticmethod(causal_lm_loss)
-
-    def prepare(self, train_examples: Sequence[Example]) -> None:
-        pass  # encode checks the example types
-
-    def model_kwargs(self, examples: Sequence[Example]) -> dict:
-        return {}
-
-    def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
-        return {}  # the validation loss (per supervised token) is the metric
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         texts = [ex.text if isinstance(ex, TextExample) else tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in ex.messages], tokenize=False)
