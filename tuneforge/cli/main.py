@@ -145,6 +145,28 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
     print(out)
 
 
+def _quiet_libraries() -> None:
+    """Library start-up chatter (torchao CUDA-only kernels, hub progress bars) is not for our users."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    import torch  # noqa: F401  (torch configures its loggers on import; quieten them afterwards)
+
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+
+# before the sub-commands import peft/torchao, which log at import time
+_quiet_libraries()
+
+
 def _register_subcommands() -> None:
     from tuneforge.cli import data, estimate, eval as eval_cli, serve
 
@@ -157,20 +179,7 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch").setLevel(logging.ERROR)
-
-
 def main() -> None:
-    _quiet_libraries()
     try:
         app()
     except TuneforgeError as exc:
