@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.tokenize import IGNORE, Encoded, pack_rows
 from tuneforge.data.types import Example
+from tuneforge.errors import DataError, Problem
 
 
 class Objective(Protocol):
@@ -40,6 +41,13 @@ class Objective(Protocol):
 
     def metrics(self, model: torch.nn.Module, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:
         """Task metrics on validation features beyond the loss (accuracy, entity F1...); {} when the loss says it all."""
+
+
+def require_examples(examples: Sequence[Example], kind: type, summary: str, fix: str) -> None:
+    """Raise one DataError naming (up to ten of) the examples that are not of `kind`."""
+    wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, kind)]
+    if wrong:
+        raise DataError(summary, [Problem(f"example {i}", f"got {type(examples[i]).__name__}", fix) for i in wrong[:10]])
 
 
 def pad_batch(features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import Encoded
 from tuneforge.data.types import Example, LabelledExample
 from tuneforge.errors import DataError, Problem
+from tuneforge.objectives.base import require_examples
 from tuneforge.objectives.labels import LabelSet, accuracy_and_macro_f1, pad_inputs, predict_batches, require_fitted
 
 
@@ -21,10 +22,8 @@ class SequenceClassification:
         self.labels: LabelSet | None = None
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        wrong = [i for i, ex in enumerate(train_examples) if not isinstance(ex, LabelledExample)]
-        if wrong:
-            raise DataError("the classification objective needs {text, label} examples",
-                            [Problem(f"example {i}", f"got {type(train_examples[i]).__name__}", "give records with 'text' and 'label'") for i in wrong[:10]])
+        require_examples(train_examples, LabelledExample, "the classification objective needs {text, label} examples",
+                         "give records with 'text' and 'label'")
         self.labels = LabelSet([ex.label for ex in train_examples])
         if len(self.labels.names) < 2:
             raise DataError("classification needs at least two labels", [Problem("data.train", f"only '{self.labels.names[0]}' occurs", "add examples of the other classes")])

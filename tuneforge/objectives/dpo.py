@@ -10,7 +10,6 @@ That is why the config accepts dpo only with adapter methods.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,7 +21,7 @@ from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
 from tuneforge.data.types import Conversation, Example, Message, PreferencePair
 from tuneforge.errors import ConfigError, DataError, Problem
 from tuneforge.methods.bottleneck import Bottleneck, adapters_disabled
-from tuneforge.objectives.base import pad_batch
+from tuneforge.objectives.base import pad_batch, require_examples
 
 
 @dataclass
@@ -57,10 +56,8 @@ class DirectPreference:
     beta = 0.1  # strength of the pull towards the reference (the paper's default range is 0.1-0.5)
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        wrong = [i for i, ex in enumerate(train_examples) if not isinstance(ex, PreferencePair)]
-        if wrong:
-            raise DataError("the dpo objective needs {prompt, chosen, rejected} examples",
-                            [Problem(f"example {i}", f"got {type(train_examples[i]).__name__}", "give preference records") for i in wrong[:10]])
+        require_examples(train_examples, PreferencePair, "the dpo objective needs {prompt, chosen, rejected} examples",
+                         "give preference records")
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         return {}

@@ -7,7 +7,7 @@ from typing import Sequence
 from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
-from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch
+from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch, require_examples
 
 
 class _NextTokenObjective:
@@ -34,9 +34,8 @@ class SupervisedChat(_NextTokenObjective):
     name = "sft"
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
-        wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, Conversation)]
-        if wrong:
-            raise DataError("the sft objective needs chat examples", [Problem(f"example {i}", f"got {type(examples[i]).__name__}", "use chat, prompt/completion, Alpaca or ShareGPT data, or objective: clm") for i in wrong[:10]])
+        require_examples(examples, Conversation, "the sft objective needs chat examples",
+                         "use chat, prompt/completion, Alpaca or ShareGPT data, or objective: clm")
         feats = [encode_conversation(tokenizer, ex, max_length) for ex in examples]
         if not any(label != -100 for f in feats for label in f.labels):
             raise DataError("no example has a trainable assistant token after truncation",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tuneforge.data.tokenize import IGNORE, Encoded
 from tuneforge.data.types import Example, TokenExample
-from tuneforge.errors import DataError, Problem
+from tuneforge.objectives.base import require_examples
 from tuneforge.objectives.labels import LabelSet, pad_inputs, predict_batches, require_fitted
 
 
@@ -49,10 +49,8 @@ class TokenClassification:
         self.labels: LabelSet | None = None
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        wrong = [i for i, ex in enumerate(train_examples) if not isinstance(ex, TokenExample)]
-        if wrong:
-            raise DataError("the tokens objective needs {tokens, tags} examples",
-                            [Problem(f"example {i}", f"got {type(train_examples[i]).__name__}", "give records with 'tokens' and BIO 'tags'") for i in wrong[:10]])
+        require_examples(train_examples, TokenExample, "the tokens objective needs {tokens, tags} examples",
+                         "give records with 'tokens' and BIO 'tags'")
         self.labels = LabelSet([t for ex in train_examples for t in ex.tags] + ["O"])
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
