@@ -9,10 +9,12 @@ length 512; assistant-only loss; AdamW, linear schedule; fp32 on CPU: TRL's bf16
 runs at 1/8 of the fp32 matmul rate on CPUs without AMX, so both sides run fp32).
 
 Configurations (each run in a fresh subprocess, interleaved across repeats):
-  tf_lora_rows1    as tf_lora_packed with train.packed_rows_per_pass=1 (one row per forward/backward)
-  tf_lora          tuneforge, LoRA, plain padded batches of 8 examples
-  tf_lora_packed   tuneforge, LoRA, train.packing (the same 8 examples per micro-batch packed
-                   into rows of <= 512 tokens with per-example positions and attention blocks)
+  tf_lora_packed   tuneforge, LoRA, its defaults: packing (the same 8 examples per micro-batch packed
+                   into rows of <= 512 tokens with per-example positions and attention blocks),
+                   one packed row per forward/backward on CPU
+  tf_lora_allrows  as tf_lora_packed with every packed row of the micro-batch in one pass
+  tf_lora_rows2    as tf_lora_packed with two packed rows per pass
+  tf_lora          tuneforge, LoRA, packing off (padded batches of 8 examples)
   trl_lora         TRL SFTTrainer defaults (gradient checkpointing on, fused chunked LM head)
   trl_lora_pack8   TRL packing (BFD, padding-free), batch 8 rows
   trl_lora_pack1   TRL packing, batch 1 row x gradient accumulation 8 (TRL's best on CPU)
@@ -34,7 +36,8 @@ CONFIGS = {
     "tf_lora_packed": dict(tool="tuneforge", method="lora", packing=True),
     "trl_lora": dict(tool="trl", method="lora", packing=False, batch=8, accum=1),
     "trl_lora_pack1": dict(tool="trl", method="lora", packing=True, batch=1, accum=8),
-    "tf_lora_rows1": dict(tool="tuneforge", method="lora", packing=True, rows_per_pass=1),
+    "tf_lora_allrows": dict(tool="tuneforge", method="lora", packing=True, rows_per_pass=64),
+    "tf_lora_rows2": dict(tool="tuneforge", method="lora", packing=True, rows_per_pass=2),
     "tf_lora": dict(tool="tuneforge", method="lora", packing=False),
     "trl_lora_pack8": dict(tool="trl", method="lora", packing=True, batch=8, accum=1),
     "tf_full": dict(tool="tuneforge", method="full", packing=True),
@@ -42,7 +45,7 @@ CONFIGS = {
 }
 # ratio rows: (tuneforge config, TRL config)
 RATIOS = [("tf_lora_packed", "trl_lora"), ("tf_lora_packed", "trl_lora_pack1"), ("tf_lora_packed", "trl_lora_pack8"),
-          ("tf_lora_rows1", "trl_lora"), ("tf_lora_rows1", "trl_lora_pack1"),
+          ("tf_lora_allrows", "trl_lora"), ("tf_lora_rows2", "trl_lora"),
           ("tf_lora", "trl_lora"), ("tf_full", "trl_full")]
 LR = {"lora": 5e-4, "full": 1e-4}
 WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
@@ -230,7 +233,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is excluded from throughput)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--configs", default="tf_lora_packed,tf_lora_rows1,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
+    p.add_argument("--configs", default="tf_lora_packed,tf_lora_allrows,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
                    help="comma-separated subset of: " + ", ".join(CONFIGS) + " (trl_lora_pack8 is off by default: very slow on CPU)")
     p.add_argument("--work", default="/tmp/tuneforge-bench-train", help="cache for the generated model and data")
     p.add_argument("--report-only", action="store_true", help="print the tables of the last (possibly partial) run again")

@@ -125,21 +125,50 @@ def _config(tiny_model_dir, data, out, method, **fast):
 @pytest.mark.parametrize("method,fast", [(FullMethod(), {"packing": True}), (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True, "packed_rows_per_pass": 1})],
                          ids=["full-packing", "lora-packing-checkpointing-one-row-per-pass"])
 def test_recipe_with_the_fast_options_trains_the_same_losses(tiny_model_dir, support_data, tmp_path, method, fast):
-    plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", method), progress=False)
+    plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", method, packing=False), progress=False)
     packed = train(_config(tiny_model_dir, support_data, tmp_path / "packed", method, **fast), progress=False)
     assert packed.trained_tokens == plain.trained_tokens
     assert packed.losses == pytest.approx(plain.losses, abs=2e-5)
     assert packed.final_metrics["val_loss"] == pytest.approx(plain.final_metrics["val_loss"], abs=2e-5)
 
 
-def test_packing_refused_for_objectives_without_token_batches(tiny_model_dir):
-    from tuneforge.train.recipe import _check_packing
+class _Labels:  # an objective whose batches are not token sequences (classification and the like)
+    name = "classification"
 
-    class Labels:
-        name = "classification"
 
-    with pytest.raises(ConfigError, match="packing"):
-        _check_packing(None, Labels(), 0)
+def _layout(lora_model, objective, **train):
+    from tuneforge.train.recipe import batch_layout
+
+    cfg = RunConfig(data=DataSection(train="x.jsonl"), train=TrainSection(**train))
+    return batch_layout(cfg, lora_model, objective, 0, torch.device("cpu"))
+
+
+def test_packing_is_automatic_for_token_batches_with_one_row_per_pass_on_cpu(lora_model):
+    from tuneforge.objectives import get_objective
+
+    auto = _layout(lora_model, get_objective("sft"))
+    assert (auto.packing, auto.rows_per_pass) == (True, 1)
+    assert "keeps packed examples apart" in auto.describe()
+    assert _layout(lora_model, get_objective("sft"), packed_rows_per_pass=3).rows_per_pass == 3
+    assert not _layout(lora_model, get_objective("sft"), packing=False).packing
+
+
+def test_automatic_packing_falls_back_to_padding_and_says_why(lora_model):
+    from tuneforge.objectives import get_objective
+
+    labels = _layout(lora_model, _Labels())
+    assert not labels.packing and "not token sequences" in labels.why
+    blind = _layout(DropsPositions(lora_model.get_base_model()), get_objective("sft"))
+    assert not blind.packing and "ignores the position restarts" in blind.why
+
+
+def test_packing_asked_for_explicitly_is_refused_when_impossible(lora_model):
+    from tuneforge.objectives import get_objective
+
+    with pytest.raises(ConfigError, match="not available for the classification objective"):
+        _layout(lora_model, _Labels(), packing=True)
+    with pytest.raises(ConfigError, match="does not keep packed examples apart"):
+        _layout(DropsPositions(lora_model.get_base_model()), get_objective("sft"), packing=True)
 
 
 def test_gradient_checkpointing_keeps_loss_and_gradients(lora_model):
@@ -181,4 +210,4 @@ def test_rows_per_pass_without_packing_is_a_config_error():
     from tuneforge.config import validate_config
 
     with pytest.raises(ConfigError, match="problem"):
-        validate_config({"data": {"train": "x.jsonl"}, "train": {"packed_rows_per_pass": 2}}, check_files=False)
+        validate_config({"data": {"train": "x.jsonl"}, "train": {"packing": False, "packed_rows_per_pass": 2}}, check_files=False)

@@ -142,18 +142,20 @@ class TrainSection(Section):
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many evaluations; null disables.")
     log_every: int = Field(10, gt=0, description="Log training loss every N optimizer steps.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
-    packing: bool = Field(False, description="Pack the examples of each micro-batch into rows of up to model.max_length tokens instead of padding them to the longest: "
-                          "the same examples and the same loss (to float noise), without the compute and memory spent on padding (~40% of a batch of mixed lengths). "
-                          "Each example keeps its own positions and attention block; refused for models whose attention ignores those boundaries.")
+    packing: bool | None = Field(None, description="Pack the examples of each micro-batch into rows of up to model.max_length tokens instead of padding them to the longest: "
+                                 "the same examples and the same loss (to float noise), without the compute and memory spent on padding (~40% of a batch of mixed lengths). "
+                                 "Each example keeps its own positions and attention block. null (default): pack when the objective's batches are token sequences and the "
+                                 "model keeps packed examples apart (checked at start-up), else pad; true: pack or refuse; false: always pad.")
     packed_rows_per_pass: int | None = Field(None, gt=0, description="With packing: run forward/backward on this many packed rows (of up to model.max_length tokens) at a time "
-                                             "and add up the gradients; the same update, with peak activation memory of one pass. null: all rows of a micro-batch at once.")
+                                             "and add up the gradients; the same update, with peak activation memory of one pass. null (default): one row per pass on "
+                                             "CPU (measured as fast as all rows at once, at under half the peak memory), all rows of a micro-batch at once on GPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
                                          "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
 
     @model_validator(mode="after")
     def _rows_per_pass_needs_packing(self) -> "TrainSection":
-        if self.packed_rows_per_pass is not None and not self.packing:
-            raise ValueError("packed_rows_per_pass applies to packed batches only: set packing: true or remove packed_rows_per_pass")
+        if self.packed_rows_per_pass is not None and self.packing is False:
+            raise ValueError("packed_rows_per_pass applies to packed batches only: set packing: true (or leave it unset) or remove packed_rows_per_pass")
         return self
 
 

@@ -64,8 +64,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
                        task=objective.task, **objective.model_kwargs(train_examples), **method.load_kwargs(cfg.method))
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
     model = method.apply(model, cfg.method).to(device)
-    if cfg.train.packing:
-        _check_packing(model, objective, pad_id)
+    layout = batch_layout(cfg, model, objective, pad_id, device)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without extra hooks
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = trainable_parameters(model)
@@ -79,6 +78,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     run.prepare(cfg, resume)
     manifest = run.read_manifest() if resume else {}
     manifest.update(new_manifest(cfg, base_path, _dataset_lineage(cfg, train_examples, val_examples)) if not manifest else {"status": "running"})
+    manifest["batch_layout"] = {"packing": layout.packing, "rows_per_pass": layout.rows_per_pass, "why": layout.why}
     manifest["params"] = {"trainable": trainable, "total": total, "trainable_share": trainable / total}
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     manifest["memory_estimate"] = estimate_for_model(model, cfg.method, cfg.train.batch_size, cfg.model.max_length).memory_bytes
@@ -95,6 +95,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     with Events(run, on_event, total_steps, progress) as events:
         if checkpoint:
             events.message(f"resumed from {checkpoint.name} at step {state.step}")
+        events.message(f"batches: {layout.describe()}")
         events.message(f"{cfg.method.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
         loop_start, tokens_at_start = time.perf_counter(), state.tokens
         while state.step < total_steps:
@@ -102,7 +103,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
                 status = "stopped"
                 break
             model.train()
-            loss_sum, n_tokens = _accumulate(model, objective, train_feats, cfg, state, pad_id, device)
+            loss_sum, n_tokens = _accumulate(model, objective, train_feats, cfg, layout, state, pad_id, device)
             if not math.isfinite(loss_sum):
                 last = latest_checkpoint(run.checkpoints)
                 _finish(run, "failed", started, setup_s, {"error": f"non-finite loss at step {state.step + 1}"})
@@ -165,7 +166,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     return TrainResult(run.root, status, state.step, state.tokens, final, losses)
 
 
-def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_id: int, device) -> tuple[float, int]:
+def _accumulate(model, objective, feats, cfg: RunConfig, layout: "BatchLayout", state: LoopState, pad_id: int, device) -> tuple[float, int]:
     """Forward/backward `grad_accum` micro-batches; returns (summed loss, supervised tokens).
 
     Gradients hold the *sum* over tokens; the caller divides by the token count.
@@ -180,8 +181,8 @@ def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_i
             batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
         chosen = [feats[i] for i in batches[state.micro_batch]]
         state.micro_batch += 1
-        if cfg.train.packing:  # the same examples in another layout: the same summed loss and gradient
-            parts = row_chunks(objective.pack(chosen, pad_id, cfg.model.max_length), cfg.train.packed_rows_per_pass)
+        if layout.packing:  # the same examples in another layout: the same summed loss and gradient
+            parts = row_chunks(objective.pack(chosen, pad_id, cfg.model.max_length), layout.rows_per_pass)
         else:
             parts = [objective.collate(chosen, pad_id)]
         for part in parts:
@@ -192,13 +193,51 @@ def _accumulate(model, objective, feats, cfg: RunConfig, state: LoopState, pad_i
     return loss_total, n_total
 
 
-def _check_packing(model, objective, pad_id: int) -> None:
+@dataclass(frozen=True)
+class BatchLayout:
+    """How micro-batches reach the model: packed rows (and how many per forward/backward) or padding."""
+
+    packing: bool
+    rows_per_pass: int | None  # None: every packed row of the micro-batch in one pass
+    why: str
+
+    def describe(self) -> str:
+        if not self.packing:
+            return f"padded ({self.why})"
+        rows = "all rows" if self.rows_per_pass is None else f"{self.rows_per_pass} row{'s' * (self.rows_per_pass > 1)}"
+        return f"packed, {rows} per forward/backward ({self.why})"
+
+
+def batch_layout(cfg: RunConfig, model, objective, pad_id: int, device: torch.device) -> BatchLayout:
+    """Resolve train.packing / train.packed_rows_per_pass (null = automatic) for this model and objective.
+
+    Packing is refused outright when asked for explicitly and impossible; left automatic, it
+    falls back to padding and says why. One packed row per pass on CPU: measured as fast as
+    all rows at once (bench/train_throughput.py) at under half the peak memory, because
+    a 512-token row already runs the matrix multiplies at full speed there while smaller
+    activations stay in cache and are reused by the allocator; GPUs want the bigger passes.
+    """
+    train = cfg.train
+    if train.packing is False:
+        return BatchLayout(False, None, "train.packing: false")
+    problem = _packing_problem(model, objective, pad_id)
+    if problem:
+        headline, cause = problem
+        if train.packing:
+            raise ConfigError(headline, [Problem("train.packing", cause, "set train.packing: false")])
+        return BatchLayout(False, None, f"not packed: {cause}")
+    rows = train.packed_rows_per_pass or (1 if device.type == "cpu" else None)
+    why = "train.packing: true" if train.packing else "packing: the model keeps packed examples apart"
+    return BatchLayout(True, rows, why)
+
+
+def _packing_problem(model, objective, pad_id: int) -> tuple[str, str] | None:
+    """(headline, cause) of why this objective/model pair cannot be packed, or None."""
     if not hasattr(objective, "pack"):
-        raise ConfigError(f"train.packing is not available for the {objective.name} objective",
-                          [Problem("train.packing", f"{objective.name} batches are not token sequences", "set train.packing: false")])
+        return f"train.packing is not available for the {objective.name} objective", f"{objective.name} batches are not token sequences"
     if not packing_matches_padding(model, pad_id):
-        raise ConfigError(f"{type(model).__name__} does not keep packed examples apart",
-                          [Problem("train.packing", "its attention mask ignores the position restarts between packed examples", "set train.packing: false")])
+        return f"{type(model).__name__} does not keep packed examples apart", "its attention mask ignores the position restarts between packed examples"
+    return None
 
 
 @torch.no_grad()
