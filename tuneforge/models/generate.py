@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from tuneforge.data.tokenize import encode_prompt
 
@@ -17,7 +19,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (end token or stop string) | "length"
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, temperature: float = 0.0,
                    top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None) -> list[GenerationResult]:
     """Generate one answer per chat prompt (a list of role/content dicts), left-padded in one batch."""
@@ -32,16 +34,21 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
         ids[row, width - len(e):] = torch.tensor(e)
         mask[row, width - len(e):] = 1
-    sampling = temperature > 0
-    out = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-        do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-        top_k=None, pad_token_id=pad, eos_token_id=stop_token_ids(model, tokenizer),
-    )  # (B, width + new)
-    stops = set(stop_token_ids(model, tokenizer))
+    stop_ids = stop_token_ids(model, tokenizer)
+    if direct_decoding(model):
+        new_ids = decode(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad)
+    else:  # prompt-learning adapters and other models whose generate() adds to the inputs
+        sampling = temperature > 0
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+            top_k=None, pad_token_id=pad, eos_token_id=stop_ids,
+        )  # (B, width + new)
+        new_ids = out[:, width:]
+    stops = set(stop_ids)
     results = []
     for row, e in enumerate(encoded):
-        new = out[row, width:].tolist()
+        new = new_ids[row].tolist()
         ended = next((k for k, t in enumerate(new) if t in stops), None)
         new = new if ended is None else new[:ended]
         text = tokenizer.decode(new, skip_special_tokens=True)
@@ -51,6 +58,68 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
                 text, reason = text[: text.index(s)], "stop"
         results.append(GenerationResult(text.strip(), len(e), len(new) + (ended is not None), reason))
     return results
+
+
+def direct_decoding(model) -> bool:
+    """Can `decode` drive this model? Causal LMs whose forward takes a KV cache and `logits_to_keep`;
+    not prompt-learning adapters (their generate() prepends virtual tokens or prefixes)."""
+    if hasattr(model, "active_peft_config"):
+        if model.active_peft_config.is_prompt_learning:
+            return False
+        model = model.get_base_model()
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
+           stop_ids: list[int], pad_id: int) -> torch.Tensor:
+    """Greedy (temperature 0) or temperature / nucleus sampling with a KV cache: new tokens (B, <= max_new_tokens).
+
+    The decode loop of `transformers`' `generate` (same token choices, same random draws for
+    a seed) without its per-step machinery: the prompt's logits only at its last position, no
+    mask at all for an unpadded batch, and a finished row is filled with `pad_id`. Rows are
+    left-padded (`mask` 0 on the left), so every prompt ends at the last column.
+    """
+    batch, length = ids.shape
+    padded = bool((mask == 0).any())
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
+    out = model(input_ids=ids, past_key_values=DynamicCache(config=_base_config(model)), use_cache=True, logits_to_keep=1, **extra)
+    stops = torch.tensor(stop_ids or [-1], device=ids.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    chosen: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        token = _next_token(out.logits[:, -1], temperature, top_p)
+        token = token.masked_fill(finished, pad_id)
+        chosen.append(token)
+        finished |= torch.isin(token, stops)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        if padded:
+            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            extra = {"attention_mask": mask, "position_ids": positions}
+        out = model(input_ids=token[:, None], past_key_values=out.past_key_values, use_cache=True,
+                    cache_position=torch.tensor([length + step], device=ids.device), **extra)
+    return torch.stack(chosen, dim=1) if chosen else ids.new_zeros((batch, 0))
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Argmax, or a draw after temperature and top-p filtering (the order and rule of transformers' warpers)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_p < 1.0:
+        ascending, order = scores.sort(dim=-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(dim=-1), num_samples=1)[:, 0]
+
+
+def _base_config(model):
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

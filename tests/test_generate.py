@@ -1,0 +1,95 @@
+"""The decode loop of generate_batch against transformers' generate: same tokens, same draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PromptTuningConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tuneforge.models.generate import decode, direct_decoding, generate_batch
+
+PROMPTS = [[{"role": "user", "content": "How much is the Lumora Lantern?"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Shipping to Norway?"}],
+           [{"role": "user", "content": "Hi"}]]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # sharper attention than the random init: the next token really depends on the context
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+                p.mul_(6)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def left_padded(tokenizer, prompts):
+    rows = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+def hf_new_tokens(model, ids, mask, new, stop, pad, **sampling):
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, pad_token_id=pad, eos_token_id=stop, top_k=None,
+                         do_sample=bool(sampling), **sampling)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("rows", [1, 3], ids=["batch-1", "left-padded-batch-3"])
+def test_greedy_decode_matches_generate_including_stops_and_padding(model_and_tokenizer, rows):
+    model, tok = model_and_tokenizer
+    ids, mask = left_padded(tok, PROMPTS[:rows])
+    pad = tok.pad_token_id
+    free = hf_new_tokens(model, ids, mask, 16, [], pad)
+    stop = [int(free[0, 4])]  # a token the first row really emits: it must end that row early
+    with torch.no_grad():
+        expected = hf_new_tokens(model, ids, mask, 16, stop, pad)
+        got = decode(model, ids, mask, 16, 0.0, 1.0, stop, pad)
+    assert got.shape[1] == expected.shape[1] and torch.equal(got, expected)
+    assert stop[0] in got[0].tolist()
+    if rows == 1:
+        assert got.shape[1] < 16  # stopped when the only row finished
+
+
+def test_sampling_draws_the_same_tokens_as_generate_for_a_seed(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    ids, mask = left_padded(tok, PROMPTS)
+    torch.manual_seed(11)
+    expected = hf_new_tokens(model, ids, mask, 12, [], tok.pad_token_id, temperature=0.7, top_p=0.9)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        got = decode(model, ids, mask, 12, 0.7, 0.9, [], tok.pad_token_id)
+    assert torch.equal(got, expected)
+    greedy = decode(model, ids, mask, 12, 0.0, 1.0, [], tok.pad_token_id)
+    assert not torch.equal(got, greedy)  # the draws really sampled
+    assert torch.equal(decode(model, ids, mask, 12, 0.7, 1e-6, [], tok.pad_token_id), greedy)  # top_p keeps at least the top token
+
+
+def test_lora_adapters_decode_directly_and_prompt_tuning_falls_back_to_generate(tiny_model_dir, model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    ids, mask = left_padded(tok, PROMPTS)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    assert direct_decoding(lora)
+    with torch.no_grad():
+        assert torch.equal(decode(lora, ids, mask, 10, 0.0, 1.0, [], tok.pad_token_id), hf_new_tokens(lora, ids, mask, 10, [], tok.pad_token_id))
+    prompt = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    assert not direct_decoding(prompt)
+    results = generate_batch(prompt, tok, PROMPTS, max_new_tokens=6)
+    assert len(results) == 3 and all(0 < r.completion_tokens <= 6 for r in results)
+
+
+def test_generate_batch_counts_tokens_and_cuts_stop_strings(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    first = generate_batch(model, tok, PROMPTS[:1], max_new_tokens=12)[0]
+    assert first.finish_reason in ("stop", "length") and first.prompt_tokens > 0 and 0 < first.completion_tokens <= 12
+    if len(first.text) > 3:
+        cut = generate_batch(model, tok, PROMPTS[:1], max_new_tokens=12, stop=[first.text[2:4]])[0]
+        assert cut.finish_reason == "stop" and first.text.startswith(cut.text) and len(cut.text) <= 2
