@@ -93,3 +93,34 @@ def test_generate_batch_counts_tokens_and_cuts_stop_strings(model_and_tokenizer)
     if len(first.text) > 3:
         cut = generate_batch(model, tok, PROMPTS[:1], max_new_tokens=12, stop=[first.text[2:4]])[0]
         assert cut.finish_reason == "stop" and first.text.startswith(cut.text) and len(cut.text) <= 2
+
+
+def test_per_row_adapters_decode_as_each_adapter_alone(tiny_model_dir, model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    ids, mask = left_padded(tok, [PROMPTS[0]] * 3)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(6)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(1)
+    model = get_peft_model(base, config, adapter_name="one")
+    torch.manual_seed(2)
+    model.add_adapter("two", config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.eval()
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        mixed = decode(model, ids, mask, 10, 0.0, 1.0, [], pad, {"adapter_names": ["one", "__base__", "two"]})
+        model.set_adapter("one")
+        one = decode(model, ids[:1], mask[:1], 10, 0.0, 1.0, [], pad)
+        model.set_adapter("two")
+        two = decode(model, ids[:1], mask[:1], 10, 0.0, 1.0, [], pad)
+        with model.disable_adapter():
+            plain = decode(model, ids[:1], mask[:1], 10, 0.0, 1.0, [], pad)
+    assert len({tuple(t.tolist()) for t in (one[0], two[0], plain[0])}) == 3  # three different models
+    assert torch.equal(mixed, torch.cat([one, plain, two]))

@@ -21,8 +21,13 @@ class GenerationResult:
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, temperature: float = 0.0,
-                   top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None) -> list[GenerationResult]:
-    """Generate one answer per chat prompt (a list of role/content dicts), left-padded in one batch."""
+                   top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                   adapter_names: list[str] | None = None) -> list[GenerationResult]:
+    """Generate one answer per chat prompt (a list of role/content dicts), left-padded in one batch.
+
+    `adapter_names`: for a peft model holding several LoRA adapters, the adapter of each
+    prompt ("__base__" for none), so requests for different fine-tunes share one batch.
+    """
     if seed is not None:
         torch.manual_seed(seed)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
@@ -35,14 +40,15 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         ids[row, width - len(e):] = torch.tensor(e)
         mask[row, width - len(e):] = 1
     stop_ids = stop_token_ids(model, tokenizer)
+    per_row = {"adapter_names": adapter_names} if adapter_names is not None else {}
     if direct_decoding(model):
-        new_ids = decode(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad)
+        new_ids = decode(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad, per_row)
     else:  # prompt-learning adapters and other models whose generate() adds to the inputs
         sampling = temperature > 0
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-            top_k=None, pad_token_id=pad, eos_token_id=stop_ids,
+            top_k=None, pad_token_id=pad, eos_token_id=stop_ids, **per_row,
         )  # (B, width + new)
         new_ids = out[:, width:]
     stops = set(stop_ids)
@@ -73,19 +79,21 @@ def direct_decoding(model) -> bool:
 
 
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-           stop_ids: list[int], pad_id: int) -> torch.Tensor:
+           stop_ids: list[int], pad_id: int, forward_kwargs: dict | None = None) -> torch.Tensor:
     """Greedy (temperature 0) or temperature / nucleus sampling with a KV cache: new tokens (B, <= max_new_tokens).
 
     The decode loop of `transformers`' `generate` (same token choices, same random draws for
     a seed) without its per-step machinery: the prompt's logits only at its last position, no
     mask at all for an unpadded batch, and a finished row is filled with `pad_id`. Rows are
     left-padded (`mask` 0 on the left), so every prompt ends at the last column.
+    `forward_kwargs` go to every forward call (peft's per-row `adapter_names`).
     """
+    fixed = forward_kwargs or {}
     batch, length = ids.shape
     padded = bool((mask == 0).any())
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
-    out = model(input_ids=ids, past_key_values=DynamicCache(config=_base_config(model)), use_cache=True, logits_to_keep=1, **extra)
+    out = model(input_ids=ids, past_key_values=DynamicCache(config=_base_config(model)), use_cache=True, logits_to_keep=1, **extra, **fixed)
     stops = torch.tensor(stop_ids or [-1], device=ids.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     chosen: list[torch.Tensor] = []
@@ -101,7 +109,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
             positions = positions[:, -1:] + 1
             extra = {"attention_mask": mask, "position_ids": positions}
         out = model(input_ids=token[:, None], past_key_values=out.past_key_values, use_cache=True,
-                    cache_position=torch.tensor([length + step], device=ids.device), **extra)
+                    cache_position=torch.tensor([length + step], device=ids.device), **extra, **fixed)
     return torch.stack(chosen, dim=1) if chosen else ids.new_zeros((batch, 0))
 
 

@@ -3,10 +3,13 @@ request, a memory-bounded cache, and micro-batching of concurrent requests.
 
 All generation runs on one engine thread. Requests are queued; the thread waits up to
 `batch_window_ms` for more, then runs each group of non-streamed chat requests that share
-a model, adapter and sampling settings as one `generate_batch` call (one forward pass per
+a base model and sampling settings as one `generate_batch` call (one forward pass per
 token for the whole group). LoRA adapters of every fine-tuned model of a base are loaded
-into one `PeftModel` under their own names and switched with `set_adapter`; requests for
-the base itself run inside `disable_adapter()`. Full fine-tunes are separate models.
+into one `PeftModel` under their own names; a group that mixes the base and several of its
+plain-LoRA fine-tunes runs as one batch with a per-row adapter (peft's `adapter_names`),
+other adapter kinds (DoRA, IA3, bottleneck) run one batch per fine-tune with `set_adapter`,
+and requests for the base alone run inside `disable_adapter()`. Full fine-tunes are
+separate models.
 """
 
 from __future__ import annotations
@@ -158,19 +161,45 @@ class Engine:
             return [None]
         if head.kind == "embed":
             return [self._embed(item.prompts) for item in group]
+        if len({item.ref.id for item in group}) > 1:
+            return self._mixed_chat(group)
         model, tokenizer, adapter = self._model_for(head.ref)
         with _active(model, adapter):
             if head.kind == "chat" and head.on_text is None:
                 return self._chat_batch(model, tokenizer, group)
             return [self._one_by_one(model, tokenizer, item) for item in group]
 
-    def _chat_batch(self, model, tokenizer, group: list[_Item]) -> list[list]:
+    def _mixed_chat(self, group: list[_Item]) -> list[list]:
+        """Chat requests for a base and several of its fine-tunes (same sampling): per model copy,
+        one batch with a per-row adapter when its adapters are plain LoRA, else one batch per fine-tune."""
+        for item in group:  # load everything first: adding the first adapter wraps the base in a new PeftModel
+            self._model_for(item.ref)
+        copies: dict[int, tuple[Any, Any, list[tuple[_Item, str | None]]]] = {}
+        for item in group:
+            model, tokenizer, adapter = self._model_for(item.ref)
+            copies.setdefault(id(model), (model, tokenizer, []))[2].append((item, adapter))
+        results: dict[int, list] = {}
+        for model, tokenizer, members in copies.values():
+            items = [item for item, _ in members]
+            if len({item.ref.id for item in items}) > 1 and _mixable(model, {a for _, a in members if a}):
+                rows = [adapter or "__base__" for item, adapter in members for _ in item.prompts]
+                results.update(zip(map(id, items), self._chat_batch(model, tokenizer, items, adapter_names=rows)))
+                continue
+            for ref_id in dict.fromkeys(item.ref.id for item in items):
+                part = [item for item, _ in members if item.ref.id == ref_id]
+                adapter = next(a for item, a in members if item.ref.id == ref_id)
+                with _active(model, adapter):
+                    results.update(zip(map(id, part), self._chat_batch(model, tokenizer, part)))
+        return [results[id(item)] for item in group]
+
+    def _chat_batch(self, model, tokenizer, group: list[_Item], adapter_names: list[str] | None = None) -> list[list]:
         from tuneforge.models.generate import generate_batch
 
         s = group[0].sampling
         prompts = [conv for item in group for conv in item.prompts]
         self.batches.append(len(prompts))
-        results = generate_batch(model, tokenizer, prompts, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None, seed=s.seed)
+        results = generate_batch(model, tokenizer, prompts, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 stop=list(s.stop) or None, seed=s.seed, adapter_names=adapter_names)
         out, start = [], 0
         for item in group:
             out.append(results[start : start + len(item.prompts)])
@@ -196,7 +225,7 @@ class Engine:
         if ref.kind in ("model", "run"):  # a full fine-tune or a non-LoRA method: its own weights
             entry = self._load(ref.id, ref.path)
             return entry.model, entry.tokenizer, None
-        entry = self._load(ref.base, base_model_path(ref.base))
+        entry = self._load(ref.base if ref.kind == "base" else _copy_for(ref), base_model_path(ref.base))
         if ref.kind == "base":
             return entry.model, entry.tokenizer, None
         if ref.id not in entry.adapters:
@@ -226,7 +255,7 @@ class Engine:
         entry.model.eval()
         entry.adapters[ref.id] = name
         entry.bytes += sum(f.stat().st_size for f in Path(ref.path).glob("adapter_model.*"))
-        self._evict(keep=ref.base)
+        self._evict(keep=_copy_for(ref))
 
     def _evict(self, keep: str) -> None:
         """Drop least recently used models until the cache fits `model_cache_bytes`."""
@@ -267,13 +296,39 @@ def _active(model, adapter: str | None):
         yield
 
 
+def _copy_for(ref: ModelRef) -> str:
+    """Cache key of the base copy that holds this adapter. A PeftModel holds one adapter type,
+    so LoRA (and DoRA) fine-tunes share the base's entry and each other type gets its own copy."""
+    import json
+
+    try:
+        kind = json.loads((Path(ref.path) / "adapter_config.json").read_text()).get("peft_type", "LORA")
+    except (OSError, ValueError):
+        kind = "LORA"
+    return ref.base if kind == "LORA" else f"{ref.base}#{kind.lower()}"
+
+
+def _mixable(model, adapters: set[str]) -> bool:
+    """Can one forward pass serve these adapters row by row? peft does it for plain LoRA only."""
+    from peft import PeftModel, PeftType
+
+    if not isinstance(model, PeftModel):
+        return not adapters
+    return all(model.peft_config[name].peft_type == PeftType.LORA and not model.peft_config[name].use_dora for name in adapters)
+
+
+def _family(ref: ModelRef) -> str:
+    """Requests that may share a forward pass: a base and its adapters; a full fine-tune alone."""
+    return ref.base if ref.kind in ("base", "adapter") else ref.id
+
+
 def _groups(items: list[_Item]) -> list[list[_Item]]:
-    """Non-streamed chat requests with the same model and sampling run as one batch;
-    everything else runs on its own, in arrival order."""
+    """Non-streamed chat requests for the same base (or full fine-tune) and sampling run as
+    one batch; everything else runs on its own, in arrival order."""
     groups: dict[Any, list[_Item]] = {}
     order: list[Any] = []
     for i, item in enumerate(items):
-        key = (item.kind, item.ref.id, item.sampling) if item.kind == "chat" and item.on_text is None else i
+        key = (item.kind, _family(item.ref), item.sampling) if item.kind == "chat" and item.on_text is None else i
         if key not in groups:
             groups[key] = []
             order.append(key)
