@@ -187,6 +187,39 @@ def test_mlm_masks_fifteen_percent_never_special(tiny_bert_dir):
     assert 0.7 < (batch["input_ids"][masked] == tok.mask_token_id).float().mean().item() < 0.9
 
 
+def test_objective_options_reach_the_objective_and_are_checked_against_it(tiny_bert_dir):
+    from tuneforge.config import validate_config
+    from tuneforge.errors import ConfigError
+    from tuneforge.objectives import objective_for
+
+    base = {"data": {"train": "x.jsonl"}, "method": {"name": "full"}}
+    mlm = objective_for(validate_config({**base, "objective": "mlm", "train": {"mlm_probability": 0.4}}, check_files=False))
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    feats = mlm.encode(docs(50, 3), tok, 64)
+    torch.manual_seed(0)
+    masked = (mlm.collate(feats, tok.pad_token_id)["labels"] != -100).sum().item()
+    assert 0.36 < masked / sum(len(f.input_ids) - 2 for f in feats) < 0.44
+    dpo = objective_for(validate_config({**base, "objective": "dpo", "method": {"name": "lora"}, "train": {"dpo_beta": 0.3}}, check_files=False))
+    assert dpo.beta == 0.3 and objective_for(validate_config({**base, "objective": "dpo", "method": {"name": "lora"}}, check_files=False)).beta == 0.1
+    with pytest.raises(ConfigError, match="dpo_beta applies to objective dpo only"):
+        validate_config({**base, "objective": "sft", "train": {"dpo_beta": 0.3}}, check_files=False)
+
+
+def test_dpo_beta_scales_the_implicit_rewards(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    low, high = get_objective("dpo", beta=0.1), get_objective("dpo", beta=0.5)
+    batch = low.collate(low.encode(preferences(4, 3), tok, 64), tok.pad_token_id)
+    with torch.no_grad():
+        (c1, r1), (c5, r5) = low.rewards(model, batch), high.rewards(model, batch)
+    assert c1.abs().min() > 0  # the adapter moved the policy away from the reference
+    torch.testing.assert_close(c5, 5 * c1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(r5, 5 * r1, rtol=1e-4, atol=1e-6)
+
+
 def topical_docs(n: int, seed: int) -> list[TextExample]:
     """Each document keeps to one subject, so a sentence from another document is told apart by its subject."""
     rng = random.Random(seed)

@@ -149,6 +149,9 @@ class TrainSection(Section):
     packed_rows_per_pass: int | None = Field(None, gt=0, description="With packing: run forward/backward on this many packed rows (of up to model.max_length tokens) at a time "
                                              "and add up the gradients; the same update, with peak activation memory of one pass. null (default): one row per pass on "
                                              "CPU (measured as fast as all rows at once, at under half the peak memory), all rows of a micro-batch at once on GPU.")
+    dpo_beta: float = Field(0.1, gt=0, description="objective dpo: strength of the pull towards the reference model (TRL's beta; the DPO paper uses 0.1-0.5). "
+                            "Higher keeps the policy closer to the base.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="objective mlm: share of tokens chosen for prediction (80% of them shown as [MASK], 10% a random token, 10% unchanged).")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
                                          "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
 
@@ -157,6 +160,10 @@ class TrainSection(Section):
         if self.packed_rows_per_pass is not None and self.packing is False:
             raise ValueError("packed_rows_per_pass applies to packed batches only: set packing: true (or leave it unset) or remove packed_rows_per_pass")
         return self
+
+
+# train.* keys that tune one objective: key -> (objective, argument of that objective's constructor)
+OBJECTIVE_OPTIONS = {"dpo_beta": ("dpo", "beta"), "mlm_probability": ("mlm", "probability")}
 
 
 class EvalSection(Section):
@@ -202,6 +209,9 @@ class RunConfig(Section):
             raise ValueError(f"method '{self.method.name}' trains a new task head: use objective classification or tokens, or another method")
         if self.objective == "dpo" and self.method.name not in _REFERENCE_METHODS:
             raise ValueError(f"objective dpo uses the base with the adapter switched off as its reference model: use one of {list(_REFERENCE_METHODS)}, not '{self.method.name}'")
+        for key, (objective, _) in OBJECTIVE_OPTIONS.items():
+            if key in self.train.model_fields_set and self.objective != objective:
+                raise ValueError(f"train.{key} applies to objective {objective} only (this config trains {self.objective}): remove it or set objective: {objective}")
         return self
 
     def to_yaml(self) -> str:

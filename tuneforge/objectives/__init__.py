@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tuneforge.config import OBJECTIVE_OPTIONS, RunConfig
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.objectives.base import Objective
 from tuneforge.objectives.classification import SequenceClassification
@@ -25,10 +26,16 @@ def register_objective(factory: Callable[[], Objective]) -> Callable[[], Objecti
     return factory
 
 
-def get_objective(name: str) -> Objective:
+def get_objective(name: str, **options) -> Objective:
     if name not in _OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'", [Problem("objective", f"'{name}' is not registered", f"use one of {sorted(_OBJECTIVES)}")])
-    return _OBJECTIVES[name]()
+    return _OBJECTIVES[name](**options)
+
+
+def objective_for(cfg: RunConfig) -> Objective:
+    """The run's objective with its train.* options (train.dpo_beta, train.mlm_probability)."""
+    options = {argument: getattr(cfg.train, key) for key, (name, argument) in OBJECTIVE_OPTIONS.items() if name == cfg.objective}
+    return get_objective(cfg.objective, **options)
 
 
 for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence, DirectPreference):

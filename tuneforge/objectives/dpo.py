@@ -53,7 +53,9 @@ def sequence_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.T
 class DirectPreference:
     name = "dpo"
     task = "causal_lm"
-    beta = 0.1  # strength of the pull towards the reference (the paper's default range is 0.1-0.5)
+
+    def __init__(self, beta: float = 0.1) -> None:
+        self.beta = beta  # strength of the pull towards the reference (train.dpo_beta; the paper's range is 0.1-0.5)
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
         require_examples(train_examples, PreferencePair, "the dpo objective needs {prompt, chosen, rejected} examples",

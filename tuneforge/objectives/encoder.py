@@ -41,9 +41,9 @@ def _needs_mask_token(tokenizer, objective: str) -> None:
 class MaskedLM:
     name = "mlm"
     task = "masked_lm"
-    probability = 0.15
 
-    def __init__(self) -> None:
+    def __init__(self, probability: float = 0.15) -> None:
+        self.probability = probability  # train.mlm_probability
         self.mask_id: int | None = None
         self.vocab_size = 0
 

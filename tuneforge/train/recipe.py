@@ -22,7 +22,7 @@ from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
-from tuneforge.objectives import get_objective
+from tuneforge.objectives import objective_for
 from tuneforge.objectives.base import packing_matches_padding
 from tuneforge.train.batching import micro_batches, row_chunks, steps_per_epoch
 from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
@@ -50,7 +50,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     # ---- setup: data, model, method, optimizer
     device = pick_device(cfg.train.device)
     set_seed(cfg.train.seed)
-    objective = get_objective(cfg.objective)
+    objective = objective_for(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     train_examples, val_examples = _load_splits(cfg)
     objective.prepare(train_examples)  # fixes the label set of labelled objectives from the training data
