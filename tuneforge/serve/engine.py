@@ -55,6 +55,7 @@ class _Item:
     sampling: Sampling | None
     future: Future
     on_text: Callable[[int, str], None] | None = None  # streaming: (choice index, text delta)
+    cancel: threading.Event | None = None  # set when the streaming client has gone: stop generating
 
 
 def _param_bytes(model) -> int:
@@ -74,6 +75,7 @@ class Engine:
         self._embedder = None
         self._saved_threads: int | None = None
         self.batches: list[int] = []  # size of each generate_batch call (for monitoring and tests)
+        self.cancelled = 0  # streamed generations stopped because their client went away
 
     # ---- lifecycle
     def start(self) -> None:
@@ -106,11 +108,11 @@ class Engine:
         self._submit(_Item("forget", None, [model_id], None, Future()))
 
     # ---- requests (awaitable from the API's event loop)
-    async def chat(self, ref: ModelRef, conversations: list[list[dict]], sampling: Sampling, on_text=None) -> list:
-        return await asyncio.wrap_future(self._submit(_Item("chat", ref, conversations, sampling, Future(), on_text)))
+    async def chat(self, ref: ModelRef, conversations: list[list[dict]], sampling: Sampling, on_text=None, cancel=None) -> list:
+        return await asyncio.wrap_future(self._submit(_Item("chat", ref, conversations, sampling, Future(), on_text, cancel)))
 
-    async def complete(self, ref: ModelRef, prompts: list[str], sampling: Sampling, on_text=None) -> list:
-        return await asyncio.wrap_future(self._submit(_Item("text", ref, prompts, sampling, Future(), on_text)))
+    async def complete(self, ref: ModelRef, prompts: list[str], sampling: Sampling, on_text=None, cancel=None) -> list:
+        return await asyncio.wrap_future(self._submit(_Item("text", ref, prompts, sampling, Future(), on_text, cancel)))
 
     async def embed(self, texts: list[str]) -> tuple[Any, int]:
         return await asyncio.wrap_future(self._submit(_Item("embed", None, texts, None, Future())))
@@ -213,11 +215,17 @@ class Engine:
         s = item.sampling
         results = []
         for index, prompt in enumerate(item.prompts):
+            if item.cancel is not None and item.cancel.is_set():
+                self.cancelled += 1
+                break
             ids = encode_prompt(tokenizer, prompt) if item.kind == "chat" else tokenizer(prompt, add_special_tokens=False)["input_ids"]
             emit = (lambda text, i=index: item.on_text(i, text)) if item.on_text else (lambda _: None)
             # With a seed, choice k uses seed + k so that n > 1 gives different samples.
             seed = None if s.seed is None else s.seed + index
-            results.append(generate_one(model, tokenizer, ids, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=seed, on_text=emit))
+            results.append(generate_one(model, tokenizer, ids, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=seed, on_text=emit, cancel=item.cancel))
+            if results[-1].finish_reason == "cancelled":
+                self.cancelled += 1
+                break
         return results
 
     # ---- models and the memory bound

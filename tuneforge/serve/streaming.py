@@ -7,6 +7,7 @@ prompts (/v1/completions). Sampling follows the same rules (greedy at temperatur
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -20,8 +21,9 @@ class _StopStrings(BaseStreamer, StoppingCriteria):
     """Decodes new tokens as they come, hands out text that cannot be the start of a stop
     string, and ends generation once a stop string or a stop token appears."""
 
-    def __init__(self, tokenizer, stops: list[str], stop_ids: set[int], on_text: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer, stops: list[str], stop_ids: set[int], on_text: Callable[[str], None], cancel: threading.Event | None = None) -> None:
         self.tokenizer, self.stops, self.stop_ids, self.on_text = tokenizer, [s for s in stops if s], stop_ids, on_text
+        self.cancel = cancel
         self.ids: list[int] = []
         self.sent = 0  # characters of the decoded text already handed out
         self.prompt_seen = False
@@ -64,16 +66,19 @@ class _StopStrings(BaseStreamer, StoppingCriteria):
         self.text = text[:max(safe, self.sent)]
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.finished is not None, dtype=torch.bool, device=input_ids.device)
+        done = self.finished is not None or (self.cancel is not None and self.cancel.is_set())
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
 def generate_one(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_p: float,
-                 stop: list[str] | None, seed: int | None, on_text: Callable[[str], None] = lambda _: None) -> GenerationResult:
+                 stop: list[str] | None, seed: int | None, on_text: Callable[[str], None] = lambda _: None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+    """One prompt, streamed through `on_text`; stops early once `cancel` is set (the client left)."""
     if seed is not None:
         torch.manual_seed(seed)
     stops = stop_token_ids(model, tokenizer)
-    streamer = _StopStrings(tokenizer, stop or [], set(stops), on_text)
+    streamer = _StopStrings(tokenizer, stop or [], set(stops), on_text, cancel)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)  # (1, T)
     sampling = temperature > 0
@@ -81,4 +86,5 @@ def generate_one(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int
                    temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, streamer=streamer, stopping_criteria=StoppingCriteriaList([streamer]))
     completion = min(len(streamer.ids) + (streamer.finished is not None), max_new_tokens)  # the stop token counts, as in generate_batch
-    return GenerationResult(streamer.text, len(prompt_ids), completion, streamer.finished or "length")
+    cancelled = cancel is not None and cancel.is_set() and completion < max_new_tokens
+    return GenerationResult(streamer.text, len(prompt_ids), completion, streamer.finished or ("cancelled" if cancelled else "length"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 from typing import Any, AsyncIterator, Literal
 
@@ -129,9 +130,12 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
     chunk = {"object": "chat.completion.chunk", **meta}
     for i in range(body.n):
         yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]}
-    pieces, task = _start(svc.engine.chat, ref, [conv] * body.n, body.sampling())
-    async for index, text in _drain(pieces, task):
-        yield {**chunk, "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
+    pieces, task, cancel = _start(svc.engine.chat, ref, [conv] * body.n, body.sampling())
+    try:
+        async for index, text in _drain(pieces, task):
+            yield {**chunk, "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
+    finally:  # normal end, or the client went away mid-stream: either way nothing more to generate
+        cancel.set()
     results = task.result()
     await run_in_threadpool(record, results)
     for i, r in enumerate(results):
@@ -161,9 +165,12 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
     if body.stream:
         async def events() -> AsyncIterator[dict]:
             chunk = {"object": "text_completion", **meta}
-            pieces, task = _start(svc.engine.complete, ref, expanded, sampling)
-            async for index, text in _drain(pieces, task):
-                yield {**chunk, "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]}
+            pieces, task, cancel = _start(svc.engine.complete, ref, expanded, sampling)
+            try:
+                async for index, text in _drain(pieces, task):
+                    yield {**chunk, "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]}
+            finally:  # normal end, or the client went away mid-stream
+                cancel.set()
             results = task.result()
             usage = await run_in_threadpool(record, results)
             for i, r in enumerate(results):
@@ -178,13 +185,15 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
     return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
 
 
-def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task]:
-    """Run a generation that pushes (choice index, text) into a queue from the engine thread."""
+def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, threading.Event]:
+    """Run a generation that pushes (choice index, text) into a queue from the engine thread;
+    setting the returned event stops it at the next token."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(fn(ref, prompts, sampling, on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t))))
+    cancel = threading.Event()
+    task = asyncio.ensure_future(fn(ref, prompts, sampling, on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t)), cancel=cancel))
     task.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
-    return pieces, task
+    return pieces, task, cancel
 
 
 async def _drain(pieces: asyncio.Queue, task: asyncio.Task) -> AsyncIterator[tuple[int, str]]:
