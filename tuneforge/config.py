@@ -210,7 +210,8 @@ class RunConfig(Section):
         if self.objective == "dpo" and self.method.name not in _REFERENCE_METHODS:
             raise ValueError(f"objective dpo uses the base with the adapter switched off as its reference model: use one of {list(_REFERENCE_METHODS)}, not '{self.method.name}'")
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
-            if key in self.train.model_fields_set and self.objective != objective:
+            # a value away from the default (a saved config.yaml spells out every default)
+            if getattr(self.train, key) != TrainSection.model_fields[key].default and self.objective != objective:
                 raise ValueError(f"train.{key} applies to objective {objective} only (this config trains {self.objective}): remove it or set objective: {objective}")
         return self
 
