@@ -1,6 +1,6 @@
 """Where a tuneforge training step spends its time: torch.profiler over a few micro-batches.
 
-    .venv/bin/python bench/profile_step.py                 # LoRA, packed, 3 micro-batches
+    .venv/bin/python bench/profile_step.py                 # LoRA, packed (one row per pass), 3 micro-batches
     .venv/bin/python bench/profile_step.py --no-packing --method full
 
 Uses the model and data of bench/train_throughput.py and the recipe's own collate/loss.
@@ -23,6 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--no-packing", action="store_true")
+    p.add_argument("--rows-per-pass", type=int, default=1, help="packed rows per forward/backward (tuneforge's CPU default 1; 0: all)")
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/tuneforge-bench-train")
@@ -35,6 +36,7 @@ def main() -> None:
     from tuneforge.data.tokenize import encode_conversation
     from tuneforge.data.types import Conversation, Message
     from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch
+    from tuneforge.train.batching import row_chunks
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -51,8 +53,10 @@ def main() -> None:
     collate = (lambda f: pad_batch(f, tokenizer.pad_token_id)) if args.no_packing else (lambda f: pack_batch(f, tokenizer.pad_token_id, 512))
 
     def step(fs):
-        loss, _ = causal_lm_loss(model, collate(fs))
-        loss.backward()
+        batch = collate(fs)
+        for part in [batch] if args.no_packing else row_chunks(batch, args.rows_per_pass or None):
+            loss, _ = causal_lm_loss(model, part)
+            loss.backward()
         model.zero_grad(set_to_none=True)
 
     step(batches[0])  # warm-up

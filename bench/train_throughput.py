@@ -18,7 +18,8 @@ Configurations (each run in a fresh subprocess, interleaved across repeats):
   trl_lora         TRL SFTTrainer defaults (gradient checkpointing on, fused chunked LM head)
   trl_lora_pack8   TRL packing (BFD, padding-free), batch 8 rows
   trl_lora_pack1   TRL packing, batch 1 row x gradient accumulation 8 (TRL's best on CPU)
-  tf_full / trl_full   full fine-tuning, tuneforge (packing) vs TRL defaults
+  tf_full / trl_full   full fine-tuning, tuneforge defaults vs TRL defaults
+  tf_full_allrows  as tf_full with every packed row of the micro-batch in one pass
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ CONFIGS = {
     "tf_lora": dict(tool="tuneforge", method="lora", packing=False),
     "trl_lora_pack8": dict(tool="trl", method="lora", packing=True, batch=8, accum=1),
     "tf_full": dict(tool="tuneforge", method="full", packing=True),
+    "tf_full_allrows": dict(tool="tuneforge", method="full", packing=True, rows_per_pass=64),
     "trl_full": dict(tool="trl", method="full", packing=False, batch=8, accum=1),
 }
 # ratio rows: (tuneforge config, TRL config)
 RATIOS = [("tf_lora_packed", "trl_lora"), ("tf_lora_packed", "trl_lora_pack1"), ("tf_lora_packed", "trl_lora_pack8"),
           ("tf_lora_allrows", "trl_lora"), ("tf_lora_rows2", "trl_lora"),
-          ("tf_lora", "trl_lora"), ("tf_full", "trl_full")]
+          ("tf_lora", "trl_lora"), ("tf_full", "trl_full"), ("tf_full_allrows", "trl_full")]
 LR = {"lora": 5e-4, "full": 1e-4}
 WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
 
