@@ -274,6 +274,19 @@ def test_metrics_and_usage(server):
     assert request["messages"][0]["content"] == "call me on [PHONE]" and response is not None
 
 
+def test_metrics_token_when_set(server):
+    settings = server["app"].state.services.settings
+    settings.metrics_token = "scrape-secret"
+    try:
+        assert httpx.get(server["url"] + "/metrics").status_code == 401
+        wrong = httpx.get(server["url"] + "/metrics", headers={"Authorization": f"Bearer {server['a']}"})  # a project key is not enough
+        assert wrong.status_code == 401 and "TUNEFORGE_METRICS_TOKEN" in wrong.json()["error"]["message"]
+        ok = httpx.get(server["url"] + "/metrics", headers={"Authorization": "Bearer scrape-secret"})
+        assert ok.status_code == 200 and "# TYPE tuneforge_jobs gauge" in ok.text
+    finally:
+        settings.metrics_token = None
+
+
 def test_full_fine_tunes_load_separately_within_the_memory_bound(server):
     """A fine-tuned model with its own weights is a second model in memory; with a bound
     that fits one model, serving it evicts the least recently used one."""

@@ -26,6 +26,9 @@ class ServeSettings:
     drift_threshold: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRIFT_THRESHOLD", 0.25))
     batch_window_ms: float = field(default_factory=lambda: _env_float("TUNEFORGE_BATCH_WINDOW_MS", 10))
     max_batch_size: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_BATCH", 8)))
+    # /metrics lists every project's models and traffic: with a token set, scrapers must send it
+    # as "Authorization: Bearer TOKEN"; unset, /metrics is open (bind the service to a private address).
+    metrics_token: str | None = field(default_factory=lambda: os.environ.get("TUNEFORGE_METRICS_TOKEN") or None)
     # torch threads for generation; None keeps torch's default (all cores). On a shared or
     # busy machine 1 is often several times faster for small models (no thread oversubscription).
     inference_threads: int | None = field(default_factory=lambda: int(os.environ["TUNEFORGE_INFERENCE_THREADS"]) if os.environ.get("TUNEFORGE_INFERENCE_THREADS") else None)

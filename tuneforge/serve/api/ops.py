@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
 from tuneforge.serve import jobs
 from tuneforge.serve.api.deps import Services, principal, services
+from tuneforge.serve.api.errors import APIError
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.tables import Worker
 
@@ -29,7 +31,13 @@ def health(svc: Services = Depends(services)) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(svc: Services = Depends(services)) -> Response:
+def metrics(request: Request, svc: Services = Depends(services)) -> Response:
+    token = svc.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise APIError(401, "/metrics needs the metrics token: send Authorization: Bearer $TUNEFORGE_METRICS_TOKEN "
+                                "(Prometheus: `authorization: {credentials: ...}` in the scrape config).", code="invalid_metrics_token")
     return Response(svc.monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
