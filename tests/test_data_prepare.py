@@ -145,3 +145,29 @@ def test_cleaner_details():
     assert redact_pii("card 4111-1111-1111-1111, not 1234 5678 9012 3456, date 2024-01-02", counts) == \
         "card [CARD], not 1234 5678 9012 3456, date 2024-01-02"
     assert counts == {"card": 1}
+
+
+def test_a_fixed_test_set_is_kept_whole_and_its_duplicates_leave_the_training_data(tmp_path):
+    rng = random.Random(5)
+    fixed = [_chat(_sentence(rng), _sentence(rng)) for _ in range(20)]
+    pool = [_chat(_sentence(rng), _sentence(rng)) for _ in range(100)]
+    near = json.loads(json.dumps(fixed[7]))
+    near["messages"][1]["content"] += " thanks"  # a near copy of a test example
+    test_file = _write(tmp_path / "heldout.jsonl", [*fixed, fixed[0]])  # a repeat inside the test set stays
+    pool_file = _write(tmp_path / "pool.jsonl", [*pool[:50], fixed[2], *pool[50:], near])
+    m = prepare(load_prepare_config(pool_file, [f"test_inputs={json.dumps([str(test_file)])}"]), tmp_path / "out")
+    assert [r["messages"] for r in _read(tmp_path / "out" / "test.jsonl")] == [r["messages"] for r in [*fixed, fixed[0]]]  # whole, in order
+    steps = {s["name"]: s for s in m["steps"]}
+    assert (steps["dedup"]["exact_removed"], steps["dedup"]["near_removed"]) == (1, 1)
+    dups = _read(tmp_path / "out" / "duplicates.jsonl")
+    assert {(d["file"].endswith("pool.jsonl"), d["duplicate_of"]["file"].endswith("heldout.jsonl")) for d in dups} == {(True, True)}
+    train, val = _read(tmp_path / "out" / "train.jsonl"), _read(tmp_path / "out" / "validation.jsonl")
+    assert len(train) + len(val) == 100 and 8 <= len(val) <= 14  # 0.8 : 0.1 of the pool, renormalised
+    assert not {json.dumps(r["messages"]) for r in train + val} & {json.dumps(r["messages"]) for r in fixed}
+    assert m["counts"]["reconciled"] and [i["role"] for i in m["inputs"]] == ["test", "pool"]
+
+
+def test_a_fixed_test_set_with_group_by_is_refused(tmp_path):
+    path = _write(tmp_path / "d.jsonl", [_chat("a", "b")])
+    with pytest.raises(ConfigError, match="test_inputs with split.group_by"):
+        load_prepare_config(path, [f"test_inputs={json.dumps([str(path)])}", "split.group_by=customer"])

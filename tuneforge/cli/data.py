@@ -83,6 +83,8 @@ def prepare(
     map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Allowed labels (comma-separated); records with others are rejected."),
     split: Optional[str] = typer.Option(None, "--split", help="train,validation,test ratios, e.g. 0.8,0.1,0.1."),
+    test: list[Path] = typer.Option([], "--test", help="An existing test set (file or folder, repeatable) kept as the test split; "
+                                    "duplicates of it in the data are removed and the data is split into train/validation only."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Split seed."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep examples sharing this metadata field in one split."),
     near_threshold: Optional[float] = typer.Option(None, "--near-threshold", help="MinHash Jaccard threshold for near-duplicates."),
@@ -96,6 +98,8 @@ def prepare(
 ) -> None:
     """Clean, deduplicate, split (and optionally augment) data into a prepared dataset with a manifest."""
     overrides = _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) + list(set_)
+    if test:
+        overrides.append(f"test_inputs={json.dumps([str(p) for p in test])}")
     try:
         cfg = load_prepare_config(source, overrides)
         with console.status("preparing...") as status:

@@ -73,14 +73,17 @@ def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, pro
     out = Path(out)
     _check_out(out, overwrite)
     started = time.time()
-    inputs = [dataset_fingerprint(p) for p in cfg.inputs]  # an input from an earlier prepare keeps its lineage
+    # an input from an earlier prepare keeps its lineage; "role" says which inputs are the fixed test set
+    inputs = [{**dataset_fingerprint(p), "role": role} for role, paths in (("test", cfg.test_inputs), ("pool", cfg.inputs)) for p in paths]
     cleaner = Cleaner(cfg.clean.nfkc, cfg.clean.control_chars, cfg.clean.whitespace, cfg.clean.strip_html, tuple(cfg.clean.redact_pii))
     near = NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram) if cfg.dedup.near else None
     try:
-        index, counts, file_names = _pass_one(cfg, out, cleaner, near, progress)
+        index, counts, file_names, test_files = _pass_one(cfg, out, cleaner, near, progress)
+        fixed = np.frombuffer(index.files, dtype=np.uint16) < test_files  # the fixed test set: kept whole, always test
         exact_of, near_of, similarity = _dedup(cfg, index, near)
+        exact_of[fixed], near_of[fixed] = -1, -1
         kept = (exact_of < 0) & (near_of < 0)
-        split_of = _split(cfg, index, kept)
+        split_of = _split(cfg, index, kept, fixed)
         written = _pass_two(cfg, out, index, file_names, exact_of, near_of, similarity, split_of, progress)
     finally:  # temporary files, also when a step fails
         (out / ".spool.jsonl").unlink(missing_ok=True)
@@ -99,13 +102,17 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplicates | None,
-              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str]]:
-    """Read, check and clean every record; spool good ones, write rejects."""
+              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str], int]:
+    """Read, check and clean every record; spool good ones, write rejects. The fixed test
+    inputs come first, so dedup keeps their copy; returns how many files they were."""
     index, counts, file_names = _Index(), Counter(), []
     allowed = set(cfg.labels) if cfg.labels else None
     texts: list[str] = []
+    test_files = 0
     with (out / ".spool.jsonl").open("w", encoding="utf-8") as spool, (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
-        for path in cfg.inputs:
+        for k, path in enumerate([*cfg.test_inputs, *cfg.inputs]):
+            if k == len(cfg.test_inputs):
+                test_files = len(file_names)
             for checked in iter_checked(path, cfg.format, cfg.mapping, cfg.max_record_bytes):
                 if checked.example is None and not checked.errors:
                     continue  # a warning with no record (a BOM on an empty line)
@@ -126,7 +133,7 @@ def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplica
                     progress("read", counts["read"])
     if near is not None:
         near.add(texts)
-    return index, counts, file_names
+    return index, counts, file_names, test_files
 
 
 def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter) -> Example | None:
@@ -161,15 +168,20 @@ def _dedup(cfg: PrepareConfig, index: _Index, near: NearDuplicates | None) -> tu
     return exact_of, near_of, similarity
 
 
-def _split(cfg: PrepareConfig, index: _Index, kept: np.ndarray) -> np.ndarray:
-    """Split id per example (-1 for removed duplicates)."""
-    ids = np.flatnonzero(kept)
+def _split(cfg: PrepareConfig, index: _Index, kept: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Split id per example (-1 for removed duplicates). Examples of the fixed test set (`fixed`)
+    are test; the rest is split by ratio (train and validation only when there is a fixed test set)."""
+    ratios = (cfg.split.train, cfg.split.validation, cfg.split.test)
+    if cfg.test_inputs:
+        pool = cfg.split.train + cfg.split.validation
+        ratios = (cfg.split.train / pool, cfg.split.validation / pool, 0.0)
+    ids = np.flatnonzero(kept & ~fixed)
     labels = np.frombuffer(index.labels, dtype=np.int32)[ids] if len(index.labels) else np.zeros(0, dtype=np.int32)
     stratify = cfg.split.stratify != "none" and labels.size > 0 and (labels >= 0).all()
     groups = np.frombuffer(index.groups, dtype=np.int64)[ids] if cfg.split.group_by else None
-    ratios = (cfg.split.train, cfg.split.validation, cfg.split.test)
     split_of = np.full(len(kept), -1, dtype=np.int8)
     split_of[ids] = splitting.assign(len(ids), ratios, cfg.split.seed, labels if stratify else None, groups)
+    split_of[kept & fixed] = 2
     return split_of
 
 

@@ -60,6 +60,10 @@ class PrepareConfig(Section):
     """Steps of `tuneforge data prepare`: read -> clean -> dedup -> split -> augment -> write."""
 
     inputs: list[Path] = Field(..., min_length=1, description="Data files or folders, read in order (earlier copies of duplicates are kept).")
+    test_inputs: list[Path] = Field(default_factory=list, description="An existing held-out test set (files or folders), kept whole as the test split so results stay "
+                                    "comparable across rounds: checked and cleaned like the inputs (invalid records are rejected), never deduplicated away; "
+                                    "examples of the inputs duplicating a test example (exactly or nearly) are removed instead, and the inputs are split "
+                                    "into train and validation only (split.test is ignored).")
     format: str = Field("auto", description="Record format of the inputs, or auto.")
     mapping: dict[str, str] = Field(default_factory=dict, description="Read other column names, ours: theirs (e.g. text: body).")
     labels: list[str] | None = Field(None, description="Allowed labels; records with others are rejected.")
@@ -68,6 +72,13 @@ class PrepareConfig(Section):
     dedup: DedupOptions = Field(default_factory=DedupOptions)
     split: SplitOptions = Field(default_factory=SplitOptions)
     augment: AugmentOptions = Field(default_factory=AugmentOptions)
+
+    @model_validator(mode="after")
+    def _fixed_test_without_groups(self) -> "PrepareConfig":
+        if self.test_inputs and self.split.group_by:
+            raise ValueError("test_inputs with split.group_by is not supported: a group could sit in the fixed test set and in train; "
+                             "remove split.group_by or split the test set with the rest of the data")
+        return self
 
 
 def load_prepare_config(config_or_data: str | Path, overrides: list[str] | None = None) -> PrepareConfig:
@@ -80,9 +91,9 @@ def load_prepare_config(config_or_data: str | Path, overrides: list[str] | None 
             raise ConfigError(f"{path}: not valid YAML", [Problem(str(path), str(exc).replace("\n", " "))]) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping", [Problem(str(path), "expected keys like inputs, clean, dedup, split")])
-        inputs = raw.get("inputs")
-        if isinstance(inputs, list):  # relative paths are relative to the config file
-            raw["inputs"] = [str(path.parent / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in inputs]
+        for key in ("inputs", "test_inputs"):
+            if isinstance(raw.get(key), list):  # relative paths are relative to the config file
+                raw[key] = [str(path.parent / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in raw[key]]
         source = str(path)
     else:
         raw, source = {"inputs": [str(path)]}, "prepare"
@@ -91,7 +102,8 @@ def load_prepare_config(config_or_data: str | Path, overrides: list[str] | None 
         cfg = PrepareConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {exc.error_count()} problem(s) in the prepare configuration", [_problem(source, e) for e in exc.errors()]) from None
-    missing = [Problem(f"{source}: inputs", f"not found: {p}", "fix the path") for p in cfg.inputs if not p.exists()]
+    missing = [Problem(f"{source}: {key}", f"not found: {p}", "fix the path")
+               for key, paths in (("inputs", cfg.inputs), ("test_inputs", cfg.test_inputs)) for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"{source}: {len(missing)} missing input(s)", missing)
     return cfg
