@@ -81,7 +81,9 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     manifest["batch_layout"] = {"packing": layout.packing, "rows_per_pass": layout.rows_per_pass, "why": layout.why}
     manifest["params"] = {"trainable": trainable, "total": total, "trainable_share": trainable / total}
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
-    manifest["memory_estimate"] = estimate_for_model(model, cfg.method, cfg.train.batch_size, cfg.model.max_length).memory_bytes
+    # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
+    rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
+    manifest["memory_estimate"] = estimate_for_model(model, cfg.method, min(rows, cfg.train.batch_size), cfg.model.max_length).memory_bytes
     manifest["data_stats"] = {"train_features": len(train_feats), "validation_features": len(val_feats),
                               "truncated": sum(f.truncated for f in train_feats), "steps_per_epoch": per_epoch, "total_steps": total_steps}
     run.write_manifest(manifest)
