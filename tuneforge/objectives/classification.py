@@ -11,15 +11,12 @@ from tuneforge.data.tokenize import Encoded
 from tuneforge.data.types import Example, LabelledExample
 from tuneforge.errors import DataError, Problem
 from tuneforge.objectives.base import require_examples
-from tuneforge.objectives.labels import LabelSet, accuracy_and_macro_f1, pad_inputs, predict_batches, require_fitted
+from tuneforge.objectives.labels import LabelledObjective, LabelSet, accuracy_and_macro_f1, pad_inputs, predict_batches, require_fitted
 
 
-class SequenceClassification:
+class SequenceClassification(LabelledObjective):
     name = "classification"
     task = "sequence_classification"
-
-    def __init__(self) -> None:
-        self.labels: LabelSet | None = None
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
         require_examples(train_examples, LabelledExample, "the classification objective needs {text, label} examples",
@@ -27,9 +24,6 @@ class SequenceClassification:
         self.labels = LabelSet([ex.label for ex in train_examples])
         if len(self.labels.names) < 2:
             raise DataError("classification needs at least two labels", [Problem("data.train", f"only '{self.labels.names[0]}' occurs", "add examples of the other classes")])
-
-    def model_kwargs(self, examples: Sequence[Example]) -> dict:
-        return require_fitted(self.labels, self.name).model_kwargs()
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         labels = require_fitted(self.labels, self.name)

@@ -38,7 +38,19 @@ def _needs_mask_token(tokenizer, objective: str) -> None:
                         [Problem("model.name", "the tokenizer has no mask/cls token", "use an encoder such as minilm or a BERT model")])
 
 
-class MaskedLM:
+class _EncoderText:
+    """What mlm and nsp share: raw text in, no extra model arguments."""
+
+    name: str
+
+    def prepare(self, train_examples: Sequence[Example]) -> None:
+        _texts(train_examples, self.name)
+
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        return {}
+
+
+class MaskedLM(_EncoderText):
     name = "mlm"
     task = "masked_lm"
 
@@ -46,12 +58,6 @@ class MaskedLM:
         self.probability = probability  # train.mlm_probability
         self.mask_id: int | None = None
         self.vocab_size = 0
-
-    def prepare(self, train_examples: Sequence[Example]) -> None:
-        _texts(train_examples, self.name)
-
-    def model_kwargs(self, examples: Sequence[Example]) -> dict:
-        return {}
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         """Each document cut into [CLS] chunk [SEP] blocks of at most max_length tokens."""
@@ -92,18 +98,12 @@ class PairEncoded(Encoded):
     token_type_ids: list[int] = field(default_factory=list)
 
 
-class NextSentence:
+class NextSentence(_EncoderText):
     name = "nsp"
     task = "next_sentence"  # the NSP head alone: BERT's pretraining class would also compute (B, T, vocab) MLM logits
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-
-    def prepare(self, train_examples: Sequence[Example]) -> None:
-        _texts(train_examples, self.name)
-
-    def model_kwargs(self, examples: Sequence[Example]) -> dict:
-        return {}
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         _needs_mask_token(tokenizer, self.name)

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from tuneforge.data.tokenize import IGNORE, Encoded
+from tuneforge.data.types import Example
 from tuneforge.errors import DataError, Problem
 
 
@@ -71,3 +72,16 @@ def predict_batches(model, objective, features: Sequence[Encoded], batch_size: i
     for i in range(0, len(features), batch_size):
         batch = {k: v.to(device) for k, v in objective.collate(features[i:i + batch_size], pad_id).items()}
         yield batch, objective.logits(model, batch)
+
+
+class LabelledObjective:
+    """What the labelled objectives (classification, tokens) share: a label set fixed from the
+    training data in `prepare`, which also sizes the model's new head."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.labels: LabelSet | None = None
+
+    def model_kwargs(self, examples: Sequence[Example]) -> dict:
+        return require_fitted(self.labels, self.name).model_kwargs()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import IGNORE, Encoded
 from tuneforge.data.types import Example, TokenExample
 from tuneforge.objectives.base import require_examples
-from tuneforge.objectives.labels import LabelSet, pad_inputs, predict_batches, require_fitted
+from tuneforge.objectives.labels import LabelledObjective, LabelSet, pad_inputs, predict_batches, require_fitted
 
 
 def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
@@ -41,20 +41,14 @@ def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, fl
     return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1}
 
 
-class TokenClassification:
+class TokenClassification(LabelledObjective):
     name = "tokens"
     task = "token_classification"
-
-    def __init__(self) -> None:
-        self.labels: LabelSet | None = None
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
         require_examples(train_examples, TokenExample, "the tokens objective needs {tokens, tags} examples",
                          "give records with 'tokens' and BIO 'tags'")
         self.labels = LabelSet([t for ex in train_examples for t in ex.tags] + ["O"])
-
-    def model_kwargs(self, examples: Sequence[Example]) -> dict:
-        return require_fitted(self.labels, self.name).model_kwargs()
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         labels = require_fitted(self.labels, self.name)
