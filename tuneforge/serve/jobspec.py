@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneforge.config import RunConfig, validate_config
+from tuneforge.config import RunConfig, TrainSection, validate_config
 from tuneforge.errors import ConfigError, Problem
 
 Auto = Literal["auto"]
@@ -29,7 +29,7 @@ class Hyperparameters(BaseModel):
     n_epochs: int | Auto = Field("auto", description="Passes over the training file; auto scales with its size.")
     batch_size: int | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
     learning_rate_multiplier: float | Auto = Field("auto", description="Times the method's base learning rate.")
-    beta: float | Auto | None = Field(None, description="DPO only: strength of the preference term (tuneforge's dpo objective uses 0.1).")
+    beta: float | Auto | None = Field(None, description="DPO only: strength of the pull towards the reference model (train.dpo_beta; auto: 0.1).")
 
 
 class MethodDetail(BaseModel):
@@ -65,7 +65,7 @@ class CreateJob(BaseModel):
         return MethodSpec(type=method.type, **{method.type: detail})
 
 
-DPO_BETA = 0.1  # tuneforge.objectives.dpo.DirectPreference.beta; not a config key yet
+DPO_BETA = TrainSection.model_fields["dpo_beta"].default  # what beta "auto" means
 
 
 def check_method(method: MethodSpec) -> list[Problem]:
@@ -73,8 +73,8 @@ def check_method(method: MethodSpec) -> list[Problem]:
     beta = detail.hyperparameters.beta if detail else None
     if method.type == "supervised" and beta is not None:
         return [Problem("method.supervised.hyperparameters.beta", "beta applies to dpo only", "remove it")]
-    if beta not in (None, "auto", DPO_BETA):
-        return [Problem("method.dpo.hyperparameters.beta", f"this server trains dpo with beta {DPO_BETA} only", "use 'auto' or 0.1")]
+    if isinstance(beta, (int, float)) and beta <= 0:
+        return [Problem("method.dpo.hyperparameters.beta", f"must be greater than 0, got {beta}", f"use 'auto' ({DPO_BETA}) or a value like 0.1-0.5")]
     return []
 
 
@@ -87,7 +87,7 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
     mult = h.learning_rate_multiplier if h.learning_rate_multiplier != "auto" else 1.0
     out: dict[str, Any] = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
     if method_type == "dpo":
-        out["beta"] = DPO_BETA
+        out["beta"] = h.beta if isinstance(h.beta, (int, float)) else DPO_BETA
     out["learning_rate"] = BASE_LR.get(method_name, 2e-4) * mult
     return out
 
@@ -115,6 +115,8 @@ def build_config(*, base_model: str, train_path: Path, validation_path: Path | N
     train.setdefault("batch_size", hyper["batch_size"])
     train.setdefault("lr", hyper["learning_rate"])
     train.setdefault("seed", seed)
+    if method_type == "dpo" and "beta" in hyper:
+        train.setdefault("dpo_beta", hyper["beta"])
     return validate_config(raw, source="tuneforge", check_files=False)
 
 
