@@ -1,6 +1,6 @@
 """Where the memory of a packed LoRA training step goes: saved activations vs process RSS.
 
-    .venv/bin/python bench/memory_step.py                      # tuneforge's CPU default: one packed row per pass
+    .venv/bin/python bench/memory_step.py                      # one packed row per pass (tuneforge's CPU choice for this model)
     .venv/bin/python bench/memory_step.py --rows-per-pass 0    # every packed row of the micro-batch in one pass
     .venv/bin/python bench/memory_step.py --rows-per-pass 0 --mmap-threshold-mb 1   # glibc: big blocks via mmap
 

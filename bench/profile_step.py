@@ -1,6 +1,6 @@
 """Where a tuneforge training step spends its time: torch.profiler over a few micro-batches.
 
-    .venv/bin/python bench/profile_step.py                 # LoRA, packed (one row per pass), 3 micro-batches
+    .venv/bin/python bench/profile_step.py                 # LoRA, packed (one row per pass, as tuneforge runs this model on CPU), 3 micro-batches
     .venv/bin/python bench/profile_step.py --no-packing --method full
 
 Uses the model and data of bench/train_throughput.py and the recipe's own collate/loss.

@@ -11,7 +11,7 @@ runs at 1/8 of the fp32 matmul rate on CPUs without AMX, so both sides run fp32)
 Configurations (each run in a fresh subprocess, interleaved across repeats):
   tf_lora_packed   tuneforge, LoRA, its defaults: packing (the same 8 examples per micro-batch packed
                    into rows of <= 512 tokens with per-example positions and attention blocks),
-                   one packed row per forward/backward on CPU
+                   rows per forward/backward from the CPU activation budget (one row for this model)
   tf_lora_allrows  as tf_lora_packed with every packed row of the micro-batch in one pass
   tf_lora_rows2    as tf_lora_packed with two packed rows per pass
   tf_lora          tuneforge, LoRA, packing off (padded batches of 8 examples)

@@ -27,7 +27,7 @@ from tuneforge.errors import ModelLoadError, Problem
 from tuneforge.methods.partial import block_list
 from tuneforge.methods.registry import get_method
 
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 # bitsandbytes 4-bit: 4 bits per weight + one fp32 scale per 64 weights; double quantization
 # stores the scales in 8 bits with one fp32 scale per 256 of them
 _NF4_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}

@@ -195,6 +195,9 @@ def _accumulate(model, objective, feats, cfg: RunConfig, layout: "BatchLayout", 
     return loss_total, n_total
 
 
+CPU_PASS_BYTES = 256 * 2 ** 20  # estimated activations of one forward/backward pass when rows per pass are automatic
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """How micro-batches reach the model: packed rows (and how many per forward/backward) or padding."""
@@ -214,10 +217,13 @@ def batch_layout(cfg: RunConfig, model, objective, pad_id: int, device: torch.de
     """Resolve train.packing / train.packed_rows_per_pass (null = automatic) for this model and objective.
 
     Packing is refused outright when asked for explicitly and impossible; left automatic, it
-    falls back to padding and says why. One packed row per pass on CPU: measured as fast as
-    all rows at once (bench/train_throughput.py) at under half the peak memory, because
-    a 512-token row already runs the matrix multiplies at full speed there while smaller
-    activations stay in cache and are reused by the allocator; GPUs want the bigger passes.
+    falls back to padding and says why. Rows per pass on CPU: as many packed rows as fit
+    `CPU_PASS_BYTES` of estimated activations, at least one. For a 25.7M Llama at 512 tokens
+    that is one row, measured as fast as all rows at once at under half the peak memory
+    (bench/train_throughput.py): a 512-token row already runs the matrix multiplies at full
+    speed while smaller activations stay in cache and the allocator reuses them. Small models
+    keep all rows in one pass (their per-pass overhead would dominate: one 128-token row per
+    pass made the demo's pretraining steps 2x slower). GPUs want the bigger passes.
     """
     train = cfg.train
     if train.packing is False:
@@ -228,9 +234,13 @@ def batch_layout(cfg: RunConfig, model, objective, pad_id: int, device: torch.de
         if train.packing:
             raise ConfigError(headline, [Problem("train.packing", cause, "set train.packing: false")])
         return BatchLayout(False, None, f"not packed: {cause}")
-    rows = train.packed_rows_per_pass or (1 if device.type == "cpu" else None)
     why = "train.packing: true" if train.packing else "packing: the model keeps packed examples apart"
-    return BatchLayout(True, rows, why)
+    if train.packed_rows_per_pass or device.type != "cpu":
+        return BatchLayout(True, train.packed_rows_per_pass, why)
+    per_row = estimate_for_model(model, cfg.method, 1, cfg.model.max_length, gradient_checkpointing=train.gradient_checkpointing).memory_bytes["activations"]
+    rows = max(1, CPU_PASS_BYTES // max(per_row, 1))
+    budget = f"~{per_row / 2 ** 20:.0f} MiB of activations per row, {CPU_PASS_BYTES // 2 ** 20} MiB per pass on CPU"
+    return BatchLayout(True, None if rows >= train.batch_size else int(rows), f"{why}; {budget}")
 
 
 def _packing_problem(model, objective, pad_id: int) -> tuple[str, str] | None:
