@@ -180,8 +180,8 @@ def test_dpo_job_on_preference_pairs_and_format_checks(env):
                                          "rejected": "No idea."}) + "\n" for p in products for k in range(2)))
     f = c.files.create(file=pairs.open("rb"), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as exc:
-        c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5}}})
-    assert "beta" in exc.value.body["param"]
+        c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}})
+    assert "beta" in exc.value.body["param"] and "greater than 0" in exc.value.body["message"]
     wrong = c.fine_tuning.jobs.create(model="demo", training_file=f.id)  # supervised on pairs
     wrong = wait_for(c, wrong.id, {"failed"}, timeout=30)
     assert wrong.error.code == "invalid_training_file" and wrong.error.param == "training_file"
