@@ -15,6 +15,7 @@ separate models.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import queue
 import threading
@@ -307,13 +308,19 @@ def _active(model, adapter: str | None):
 def _copy_for(ref: ModelRef) -> str:
     """Cache key of the base copy that holds this adapter. A PeftModel holds one adapter type,
     so LoRA (and DoRA) fine-tunes share the base's entry and each other type gets its own copy."""
+    kind = _adapter_type(ref.path)
+    return ref.base if kind == "LORA" else f"{ref.base}#{kind.lower()}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _adapter_type(path: str) -> str:
+    """peft_type of an adapter folder, read once per folder (not on every request)."""
     import json
 
     try:
-        kind = json.loads((Path(ref.path) / "adapter_config.json").read_text()).get("peft_type", "LORA")
+        return json.loads((Path(path) / "adapter_config.json").read_text()).get("peft_type", "LORA")
     except (OSError, ValueError):
-        kind = "LORA"
-    return ref.base if kind == "LORA" else f"{ref.base}#{kind.lower()}"
+        return "LORA"
 
 
 def _mixable(model, adapters: set[str]) -> bool:
