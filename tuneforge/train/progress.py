@@ -1,9 +1,16 @@
-"""Progress display and the event stream (metrics.jsonl + the caller's callback)."""
+"""Progress display and the typed event stream (metrics.jsonl + the caller's callback).
+
+Training emits one of five event types. `to_record()` is the event's metrics.jsonl line (without
+"time", which `Events.emit` stamps) and `event_from_record` reads such a line back; the JSON
+shape is the run-directory contract, so readers written against it before these types existed
+keep working.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rich.console import Console
@@ -11,7 +18,90 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tuneforge.train.rundir import RunDir
 
-EventFn = Callable[[dict[str, Any]], None]
+
+@dataclass(frozen=True)
+class TrainStep:
+    """A logged optimizer step (metrics.jsonl type "train")."""
+
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    tokens: int
+    tokens_per_s: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "train", "step": self.step, "epoch": self.epoch, "loss": self.loss, "lr": self.lr,
+                "tokens": self.tokens, "tokens_per_s": self.tokens_per_s}
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    """A validation pass (type "eval"); `metrics` are the objective's extra metrics (accuracy, ...)."""
+
+    step: int
+    val_loss: float
+    best_val_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:  # the extra metrics sit flat beside val_loss, as they always have
+        return {"type": "eval", "step": self.step, "val_loss": self.val_loss, "best_val_loss": self.best_val_loss,
+                **self.metrics}
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A checkpoint written to `path` (type "checkpoint")."""
+
+    step: int
+    path: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "checkpoint", "step": self.step, "path": self.path}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a run that produced an artifact (type "final"); `metrics` is the final result dict."""
+
+    metrics: dict[str, Any]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "final", **self.metrics}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A line for the user (type "message")."""
+
+    text: str
+    level: str = "info"
+
+    def to_record(self) -> dict[str, Any]:
+        return {"type": "message", "level": self.level, "message": self.text}
+
+
+Event = TrainStep | EvalDone | CheckpointSaved | Finished | Message
+EventFn = Callable[[Event], None]
+
+_EVAL_KEYS = ("step", "val_loss", "best_val_loss")
+
+
+def event_from_record(record: dict[str, Any]) -> Event:
+    """The typed event of one metrics.jsonl line ("time" is dropped); ValueError for an unknown type."""
+    rec = {k: v for k, v in record.items() if k not in ("type", "time")}
+    kind = record.get("type")
+    if kind == "train":
+        return TrainStep(**rec)
+    if kind == "eval":
+        return EvalDone(**{k: rec.pop(k) for k in _EVAL_KEYS}, metrics=rec)
+    if kind == "checkpoint":
+        return CheckpointSaved(**rec)
+    if kind == "final":
+        return Finished(rec)
+    if kind == "message":
+        return Message(rec["message"], rec.get("level", "info"))
+    raise ValueError(f"metrics.jsonl record of unknown type {kind!r}: {record}")
 
 
 class Events:
@@ -33,19 +123,20 @@ class Events:
         if self.progress:
             self.progress.stop()
 
-    def emit(self, record: dict[str, Any], log: bool = True) -> None:
-        record = {**record, "time": round(time.time(), 3)}
+    def emit(self, event: Event | dict[str, Any], log: bool = True) -> None:
+        if isinstance(event, dict):  # TRANSITION: until recipe.py emits typed events; removed after
+            event = event_from_record(event)
         if log:
-            self.run.log(record)
+            self.run.log({**event.to_record(), "time": round(time.time(), 3)})
         if self.callback:
-            self.callback(record)
+            self.callback(event)
 
     def advance(self, step: int, loss: float, tokens_per_s: float) -> None:
         if self.progress:
             self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}")
 
     def message(self, text: str, level: str = "info") -> None:
-        self.emit({"type": "message", "level": level, "message": text})
+        self.emit(Message(text, level))
         if self.progress:
             self.progress.console.print(f"[dim]{text}[/dim]")
 
