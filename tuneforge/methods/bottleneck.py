@@ -152,4 +152,4 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
             a.enabled = True
 
 
-register(Method("adapter", _apply, _save, None))
+register(Method("adapter", _apply, _save, None, folder="bottleneck"))

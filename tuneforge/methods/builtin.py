@@ -14,4 +14,4 @@ def _apply_full(model: nn.Module, cfg) -> nn.Module:
     return model
 
 
-register(Method("full", _apply_full, save_model_folder, lambda m: m))
+register(Method("full", _apply_full, save_model_folder, lambda m: m, folder="model"))

@@ -78,5 +78,5 @@ def _apply_head(model: nn.Module, cfg) -> nn.Module:
     return _train_only(model, set(task_head_parameters(model)) | _matching(model, cfg.also_train), "method.also_train")
 
 
-register(Method("freeze", _apply_freeze, save_model_folder, lambda m: m))
-register(Method("head", _apply_head, save_model_folder, lambda m: m))
+register(Method("freeze", _apply_freeze, save_model_folder, lambda m: m, folder="model"))
+register(Method("head", _apply_head, save_model_folder, lambda m: m, folder="model"))

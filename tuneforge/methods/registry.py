@@ -34,9 +34,25 @@ class Method:
     merge: Callable[[nn.Module], nn.Module] | None
     # extra `from_pretrained` kwargs for the base (e.g. a 4-bit quantization_config for QLoRA)
     load_kwargs: Callable[[Any], dict[str, Any]] = _no_load_kwargs
+    folder: str = "adapter"  # the artifact folder `save` writes inside the run dir
 
 
 _METHODS: dict[str, Method] = {}
+_BUILTIN_LOADED = False
+
+
+def _ensure_builtin() -> None:
+    """Import the built-in method modules once, so every lookup sees them whichever module came first."""
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        _BUILTIN_LOADED = True
+        import tuneforge.methods.builtin  # noqa: F401  (registers the built-in methods)
+
+
+def artifact_folders() -> tuple[str, ...]:
+    """Every registered method's artifact folder name in a run dir (e.g. "adapter", "model", "bottleneck")."""
+    _ensure_builtin()
+    return tuple(dict.fromkeys(m.folder for m in _METHODS.values()))
 
 
 def register(method: Method) -> Method:
@@ -45,6 +61,7 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
+    _ensure_builtin()
     if name not in _METHODS:
         raise ConfigError(f"unknown method '{name}'", [Problem("method.name", f"'{name}' is not registered", f"use one of {sorted(_METHODS)}")])
     return _METHODS[name]
@@ -82,6 +99,7 @@ def save_task_config(model: nn.Module, folder: Path) -> None:
 
 
 def available_methods() -> list[str]:
+    _ensure_builtin()
     return sorted(_METHODS)
 
 
