@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.serve import files, jobs
 from tuneforge.serve.catalog import base_model_path
 from tuneforge.serve.db import Store
@@ -108,7 +108,7 @@ def run_job(db_url: str, data_dir: str, job_id: str, stop, worker_pid: int) -> N
     try:
         _train(store, Path(data_dir), job, should_stop=stop.is_set)
     except TuneforgeError as exc:
-        code = "invalid_training_file" if type(exc).__name__ == "DataError" else "training_error"
+        code = "invalid_training_file" if isinstance(exc, DataError) else "training_error"
         _fail(store, job, code, str(exc))
     except Exception as exc:  # a bug or a broken model: record it on the job, then crash loudly
         _fail(store, job, "internal_error", f"{type(exc).__name__}: {exc}")
