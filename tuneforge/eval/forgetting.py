@@ -18,6 +18,8 @@ from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import Encoded
 from tuneforge.errors import DataError, Problem
 from tuneforge.eval.bootstrap import Interval, ratio_ci
+from tuneforge.train.progress import EvalDone, TrainStep
+from tuneforge.train.rundir import RunDir
 from tuneforge.eval.compare import sequence_nll
 
 HELD_OUT_SEED = 1001  # the demo pretraining corpus uses seed 0 (tuneforge.train.pretrain)
@@ -78,18 +80,10 @@ def forgetting_summary(general: dict[str, dict[str, float]], source: str) -> dic
 
 
 def loss_curves(run_dir: Path) -> dict[str, list]:
-    """Training and validation loss by step from metrics.jsonl."""
-    train, val = [], []
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {"train": [], "validation": []}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "train" and "loss" in rec:
-            train.append((rec["step"], rec["loss"]))
-        elif rec.get("type") == "eval" and "val_loss" in rec:
-            val.append((rec["step"], rec["val_loss"]))
-    return {"train": train, "validation": val}
+    """Training and validation loss by step from the run's events."""
+    events = RunDir(run_dir).read_events()
+    return {"train": [(e.step, e.loss) for e in events if isinstance(e, TrainStep)],
+            "validation": [(e.step, e.val_loss) for e in events if isinstance(e, EvalDone)]}
 
 
 def overfitting(curves: dict[str, list]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from tuneforge.data.synthetic import general_chat, general_corpus
 from tuneforge.data.types import Conversation, TextExample
 from tuneforge.errors import Problem
 from tuneforge.models.demo import CHAT_TEMPLATE, build_tiny_llama, build_tokenizer, save_model_folder
+from tuneforge.train.rundir import RunDir
 
 
 class ArchitectureSection(Section):
@@ -87,7 +88,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     shutil.rmtree(cfg.output, ignore_errors=True)
     shutil.copytree(result.run_dir / "model", cfg.output)
     shutil.copy(result.run_dir / "manifest.json", cfg.output / "pretrain_manifest.json")
-    shutil.copy(result.run_dir / "metrics.jsonl", cfg.output / "pretrain_metrics.jsonl")
+    RunDir(result.run_dir).copy_metrics(cfg.output / "pretrain_metrics.jsonl")
     shutil.rmtree(work, ignore_errors=True)
     return cfg.output
 

@@ -7,14 +7,18 @@ import json
 import os
 import platform
 import resource
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import tuneforge
 from tuneforge.config import RunConfig
+
+if TYPE_CHECKING:
+    from tuneforge.train.progress import Event
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -75,6 +79,18 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def read_events(self) -> list["Event"]:
+        """The run's typed events, oldest first: the one reader of metrics.jsonl ([] before any)."""
+        from tuneforge.train.progress import event_from_record  # progress imports this module
+
+        if not self.metrics_path.exists():
+            return []
+        return [event_from_record(json.loads(line)) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def copy_metrics(self, dest: Path) -> None:
+        """metrics.jsonl as written, copied to `dest` (pretraining keeps it beside the model)."""
+        shutil.copy(self.metrics_path, dest)
 
     def read_manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
