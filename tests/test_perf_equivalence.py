@@ -137,23 +137,23 @@ class _Labels:  # an objective whose batches are not token sequences (classifica
 
 
 def _layout(lora_model, objective, **train):
-    from tuneforge.train.recipe import batch_layout
+    from tuneforge.train.batching import batch_layout
 
     cfg = RunConfig(data=DataSection(train="x.jsonl"), train=TrainSection(**train))
     return batch_layout(cfg, lora_model, objective, 0, torch.device("cpu"))
 
 
 def test_packing_is_automatic_with_rows_per_pass_from_the_activation_budget(lora_model, monkeypatch):
-    import tuneforge.train.recipe as recipe
+    import tuneforge.train.batching as batching
     from tuneforge.objectives import get_objective
 
     auto = _layout(lora_model, get_objective("sft"))  # a tiny model: every row fits one pass
     assert (auto.packing, auto.rows_per_pass) == (True, None)
     assert "keeps packed examples apart" in auto.describe() and "MiB of activations per row" in auto.describe()
-    per_row = recipe.estimate_for_model(lora_model, LoraMethod(), 1, ModelSection().max_length).memory_bytes["activations"]
-    monkeypatch.setattr(recipe, "CPU_PASS_BYTES", 3 * per_row + 1)
+    per_row = batching.estimate_for_model(lora_model, LoraMethod(), 1, ModelSection().max_length).memory_bytes["activations"]
+    monkeypatch.setattr(batching, "CPU_PASS_BYTES", 3 * per_row + 1)
     assert _layout(lora_model, get_objective("sft")).rows_per_pass == 3
-    monkeypatch.setattr(recipe, "CPU_PASS_BYTES", per_row // 2)
+    monkeypatch.setattr(batching, "CPU_PASS_BYTES", per_row // 2)
     assert _layout(lora_model, get_objective("sft")).rows_per_pass == 1  # never fewer than one row
     assert _layout(lora_model, get_objective("sft"), packed_rows_per_pass=3).rows_per_pass == 3
     assert not _layout(lora_model, get_objective("sft"), packing=False).packing

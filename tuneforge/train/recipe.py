@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,22 +24,71 @@ from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import objective_for
-from tuneforge.objectives.base import packing_matches_padding
-from tuneforge.train.batching import micro_batches, row_chunks, steps_per_epoch
+from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, row_chunks, steps_per_epoch
 from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tuneforge.train.optim import build_optimizer, build_scheduler
-from tuneforge.train.progress import EventFn, Events
+from tuneforge.train.progress import CheckpointSaved, EvalDone, EventFn, Events, Finished, TrainStep
 from tuneforge.train.rundir import RunDir, new_manifest, peak_memory
+
+
+class RunStatus(str, Enum):
+    """How a run ended; the values are the strings callers and manifest.json have always seen."""
+
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"  # validation stopped improving; the best weights are saved
+    STOPPED = "stopped"  # asked to stop (should_stop); a checkpoint is saved, resumable
+    FAILED = "failed"  # the loss became non-finite
+
+    def __str__(self) -> str:  # the value in f-strings on every Python (3.12 formats mixed-in enums by name)
+        return self.value
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    status: str  # "completed" | "early_stopped" | "stopped" (asked to stop; resumable)
+    status: RunStatus
     steps: int
     trained_tokens: int
     final_metrics: dict[str, Any]
     losses: list[float] = field(default_factory=list)  # per optimizer step, this process only
+
+
+@dataclass
+class Session:
+    """Everything one run trains with, built once by `_setup`; the loop mutates `state`, `losses`, `best_weights`."""
+
+    cfg: RunConfig
+    run: RunDir
+    device: torch.device
+    objective: Any
+    tokenizer: Any
+    method: Any
+    model: torch.nn.Module
+    layout: BatchLayout
+    train_feats: list
+    val_feats: list
+    pad_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: LoopState
+    total_steps: int
+    trainable: int
+    total: int
+    started: float  # perf_counter at the start of train()
+    setup_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    best_weights: dict[str, torch.Tensor] | None = None  # kept when early stopping may need them
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    val_loss: float
+    improved: bool
+    should_stop: bool  # early stopping: no improvement in train.early_stopping_patience evaluations
 
 
 def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = None,
@@ -46,8 +96,39 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     started = time.perf_counter()
     run = RunDir(Path(cfg.output_dir))
     checkpoint = _checkpoint_to_resume(run, resume)
+    s = _setup(cfg, run, checkpoint, resume, started)
+    state, every = s.state, cfg.train
+    status = RunStatus.COMPLETED
+    with Events(run, on_event, s.total_steps, progress) as events:
+        _announce(s, events, checkpoint)
+        loop_start, tokens_at_start = time.perf_counter(), state.tokens
+        while state.step < s.total_steps:
+            if should_stop and should_stop():
+                status = RunStatus.STOPPED
+                break
+            step_loss = _optimizer_step(s)
+            tps = (state.tokens - tokens_at_start) / max(time.perf_counter() - loop_start, 1e-9)
+            events.advance(state.step, step_loss, tps)
+            if _due(state.step, every.log_every, s.total_steps):
+                lr = s.scheduler.get_last_lr()[0]
+                events.emit(TrainStep(state.step, state.epoch, step_loss, lr, state.tokens, tps))
+            if s.val_feats and _due(state.step, every.eval_every, s.total_steps) and _validate(s, events).should_stop:
+                status = RunStatus.EARLY_STOPPED
+            if _due(state.step, every.save_every, s.total_steps) or status is not RunStatus.COMPLETED:
+                _save_checkpoint(s, events)
+            if status is not RunStatus.COMPLETED:
+                break
+        if status is RunStatus.STOPPED:
+            _save_checkpoint(s, events)
+            events.message(f"stopped at step {state.step}; resume with --resume")
+        train_s = time.perf_counter() - loop_start
+        final = _final_result(s, status, events, (state.tokens - tokens_at_start) / max(train_s, 1e-9))
+    _finish(s, status, final, train_s=train_s)
+    return TrainResult(run.root, status, state.step, state.tokens, final, s.losses)
 
-    # ---- setup: data, model, method, optimizer
+
+def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, started: float) -> Session:
+    """Data, model, method, optimizer and schedule (from the checkpoint when resuming); then the run directory."""
     device = pick_device(cfg.train.device)
     set_seed(cfg.train.seed)
     objective = objective_for(cfg)
@@ -74,101 +155,119 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, total_steps, cfg.train.warmup_ratio)
     state = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint else LoopState()
+    s = Session(cfg, run, device, objective, tokenizer, method, model, layout, train_feats, val_feats, pad_id,
+                optimizer, scheduler, state, total_steps, trainable, total, started)
 
     run.prepare(cfg, resume)
-    manifest = run.read_manifest() if resume else {}
-    manifest.update(new_manifest(cfg, base_path, _dataset_lineage(cfg, train_examples, val_examples)) if not manifest else {"status": "running"})
+    lineage = _dataset_lineage(cfg, train_examples, val_examples)
+    _write_start_manifest(s, resume, new_manifest(cfg, base_path, lineage), per_epoch)
+    s.setup_s = time.perf_counter() - started
+    return s
+
+
+def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_epoch: int) -> None:
+    """manifest.json as the run starts: lineage (kept from the first start when resuming), layout, params, sizes."""
+    cfg, layout = s.cfg, s.layout
+    manifest = s.run.read_manifest() if resume else {}
+    manifest.update(fresh if not manifest else {"status": "running"})
     manifest["batch_layout"] = {"packing": layout.packing, "rows_per_pass": layout.rows_per_pass, "why": layout.why}
-    manifest["params"] = {"trainable": trainable, "total": total, "trainable_share": trainable / total}
+    manifest["params"] = {"trainable": s.trainable, "total": s.total, "trainable_share": s.trainable / s.total}
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
     rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
-    manifest["memory_estimate"] = estimate_for_model(model, cfg.method, min(rows, cfg.train.batch_size), cfg.model.max_length).memory_bytes
-    manifest["data_stats"] = {"train_features": len(train_feats), "validation_features": len(val_feats),
-                              "truncated": sum(f.truncated for f in train_feats), "steps_per_epoch": per_epoch, "total_steps": total_steps}
-    run.write_manifest(manifest)
-    setup_s = time.perf_counter() - started
-
-    # ---- train
-    losses: list[float] = []
-    best_weights: dict[str, torch.Tensor] | None = None
-    status = "completed"
-    params = [p for p in model.parameters() if p.requires_grad]
-    with Events(run, on_event, total_steps, progress) as events:
-        if checkpoint:
-            events.message(f"resumed from {checkpoint.name} at step {state.step}")
-        events.message(f"batches: {layout.describe()}")
-        events.message(f"{cfg.method.name}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
-        loop_start, tokens_at_start = time.perf_counter(), state.tokens
-        while state.step < total_steps:
-            if should_stop and should_stop():
-                status = "stopped"
-                break
-            model.train()
-            loss_sum, n_tokens = _accumulate(model, objective, train_feats, cfg, layout, state, pad_id, device)
-            if not math.isfinite(loss_sum):
-                last = latest_checkpoint(run.checkpoints)
-                _finish(run, "failed", started, setup_s, {"error": f"non-finite loss at step {state.step + 1}"})
-                raise TrainingError(f"training stopped: the loss became {loss_sum} at step {state.step + 1}",
-                                    [Problem("train.lr", f"last good checkpoint: {last or 'none yet'}", "lower train.lr or enable train.max_grad_norm, then resume")])
-            for p in params:  # mean over every supervised token of the step, however it was split into micro-batches
-                if p.grad is not None:
-                    p.grad.div_(max(n_tokens, 1))
-            if cfg.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens += n_tokens
-            step_loss = loss_sum / max(n_tokens, 1)
-            losses.append(step_loss)
-            tps = (state.tokens - tokens_at_start) / max(time.perf_counter() - loop_start, 1e-9)
-            events.advance(state.step, step_loss, tps)
-            if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-                events.emit({"type": "train", "step": state.step, "epoch": state.epoch, "loss": step_loss,
-                             "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "tokens_per_s": tps})
-            if val_feats and (state.step % cfg.train.eval_every == 0 or state.step == total_steps):
-                val_loss = evaluate_loss(model, objective, val_feats, cfg.train.batch_size, pad_id, device)
-                improved = val_loss < state.best_val_loss
-                state.best_val_loss = min(state.best_val_loss, val_loss)
-                state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
-                if improved and cfg.train.early_stopping_patience:
-                    best_weights = trainable_state(model)
-                events.emit({"type": "eval", "step": state.step, "val_loss": val_loss, "best_val_loss": state.best_val_loss,
-                             **objective.metrics(model, val_feats, cfg.train.batch_size, pad_id, device)})
-                if cfg.train.early_stopping_patience and state.evals_without_improvement >= cfg.train.early_stopping_patience:
-                    events.message(f"early stopping at step {state.step}: no improvement in {state.evals_without_improvement} evaluations")
-                    status = "early_stopped"
-            if state.step % cfg.train.save_every == 0 or state.step == total_steps or status != "completed":
-                path = save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
-                events.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
-            if status != "completed":
-                break
-        if status == "stopped":
-            path = save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
-            events.emit({"type": "checkpoint", "step": state.step, "path": str(path)})
-            events.message(f"stopped at step {state.step}; resume with --resume")
-        train_s = time.perf_counter() - loop_start
-
-        # ---- save
-        final: dict[str, Any] = {"steps": state.step, "trained_tokens": state.tokens, "train_loss": losses[-1] if losses else None,
-                                 "tokens_per_s": (state.tokens - tokens_at_start) / max(train_s, 1e-9)}
-        if status != "stopped":
-            if best_weights is not None:  # early stopping keeps the best validated weights, not the last
-                _load_trainable(model, best_weights)
-            if val_feats:
-                final["val_loss"] = evaluate_loss(model, objective, val_feats, cfg.train.batch_size, pad_id, device)
-                final.update(objective.metrics(model, val_feats, cfg.train.batch_size, pad_id, device))
-            artifact = method.save(model, run.root)
-            tokenizer.save_pretrained(artifact)
-            final["artifact"] = str(artifact)
-            events.emit({"type": "final", **final})
-    _finish(run, status, started, setup_s, final, train_s=train_s)
-    return TrainResult(run.root, status, state.step, state.tokens, final, losses)
+    manifest["memory_estimate"] = estimate_for_model(s.model, cfg.method, min(rows, cfg.train.batch_size),
+                                                     cfg.model.max_length).memory_bytes
+    manifest["data_stats"] = {"train_features": len(s.train_feats), "validation_features": len(s.val_feats),
+                              "truncated": sum(f.truncated for f in s.train_feats), "steps_per_epoch": per_epoch,
+                              "total_steps": s.total_steps}
+    s.run.write_manifest(manifest)
 
 
-def _accumulate(model, objective, feats, cfg: RunConfig, layout: "BatchLayout", state: LoopState, pad_id: int, device) -> tuple[float, int]:
+def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
+    if checkpoint:
+        events.message(f"resumed from {checkpoint.name} at step {s.state.step}")
+    events.message(f"batches: {s.layout.describe()}")
+    share = 100 * s.trainable / s.total
+    events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
+
+
+def _due(step: int, every: int, total_steps: int) -> bool:
+    return step % every == 0 or step == total_steps
+
+
+def _optimizer_step(s: Session) -> float:
+    """One optimizer step over `grad_accum` micro-batches; returns its loss per supervised token."""
+    cfg, state = s.cfg, s.state
+    s.model.train()
+    loss_sum, n_tokens = _accumulate(s.model, s.objective, s.train_feats, cfg, s.layout, state, s.pad_id, s.device)
+    if not math.isfinite(loss_sum):
+        last = latest_checkpoint(s.run.checkpoints)
+        _finish(s, RunStatus.FAILED, {"error": f"non-finite loss at step {state.step + 1}"})
+        raise TrainingError(f"training stopped: the loss became {loss_sum} at step {state.step + 1}",
+                            [Problem("train.lr", f"last good checkpoint: {last or 'none yet'}",
+                                     "lower train.lr or enable train.max_grad_norm, then resume")])
+    params = s.params
+    for p in params:  # mean over every supervised token of the step, however it was split into micro-batches
+        if p.grad is not None:
+            p.grad.div_(max(n_tokens, 1))
+    if cfg.train.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.tokens += n_tokens
+    step_loss = loss_sum / max(n_tokens, 1)
+    s.losses.append(step_loss)
+    return step_loss
+
+
+def _validate(s: Session, events: Events) -> ValidationOutcome:
+    """Validation loss and metrics; tracks the best loss (and weights, when early stopping may restore them)."""
+    train_cfg, state = s.cfg.train, s.state
+    val_loss = evaluate_loss(s.model, s.objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
+    improved = val_loss < state.best_val_loss
+    state.best_val_loss = min(state.best_val_loss, val_loss)
+    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+    patience = train_cfg.early_stopping_patience
+    if improved and patience:
+        s.best_weights = trainable_state(s.model)
+    metrics = s.objective.metrics(s.model, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
+    events.emit(EvalDone(state.step, val_loss, state.best_val_loss, metrics))
+    should_stop = bool(patience) and state.evals_without_improvement >= patience
+    if should_stop:
+        events.message(f"early stopping at step {state.step}: "
+                       f"no improvement in {state.evals_without_improvement} evaluations")
+    return ValidationOutcome(val_loss, improved, should_stop)
+
+
+def _save_checkpoint(s: Session, events: Events) -> None:
+    path = save_checkpoint(s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state, s.cfg.train.keep_checkpoints)
+    events.emit(CheckpointSaved(s.state.step, str(path)))
+
+
+def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: float) -> dict[str, Any]:
+    """The result dict; unless stopped, with the best weights restored, final validation and the saved artifact."""
+    state = s.state
+    final: dict[str, Any] = {"steps": state.step, "trained_tokens": state.tokens,
+                             "train_loss": s.losses[-1] if s.losses else None, "tokens_per_s": tokens_per_s}
+    if status is RunStatus.STOPPED:
+        return final
+    if s.best_weights is not None:  # early stopping keeps the best validated weights, not the last
+        _load_trainable(s.model, s.best_weights)
+    if s.val_feats:
+        batch_size = s.cfg.train.batch_size
+        final["val_loss"] = evaluate_loss(s.model, s.objective, s.val_feats, batch_size, s.pad_id, s.device)
+        final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
+    artifact = s.method.save(s.model, s.run.root)
+    s.tokenizer.save_pretrained(artifact)
+    final["artifact"] = str(artifact)
+    events.emit(Finished(final))
+    return final
+
+
+def _accumulate(model, objective, feats, cfg: RunConfig, layout: BatchLayout, state: LoopState, pad_id: int,
+                device) -> tuple[float, int]:
     """Forward/backward `grad_accum` micro-batches; returns (summed loss, supervised tokens).
 
     Gradients hold the *sum* over tokens; the caller divides by the token count.
@@ -193,63 +292,6 @@ def _accumulate(model, objective, feats, cfg: RunConfig, layout: "BatchLayout", 
             loss_total += loss.item()
             n_total += n
     return loss_total, n_total
-
-
-CPU_PASS_BYTES = 256 * 2 ** 20  # estimated activations of one forward/backward pass when rows per pass are automatic
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """How micro-batches reach the model: packed rows (and how many per forward/backward) or padding."""
-
-    packing: bool
-    rows_per_pass: int | None  # None: every packed row of the micro-batch in one pass
-    why: str
-
-    def describe(self) -> str:
-        if not self.packing:
-            return f"padded ({self.why})"
-        rows = "all rows" if self.rows_per_pass is None else f"{self.rows_per_pass} row{'s' * (self.rows_per_pass > 1)}"
-        return f"packed, {rows} per forward/backward ({self.why})"
-
-
-def batch_layout(cfg: RunConfig, model, objective, pad_id: int, device: torch.device) -> BatchLayout:
-    """Resolve train.packing / train.packed_rows_per_pass (null = automatic) for this model and objective.
-
-    Packing is refused outright when asked for explicitly and impossible; left automatic, it
-    falls back to padding and says why. Rows per pass on CPU: as many packed rows as fit
-    `CPU_PASS_BYTES` of estimated activations, at least one. For a 25.7M Llama at 512 tokens
-    that is one row, measured as fast as all rows at once at under half the peak memory
-    (bench/train_throughput.py): a 512-token row already runs the matrix multiplies at full
-    speed while smaller activations stay in cache and the allocator reuses them. Small models
-    keep all rows in one pass (their per-pass overhead would dominate: one 128-token row per
-    pass made the demo's pretraining steps 2x slower). GPUs want the bigger passes.
-    """
-    train = cfg.train
-    if train.packing is False:
-        return BatchLayout(False, None, "train.packing: false")
-    problem = _packing_problem(model, objective, pad_id)
-    if problem:
-        headline, cause = problem
-        if train.packing:
-            raise ConfigError(headline, [Problem("train.packing", cause, "set train.packing: false")])
-        return BatchLayout(False, None, f"not packed: {cause}")
-    why = "train.packing: true" if train.packing else "packing: the model keeps packed examples apart"
-    if train.packed_rows_per_pass or device.type != "cpu":
-        return BatchLayout(True, train.packed_rows_per_pass, why)
-    per_row = estimate_for_model(model, cfg.method, 1, cfg.model.max_length, gradient_checkpointing=train.gradient_checkpointing).memory_bytes["activations"]
-    rows = max(1, CPU_PASS_BYTES // max(per_row, 1))
-    budget = f"~{per_row / 2 ** 20:.0f} MiB of activations per row, {CPU_PASS_BYTES // 2 ** 20} MiB per pass on CPU"
-    return BatchLayout(True, None if rows >= train.batch_size else int(rows), f"{why}; {budget}")
-
-
-def _packing_problem(model, objective, pad_id: int) -> tuple[str, str] | None:
-    """(headline, cause) of why this objective/model pair cannot be packed, or None."""
-    if not hasattr(objective, "pack"):
-        return f"train.packing is not available for the {objective.name} objective", f"{objective.name} batches are not token sequences"
-    if not packing_matches_padding(model, pad_id):
-        return f"{type(model).__name__} does not keep packed examples apart", "its attention mask ignores the position restarts between packed examples"
-    return None
 
 
 @torch.no_grad()
@@ -303,8 +345,10 @@ def _load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def _finish(run: RunDir, status: str, started: float, setup_s: float, result: dict[str, Any], train_s: float | None = None) -> None:
-    manifest = run.read_manifest()
-    manifest.update({"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result, "memory": peak_memory(),
-                     "timings": {"setup_s": round(setup_s, 3), "train_s": round(train_s or 0.0, 3), "total_s": round(time.perf_counter() - started, 3)}})
-    run.write_manifest(manifest)
+def _finish(s: Session, status: RunStatus, result: dict[str, Any], train_s: float | None = None) -> None:
+    manifest = s.run.read_manifest()
+    timings = {"setup_s": round(s.setup_s, 3), "train_s": round(train_s or 0.0, 3),
+               "total_s": round(time.perf_counter() - s.started, 3)}
+    manifest.update({"status": status.value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result,
+                     "memory": peak_memory(), "timings": timings})
+    s.run.write_manifest(manifest)
