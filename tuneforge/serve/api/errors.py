@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.serve.ids import new_id
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -33,6 +37,26 @@ def from_tuneforge(exc: TuneforgeError, param: str | None = None, code: str | No
     return APIError(400, str(exc), param=param, code=code, details=[{"where": p.where, "message": p.message, "fix": p.fix} for p in exc.problems] or None)
 
 
+def internal_error(exc: BaseException, where: str) -> APIError:
+    """A 500 for what is not the caller's fault (a broken model folder, a bug). The exception text
+    can name server paths or another project's objects, so it goes to the server log under a fresh
+    id; the client gets only that id, which an operator finds in the log."""
+    error_id = new_id("err_", 8)
+    log.error("error %s on %s", error_id, where, exc_info=exc)
+    message = f"The server had an error while processing your request (error id {error_id})."
+    return APIError(500, message, type="server_error", code="internal_error", details={"error_id": error_id})
+
+
+def as_api_error(exc: BaseException, where: str) -> APIError:
+    """The client's view of any exception: an API error as raised, a user's mistake with its problems,
+    anything else as an internal error (logged, not shown)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, TuneforgeError):
+        return from_tuneforge(exc)
+    return internal_error(exc, where)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -51,10 +75,9 @@ def install(app: FastAPI) -> None:
         return JSONResponse(APIError(400, message, param=".".join(loc) or None).body(), status_code=400)
 
     @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        # Not the caller's fault (a broken model folder, a bug): say what failed, keep the shape.
-        body = APIError(500, f"The server had an error while processing your request: {type(exc).__name__}: {exc}", type="server_error").body()
-        return JSONResponse(body, status_code=500)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        err = internal_error(exc, f"{request.method} {request.url.path}")
+        return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

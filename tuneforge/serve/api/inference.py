@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError
+from tuneforge.serve.api.errors import APIError, as_api_error
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.catalog import EMBEDDING_MODEL
 from tuneforge.serve.engine import Sampling
@@ -210,7 +210,7 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
         except Exception as exc:  # headers are sent: report the error in the stream, as OpenAI does
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n".encode()
+            yield f"data: {json.dumps(as_api_error(exc, 'a streamed response').body())}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
