@@ -97,7 +97,8 @@ def server(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
     from tuneforge.serve.app import create_app
     from tuneforge.serve.db import Store
     from tuneforge.serve.settings import ServeSettings
-    from tuneforge.serve.testing import serve_in_thread
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import serve_in_thread  # the tests' helper: the benchmark serves as the tests do
 
     demo = home / "models" / "demo"
     shutil.copytree(work / "model", demo)

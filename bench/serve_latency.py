@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +78,8 @@ def main() -> None:
     from tuneforge.serve.ids import now
     from tuneforge.serve.settings import ServeSettings
     from tuneforge.serve.tables import FineTunedModel
-    from tuneforge.serve.testing import serve_in_thread
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import serve_in_thread  # the tests' helper: the benchmark serves as the tests do
 
     adapter = build(home, args.hidden, args.layers)
     settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=args.threads)

@@ -10,11 +10,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers import make_config
 from tuneforge.config import LoraMethod
 from tuneforge.models.loading import load_for_inference
 from tuneforge.train import train
-
-from test_train_recipe import make_config
 
 
 @pytest.fixture(scope="module")

@@ -10,27 +10,12 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from helpers import install_tiny_demo, serve_in_thread, write_chat_jsonl
 from tuneforge.data.synthetic import support_desk_dataset
-from tuneforge.models.demo import build_tiny_llama, build_tokenizer, save_model_folder
 from tuneforge.serve import keys
 from tuneforge.serve.app import create_app
 from tuneforge.serve.db import Store
 from tuneforge.serve.settings import ServeSettings
-from tuneforge.serve.testing import serve_in_thread
-
-
-def install_tiny_demo(home) -> None:
-    """A 2-layer hidden-64 Llama as $TUNEFORGE_HOME/models/demo, so 'demo' needs no pretraining."""
-    convs = support_desk_dataset(60, seed=0)
-    texts = [m.content for c in convs for m in c.messages]
-    tok = build_tokenizer(texts, vocab_size=512)
-    folder = home / "models" / "demo"
-    save_model_folder(build_tiny_llama(tok, hidden=64, layers=2), tok, folder)
-    (folder / ".complete").write_text("ok\n")
-
-
-def write_chat_jsonl(path, n: int, seed: int = 0) -> None:
-    path.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in support_desk_dataset(n, seed)))
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tuneforge.serve.testing import free_port, postgres_schema
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serve_api import install_tiny_demo, write_chat_jsonl  # noqa: E402
+from helpers import free_port, install_tiny_demo, postgres_schema, write_chat_jsonl
 
 TUNEFORGE = [sys.executable, "-m", "tuneforge.cli.main"]
 

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
-from test_serve_api import install_tiny_demo
 from transformers import AutoModelForCausalLM
 
+from helpers import install_tiny_demo
 from tuneforge.serve.catalog import ModelRef
 from tuneforge.serve.engine import Engine, Sampling
 from tuneforge.serve.settings import ServeSettings

@@ -15,14 +15,11 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from helpers import install_tiny_demo, serve_in_thread, write_chat_jsonl
 from tuneforge.serve import keys
 from tuneforge.serve.app import create_app
 from tuneforge.serve.db import Store
 from tuneforge.serve.settings import ServeSettings
-from tuneforge.serve.testing import serve_in_thread
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serve_api import install_tiny_demo, write_chat_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAST = {"model": {"max_length": 96}, "train": {"log_every": 1, "eval_every": 5, "save_every": 5}}

@@ -10,10 +10,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from helpers import postgres_schema
 from tuneforge.serve import jobs, keys
 from tuneforge.serve.db import Store
 from tuneforge.serve.tables import Base
-from tuneforge.serve.testing import postgres_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

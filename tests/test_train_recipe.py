@@ -9,19 +9,10 @@ import math
 import pytest
 import torch
 
-from tuneforge.config import DataSection, FullMethod, LoraMethod, ModelSection, RunConfig, TrainSection
+from helpers import make_config
+from tuneforge.config import FullMethod
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.train import train
-
-
-def make_config(tiny_model_dir, data, out, method=None, **train_kw) -> RunConfig:
-    defaults = dict(max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0, seed=7)
-    return RunConfig(
-        objective="sft", output_dir=out,
-        model=ModelSection(name=str(tiny_model_dir), max_length=128),
-        data=DataSection(train=data["train"], validation=data["validation"], test=data["test"]),
-        method=method or LoraMethod(r=4, alpha=8), train=TrainSection(**{**defaults, **train_kw}),
-    )
 
 
 def read_metrics(run_dir, kind):
