@@ -145,6 +145,22 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
     print(out)
 
 
+models_app = typer.Typer(help="Base models that tuneforge builds itself.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull-demo")
+def pull_demo(quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Build the demo base model (once, about a minute on a CPU); print the folder it lives in."""
+    from tuneforge.models.demo import demo_model_built
+    from tuneforge.train.pretrain import ensure_demo_model
+
+    cached = demo_model_built()
+    folder = ensure_demo_model(progress=not quiet)
+    err.print("the demo model was already built" if cached else "built the demo model")
+    print(folder)
+
+
 def _quiet_libraries() -> None:
     """Library start-up chatter (torchao CUDA-only kernels, hub progress bars) is not for our users."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -27,6 +27,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.
     from tuneforge.serve.settings import ServeSettings
 
     settings = ServeSettings()
+    _build_demo_if_offered(settings)
     store = Store(database_url or settings.database_url)  # migrates before any worker starts
     env = {**os.environ, "TUNEFORGE_DATABASE_URL": store.url}
     procs = [subprocess.Popen([sys.executable, "-m", "tuneforge.serve.worker"], env=env) for _ in range(workers)]
@@ -44,9 +45,21 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.
 
 def worker(database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
     """Run one training worker; start several (on any machine) against one database."""
+    from tuneforge.serve.settings import ServeSettings
     from tuneforge.serve.worker import main as run_worker
 
+    _build_demo_if_offered(ServeSettings())
     run_worker(database_url)
+
+
+def _build_demo_if_offered(settings) -> None:
+    """Build the demo base model (once; cached) when the service offers it, before the API or a worker starts:
+    resolving 'demo' later never builds it."""
+    from tuneforge.serve.catalog import base_models
+    from tuneforge.train.pretrain import ensure_demo_model
+
+    if "demo" in base_models(settings):
+        ensure_demo_model(progress=False)
 
 
 def _store(database_url: Optional[str]):

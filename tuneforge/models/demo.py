@@ -1,7 +1,8 @@
 """Build small models from scratch: a byte-level BPE tokenizer trained locally and a Llama.
 
-Used for the demo base model (pretrained by `tuneforge pretrain`) and by the tests, which
-need real architectures at toy sizes rather than mocks.
+Used for the demo base model (pretrained by `train.pretrain.ensure_demo_model`, which
+`tuneforge models pull-demo` runs) and by the tests, which need real architectures at toy
+sizes rather than mocks. This module only says where the demo lives; it never builds it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Iterable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tuneforge.config import tuneforge_home
 
 # ChatML, with {% generation %} markers so that TRL and transformers can compute
 # assistant-only masks too (`return_assistant_tokens_mask`). The assistant span includes
@@ -76,8 +79,12 @@ def save_model_folder(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFas
     return folder
 
 
-def ensure_demo_model() -> Path:
-    """The demo base model, pretrained on first use and cached under $TUNEFORGE_HOME/models/demo."""
-    from tuneforge.train.pretrain import ensure_demo_model as _ensure  # the recipe lives in train/
+def demo_model_dir() -> Path:
+    """Where the demo base model lives once built: $TUNEFORGE_HOME/models/demo."""
+    return tuneforge_home() / "models" / "demo"
 
-    return _ensure()
+
+def demo_model_built() -> bool:
+    """Whether the demo model is complete (`train.pretrain.ensure_demo_model` marks it last)."""
+    folder = demo_model_dir()
+    return (folder / ".complete").exists() and (folder / "config.json").exists()

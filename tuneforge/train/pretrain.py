@@ -16,12 +16,13 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError
 
-from tuneforge.config import ConfigError, ModelSection, RunConfig, Section, TrainSection, DataSection, FullMethod, _problem, tuneforge_home
+from tuneforge.config import ConfigError, ModelSection, RunConfig, Section, TrainSection, DataSection, FullMethod, _problem
 from tuneforge.data.readers import read_examples
 from tuneforge.data.synthetic import general_chat, general_corpus
 from tuneforge.data.types import Conversation, TextExample
 from tuneforge.errors import Problem
-from tuneforge.models.demo import CHAT_TEMPLATE, build_tiny_llama, build_tokenizer, save_model_folder
+from tuneforge.models.demo import (CHAT_TEMPLATE, build_tiny_llama, build_tokenizer, demo_model_built, demo_model_dir,
+                                   save_model_folder)
 from tuneforge.train.rundir import RunDir
 
 
@@ -111,14 +112,14 @@ def _render_chatml(messages: list[dict[str, str]]) -> str:
     return Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")).render(messages=messages)
 
 
-def demo_model_dir() -> Path:
-    return tuneforge_home() / "models" / "demo"
-
-
 def ensure_demo_model(progress: bool = True) -> Path:
-    """The cached demo model; built once (about a minute on 2 CPU cores), under a file lock."""
+    """The demo model, built once (about a minute on 2 CPU cores) under a file lock, then cached.
+
+    Called only at the edges that need it (`tuneforge models pull-demo`, quickstart, service
+    start-up); resolving the name 'demo' never builds it.
+    """
     folder = demo_model_dir()
-    if (folder / ".complete").exists() and (folder / "config.json").exists():
+    if demo_model_built():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / ".demo.lock", "w") as lock:
