@@ -55,9 +55,13 @@ def test_text_file_and_folder(tmp_path):
     (tmp_path / "docs" / "a.txt").write_text("para one\nline two\n\n\npara two\n")
     (tmp_path / "docs" / "b.md").write_text("# title\n")
     (tmp_path / "docs" / "ignored.bin").write_bytes(b"\x00")
-    examples = read_examples(tmp_path / "docs")
+    examples = read_examples(tmp_path / "docs")  # a folder is read for data files: b.md is not one
+    assert [e.text for e in examples] == ["para one\nline two", "para two"]
+    assert [e.metadata["source_line"] for e in examples] == [1, 5]
+    examples = read_examples(tmp_path / "docs", include=["*.md"])
     assert [e.text for e in examples] == ["para one\nline two", "para two", "# title"]
     assert [e.metadata["source_line"] for e in examples] == [1, 5, 1]
+    assert [e.text for e in read_examples(tmp_path / "docs" / "b.md")] == ["# title"]  # named explicitly, it is read
 
 
 def test_csv_json_parquet_and_mapping(tmp_path):

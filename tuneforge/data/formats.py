@@ -12,9 +12,21 @@ from typing import Any, Callable
 from tuneforge.data.issues import Issue
 from tuneforge.data.types import ROLES, Conversation, Example, LabelledExample, Message, PreferencePair, TextExample, TokenExample
 
-FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference")
+FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference", "kto")
 ALIASES = {"openai": "chat", "messages": "chat", "completion": "prompt_completion", "labelled": "classification",
            "labeled": "classification", "ner": "tokens", "dpo": "preference", "raw": "text"}
+SFT_FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
+# Kinds of data we recognise but cannot train on yet: refused by name (what, fix), never read as a neighbour format.
+REFUSED = {
+    "kto_unsupported": ("KTO data (unpaired desirable/undesirable labels) is not supported yet",
+                        "train on preference pairs (prompt/chosen/rejected) with objective dpo, or drop the records labelled false "
+                        "and the label column to train the desirable answers as SFT"),
+    "multimodal_unsupported": ("multimodal records (images, audio, video) are not supported yet",
+                               "remove the media columns, content parts and <image>/<audio>/<video> placeholders, or keep these records out"),
+}
+_MEDIA_KEYS = ("images", "audios", "videos", "image", "audio", "video")
+_MEDIA_PARTS = {"image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video", "video_url", "file", "input_file"}
+_MEDIA_PLACEHOLDER = re.compile(r"<(image|audio|video)>")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                    "model": "assistant", "bard": "assistant", "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
 _MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id"}
@@ -32,12 +44,14 @@ def detect(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
     keys = record.keys()
+    if preference_layout(record) is not None:
+        return "preference"
+    if _kto_label(record) is not None:
+        return "kto"
     if "messages" in keys:
         return "chat"
     if "conversations" in keys:
         return "sharegpt"
-    if {"chosen", "rejected"} <= keys:
-        return "preference"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
     if {"instruction", "output"} <= keys:
@@ -48,6 +62,32 @@ def detect(record: Any) -> str | None:
         return "classification"
     if "text" in keys:
         return "text"
+    return None
+
+
+def preference_layout(record: dict) -> str | None:
+    """Which preference layout a record uses (see `_PREFERENCE_FIELDS`), or None."""
+    keys = record.keys()
+    if {"input", "preferred_output", "non_preferred_output"} <= keys:
+        return "openai"  # OpenAI's DPO fine-tuning format
+    if {"chosen_messages", "rejected_messages"} <= keys:
+        return "messages_pair"  # LLaMA-Factory v1: two whole conversations
+    if not {"chosen", "rejected"} <= keys:
+        return None
+    for layout in ("prompt", "conversations", "messages", "instruction"):
+        if layout in keys:
+            return layout
+    return "implicit"  # TRL's implicit prompt: two whole conversations sharing a prefix
+
+
+def _kto_label(record: dict) -> str | None:
+    """The key of a KTO desirability label (a boolean per answer), if the record has one."""
+    if not record.keys() & {"messages", "conversations", "completion", "output"}:
+        return None
+    for key in ("label", "kto_tag"):
+        value = record.get(key)
+        if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+            return key
     return None
 
 
@@ -62,22 +102,82 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
     return out
 
 
-# Keys each format reads; any other top-level field goes to metadata (for group splits, slices).
+# Keys each format reads; any other top-level field goes to metadata (for group splits, slices) and is
+# reported by validate/prepare as unused (it is never trained on).
 FIELDS = {
-    "chat": {"messages"}, "sharegpt": {"conversations"}, "prompt_completion": {"prompt", "completion"},
+    "chat": {"messages"}, "sharegpt": {"conversations", "system"}, "prompt_completion": {"prompt", "completion"},
     "alpaca": {"instruction", "input", "output", "system"}, "text": {"text"}, "classification": {"text", "label"},
-    "tokens": {"tokens", "tags", "ner_tags"}, "preference": {"prompt", "chosen", "rejected"},
+    "tokens": {"tokens", "tags", "ner_tags"}, "kto": set(),
 }
+_PREFERENCE_FIELDS = {
+    "prompt": {"prompt", "chosen", "rejected"}, "conversations": {"conversations", "system", "chosen", "rejected"},
+    "messages": {"messages", "chosen", "rejected"}, "instruction": {"instruction", "input", "system", "chosen", "rejected"},
+    "implicit": {"chosen", "rejected"}, "openai": {"input", "preferred_output", "non_preferred_output"},
+    "messages_pair": {"chosen_messages", "rejected_messages"},
+}
+
+
+def used_fields(record: dict, fmt: str) -> set[str]:
+    if fmt == "preference":
+        return _PREFERENCE_FIELDS.get(preference_layout(record) or "prompt", set())
+    return FIELDS[fmt]
+
+
+def unused_fields(record: Any, fmt: str | None) -> list[str]:
+    """Top-level fields the format does not read (kept in metadata, never trained on)."""
+    if not isinstance(record, dict) or fmt is None:
+        return []
+    return sorted(str(k) for k in record.keys() - used_fields(record, fmt) - {"metadata"})
 
 
 def parse(record: Any, fmt: str) -> ParseResult:
     if not isinstance(record, dict):
         return None, [Issue("not_object", f"expected a JSON object, got {_type(record)}", fix="each record must be an object like {\"messages\": [...]}")]
+    media = multimodal_issue(record, fmt)
+    if media is not None:
+        return None, [media]
+    seen = detect(record)
+    if fmt in SFT_FORMATS and seen in ("kto", "preference"):  # a forced --format must not turn these into SFT targets
+        return None, [_refusal("kto_unsupported") if seen == "kto" else Issue(
+            "format_conflict", f"the record is a preference pair ({preference_layout(record)} layout), not {fmt} data",
+            fix="use --format preference (objective dpo); reading it as SFT would train on one answer and drop the comparison")]
     example, issues = PARSERS[fmt](record)
     if example is not None:
-        for key in record.keys() - FIELDS[fmt] - {"metadata"}:
-            example.metadata.setdefault(str(key), record[key])
+        for key in unused_fields(record, fmt):
+            example.metadata.setdefault(key, record[key])
     return example, issues
+
+
+def _refusal(kind: str, detail: str = "") -> Issue:
+    what, fix = REFUSED[kind]
+    return Issue(kind, what + (f": {detail}" if detail else ""), fix=fix)
+
+
+def multimodal_issue(record: dict, fmt: str) -> Issue | None:
+    """Images, audio or video in a record (media columns, content parts, placeholders): refused, not read as text."""
+    for key in _MEDIA_KEYS:
+        value = record.get(key)
+        if value not in (None, "", [], {}):
+            n = len(value) if isinstance(value, list) else 1
+            return _refusal("multimodal_unsupported", f"the record has {n} {key.rstrip('s')}(s) in '{key}'")
+    if fmt in ("text", "classification", "tokens"):
+        return None  # a document may mention <image>; only chat-like data uses the placeholders
+    found = _find_media(record)
+    return _refusal("multimodal_unsupported", found) if found else None
+
+
+def _find_media(value: Any, path: str = "") -> str | None:
+    if isinstance(value, str):
+        m = _MEDIA_PLACEHOLDER.search(value)
+        return f"placeholder {m.group()} in {path or 'the record'}" if m else None
+    if isinstance(value, dict):
+        if value.get("type") in _MEDIA_PARTS:
+            return f"a content part of type {value['type']!r} at {path}"
+        items = ((k, v) for k, v in value.items() if not (path == "" and k == "metadata"))
+        return next((f for k, v in items if (f := _find_media(v, f"{path}.{k}" if path else str(k)))), None)
+    if isinstance(value, list):
+        return next((f for i, v in enumerate(value) if (f := _find_media(v, f"{path}[{i}]"))), None)
+    return None
 
 
 def _type(value: Any) -> str:
@@ -109,10 +209,18 @@ def _text(record: dict, key: str, issues: list[Issue], required: bool = True, pa
     return value
 
 
+def _part_text(part: Any) -> str | None:
+    """The text of a content part: OpenAI's {"type": "text", "text"} or LLaMA-Factory v1's {"type": "text", "value"}."""
+    if not isinstance(part, dict) or part.get("type") != "text":
+        return None
+    text = part.get("text", part.get("value"))
+    return text if isinstance(text, str) else None
+
+
 def _content(value: Any, path: str, issues: list[Issue]) -> str | None:
-    """Message content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
-        value = "".join(p["text"] for p in value)
+    """Message content: a string, or a list of text parts (joined)."""
+    if isinstance(value, list) and value and all(_part_text(p) is not None for p in value):
+        value = "".join(_part_text(p) for p in value)
     if not isinstance(value, str):
         issues.append(Issue("wrong_type", f"content must be a string, got {_type(value)}", field=path, fix="only text content is supported"))
         return None
@@ -182,28 +290,44 @@ def parse_chat(record: dict) -> ParseResult:
     return (Conversation(msgs, meta) if msgs is not None and not _errors(issues) else None), issues
 
 
-def parse_sharegpt(record: dict) -> ParseResult:
-    issues: list[Issue] = []
-    meta = _metadata(record, issues)
-    turns = record.get("conversations")
+def _sharegpt_turns(turns: Any, path: str, issues: list[Issue]) -> list[dict] | None:
+    """ShareGPT turns ({"from", "value"}) as {"role", "content"} dicts for `_messages`; None on errors."""
     if not isinstance(turns, list):
-        return None, issues + [Issue("wrong_type", f"'conversations' must be a list, got {_type(turns)}", field="conversations")]
-    converted = []
+        issues.append(Issue("wrong_type", f"'{path}' must be a list, got {_type(turns)}", field=path))
+        return None
+    n, converted = len(issues), []
     for i, t in enumerate(turns):
-        path = f"conversations[{i}]"
+        where = f"{path}[{i}]"
         if not isinstance(t, dict):
-            issues.append(Issue("not_object", f"a turn must be an object, got {_type(t)}", field=path))
+            issues.append(Issue("not_object", f"a turn must be an object, got {_type(t)}", field=where))
             continue
         who = t.get("from")
         if who is None:
-            issues.append(Issue("missing_role", "turn has no 'from'", field=f"{path}.from", fix="use human/gpt/system"))
+            issues.append(Issue("missing_role", "turn has no 'from'", field=f"{where}.from", fix="use human/gpt/system"))
         elif who not in _SHAREGPT_ROLES:
-            issues.append(Issue("unknown_role", f"unknown speaker {who!r}", field=f"{path}.from", fix="use human/gpt/system"))
+            issues.append(Issue("unknown_role", f"unknown speaker {who!r}", field=f"{where}.from", fix="use human/gpt/system"))
         converted.append({"role": _SHAREGPT_ROLES.get(who, who), "content": t.get("value")} if "value" in t else {"role": _SHAREGPT_ROLES.get(who, who)})
-    if _errors(issues):
+    return None if _errors(issues[n:]) else converted
+
+
+def _system(record: dict, issues: list[Issue]) -> list[Message]:
+    """A top-level `system` column (ShareGPT/LLaMA-Factory, Alpaca) as the first message."""
+    system = _text(record, "system", issues, required=False)
+    return [Message("system", system)] if system and system.strip() else []
+
+
+def parse_sharegpt(record: dict) -> ParseResult:
+    issues: list[Issue] = []
+    meta = _metadata(record, issues)
+    system = _system(record, issues)
+    converted = _sharegpt_turns(record.get("conversations"), "conversations", issues)
+    if converted is None or _errors(issues):
         return None, issues
     msgs = _messages(converted, "conversations", issues)
-    return (Conversation(msgs, meta) if msgs is not None else None), issues
+    if msgs and system and msgs[0].role == "system":
+        issues.append(Issue("duplicate_system", "both a 'system' column and a system turn", field="system", fix="keep one of them"))
+        return None, issues
+    return (Conversation(system + msgs, meta) if msgs is not None else None), issues
 
 
 def parse_prompt_completion(record: dict) -> ParseResult:
@@ -273,28 +397,113 @@ def parse_tokens(record: dict) -> ParseResult:
 
 
 def parse_preference(record: dict) -> ParseResult:
+    """Every preference layout -> the PreferencePair the dpo objective encodes: the prompt messages and one
+    assistant answer each for chosen and rejected. Layouts (see `preference_layout`):
+      prompt        {"prompt": str | [msgs], "chosen": str | msg | [msgs], "rejected": ...} (tuneforge, TRL)
+      conversations {"conversations": [turns], "chosen": {"from", "value"}, "rejected": ...} (ShareGPT, LLaMA-Factory)
+      messages      {"messages": [msgs], "chosen": msg | str, "rejected": ...} (LLaMA-Factory with OpenAI tags)
+      instruction   {"instruction", "input"?, "system"?, "chosen": str, "rejected": str} (Alpaca ranking)
+      openai        {"input": {"messages"}, "preferred_output": [msgs], "non_preferred_output": [msgs]} (OpenAI DPO)
+      messages_pair {"chosen_messages": [msgs], "rejected_messages": [msgs]} (LLaMA-Factory v1, whole conversations)
+      implicit      {"chosen": [msgs], "rejected": [msgs]} (TRL implicit prompt, whole conversations)
+    A whole-conversation pair is split at its longest shared prefix; what follows on each side must be one
+    assistant message (DPO compares two answers to one prompt; more would be dropped, so it is an error).
+    """
     issues: list[Issue] = []
     meta = _metadata(record, issues)
-    prompt = record.get("prompt")
-    if isinstance(prompt, str):
-        prompt_msgs = [Message("user", prompt)] if _text(record, "prompt", issues) else None
-    else:
-        prompt_msgs = _messages(prompt, "prompt", issues, needs_assistant=False)
-    answers = [_answer(record, key, issues) for key in ("chosen", "rejected")]
-    if _errors(issues) or prompt_msgs is None:
+    layout = preference_layout(record) or "prompt"
+    keys = {"openai": ("preferred_output", "non_preferred_output"), "messages_pair": ("chosen_messages", "rejected_messages")}
+    chosen_key, rejected_key = keys.get(layout, ("chosen", "rejected"))
+    prompt = _preference_prompt(record, layout, issues)
+    answers = [_answer_messages(record.get(k), k, layout, issues) for k in (chosen_key, rejected_key)]
+    if _errors(issues) or any(a is None for a in answers):
         return None, issues
-    if answers[0] == answers[1]:
-        issues.append(Issue("identical_pair", "chosen and rejected are identical: no preference signal", field="rejected"))
-    return PreferencePair(prompt_msgs, answers[0], answers[1], meta), issues
+    if prompt is None:  # whole conversations: the prompt is what both share
+        prompt = _shared_prefix(*answers)
+        cut = len(prompt)
+    else:  # answers may repeat the prompt (TRL writes whole conversations next to a prompt too)
+        cut = len(prompt) if prompt and all(_same(a[: len(prompt)], prompt) and len(a) > len(prompt) for a in answers) else 0
+    if not prompt:
+        issues.append(Issue("no_prompt", f"no prompt: '{chosen_key}' and '{rejected_key}' share no leading messages", field=chosen_key,
+                            fix="give the prompt the answers respond to"))
+        return None, issues
+    chosen, rejected = (_one_answer(a[cut:], k, issues) for a, k in zip(answers, (chosen_key, rejected_key)))
+    if _errors(issues):
+        return None, issues
+    if chosen == rejected:
+        issues.append(Issue("identical_pair", "chosen and rejected are identical: no preference signal", field=rejected_key))
+    return PreferencePair(prompt, chosen, rejected, meta), issues
 
 
-def _answer(record: dict, key: str, issues: list[Issue]) -> str | None:
-    """A preference answer: a string, or a message list whose last assistant message counts."""
-    value = record.get(key)
-    if isinstance(value, list):
-        msgs = _messages(value, key, issues)
-        return msgs and [m for m in msgs if m.role == "assistant"][-1].content
-    return _text(record, key, issues)
+def _preference_prompt(record: dict, layout: str, issues: list[Issue]) -> list[Message] | None:
+    """The prompt messages of an explicit-prompt layout; None for whole-conversation layouts (or on errors)."""
+    if layout in ("implicit", "messages_pair"):
+        return None
+    if layout == "openai":
+        value = record.get("input")
+        if not isinstance(value, dict):
+            issues.append(Issue("wrong_type", f"'input' must be an object with 'messages', got {_type(value)}", field="input"))
+            return []
+        for key in sorted(set(value) - {"messages"}):
+            issues.append(Issue("unknown_key", f"input key {key!r} is not used (ignored)", field=f"input.{key}"))
+        return _messages(value.get("messages"), "input.messages", issues, needs_assistant=False) or []
+    if layout == "instruction":
+        instruction, extra = _text(record, "instruction", issues), _text(record, "input", issues, required=False)
+        user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+        return _system(record, issues) + [Message("user", user)] if instruction else []
+    if layout == "conversations":
+        turns = _sharegpt_turns(record.get("conversations"), "conversations", issues)
+        return _system(record, issues) + (_messages(turns, "conversations", issues, needs_assistant=False) or []) if turns is not None else []
+    value = record.get(layout)
+    if isinstance(value, str):
+        return [Message("user", value)] if _text(record, layout, issues) else []
+    return _messages(value, layout, issues, needs_assistant=False) or []
+
+
+def _answer_messages(value: Any, key: str, layout: str, issues: list[Issue]) -> list[Message] | None:
+    """An answer as messages: a string (one assistant message), one message object, or a list of messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            issues.append(Issue("empty_content", f"'{key}' is empty", field=key, fix="remove the record or write the answer"))
+            return None
+        return [Message("assistant", value)]
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and layout == "conversations":
+        value = _sharegpt_turns(value, key, issues)
+        if value is None:
+            return None
+    if not isinstance(value, list):
+        issues.append(Issue("missing_field" if value is None else "wrong_type", f"'{key}' must be a string, a message or a list of messages, "
+                            f"got {_type(value)}", field=key))
+        return None
+    return _messages(value, key, issues, needs_assistant=False)
+
+
+def _same(a: list[Message], b: list[Message]) -> bool:
+    return [(m.role, m.content) for m in a] == [(m.role, m.content) for m in b]
+
+
+def _shared_prefix(a: list[Message], b: list[Message]) -> list[Message]:
+    n = 0
+    while n < min(len(a), len(b)) - 1 and _same(a[n:n + 1], b[n:n + 1]):
+        n += 1
+    return a[:n]
+
+
+def _one_answer(msgs: list[Message], key: str, issues: list[Issue]) -> str | None:
+    if len(msgs) != 1 or msgs[0].role != "assistant":
+        roles = ", ".join(m.role for m in msgs) or "nothing"
+        issues.append(Issue("not_one_answer", f"after the prompt, '{key}' holds {roles}; a preference pair compares one assistant answer",
+                            field=key, fix="put the shared turns in the prompt and one assistant message in each answer"))
+        return None
+    return msgs[0].content
+
+
+def parse_kto(record: dict) -> ParseResult:
+    key = _kto_label(record)
+    detail = f"'{key}' is {record[key]!r} (an unpaired judgement of one answer)" if key else "unpaired desirable/undesirable answers"
+    return None, [_refusal("kto_unsupported", detail)]
 
 
 def _errors(issues: list[Issue]) -> bool:
@@ -304,4 +513,5 @@ def _errors(issues: list[Issue]) -> bool:
 PARSERS: dict[str, Callable[[dict], ParseResult]] = {
     "chat": parse_chat, "sharegpt": parse_sharegpt, "prompt_completion": parse_prompt_completion, "alpaca": parse_alpaca,
     "text": parse_text, "classification": parse_classification, "tokens": parse_tokens, "preference": parse_preference,
+    "kto": parse_kto,
 }

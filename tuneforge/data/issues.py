@@ -9,7 +9,9 @@ Kinds (errors unless noted):
   unknown_role, no_assistant, no_trainable, invalid_weight, unknown_key (warning),
   tags_mismatch, invalid_tag, bio_sequence (warning), label_not_in_set, identical_pair
   (warning), too_long, too_few_examples, empty_file, duplicate (warning), short_answer
-  (warning), label_imbalance (warning), unreadable_file.
+  (warning), label_imbalance (warning), unreadable_file, skipped_files (warning), long_paragraph (warning),
+  split_at_limit (warning), kto_unsupported, multimodal_unsupported, format_conflict, no_prompt, not_one_answer,
+  duplicate_system.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from tuneforge.errors import Problem
 
 Severity = Literal["error", "warning"]
 
-WARNING_KINDS = frozenset({"bom", "unknown_key", "bio_sequence", "identical_pair", "duplicate", "short_answer", "label_imbalance"})
+WARNING_KINDS = frozenset({"bom", "unknown_key", "bio_sequence", "identical_pair", "duplicate", "short_answer", "label_imbalance",
+                           "skipped_files", "long_paragraph", "split_at_limit"})
 
 
 @dataclass(frozen=True)

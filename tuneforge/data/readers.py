@@ -10,6 +10,7 @@ both, one `Checked` record at a time, for the validator and `prepare`;
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -33,6 +34,7 @@ class Checked:
     record: Any = sources.NOTHING  # the parsed record as read (before mapping), for rejects
     raw: str = ""  # the unparsable text, when there is no record
     format: str | None = None
+    unused: list[str] = field(default_factory=list)  # top-level fields the format does not read (kept in metadata)
 
     @property
     def errors(self) -> list[Issue]:
@@ -42,6 +44,38 @@ class Checked:
         """What rejects.jsonl stores for a record that was not kept."""
         original = self.record if self.record is not sources.NOTHING else self.raw
         return {"file": self.file, "line": self.line, "reasons": [i.to_dict() for i in self.errors], "record": original}
+
+
+@dataclass
+class Tally:
+    """Count and first places per key (an issue kind, an unused field): what every summary prints."""
+
+    counts: Counter = field(default_factory=Counter)
+    first: dict[str, list[str]] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)  # the first message per key
+    keep: int = 5
+
+    def add(self, key: str, where: str, message: str = "") -> None:
+        self.counts[key] += 1
+        places = self.first.setdefault(key, [])
+        if len(places) < self.keep:
+            places.append(where)
+        self.messages.setdefault(key, message)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: {"count": n, "first": self.first[k]} for k, n in sorted(self.counts.items())}
+
+    def lines(self, noun: str = "record") -> list[str]:
+        """One line per key; refused kinds of data (KTO, multimodal) in their own words."""
+        out = []
+        for key, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            where = f"first at {', '.join(self.first[key])}"
+            if key in formats.REFUSED:
+                what, fix = formats.REFUSED[key]
+                out.append(f"{what}: {n} {noun}(s), {where}; {fix}")
+            else:
+                out.append(f"{key}: {n} {noun}(s), {where}" + (f" ({self.messages[key]})" if self.messages.get(key) else ""))
+        return out
 
 
 def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
@@ -65,8 +99,13 @@ def check_format(format: str) -> str:
 
 
 def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None,
-                 max_record_bytes: int = sources.MAX_RECORD_BYTES) -> Iterator[Checked]:
-    """Every record of a file or folder, parsed and checked, in order (streams)."""
+                 max_record_bytes: int = sources.MAX_RECORD_BYTES, include: Iterable[str] = (),
+                 text_unit: str = sources.DEFAULT_TEXT_UNIT) -> Iterator[Checked]:
+    """Every record of a file or folder, parsed and checked, in order (streams).
+
+    A folder yields its data files (and those matching an `include` glob); the files it does not
+    read come first, as one `skipped_files` warning without a record. `text_unit` splits .txt files.
+    """
     path = Path(path)
     fmt, mapping = check_format(format), parse_mapping(mapping)
     if not path.exists():
@@ -74,17 +113,21 @@ def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "train.jsonl").is_file():
         raise DataError(f"{path} is a prepared dataset", [Problem(str(path), "reading the whole folder would mix train, test and rejects",
                                                                    f"pass one split, e.g. {path / 'train.jsonl'}")])
-    files = sources.list_files(path)
+    sources.check_text_unit(text_unit)
+    files, skipped = sources.folder_files(path, include) if path.is_dir() else ([path], [])
+    if skipped:
+        yield Checked(str(path), None, None, [sources.skipped_issue(path, skipped)])
     if not files:
-        raise DataError(f"no data files in {path}", [Problem(str(path), "folder has no .jsonl/.json/.csv/.tsv/.parquet/.txt/.md files")])
+        raise DataError(f"no data files in {path}", [Problem(str(path), f"folder has no {'/'.join(sources.FOLDER_SUFFIXES)} files",
+                                                             "pass --include GLOB to read other files (e.g. --include '*.md')")])
     for file in files:
-        yield from _iter_file(file, fmt, mapping, max_record_bytes)
+        yield from _iter_file(file, fmt, mapping, max_record_bytes, text_unit, "text" if path.is_dir() else "jsonl")
 
 
-def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int) -> Iterator[Checked]:
-    text_file = sources.container_of(path) == "text"
+def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int, text_unit: str, default: str) -> Iterator[Checked]:
+    text_file = sources.container_of(path, default) == "text"
     file_fmt = "text" if text_file and fmt in ("auto", "text") else (None if fmt == "auto" else fmt)
-    for raw in sources.iter_raw(path, text_mode=text_file, max_record_bytes=limit):
+    for raw in sources.iter_raw(path, text_mode=text_file, max_record_bytes=limit, text_unit=text_unit):
         if raw.value is sources.NOTHING:
             yield Checked(raw.file, raw.line, None, raw.issues, raw=raw.raw, format=file_fmt)
             continue
@@ -105,7 +148,8 @@ def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int) -> Ite
         issues += located(found, raw.file, raw.line)
         if example is not None and raw.line is not None:
             example.metadata.setdefault("source_line", raw.line)
-        yield Checked(raw.file, raw.line, example, issues, raw.value, format=file_fmt)
+        unused = formats.unused_fields(record, file_fmt) if example is not None else []
+        yield Checked(raw.file, raw.line, example, issues, raw.value, format=file_fmt, unused=unused)
 
 
 def _unknown_format(record: Any) -> Issue:
@@ -113,23 +157,30 @@ def _unknown_format(record: Any) -> Issue:
         return formats.parse(record, "chat")[1][0]  # the not_object issue
     keys = ", ".join(sorted(map(str, record))[:8]) or "no keys"
     return Issue("unknown_format", f"cannot tell the format from the keys ({keys})",
-                 fix="use messages / prompt+completion / instruction+output / conversations / text(+label) / tokens+tags / prompt+chosen+rejected, or --map ours=theirs")
+                 fix="use messages / prompt+completion / instruction+output / conversations / text(+label) / tokens+tags / "
+                     "prompt+chosen+rejected (or another preference layout, see the README), or --map ours=theirs")
 
 
-def read_examples(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None) -> list[Example]:
+def read_examples(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None, *,
+                  include: Iterable[str] = (), text_unit: str = sources.DEFAULT_TEXT_UNIT) -> list[Example]:
     """Read every example of `path`; raise DataError listing every bad record."""
     examples: list[Example] = []
     problems: list[Problem] = []
+    refused = Tally()
     n_bad = 0
-    for checked in iter_checked(path, format, mapping):
+    for checked in iter_checked(path, format, mapping, include=include, text_unit=text_unit):
         errors = checked.errors
         if errors:
             n_bad += 1
             problems.extend(e.to_problem() for e in errors[: max(0, MAX_LISTED_PROBLEMS - len(problems))])
+            for e in errors:
+                if e.kind in formats.REFUSED:
+                    refused.add(e.kind, e.where)
         elif checked.example is not None:
             examples.append(checked.example)
     if n_bad:
-        raise DataError(f"{path}: {n_bad} invalid record(s); run `tuneforge data validate {path}` for the full report", problems)
+        head = "; ".join(refused.lines()) + "; " if refused.counts else ""
+        raise DataError(f"{path}: {head}{n_bad} invalid record(s); run `tuneforge data validate {path}` for the full report", problems)
     if not examples:
         raise DataError(f"{path}: no examples", [Problem(str(path), "the file is empty", "add at least one record")])
     return examples

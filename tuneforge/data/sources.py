@@ -11,10 +11,11 @@ Byte-level problems (binary files, bad UTF-8, BOMs, broken JSON, huge lines) bec
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tuneforge.data.issues import Issue
 
@@ -22,6 +23,13 @@ SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".txt": "text", ".md": "text",
 }
+# What a folder is read for: data files only. Anything else (README.md, LICENSE, dataset_info.json, hidden
+# files) is named in one `skipped_files` warning and read only when an `include` glob asks for it.
+FOLDER_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".txt")
+_NOT_DATA = ("readme*", "license*", "licence*", "changelog*", "dataset_info.json", "dataset_infos.json", ".*")
+TEXT_UNITS = ("paragraph", "line", "file")
+DEFAULT_TEXT_UNIT = "paragraph"  # blank-line separated paragraphs: documents and articles stay whole, files are split
+LONG_PARAGRAPH_LINES = 200  # a paragraph this long suggests one document per line (pass text_unit=line)
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # one record above this is rejected without being held in memory
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -47,19 +55,46 @@ class RawRecord:
     raw: str = ""  # the record's text as read (for rejects.jsonl); only set when unparsable
 
 
-def list_files(path: Path) -> list[Path]:
-    """A file, or every supported file under a folder (sorted, so runs are reproducible)."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-    return [path]
+def list_files(path: Path, include: Iterable[str] = ()) -> list[Path]:
+    """A file, or the files a folder is read for (sorted, so runs are reproducible)."""
+    return folder_files(path, include)[0] if path.is_dir() else [path]
 
 
-def container_of(path: Path) -> str:
-    return SUFFIXES.get(path.suffix.lower(), "jsonl")
+def folder_files(path: Path, include: Iterable[str] = ()) -> tuple[list[Path], list[Path]]:
+    """(files read, files skipped) of a folder: data files, plus any file matching an `include` glob
+    (matched against the name and the path inside the folder)."""
+    include = tuple(include)
+    read, skipped = [], []
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = p.relative_to(path).as_posix()
+        if any(fnmatch.fnmatch(p.name, g) or fnmatch.fnmatch(rel, g) for g in include):
+            read.append(p)
+        elif p.suffix.lower() in FOLDER_SUFFIXES and not any(fnmatch.fnmatch(part.lower(), g) for part in rel.split("/") for g in _NOT_DATA):
+            read.append(p)
+        else:
+            skipped.append(p)
+    return read, skipped
 
 
-def iter_raw(path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord]:
-    """Raw records of one file. `text_mode` reads any file as raw text paragraphs."""
+def skipped_issue(folder: Path, skipped: list[Path]) -> Issue:
+    names = ", ".join(p.relative_to(folder).as_posix() for p in skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    return Issue("skipped_files", f"{len(skipped)} file(s) not read: {names} (a folder is read for {', '.join(FOLDER_SUFFIXES)} "
+                 "files, except README/LICENSE/dataset_info.json and hidden files)", str(folder), fix="pass --include GLOB to read them as data")
+
+
+def check_text_unit(unit: str) -> None:
+    if unit not in TEXT_UNITS:
+        raise ValueError(f"text_unit must be one of {', '.join(TEXT_UNITS)}, got {unit!r}")
+
+
+def container_of(path: Path, default: str = "jsonl") -> str:
+    """The container of a file by its suffix; an unknown suffix is `default` (text for files a folder's --include adds)."""
+    return SUFFIXES.get(path.suffix.lower(), default)
+
+
+def iter_raw(path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RECORD_BYTES,
+             text_unit: str = DEFAULT_TEXT_UNIT) -> Iterator[RawRecord]:
+    """Raw records of one file. `text_mode` reads any file as raw text, split by `text_unit`."""
     name = str(path)
     if not text_mode and container_of(path) == "parquet":
         yield from _iter_parquet(path)
@@ -76,8 +111,10 @@ def iter_raw(path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RE
     if b"\x00" in head:
         yield RawRecord(name, 1, issues=[Issue("binary_file", "file contains NUL bytes: it is binary, not text", name, 1, fix="pass a JSONL, JSON, CSV, Parquet or text file")])
         return
-    kind = "text" if text_mode else container_of(path)
-    reader = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "tsv": _iter_csv, "text": _iter_text}[kind]
+    if text_mode:
+        yield from _iter_text(path, max_record_bytes, text_unit)
+        return
+    reader = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "tsv": _iter_csv, "text": _iter_text}[container_of(path)]
     yield from reader(path, max_record_bytes)
 
 
@@ -273,24 +310,38 @@ def _iter_parquet(path: Path) -> Iterator[RawRecord]:
         yield RawRecord(name, None, issues=[Issue("unreadable_file", f"not a readable Parquet file ({exc})", name, fix="re-export the file")])
 
 
-def _iter_text(path: Path, limit: int) -> Iterator[RawRecord]:
-    """Paragraphs (separated by blank lines) as {"text": ...}, located at their first line."""
+def _iter_text(path: Path, limit: int, unit: str = DEFAULT_TEXT_UNIT) -> Iterator[RawRecord]:
+    """Text as {"text": ...} records located at their first line: one per paragraph (separated by blank
+    lines), per non-blank line, or one per file. A record over `limit` bytes is cut there (paragraph, file)."""
     name = str(path)
     para: list[str] = []
-    pending: list[Issue] = []  # a BOM warning rides on the first paragraph
+    pending: list[Issue] = []  # a BOM warning rides on the first record
     start = size = 0
+
+    def record() -> RawRecord:
+        text = "".join(para).rstrip("\r\n") if unit == "line" else "".join(para).strip("\n")
+        issues = list(pending)
+        if unit == "paragraph" and len(para) >= LONG_PARAGRAPH_LINES:
+            issues.append(Issue("long_paragraph", f"a paragraph of {len(para)} lines (no blank line between them) became one record",
+                                name, start, fix="if each line is a document, pass --text-unit line"))
+        if size > limit:
+            issues.append(Issue("split_at_limit", f"the {unit} is longer than {limit} bytes: it was cut into records of that size", name, start,
+                                fix="use a smaller --text-unit or raise max_record_bytes"))
+        return RawRecord(name, start, {"text": text}, issues)
+
     for lineno, raw in _read_lines(path, limit):
         text = None if raw is None else _decode(raw, name, lineno, pending)
         if text is None:
             yield RawRecord(name, lineno, issues=[i for i in pending if i.kind != "bom"] or [_too_large(name, lineno, limit)])
             pending = [i for i in pending if i.kind == "bom"]
             continue
-        if text.strip():
+        if text.strip() or (unit == "file" and para):
             start = start or lineno
             para.append(text)
             size += len(text)
-        if (not text.strip() or size > limit) and para:
-            yield RawRecord(name, start, {"text": "".join(para).strip("\n")}, pending)
+        boundary = unit == "line" or (unit == "paragraph" and not text.strip())
+        if (boundary or size > limit) and para:
+            yield record()
             para, pending, start, size = [], [], 0, 0
     if para or pending:
-        yield RawRecord(name, start or 1, {"text": "".join(para).strip("\n")} if para else NOTHING, pending)
+        yield record() if para else RawRecord(name, start or 1, NOTHING, pending)
