@@ -116,3 +116,29 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tiny_model_dir, suppor
     train(cfg, progress=False)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("folder", ["adapter", "model", "bottleneck"])
+def test_refuses_to_start_over_any_methods_artifact(tiny_model_dir, support_data, tmp_path, folder):
+    from tuneforge.methods.registry import artifact_folders
+
+    assert folder in artifact_folders()
+    (tmp_path / "run" / folder).mkdir(parents=True)  # an earlier run's artifact, without checkpoints
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=1), progress=False)
+
+
+def test_the_callback_gets_typed_events_in_order_and_the_status_is_an_enum(tiny_model_dir, support_data, tmp_path):
+    from tuneforge.train.progress import CheckpointSaved, EvalDone, Finished, Message, TrainStep
+    from tuneforge.train.recipe import RunStatus
+
+    events = []
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=3, log_every=2)
+    result = train(cfg, on_event=events.append, progress=False)
+    kinds = [type(e) for e in events]
+    assert kinds == [Message, Message, TrainStep, TrainStep, EvalDone, CheckpointSaved, Finished]
+    assert [e.step for e in events if isinstance(e, TrainStep)] == [2, 3]  # every log_every and the last step
+    assert events[-1].metrics == result.final_metrics and events[-2] == CheckpointSaved(3, events[-2].path)
+    assert result.status is RunStatus.COMPLETED and result.status == "completed" and f"{result.status}" == "completed"
+    assert [s.value for s in RunStatus] == ["completed", "early_stopped", "stopped", "failed"]
+    assert json.loads((result.run_dir / "manifest.json").read_text())["status"] == "completed"

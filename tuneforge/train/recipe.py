@@ -22,6 +22,7 @@ from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
+from tuneforge.methods.registry import artifact_folders
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import objective_for
 from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, row_chunks, steps_per_epoch
@@ -307,14 +308,18 @@ def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device)
 
 
 def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
+    """The checkpoint to resume from; refuses to resume nothing, or to start over an earlier run's checkpoints or
+    artifact (any method's artifact folder, from the registry)."""
     if resume:
         found = latest_checkpoint(run.checkpoints)
         if found is None:
-            raise ConfigError(f"nothing to resume in {run.root}", [Problem("output_dir", "no checkpoint found", "run without --resume to start fresh")])
+            raise ConfigError(f"nothing to resume in {run.root}",
+                              [Problem("output_dir", "no checkpoint found", "run without --resume to start fresh")])
         return found
-    if latest_checkpoint(run.checkpoints) or (run.root / "adapter").exists() or (run.root / "model").exists():
+    if latest_checkpoint(run.checkpoints) or any((run.root / folder).exists() for folder in artifact_folders()):
         raise ConfigError(f"run directory {run.root} already holds a run",
-                          [Problem("output_dir", "would overwrite an earlier run", "pass --resume to continue it, or choose another output_dir")])
+                          [Problem("output_dir", "would overwrite an earlier run",
+                                   "pass --resume to continue it, or choose another output_dir")])
     return None
 
 
@@ -332,7 +337,9 @@ def _load_splits(cfg: RunConfig) -> tuple[list, list]:
 
 def _dataset_lineage(cfg: RunConfig, train_examples: list, val_examples: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, path, n in (("train", cfg.data.train, len(train_examples)), ("validation", cfg.data.validation, len(val_examples)), ("test", cfg.data.test, None)):
+    splits = (("train", cfg.data.train, len(train_examples)), ("validation", cfg.data.validation, len(val_examples)),
+              ("test", cfg.data.test, None))
+    for key, path, n in splits:
         if path is not None:
             out[key] = {**dataset_fingerprint(path), "examples": n}  # points at a prepared dataset's manifest too
     return out
