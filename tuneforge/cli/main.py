@@ -162,20 +162,27 @@ def pull_demo(quiet: bool = typer.Option(False, help="No progress bar.")) -> Non
 
 
 def _quiet_libraries() -> None:
-    """Library start-up chatter (torchao CUDA-only kernels, hub progress bars) is not for our users."""
+    """Library start-up chatter (torchao CUDA-only kernels, hub progress bars) is not for our users.
+
+    Only the named loggers are quietened: when peft first imports them, torchao and bitsandbytes log
+    that their CUDA/triton kernels did not load, and torch's pytree logs a deprecation for torchao's
+    enums. Of the Python warnings only one is filtered, by message: peft reads a transformers
+    attribute that transformers deprecated (on every PeftModel); the rest can be about the user's own
+    config or data, so they show.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    import torch  # noqa: F401  (torch configures its loggers on import; quieten them afterwards)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import torch  # noqa: F401  (torch configures its loggers on import; quieten pytree's afterwards)
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 
