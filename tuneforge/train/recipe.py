@@ -94,12 +94,19 @@ class ValidationOutcome:
 
 def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = None,
           should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:
+    """Train `cfg` into the run directory `cfg.output_dir` and save its artifact.
+
+    `resume` continues from the last checkpoint; `on_event` receives every typed event;
+    `should_stop` is asked before each step (stopping saves a checkpoint: RunStatus.STOPPED, resumable).
+    """
+    # ---- setup: data, model, method, optimizer, run directory
     started = time.perf_counter()
     run = RunDir(Path(cfg.output_dir))
     checkpoint = _checkpoint_to_resume(run, resume)
     s = _setup(cfg, run, checkpoint, resume, started)
     state, every = s.state, cfg.train
     status = RunStatus.COMPLETED
+    # ---- train: step, log, validate, checkpoint
     with Events(run, on_event, s.total_steps, progress) as events:
         _announce(s, events, checkpoint)
         loop_start, tokens_at_start = time.perf_counter(), state.tokens
@@ -123,6 +130,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
             _save_checkpoint(s, events)
             events.message(f"stopped at step {state.step}; resume with --resume")
         train_s = time.perf_counter() - loop_start
+        # ---- save: best weights, final validation, artifact, manifest
         final = _final_result(s, status, events, (state.tokens - tokens_at_start) / max(train_s, 1e-9))
     _finish(s, status, final, train_s=train_s)
     return TrainResult(run.root, status, state.step, state.tokens, final, s.losses)
