@@ -94,6 +94,7 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     from tuneforge.config import DataSection, FullMethod, LoraMethod, ModelSection, RunConfig, TrainSection
     from tuneforge.models.loading import load_for_inference
     from tuneforge.train import recipe
+    from tuneforge.train.progress import Event, Message, TrainStep
 
     from transformers import AutoTokenizer
 
@@ -128,10 +129,10 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
                                        packed_rows_per_pass=spec.get("rows_per_pass")))
     stamps: list[float] = []
 
-    def on_event(event: dict) -> None:
-        if event["type"] == "train":
+    def on_event(event: Event) -> None:
+        if isinstance(event, TrainStep):
             stamps.append(time.perf_counter())
-        elif event["type"] == "message" and not stamps:
+        elif isinstance(event, Message) and not stamps:
             start[0] = time.perf_counter()  # the last message before the first step opens the loop
 
     start = [0.0]

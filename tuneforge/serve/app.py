@@ -16,6 +16,7 @@ from tuneforge.serve.api import errors, files, inference, jobs, models, ops, qua
 from tuneforge.serve.api.deps import Services
 from tuneforge.serve.db import Store
 from tuneforge.serve.engine import Engine
+from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.monitoring import Monitor
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import Job
@@ -45,6 +46,6 @@ def create_app(settings: ServeSettings | None = None, store: Store | None = None
 def _revalidate_pending(services: Services) -> None:
     """Jobs left in validating_files by a previous API process (stopped mid-check)."""
     with services.store.session() as s:
-        pending = list(s.scalars(select(Job.id).where(Job.status == "validating_files")))
+        pending = list(s.scalars(select(Job.id).where(Job.status == JobStatus.VALIDATING_FILES.value)))
     for job_id in pending:
         jobs.validate_job_files(services, job_id)

@@ -1,35 +1,25 @@
 """Fine-tuning job records: creation, listing, control requests, safe claiming, leases.
 
-Status: validating_files -> queued -> running -> succeeded | failed | cancelled, with
-paused as a stop on the way (pause/resume). A running job is leased to one worker: the
-worker refreshes `heartbeat_at`; a job whose heartbeat is older than the lease is taken
-back by any other worker (re-queued to resume from its checkpoints, or failed when it has
-used its attempts), so no job stays "running" after its worker died.
+Statuses and their transitions live in `job_states` (validating_files -> queued -> running
+-> succeeded | failed | cancelled, with paused as a stop on the way); this module decides
+*when* to take them. A running job is leased to one worker: the worker refreshes
+`heartbeat_at`; a job whose heartbeat is older than the lease is taken back by any other
+worker (re-queued to resume from its checkpoints, or failed when it has used its attempts),
+so no job stays "running" after its worker died.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from sqlalchemy import select, update
 
+from tuneforge.serve import job_states
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id, now
+from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.tables import Checkpoint, Job, JobEvent
-
-ACTIVE = ("validating_files", "queued", "running", "paused")
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def lease_seconds() -> float:
-    """How long a running job may go without a heartbeat before it counts as orphaned."""
-    return float(os.environ.get("TUNEFORGE_JOB_LEASE_S", "30"))
-
-
-def max_attempts() -> int:
-    return int(os.environ.get("TUNEFORGE_JOB_MAX_ATTEMPTS", "2"))
 
 
 def add_event(store: Store, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict[str, Any] | None = None) -> None:
@@ -55,7 +45,8 @@ def _event_seq(event_id: str) -> int:
 
 
 def create_job(store: Store, **fields: Any) -> Job:
-    job = Job(id=new_id("ftjob-"), status="validating_files", created_at=now(), result_files=[], attempts=0, resume=False, **fields)
+    job = Job(id=new_id("ftjob-"), status=job_states.INITIAL.value, created_at=now(), result_files=[], attempts=0,
+              resume=False, **fields)
     with store.session() as s:
         s.add(job)
     add_event(store, job.id, f"Created fine-tuning job: {job.id}")
@@ -82,44 +73,30 @@ def list_jobs(store: Store, project_id: str, after: str | None, limit: int, meta
     return rows[:limit], len(rows) > limit
 
 
-def set_status(store: Store, job_id: str, new: str, *, expect: tuple[str, ...], event: str | None = None, level: str = "info", **fields: Any) -> bool:
-    """Compare-and-set the status: only moves a job that is still in one of `expect`.
-    `event` is written in the same transaction, so a reader never sees one without the other."""
-    values: dict[str, Any] = {"status": new, **fields}
-    if new in FINAL:
-        values.setdefault("finished_at", now())
-    with store.session() as s:
-        won = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(expect)).values(**values)).rowcount == 1
-        if won and event:
-            s.add(JobEvent(job_id=job_id, created_at=now(), level=level, type="message", message=event, data=None))
-        return won
-
-
 def request_control(store: Store, job_id: str, action: str) -> bool:
-    """Ask the worker running `job_id` to pause it (the worker acknowledges)."""
+    """Ask the worker running `job_id` to pause it (the worker acknowledges with `job_states.paused`)."""
     with store.session() as s:
-        result = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(control=action))
-        return result.rowcount == 1
+        running = Job.status == JobStatus.RUNNING.value
+        return s.execute(update(Job).where(Job.id == job_id, running).values(control=action)).rowcount == 1
 
 
 def claim_next_job(store: Store, worker_id: str) -> Job | None:
     """Take the oldest queued job for this worker, or None. Safe with many workers."""
-    claim = {"status": "running", "worker_id": worker_id, "heartbeat_at": time.time(), "control": None, "attempts": Job.attempts + 1}
+    queued = select(Job.id).where(Job.status == JobStatus.QUEUED.value).order_by(Job.created_at, Job.id)
     if store.is_postgres:
         with store.session() as s:
             # SKIP LOCKED: concurrent workers each lock a different row instead of waiting.
-            job_id = s.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1).with_for_update(skip_locked=True))
-            if job_id is None:
+            job_id = s.scalar(queued.limit(1).with_for_update(skip_locked=True))
+            if job_id is None or not job_states.claim(s, job_id, worker_id, time.time()):
                 return None
-            s.execute(update(Job).where(Job.id == job_id).values(**claim))
         return _load(store, job_id)
-    # SQLite has no row locks: a conditional UPDATE is the compare-and-set; SQLite runs
-    # writers one at a time, so exactly one worker sees rowcount 1 for a given job.
+    # SQLite has no row locks: the claim's conditional UPDATE is the compare-and-set; SQLite
+    # runs writers one at a time, so exactly one worker sees rowcount 1 for a given job.
     with store.session() as s:
-        candidates = list(s.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(8)))
+        candidates = list(s.scalars(queued.limit(8)))
     for job_id in candidates:
         with store.session() as s:
-            won = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(**claim)).rowcount == 1
+            won = job_states.claim(s, job_id, worker_id, time.time())
         if won:
             return _load(store, job_id)
     return None
@@ -136,31 +113,31 @@ def heartbeat(store: Store, job_id: str, worker_id: str) -> Job | None:
     """Refresh the lease; returns the job (to read control requests), None if lost."""
     with store.session() as s:
         ok = s.execute(
-            update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running").values(heartbeat_at=time.time())
+            update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING.value)
+            .values(heartbeat_at=time.time())
         ).rowcount == 1
         return s.get(Job, job_id) if ok else None
 
 
-def reap_orphans(store: Store) -> list[str]:
-    """Take back running jobs whose worker stopped heartbeating. Returns their ids."""
-    cutoff = time.time() - lease_seconds()
+def reap_orphans(store: Store, lease_s: float, max_attempts: int) -> list[str]:
+    """Take back running jobs whose worker sent no heartbeat for `lease_s`. Returns their ids."""
+    cutoff = time.time() - lease_s
+    running = Job.status == JobStatus.RUNNING.value
     with store.session() as s:
-        stale = list(s.execute(select(Job.id, Job.worker_id, Job.attempts).where(Job.status == "running", Job.heartbeat_at < cutoff)))
+        stale = list(s.execute(select(Job.id, Job.worker_id, Job.attempts).where(running, Job.heartbeat_at < cutoff)))
     reaped = []
     for job_id, worker_id, attempts in stale:
-        retry = attempts < max_attempts()
-        values: dict[str, Any] = {"worker_id": None, "control": None}
-        if retry:
-            values.update(status="queued", resume=True)
+        gone = f"Worker {worker_id} stopped sending heartbeats; job"
+        late = [Job.heartbeat_at < cutoff]  # in the WHERE: two reapers (or a late heartbeat) race safely
+        if attempts < max_attempts:
+            won = job_states.requeue(store, job_id, level="warn", when=late, event=f"{gone} re-queued to resume from "
+                                     f"its last checkpoint (attempt {attempts + 1} of {max_attempts}).")
         else:
-            values.update(status="failed", finished_at=now(), error={"code": "worker_lost", "message": f"The worker running this job stopped responding after {attempts} attempt(s).", "param": None})
-        with store.session() as s:
-            # The cutoff in the WHERE makes two reapers (or a late heartbeat) race safely.
-            won = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff).values(**values)).rowcount == 1
+            why = f"The worker running this job stopped responding after {attempts} attempt(s)."
+            won = job_states.fail(store, job_id, "worker_lost", why, event=f"{gone} failed: no attempts left.",
+                                  release=True, when=late)
         if won:
             reaped.append(job_id)
-            what = f"re-queued to resume from its last checkpoint (attempt {attempts + 1} of {max_attempts()})" if retry else "failed: no attempts left"
-            add_event(store, job_id, f"Worker {worker_id} stopped sending heartbeats; job {what}.", level="warn" if retry else "error")
     return reaped
 
 

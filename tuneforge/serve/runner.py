@@ -22,12 +22,15 @@ from typing import Any
 from sqlalchemy import update
 
 from tuneforge.errors import DataError, TuneforgeError
-from tuneforge.serve import files, jobs
+from tuneforge.serve import files, job_states, jobs
 from tuneforge.serve.catalog import base_model_path
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import now
 from tuneforge.serve.jobspec import build_config
-from tuneforge.serve.tables import FineTunedModel, Job, JobEvent
+from tuneforge.serve.settings import ServeSettings
+from tuneforge.serve.tables import FineTunedModel, Job
+from tuneforge.train.progress import CheckpointSaved, EvalDone, Event, Finished, Message, TrainStep
+from tuneforge.train.rundir import RunDir
 
 
 WORKER_GONE_GRACE_S = 15.0
@@ -56,24 +59,26 @@ class EventSink:
         self.store, self.job = store, job
         self.last_metrics: dict[str, Any] = {}
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind, step = event.get("type"), event.get("step")
-        if kind == "train":
-            self.last_metrics.update(step=step, train_loss=event["loss"])
-            data = {"step": step, "train_loss": event["loss"], "learning_rate": event.get("lr"), "tokens": event.get("tokens"), "tokens_per_s": event.get("tokens_per_s")}
-            jobs.add_event(self.store, self.job.id, f"Step {step}: training loss={event['loss']:.4f}", type="metrics", data=data)
-        elif kind == "eval":
-            self.last_metrics.update(step=step, valid_loss=event["val_loss"])
-            jobs.add_event(self.store, self.job.id, f"Step {step}: validation loss={event['val_loss']:.4f}", type="metrics", data={"step": step, "valid_loss": event["val_loss"]})
-        elif kind == "checkpoint":
-            jobs.add_checkpoint(self.store, self.job.id, step, {**self.last_metrics, "step": step}, event.get("path"))
-            jobs.add_event(self.store, self.job.id, f"Checkpoint saved at step {step}")
-        elif kind == "message":
-            level = {"warning": "warn"}.get(event.get("level", "info"), event.get("level", "info"))
-            jobs.add_event(self.store, self.job.id, event["message"], level=level)
-        elif kind == "final":
-            data = {k: v for k, v in event.items() if k not in ("type", "time", "artifact")}
-            jobs.add_event(self.store, self.job.id, "Training finished", data=data)
+    def __call__(self, event: Event) -> None:
+        job_id = self.job.id
+        match event:
+            case TrainStep(step=step, loss=loss):
+                self.last_metrics.update(step=step, train_loss=loss)
+                data = {"step": step, "train_loss": loss, "learning_rate": event.lr, "tokens": event.tokens,
+                        "tokens_per_s": event.tokens_per_s}
+                jobs.add_event(self.store, job_id, f"Step {step}: training loss={loss:.4f}", type="metrics", data=data)
+            case EvalDone(step=step, val_loss=val_loss):
+                self.last_metrics.update(step=step, valid_loss=val_loss)
+                jobs.add_event(self.store, job_id, f"Step {step}: validation loss={val_loss:.4f}", type="metrics",
+                               data={"step": step, "valid_loss": val_loss})
+            case CheckpointSaved(step=step, path=path):
+                jobs.add_checkpoint(self.store, job_id, step, {**self.last_metrics, "step": step}, path)
+                jobs.add_event(self.store, job_id, f"Checkpoint saved at step {step}")
+            case Message(text=text, level=level):
+                jobs.add_event(self.store, job_id, text, level={"warning": "warn"}.get(level, level))  # OpenAI's names
+            case Finished(metrics=metrics):
+                data = {k: v for k, v in metrics.items() if k != "artifact"}  # a server path: not for clients
+                jobs.add_event(self.store, job_id, "Training finished", data=data)
 
 
 def _alive(pid: int) -> bool:
@@ -94,19 +99,19 @@ def _watch_worker(worker_pid: int, stop) -> None:
     os._exit(3)
 
 
-def run_job(db_url: str, data_dir: str, job_id: str, stop, worker_pid: int) -> None:
+def run_job(db_url: str, settings: ServeSettings, job_id: str, stop, worker_pid: int) -> None:
     """Process entry point. `stop` is a multiprocessing Event the worker sets to pause/cancel."""
     _die_with_parent()
     threading.Thread(target=_watch_worker, args=(worker_pid, stop), daemon=True).start()
-    if threads := os.environ.get("TUNEFORGE_WORKER_THREADS"):
+    if settings.worker_threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(settings.worker_threads)
     store = Store(db_url, run_migrations=False)
     with store.session() as s:
         job = s.get(Job, job_id)
     try:
-        _train(store, Path(data_dir), job, should_stop=stop.is_set)
+        _train(store, settings.data_dir, job, should_stop=stop.is_set)
     except TuneforgeError as exc:
         code = "invalid_training_file" if isinstance(exc, DataError) else "training_error"
         _fail(store, job, code, str(exc))
@@ -154,32 +159,26 @@ def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> Non
     kind, path = _served_as(Path(result.final_metrics["artifact"]), Path(result.run_dir))
     name = fine_tuned_name(job)
     result_file = files.store_result_file(store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir))
-    with store.session() as s:  # status, model and final events become visible together
-        won = s.execute(
-            update(Job).where(Job.id == job.id, Job.status == "running").values(
-                status="succeeded", finished_at=now(), fine_tuned_model=name, trained_tokens=result.trained_tokens, result_files=[result_file.id], control=None)
-        ).rowcount == 1
-        if won:
-            s.add(FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind, path=str(path), created_at=now()))
-            for message in (f"New fine-tuned model created: {name} ({method}, {kind})", "The job has successfully completed"):
-                s.add(JobEvent(job_id=job.id, created_at=now(), level="info", type="message", message=message, data=None))
+    model = FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind,
+                           path=str(path), created_at=now())
+    done = (f"New fine-tuned model created: {name} ({method}, {kind})", "The job has successfully completed")
+    job_states.succeed(store, job.id, fine_tuned_model=model, trained_tokens=result.trained_tokens,
+                       result_files=[result_file.id], events=done)
 
 
 def _fail(store: Store, job: Job, code: str, message: str) -> None:
-    jobs.set_status(store, job.id, "failed", expect=("running",), event=f"Job failed: {message}", level="error",
-                    error={"code": code, "message": message, "param": "training_file" if code == "invalid_training_file" else None})
+    job_states.fail(store, job.id, code, message, param="training_file" if code == "invalid_training_file" else None)
 
 
 def _metrics_csv(run_dir: Path) -> bytes:
     """OpenAI's result file: one row per logged step (step, train_loss, valid_loss, ...)."""
     rows: dict[int, dict[str, Any]] = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
-        if rec.get("type") == "train":
-            rows.setdefault(rec["step"], {"step": rec["step"]}).update(train_loss=rec["loss"], learning_rate=rec.get("lr"), tokens=rec.get("tokens"))
-        elif rec.get("type") == "eval":
-            rows.setdefault(rec["step"], {"step": rec["step"]})["valid_loss"] = rec["val_loss"]
+    for event in RunDir(Path(run_dir)).read_events():
+        if isinstance(event, TrainStep):
+            row = rows.setdefault(event.step, {"step": event.step})
+            row.update(train_loss=event.loss, learning_rate=event.lr, tokens=event.tokens)
+        elif isinstance(event, EvalDone):
+            rows.setdefault(event.step, {"step": event.step})["valid_loss"] = event.val_loss
     out = io.StringIO()
     writer = csv.DictWriter(out, ["step", "train_loss", "valid_loss", "learning_rate", "tokens"])
     writer.writeheader()

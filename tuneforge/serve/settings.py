@@ -13,6 +13,10 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _env_int_or_none(name: str) -> int | None:
+    return int(os.environ[name]) if os.environ.get(name) else None
+
+
 @dataclass
 class ServeSettings:
     database_url: str | None = field(default_factory=lambda: os.environ.get("TUNEFORGE_DATABASE_URL"))
@@ -32,6 +36,12 @@ class ServeSettings:
     # torch threads for generation; None keeps torch's default (all cores). On a shared or
     # busy machine 1 is often several times faster for small models (no thread oversubscription).
     inference_threads: int | None = field(default_factory=lambda: int(os.environ["TUNEFORGE_INFERENCE_THREADS"]) if os.environ.get("TUNEFORGE_INFERENCE_THREADS") else None)
+    # A running job whose worker sent no heartbeat for this long is taken back by another worker.
+    job_lease_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_JOB_LEASE_S", 30))
+    # Runs a job gets (the first plus retries after a crashed process or a lost worker) before it fails.
+    job_max_attempts: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_JOB_MAX_ATTEMPTS", 2)))
+    # torch threads of each training process; None keeps torch's default (all cores).
+    worker_threads: int | None = field(default_factory=lambda: _env_int_or_none("TUNEFORGE_WORKER_THREADS"))
 
     @property
     def files_dir(self) -> Path:

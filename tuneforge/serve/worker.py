@@ -3,8 +3,8 @@
 The API never trains: a crash or an out-of-memory kill takes down only the child. The
 worker heartbeats the job's lease while the child runs, relays pause/cancel, and records
 what happened when the child dies without reporting. Any worker also takes back jobs of
-workers that died (see `jobs.reap_orphans`). Run several against one database with
-`tuneforge worker`.
+workers that died (see `jobs.reap_orphans`); every status change is a `job_states`
+transition. Run several against one database with `tuneforge worker`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import time
 
 from sqlalchemy import update
 
-from tuneforge.serve import jobs
+from tuneforge.serve import job_states, jobs
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id
+from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.runner import run_job
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import Job, Worker as WorkerRow
@@ -63,7 +64,7 @@ class Worker:
         beats.start()
         try:
             while not self.shutdown.is_set():
-                jobs.reap_orphans(self.store)
+                jobs.reap_orphans(self.store, self.settings.job_lease_s, self.settings.job_max_attempts)
                 job = jobs.claim_next_job(self.store, self.id)
                 if job is None:
                     self.shutdown.wait(self.poll_s)
@@ -95,7 +96,8 @@ class Worker:
     def _supervise(self, job: Job) -> None:
         ctx = _context()
         stop = ctx.Event()
-        proc = ctx.Process(target=run_job, args=(self.store.url, str(self.settings.data_dir), job.id, stop, os.getpid()), name=f"tuneforge-{job.id}")
+        proc = ctx.Process(target=run_job, args=(self.store.url, self.settings, job.id, stop, os.getpid()),
+                           name=f"tuneforge-{job.id}")
         proc.start()
         jobs.add_event(self.store, job.id, f"Fine-tuning job started on {self.id} (pid {proc.pid}, attempt {job.attempts})")
         deadline = None
@@ -114,27 +116,25 @@ class Worker:
     def _after_exit(self, job_id: str, exitcode: int | None, stopped: bool) -> None:
         with self.store.session() as s:
             job = s.get(Job, job_id)
-        if job.status != "running" or job.worker_id != self.id:
+        if job.status != JobStatus.RUNNING or job.worker_id != self.id:
             return  # the child recorded the outcome, or the job was cancelled/taken back
-        mine = (Job.id == job_id, Job.worker_id == self.id, Job.status == "running")
-        if stopped and exitcode == 0 and (job.control == "pause" or self.shutdown.is_set()):
-            new = "paused" if job.control == "pause" else "queued"
-            with self.store.session() as s:
-                s.execute(update(Job).where(*mine).values(status=new, control=None, worker_id=None, resume=True))
-            why = "Job paused; resume it to continue from the last checkpoint" if new == "paused" else f"Worker {self.id} shut down; job re-queued"
-            jobs.add_event(self.store, job_id, why)
+        mine = [Job.worker_id == self.id]
+        if stopped and exitcode == 0 and job.control == "pause":
+            job_states.paused(self.store, job_id, self.id)
+            return
+        if stopped and exitcode == 0 and self.shutdown.is_set():
+            job_states.requeue(self.store, job_id, f"Worker {self.id} shut down; job re-queued", when=mine)
             return
         if exitcode is not None and exitcode < 0:
             why = f"the training process was killed by {signal.Signals(-exitcode).name}" + (" (often the out-of-memory killer)" if -exitcode == signal.SIGKILL else "")
         else:
             why = f"the training process exited with code {exitcode} without reporting a result"
-        if job.attempts < jobs.max_attempts():
-            with self.store.session() as s:
-                s.execute(update(Job).where(*mine).values(status="queued", control=None, worker_id=None, resume=True))
-            jobs.add_event(self.store, job_id, f"{why[0].upper()}{why[1:]}; job re-queued (attempt {job.attempts + 1} of {jobs.max_attempts()})", level="warn")
+        attempts = self.settings.job_max_attempts
+        if job.attempts < attempts:
+            job_states.requeue(self.store, job_id, f"{why[0].upper()}{why[1:]}; job re-queued "
+                               f"(attempt {job.attempts + 1} of {attempts})", level="warn", when=mine)
         else:
-            jobs.set_status(self.store, job_id, "failed", expect=("running",), worker_id=None, event=f"Job failed: {why}", level="error",
-                            error={"code": "worker_crashed", "message": why, "param": None})
+            job_states.fail(self.store, job_id, "worker_crashed", why, release=True, when=mine)
 
     def _register(self) -> None:
         with self.store.session() as s:

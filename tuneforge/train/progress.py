@@ -123,9 +123,7 @@ class Events:
         if self.progress:
             self.progress.stop()
 
-    def emit(self, event: Event | dict[str, Any], log: bool = True) -> None:
-        if isinstance(event, dict):  # TRANSITION: until recipe.py emits typed events; removed after
-            event = event_from_record(event)
+    def emit(self, event: Event, log: bool = True) -> None:
         if log:
             self.run.log({**event.to_record(), "time": round(time.time(), 3)})
         if self.callback:

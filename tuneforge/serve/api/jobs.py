@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
 from tuneforge.errors import ConfigError
-from tuneforge.serve import catalog, files, jobs
+from tuneforge.serve import catalog, files, job_states, jobs
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
+from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.jobspec import CreateJob, build_config, check_method, method_name, resolve_hyperparameters
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.runner import fine_tuned_name
@@ -79,10 +80,9 @@ def validate_job_files(svc: Services, job_id: str) -> None:
         if row.purpose != "fine-tune" or (fmt == "preference") != want_pairs:
             need = "preference pairs (prompt/chosen/rejected)" if want_pairs else "conversations or prompt/completion records"
             message = f"{param} {file_id} holds {fmt or row.purpose} data; method '{job.method['type']}' needs {need}."
-            jobs.set_status(svc.store, job_id, "failed", expect=("validating_files",), event=message, level="error",
-                            error={"code": f"invalid_{param}", "message": message, "param": param})
+            job_states.files_rejected(svc.store, job_id, param, message)
             return
-    jobs.set_status(svc.store, job_id, "queued", expect=("validating_files",), event="Files validated, moving job to queued state")
+    job_states.files_validated(svc.store, job_id)
 
 
 def _job(svc: Services, who: Principal, job_id: str) -> Job:
@@ -107,8 +107,7 @@ def retrieve(job_id: str, who: Principal = Depends(principal), svc: Services = D
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
-    # A running job's worker sees the status change at its next heartbeat and stops the process.
-    if not jobs.set_status(svc.store, job_id, "cancelled", expect=jobs.ACTIVE, control=None, event="Job cancelled"):
+    if not job_states.cancel(svc.store, job_id):
         raise APIError(400, f"Job {job_id} has already completed with status {job.status}.", param="job_id", code="job_already_completed")
     return job_object(_job(svc, who, job_id))
 
@@ -116,10 +115,10 @@ def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Dep
 @router.post("/{job_id}/pause")
 def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
-    if job.status == "running":
+    if job.status == JobStatus.RUNNING:
         jobs.request_control(svc.store, job_id, "pause")  # the worker acknowledges by moving it to paused
         jobs.add_event(svc.store, job_id, "Pause requested; the job stops after its current step and saves a checkpoint")
-    elif not jobs.set_status(svc.store, job_id, "paused", expect=("validating_files", "queued"), event="Job paused before it started") and job.status != "paused":
+    elif not job_states.hold(svc.store, job_id) and job.status != JobStatus.PAUSED:
         raise APIError(400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state")
     return job_object(_job(svc, who, job_id))
 
@@ -127,7 +126,7 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
 @router.post("/{job_id}/resume")
 def resume(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
-    if not jobs.set_status(svc.store, job_id, "queued", expect=("paused",), resume=True, event="Job resumed; queued to continue from its last checkpoint"):
+    if not job_states.resume(svc.store, job_id):
         raise APIError(400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state")
     return job_object(_job(svc, who, job_id))
 

@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
-from tuneforge.serve import jobs
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError
 from tuneforge.serve.keys import Principal
@@ -23,7 +22,7 @@ router = APIRouter()
 def health(svc: Services = Depends(services)) -> JSONResponse:
     try:
         with svc.store.session() as s:
-            cutoff = time.time() - jobs.lease_seconds()
+            cutoff = time.time() - svc.settings.job_lease_s
             alive = len(list(s.scalars(select(Worker.id).where(Worker.heartbeat_at > cutoff))))
     except Exception as exc:  # the database is down: report it instead of a bare 500
         return JSONResponse({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status_code=503)
