@@ -69,3 +69,43 @@ def test_report_command_json_and_html(tmp_path):
     assert html.read_text().startswith("<!doctype html>")
     text = runner.invoke(root, ["data", "report", str(src), "--model", str(tmp_path / "tok"), "--no-hardware"])
     assert text.exit_code == 0 and "training cost" in text.output
+
+
+def _flat(result):
+    """Output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_prepare_fails_loudly_above_the_reject_share(tmp_path):
+    path = tmp_path / "d.jsonl"
+    bad = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "x"}]})
+    path.write_text("\n".join([_chat(f"question {i}", f"answer {i}") for i in range(7)] + [bad] * 3) + "\n")
+    result = runner.invoke(root, ["data", "prepare", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "3 of 10 records (30%) were rejected, more than max_reject_share 20%" in _flat(result)
+    assert "unknown_role: 3 record(s), first at" in _flat(result) and "Traceback" not in _flat(result)
+    assert not (tmp_path / "out" / "train.jsonl").exists() and len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 3
+    result = runner.invoke(root, ["data", "prepare", str(path), "--out", str(tmp_path / "ok"), "--max-reject-share", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "read 10 = kept 7 + rejected 3" in _flat(result) and "rejected unknown_role: 3" in _flat(result)
+
+
+def test_prepare_and_report_exit_non_zero_when_nothing_usable_remains(tmp_path):
+    kto = tmp_path / "kto.jsonl"
+    kto.write_text("\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0}) for i in range(4)) + "\n")
+    result = runner.invoke(root, ["data", "prepare", str(kto), "--out", str(tmp_path / "out"), "--max-reject-share", "1"])
+    assert result.exit_code == 2 and "nothing usable remains: all 4 records were rejected" in _flat(result)
+    assert "KTO data (unpaired desirable/undesirable labels) is not supported yet: 4 record(s)" in _flat(result)
+    result = runner.invoke(root, ["data", "report", str(kto), "--no-hardware"])
+    assert result.exit_code == 2 and "no usable examples (4 invalid record(s))" in _flat(result)
+
+
+def test_prepare_prints_skipped_files_unused_fields_and_cleaning_steps(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.md").write_text("# About\n")
+    rows = [json.dumps({"instruction": f"task {i}", "output": f"done {i}  \r\nok", "id": i}) for i in range(5)]
+    (tmp_path / "data" / "a.jsonl").write_text("\n".join(rows) + "\n")
+    result = runner.invoke(root, ["data", "prepare", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "skipped: 1 file(s) not read: README.md" in _flat(result)
+    assert "unused field 'id': 5 record(s)" in _flat(result)
+    assert "line_endings 5" in _flat(result) and "whitespace 5" in _flat(result)

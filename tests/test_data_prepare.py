@@ -49,7 +49,8 @@ def test_reconciles_and_writes_rejects_and_duplicates(chat_file, tmp_path):
     m = prepare(cfg, tmp_path / "out")
     assert m["counts"] == {"read": 306, "kept": 301, "rejected": 2, "duplicates": 3, "augmented": 0, "reconciled": True}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl", "duplicates.jsonl", "manifest.json"])  # no temp files left
+        ["train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl", "duplicates.jsonl", "cleaning_diffs.jsonl",
+         "manifest.json"])  # no temp files left
     dedup = m["steps"][2]
     assert (dedup["exact_removed"], dedup["near_removed"]) == (2, 1)
     rejects = _read(tmp_path / "out" / "rejects.jsonl")
@@ -139,7 +140,7 @@ def test_refuses_to_overwrite_and_config_errors(chat_file, tmp_path):
 
 
 def test_cleaner_details():
-    c = Cleaner()
+    c = Cleaner(nfkc=True, whitespace="collapse")  # the opt-in, meaning-changing steps
     assert c.text("ｆｕｌｌ\u200bwidth\t tabs  \r\n\n\n\nend  ") == "fullwidth tabs\n\nend"
     counts = __import__("collections").Counter()
     assert redact_pii("card 4111-1111-1111-1111, not 1234 5678 9012 3456, date 2024-01-02", counts) == \
@@ -171,3 +172,26 @@ def test_a_fixed_test_set_with_group_by_is_refused(tmp_path):
     path = _write(tmp_path / "d.jsonl", [_chat("a", "b")])
     with pytest.raises(ConfigError, match="test_inputs with split.group_by"):
         load_prepare_config(path, [f"test_inputs={json.dumps([str(path)])}", "split.group_by=customer"])
+
+
+def test_default_cleaning_is_reported_step_by_step_with_diffs(tmp_path):
+    rows = [_chat("cafe\u0301 ?", "line one   \r\nline two\r\n    indented  code"), _chat("zero\u200bwidth", "ok")]
+    m = prepare(load_prepare_config(_write(tmp_path / "d.jsonl", rows), ["split.train=1", "split.validation=0", "split.test=0"]),
+                tmp_path / "out")
+    counts = m["steps"][1]["counts"]
+    assert {k: counts[k] for k in ("unicode_nfc", "line_endings", "whitespace", "control_chars", "texts_changed")} == \
+        {"unicode_nfc": 1, "line_endings": 1, "whitespace": 1, "control_chars": 1, "texts_changed": 3}
+    [a, b] = _read(tmp_path / "out" / "train.jsonl")
+    assert a["messages"][0]["content"] == "café ?" and a["messages"][1]["content"] == "line one\nline two\n    indented  code"
+    assert b["messages"][0]["content"] == "zerowidth"
+    diffs = {d["step"]: d for d in _read(tmp_path / "out" / "cleaning_diffs.jsonl")}
+    assert set(diffs) == {"unicode_nfc", "line_endings", "whitespace", "control_chars"}
+    assert diffs["whitespace"]["before"] == "line one   \nline two\n    indented  code" and diffs["whitespace"]["line"] == 1
+    assert diffs["control_chars"]["before"] == "zero\u200bwidth" and diffs["control_chars"]["after"] == "zerowidth"
+
+
+def test_meaningful_format_characters_are_kept():
+    c = Cleaner()
+    for text in ("می\u200cخواهم", "\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F", "abc \u200f\u05d0"):
+        assert c.text(text) == text
+    assert Cleaner(whitespace="keep").text("a  \n") == "a  \n"

@@ -25,6 +25,10 @@ def _fail(exc: TuneforgeError) -> None:
     raise typer.Exit(2)
 
 
+_INCLUDE_HELP = "Also read folder files matching this glob (repeatable), e.g. '*.md'; a folder is read for data files only."
+_TEXT_UNIT_HELP = "One record of a .txt/.md file: paragraph (blank-line separated, default), line, or file."
+
+
 def _labels(spec: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in spec.split(",") if x.strip()] if spec else None
 
@@ -35,8 +39,11 @@ def validate(
     format: str = typer.Option("auto", "--format", "-f", help="chat, prompt_completion, alpaca, sharegpt, text, classification, tokens, preference, or auto."),
     map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,... e.g. text=body,label=stars."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Allowed labels (comma-separated); other labels are errors."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or tokenizer folder: enables the context-window check."),
+    include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
+    text_unit: str = typer.Option("paragraph", "--text-unit", help=_TEXT_UNIT_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or tokenizer folder: enables the chat-template and context-window checks."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Context window in tokens (default: the tokenizer's)."),
+    system_prompt: str = typer.Option("keep", "--system-prompt", help="keep, fold or drop system messages, as data.system_prompt."),
     min_examples: int = typer.Option(10, "--min-examples", help="Fewer valid examples than this is an error."),
     max_issues: int = typer.Option(1000, "--max-issues", help="List at most this many errors and warnings (all are counted)."),
     output: str = typer.Option("text", "--output", "-o", help="text or json."),
@@ -44,7 +51,8 @@ def validate(
     """Check a data file and list every problem with file, line and field; exit 1 on errors."""
     try:
         report = validate_file(file, format, mapping=map, labels=_labels(labels), tokenizer=model, max_tokens=max_tokens,
-                               min_examples=min_examples, max_issues=max_issues)
+                               min_examples=min_examples, max_issues=max_issues, include=include, text_unit=text_unit,
+                               system_prompt=system_prompt)
     except TuneforgeError as exc:
         _fail(exc)
     if output == "json":
@@ -72,7 +80,16 @@ def _print_validation(report: ValidationReport) -> None:
     console.print(table)
     for check in report.skipped_checks:
         console.print(f"[dim]skipped: {check}[/dim]")
+    _print_unused(report.unused_fields.to_dict())
+    for line in report.refused.lines():
+        console.print(f"[red]refused[/red]: {line}", highlight=False)
     console.print("[green]OK[/green]" if report.ok else f"[red]FAILED[/red]: {sum(report.error_counts.values())} error(s)")
+
+
+def _print_unused(unused: dict) -> None:
+    for key, u in unused.items():
+        console.print(f"[yellow]unused field[/yellow] '{key}': {u['count']:,} record(s), first at {', '.join(u['first'])} "
+                      "(kept in metadata, not trained on; --map it or drop it)", highlight=False)
 
 
 @app.command()
@@ -93,6 +110,11 @@ def prepare(
     redact_pii: Optional[str] = typer.Option(None, "--redact-pii", help="Comma-separated: email,phone,card."),
     augment: Optional[int] = typer.Option(None, "--augment", help="Add this many augmented copies per training example."),
     synonyms: Optional[Path] = typer.Option(None, "--synonyms", help="Synonym table (YAML/JSON word: [synonyms]) for augmentation."),
+    include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
+    text_unit: Optional[str] = typer.Option(None, "--text-unit", help=_TEXT_UNIT_HELP),
+    max_reject_share: Optional[float] = typer.Option(None, "--max-reject-share", help="Fail when more than this share of records is rejected (default 0.2)."),
+    nfkc: bool = typer.Option(False, "--nfkc", help="Unicode NFKC instead of NFC: folds full-width CJK punctuation and ² to ASCII (changes text)."),
+    whitespace: Optional[str] = typer.Option(None, "--whitespace", help="keep, line_ends (default: trailing spaces only) or collapse (breaks code)."),
     set_: list[str] = typer.Option([], "--set", help="Any config key, e.g. --set dedup.num_perm=64 (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already in --out."),
 ) -> None:
@@ -100,6 +122,11 @@ def prepare(
     overrides = _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) + list(set_)
     if test:
         overrides.append(f"test_inputs={json.dumps([str(p) for p in test])}")
+    overrides += [f"include={json.dumps(include)}"] if include else []
+    overrides += [f"text_unit={text_unit}"] if text_unit else []
+    overrides += [f"max_reject_share={max_reject_share}"] if max_reject_share is not None else []
+    overrides += ["clean.nfkc=true"] if nfkc else []
+    overrides += [f"clean.whitespace={whitespace}"] if whitespace else []
     try:
         cfg = load_prepare_config(source, overrides)
         with console.status("preparing...") as status:
@@ -112,7 +139,17 @@ def prepare(
     console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in steps["split"]["examples"].items())
                   + (f"; +{counts['augmented']:,} augmented in train" if counts["augmented"] else ""))
     if steps["clean"]["counts"]:
-        console.print("clean: " + ", ".join(f"{k} {v:,}" for k, v in sorted(steps["clean"]["counts"].items())))
+        console.print("clean (texts changed per step; samples in cleaning_diffs.jsonl): "
+                      + ", ".join(f"{k} {v:,}" for k, v in sorted(steps["clean"]["counts"].items())))
+    read = steps["read"]
+    for line in read["skipped_files"]:
+        console.print(f"[yellow]skipped[/yellow]: {line}", highlight=False)
+    for kind, r in read["rejected_first"].items():
+        console.print(f"[red]rejected[/red] {kind}: {r['count']:,}, first at {', '.join(r['first'])}", highlight=False)
+    for kind, w in read["warnings"].items():
+        if kind != "skipped_files":
+            console.print(f"[yellow]warning[/yellow] {kind}: {w['count']:,}, first at {', '.join(w['first'])}", highlight=False)
+    _print_unused(read["unused_fields"])
     console.print(f"wrote {out}/ (manifest.json output_hash {manifest['output_hash'][:12]})")
 
 
@@ -157,6 +194,8 @@ def report(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Context limit (default: the tokenizer's)."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="YAML price table: training_per_1k, input_per_1k, output_per_1k, currency."),
     sample: int = typer.Option(5000, "--sample", help="Tokenize at most this many examples (seeded sample); totals are then estimates."),
+    include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
+    text_unit: str = typer.Option("paragraph", "--text-unit", help=_TEXT_UNIT_HELP),
     no_hardware: bool = typer.Option(False, "--no-hardware", help="Skip the matmul benchmark (no time estimate)."),
     output: str = typer.Option("text", "--output", "-o", help="text or json."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML page with plots here."),
@@ -168,7 +207,8 @@ def report(
 
     try:
         result = build_report(path, model=model, format=format, mapping=map, epochs=epochs, max_tokens=max_tokens,
-                              prices=load_prices(prices), sample=sample, measure_hardware=not no_hardware)
+                              prices=load_prices(prices), sample=sample, measure_hardware=not no_hardware, include=include,
+                              text_unit=text_unit)
     except TuneforgeError as exc:
         _fail(exc)
     if html_path is not None:
@@ -207,3 +247,4 @@ def _print_report(r: dict) -> None:
     for name, value in rows:
         table.add_row(name, value if isinstance(value, str) else json.dumps(value))
     console.print(table)
+    _print_unused(r.get("unused_fields", {}))

@@ -1,5 +1,7 @@
-"""Cleaning: Unicode NFKC, control characters, whitespace; optional HTML stripping and PII
-redaction (e-mail addresses, phone numbers, card-like numbers), with counts for the manifest.
+"""Cleaning that preserves meaning by default: Unicode NFC, CRLF -> LF, invisible control characters,
+trailing spaces at line ends. Opt-in: NFKC (turns full-width CJK punctuation and `²` into ASCII), collapsing
+whitespace (breaks code indentation), HTML stripping and PII redaction. Every step counts the texts it
+changed and keeps a sample of before/after snippets (`Cleaner.diffs`, written by prepare).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from typing import Callable
 
 from tuneforge.data.types import Conversation, Example, LabelledExample, Message, PreferencePair, TextExample, TokenExample
 
-_KEEP_CONTROL = {"\n", "\t", "\u200d"}  # newline, tab, and the zero-width joiner inside emoji sequences
+# Kept format characters carry meaning: ZWJ (emoji sequences), ZWNJ (Persian, Indic spelling), the bidi marks
+# LRM/RLM/ALM (right-to-left text), and the tag characters of subdivision flags (England, Scotland).
+_KEEP_CONTROL = {"\n", "\t", "\r", "\u200c", "\u200d", "\u200e", "\u200f", "\u061c", *map(chr, range(0xE0020, 0xE0080))}
+WHITESPACE_MODES = ("keep", "line_ends", "collapse")
+DIFF_CONTEXT = 40  # characters of context on each side of a change in a diff sample
 _INLINE_SPACE = re.compile(r"[^\S\n]+")
 # Anything the whitespace step would change; most texts have none, and skip the per-line work.
 _WS_TO_FIX = re.compile(r"[^\S\n]{2}|[^\S \n]|[^\S\n]\n|\n[^\S\n]|\n{3}|^\s|\s$")
-_ASCII_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_END_SPACE = re.compile(r"[ \t]+(?=\n|$)")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
@@ -130,34 +137,79 @@ def redact_pii(text: str, counts: Counter, kinds: tuple[str, ...] = PII_KINDS) -
     return text
 
 
+def collapse_whitespace(text: str) -> str:
+    """Runs of spaces to one, lines trimmed, at most one blank line (opt-in: destroys code indentation)."""
+    if not _WS_TO_FIX.search(text):
+        return text
+    return _MANY_NEWLINES.sub("\n\n", "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))).strip()
+
+
+def diff_snippet(before: str, after: str, context: int = DIFF_CONTEXT) -> dict:
+    """The changed region of a text with `context` characters around it (offset into `before`)."""
+    start = 0
+    while start < min(len(before), len(after)) and before[start] == after[start]:
+        start += 1
+    end = 0
+    while end < min(len(before), len(after)) - start and before[-1 - end] == after[-1 - end]:
+        end += 1
+    lo = max(0, start - context)
+    return {"at": start, "before": before[lo:len(before) - end + context], "after": after[lo:len(after) - end + context]}
+
+
 @dataclasses.dataclass
 class Cleaner:
-    """Text cleaning with the options of `PrepareConfig.clean`; counts what it changed."""
+    """Text cleaning with the options of `PrepareConfig.clean`; counts what each step changed.
 
-    nfkc: bool = True
+    counts: per step the texts it changed (`unicode_nfc`, `line_endings`, `control_chars`, `whitespace`,
+    `html_stripped`, `pii`), plus `control_chars_removed` (characters), PII kinds and `texts_changed`.
+    diffs: up to `diff_samples` before/after snippets per step, located by `where` (file, line).
+    """
+
+    nfkc: bool = False
     control_chars: bool = True
-    whitespace: bool = True
+    whitespace: str = "line_ends"
     html: bool = False
     pii: tuple[str, ...] = ()
+    nfc: bool = True
+    line_endings: bool = True
+    diff_samples: int = 20
     counts: Counter = dataclasses.field(default_factory=Counter)
+    diffs: list[dict] = dataclasses.field(default_factory=list)
+    where: tuple[str, int | None] = ("", None)
+
+    def __post_init__(self) -> None:
+        if self.whitespace not in WHITESPACE_MODES:
+            raise ValueError(f"whitespace must be one of {', '.join(WHITESPACE_MODES)}, got {self.whitespace!r}")
+
+    def _step(self, name: str, text: str, new: str) -> str:
+        if new != text:
+            self.counts[name] += 1
+            if self.counts[name] <= self.diff_samples:
+                self.diffs.append({"step": name, "file": self.where[0], "line": self.where[1], **diff_snippet(text, new)})
+        return new
 
     def text(self, text: str) -> str:
         original = text
         if self.html:
-            text = strip_html(text)
-            self.counts["html_stripped"] += text != original
-        if self.nfkc and not text.isascii():  # ASCII is already NFKC
-            text = unicodedata.normalize("NFKC", text)
+            text = self._step("html_stripped", text, strip_html(text))
+        if (self.nfkc or self.nfc) and not text.isascii():  # ASCII is already normalised
+            form = "NFKC" if self.nfkc else "NFC"
+            text = self._step(f"unicode_{form.lower()}", text, unicodedata.normalize(form, text))
+        if self.line_endings and "\r" in text:
+            text = self._step("line_endings", text, text.replace("\r\n", "\n").replace("\r", "\n"))
         if self.control_chars:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-            text, n = (_ASCII_CONTROL if text.isascii() else _control_chars()).subn("", text)
+            new, n = (_ASCII_CONTROL if text.isascii() else _control_chars()).subn("", text)
             self.counts["control_chars_removed"] += n
-        if self.whitespace and _WS_TO_FIX.search(text):
-            text = _MANY_NEWLINES.sub("\n\n", "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))).strip()
+            text = self._step("control_chars", text, new)
+        if self.whitespace == "line_ends":
+            text = self._step("whitespace", text, _LINE_END_SPACE.sub("", text))
+        elif self.whitespace == "collapse":
+            text = self._step("whitespace", text, collapse_whitespace(text))
         if self.pii:
-            text = redact_pii(text, self.counts, self.pii)
+            text = self._step("pii", text, redact_pii(text, self.counts, self.pii))
         self.counts["texts_changed"] += text != original
         return text
 
-    def example(self, example: Example) -> Example:
+    def example(self, example: Example, file: str = "", line: int | None = None) -> Example:
+        self.where = (file, line)
         return map_texts(example, self.text)

@@ -6,7 +6,10 @@ checks and cleans each record and spools it to disk; the dedup and split decisio
 then made on the arrays; pass 2 streams the spool into the split files.
 
 Output folder: train.jsonl, validation.jsonl, test.jsonl, rejects.jsonl (record + reasons),
-duplicates.jsonl (what each removed duplicate duplicated), manifest.json (lineage).
+duplicates.jsonl (what each removed duplicate duplicated), cleaning_diffs.jsonl (before/after samples
+per cleaning step), manifest.json (lineage). When nothing usable remains or more than
+`max_reject_share` of the records is rejected, prepare raises after pass 1: only rejects.jsonl and
+cleaning_diffs.jsonl are written.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from tuneforge.data.hashing import content_hash, content_text
 from tuneforge.data.issues import Issue
 from tuneforge.data.lineage import MANIFEST_KIND, combined_hash, dataset_fingerprint, file_sha256
 from tuneforge.data.prepare_config import PrepareConfig
-from tuneforge.data.readers import Checked, iter_checked
+from tuneforge.data.readers import Checked, Tally, iter_checked
 from tuneforge.data.types import Example, LabelledExample, TextExample
 from tuneforge.errors import DataError, Problem
 
@@ -75,10 +78,13 @@ def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, pro
     started = time.time()
     # an input from an earlier prepare keeps its lineage; "role" says which inputs are the fixed test set
     inputs = [{**dataset_fingerprint(p), "role": role} for role, paths in (("test", cfg.test_inputs), ("pool", cfg.inputs)) for p in paths]
-    cleaner = Cleaner(cfg.clean.nfkc, cfg.clean.control_chars, cfg.clean.whitespace, cfg.clean.strip_html, tuple(cfg.clean.redact_pii))
+    c = cfg.clean
+    cleaner = Cleaner(c.nfkc, c.control_chars, c.whitespace, c.strip_html, tuple(c.redact_pii), c.nfc, c.line_endings, c.diff_samples)
     near = NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram) if cfg.dedup.near else None
     try:
-        index, counts, file_names, test_files = _pass_one(cfg, out, cleaner, near, progress)
+        index, counts, file_names, test_files, read_tally = _pass_one(cfg, out, cleaner, near, progress)
+        _write_diffs(out, cleaner)
+        _check_usable(cfg, out, counts, read_tally)
         fixed = np.frombuffer(index.files, dtype=np.uint16) < test_files  # the fixed test set: kept whole, always test
         exact_of, near_of, similarity = _dedup(cfg, index, near)
         exact_of[fixed], near_of[fixed] = -1, -1
@@ -90,8 +96,44 @@ def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, pro
         if near is not None:
             near.remove_files()
     manifest = _manifest(cfg, out, inputs, counts, cleaner.counts, index, exact_of, near_of, split_of, written, started)
+    manifest["steps"][0].update(read_tally.summary())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return manifest
+
+
+@dataclass
+class _ReadTally:
+    """What pass 1 names besides counts: reject reasons, unused fields, skipped files and other warnings."""
+
+    rejected: Tally = field(default_factory=Tally)
+    unused: Tally = field(default_factory=Tally)
+    warnings: Tally = field(default_factory=Tally)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rejected_first": self.rejected.to_dict(), "unused_fields": self.unused.to_dict(),
+                "warnings": self.warnings.to_dict(), "skipped_files": self.skipped}
+
+
+def _write_diffs(out: Path, cleaner: Cleaner) -> None:
+    with (out / "cleaning_diffs.jsonl").open("w", encoding="utf-8") as fh:
+        for d in cleaner.diffs:
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+
+
+def _check_usable(cfg: PrepareConfig, out: Path, counts: Counter, tally: _ReadTally) -> None:
+    """Fail loudly before writing splits when nothing usable remains or too much was rejected."""
+    read, rejected = counts["read"], counts["rejected"]
+    where = ", ".join(map(str, [*cfg.test_inputs, *cfg.inputs]))
+    reasons = tally.rejected.problems()
+    fix = "fix the records listed in rejects.jsonl, or pass --format / --map for another layout"
+    if read == 0:
+        raise DataError(f"{where}: no records to prepare", [Problem(where, "the inputs hold no records", "add data")])
+    if rejected == read:
+        raise DataError(f"{where}: nothing usable remains: all {read:,} records were rejected ({out / 'rejects.jsonl'}); {fix}", reasons)
+    if rejected / read > cfg.max_reject_share:
+        raise DataError(f"{where}: {rejected:,} of {read:,} records ({rejected / read:.0%}) were rejected, more than max_reject_share "
+                        f"{cfg.max_reject_share:.0%}; {fix}, or raise --max-reject-share", reasons)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -102,10 +144,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplicates | None,
-              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str], int]:
+              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str], int, _ReadTally]:
     """Read, check and clean every record; spool good ones, write rejects. The fixed test
     inputs come first, so dedup keeps their copy; returns how many files they were."""
-    index, counts, file_names = _Index(), Counter(), []
+    index, counts, file_names, tally = _Index(), Counter(), [], _ReadTally()
     allowed = set(cfg.labels) if cfg.labels else None
     texts: list[str] = []
     test_files = 0
@@ -113,13 +155,19 @@ def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplica
         for k, path in enumerate([*cfg.test_inputs, *cfg.inputs]):
             if k == len(cfg.test_inputs):
                 test_files = len(file_names)
-            for checked in iter_checked(path, cfg.format, cfg.mapping, cfg.max_record_bytes):
+            for checked in iter_checked(path, cfg.format, cfg.mapping, cfg.max_record_bytes, cfg.include, cfg.text_unit):
+                for w in checked.issues:
+                    if w.severity == "warning":
+                        tally.warnings.add(w.kind, w.where, w.message)
                 if checked.example is None and not checked.errors:
-                    continue  # a warning with no record (a BOM on an empty line)
+                    tally.skipped += [i.message for i in checked.issues if i.kind == "skipped_files"]
+                    continue  # a warning with no record (a BOM on an empty line, files a folder does not read)
                 counts["read"] += 1
-                example = _clean_or_reject(checked, cleaner, allowed, rejects, counts)
+                example = _clean_or_reject(checked, cleaner, allowed, rejects, counts, tally.rejected)
                 if example is None:
                     continue
+                for key in checked.unused:
+                    tally.unused.add(key, f"{checked.file}:{checked.line}")
                 if not file_names or file_names[-1] != checked.file:
                     file_names.append(checked.file)
                 index.add(len(file_names) - 1, checked.line, example, cfg.split.group_by)
@@ -133,14 +181,15 @@ def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplica
                     progress("read", counts["read"])
     if near is not None:
         near.add(texts)
-    return index, counts, file_names, test_files
+    return index, counts, file_names, test_files, tally
 
 
-def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter) -> Example | None:
+def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter,
+                     reasons: Tally) -> Example | None:
     issues = list(checked.errors)
     example = None
     if not issues:
-        example = cleaner.example(checked.example)
+        example = cleaner.example(checked.example, checked.file, checked.line)
         if any(not t.strip() for t in texts_of(example)):
             issues.append(Issue("empty_after_cleaning", "a text field is empty after cleaning", checked.file, checked.line))
         if allowed is not None and isinstance(example, LabelledExample) and example.label not in allowed:
@@ -151,6 +200,7 @@ def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | Non
         counts["rejected"] += 1
         for i in issues:
             counts[f"rejected.{i.kind}"] += 1
+            reasons.add(i.kind, i.where, i.message)
         return None
     return example
 

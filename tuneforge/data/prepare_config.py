@@ -6,21 +6,36 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tuneforge.config import Section, _problem, apply_overrides
 from tuneforge.data.augment import OPS
 from tuneforge.data.clean import PII_KINDS
-from tuneforge.data.sources import MAX_RECORD_BYTES
+from tuneforge.data.sources import DEFAULT_TEXT_UNIT, MAX_RECORD_BYTES
 from tuneforge.errors import ConfigError, Problem
 
 
 class CleanOptions(Section):
-    nfkc: bool = Field(True, description="Unicode NFKC normalisation (full-width letters, ligatures, compatibility forms).")
-    control_chars: bool = Field(True, description="Remove control and format characters (except newline and tab); CRLF becomes LF.")
-    whitespace: bool = Field(True, description="Collapse runs of spaces, trim lines, at most one blank line in a row.")
+    """Defaults keep meaning: code indentation, whitespace inside lines, CJK punctuation and `²` stay byte-identical."""
+
+    nfc: bool = Field(True, description="Unicode NFC: composes decomposed accents (e + U+0301 -> é); changes no visible character.")
+    nfkc: bool = Field(False, description="Unicode NFKC instead of NFC (opt-in): also folds compatibility forms, so full-width "
+                       "letters and CJK punctuation (，：（）) become ASCII and ² becomes 2.")
+    line_endings: bool = Field(True, description="CRLF and lone CR become LF (counted as line_endings).")
+    control_chars: bool = Field(True, description="Remove invisible control and format characters (zero-width space, soft hyphen, NUL...); "
+                                "newline, tab, ZWJ/ZWNJ, bidi marks and flag tag characters are kept.")
+    whitespace: Literal["keep", "line_ends", "collapse"] = Field(
+        "line_ends", description="keep: untouched; line_ends: remove spaces/tabs at the end of lines only (indentation and spaces "
+        "inside lines stay); collapse (opt-in): runs of spaces to one, lines trimmed, at most one blank line - breaks code. "
+        "true/false of older configs mean collapse/keep.")
+    diff_samples: int = Field(20, ge=0, description="Before/after snippets kept per cleaning step in cleaning_diffs.jsonl.")
     strip_html: bool = Field(False, description="Replace HTML markup by its text (script/style dropped, entities decoded).")
     redact_pii: list[Literal["email", "phone", "card"]] = Field(default_factory=list, description=f"PII to replace by [EMAIL]/[PHONE]/[CARD]; any of {', '.join(PII_KINDS)}. Cards must pass the Luhn check.")
+
+    @field_validator("whitespace", mode="before")
+    @classmethod
+    def _old_boolean(cls, value: object) -> object:
+        return {True: "collapse", False: "keep"}.get(value, value) if isinstance(value, bool) else value
 
 
 class DedupOptions(Section):
@@ -68,6 +83,12 @@ class PrepareConfig(Section):
     mapping: dict[str, str] = Field(default_factory=dict, description="Read other column names, ours: theirs (e.g. text: body).")
     labels: list[str] | None = Field(None, description="Allowed labels; records with others are rejected.")
     max_record_bytes: int = Field(MAX_RECORD_BYTES, gt=0, description="Reject records larger than this many bytes.")
+    include: list[str] = Field(default_factory=list, description="Globs of extra files to read from input folders (e.g. '*.md'); by default "
+                               "a folder is read for .jsonl/.json/.csv/.tsv/.parquet/.txt files only, never README/LICENSE.")
+    text_unit: Literal["paragraph", "line", "file"] = Field(DEFAULT_TEXT_UNIT, description="What one record of a .txt/.md file is: a "
+                                                             "paragraph (blank-line separated), a line, or the whole file.")
+    max_reject_share: float = Field(0.2, ge=0, le=1, description="Fail (nothing written but rejects.jsonl) when more than this share of "
+                                    "the records read is rejected; 1 accepts any share.")
     clean: CleanOptions = Field(default_factory=CleanOptions)
     dedup: DedupOptions = Field(default_factory=DedupOptions)
     split: SplitOptions = Field(default_factory=SplitOptions)

@@ -65,17 +65,22 @@ class Tally:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {k: {"count": n, "first": self.first[k]} for k, n in sorted(self.counts.items())}
 
+    def line(self, key: str, noun: str = "record") -> str:
+        """One line for a key; refused kinds of data (KTO, multimodal) in their own words."""
+        n, where = self.counts[key], f"first at {self.first[key][0]}"
+        if key in formats.REFUSED:
+            what, fix = formats.REFUSED[key]
+            return f"{what}: {n} {noun}(s), {where}; {fix}"
+        return f"{key}: {n} {noun}(s), {where}" + (f" ({self.messages[key]})" if self.messages.get(key) else "")
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.counts.most_common()]
+
     def lines(self, noun: str = "record") -> list[str]:
-        """One line per key; refused kinds of data (KTO, multimodal) in their own words."""
-        out = []
-        for key, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
-            where = f"first at {', '.join(self.first[key])}"
-            if key in formats.REFUSED:
-                what, fix = formats.REFUSED[key]
-                out.append(f"{what}: {n} {noun}(s), {where}; {fix}")
-            else:
-                out.append(f"{key}: {n} {noun}(s), {where}" + (f" ({self.messages[key]})" if self.messages.get(key) else ""))
-        return out
+        return [self.line(k, noun) for k in self.keys()]
+
+    def problems(self, noun: str = "record") -> list[Problem]:
+        return [Problem(self.first[k][0], self.line(k, noun)) for k in self.keys()]
 
 
 def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
@@ -113,7 +118,9 @@ def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "train.jsonl").is_file():
         raise DataError(f"{path} is a prepared dataset", [Problem(str(path), "reading the whole folder would mix train, test and rejects",
                                                                    f"pass one split, e.g. {path / 'train.jsonl'}")])
-    sources.check_text_unit(text_unit)
+    if text_unit not in sources.TEXT_UNITS:
+        raise DataError(f"unknown text unit {text_unit!r}", [Problem("--text-unit", f"{text_unit!r} is not a text unit",
+                                                                     f"use one of {', '.join(sources.TEXT_UNITS)}")])
     files, skipped = sources.folder_files(path, include) if path.is_dir() else ([path], [])
     if skipped:
         yield Checked(str(path), None, None, [sources.skipped_issue(path, skipped)])
@@ -148,6 +155,8 @@ def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int, text_u
         issues += located(found, raw.file, raw.line)
         if example is not None and raw.line is not None:
             example.metadata.setdefault("source_line", raw.line)
+            if hasattr(example, "source"):  # where errors found later (chat template, training) point
+                example.source = f"{raw.file}:{raw.line}"
         unused = formats.unused_fields(record, file_fmt) if example is not None else []
         yield Checked(raw.file, raw.line, example, issues, raw.value, format=file_fmt, unused=unused)
 

@@ -16,9 +16,11 @@ import numpy as np
 
 from tuneforge.data import costs, token_count
 from tuneforge.data.lineage import find_prepared_manifest
-from tuneforge.data.readers import iter_checked
+from tuneforge.data.readers import Tally, iter_checked
+from tuneforge.data.sources import DEFAULT_TEXT_UNIT
 from tuneforge.data.stats import DataStats, describe
 from tuneforge.data.types import Conversation, Example, PreferencePair, TextExample
+from tuneforge.errors import DataError, Problem
 
 HIST_BINS = 20
 
@@ -26,7 +28,8 @@ HIST_BINS = 20
 def build_report(path: str | Path, tokenizer: Any = None, *, model: str | None = "demo", format: str = "auto",
                  mapping: str | dict[str, str] | None = None, epochs: float = 3.0, max_tokens: int | None = None,
                  prices: costs.PriceTable | None = None, params: int | None = None, sample: int = 5000,
-                 measure_hardware: bool = True, seed: int = 0) -> dict[str, Any]:
+                 measure_hardware: bool = True, seed: int = 0, include: tuple[str, ...] | list[str] = (),
+                 text_unit: str = DEFAULT_TEXT_UNIT) -> dict[str, Any]:
     """Statistics and cost estimate of the training data at `path`.
 
     tokenizer: a tokenizer object; if None, `model`'s tokenizer is loaded (None: no token stats).
@@ -35,15 +38,23 @@ def build_report(path: str | Path, tokenizer: Any = None, *, model: str | None =
     """
     path = Path(path)
     data_path, splits = _training_file(path)
-    if tokenizer is None and model is not None:
-        tokenizer = token_count.load_tokenizer(model)
-    stats = DataStats(sample=sample, seed=seed)
-    for checked in iter_checked(data_path, format, mapping):
+    stats, unused, invalid = DataStats(sample=sample, seed=seed), Tally(), Tally()
+    for checked in iter_checked(data_path, format, mapping, include=include, text_unit=text_unit):
         if checked.example is not None:
             stats.add(checked.example, checked.line)
+            for key in checked.unused:
+                unused.add(key, f"{checked.file}:{checked.line}")
         elif checked.errors:
             stats.invalid += 1
-    report: dict[str, Any] = {"path": str(path), "training_file": str(data_path), "splits": splits, **stats.summary()}
+            for e in checked.errors:
+                invalid.add(e.kind, e.where, e.message)
+    if stats.examples == 0:  # a report of nothing would read as "no cost"
+        raise DataError(f"{data_path}: no usable examples ({stats.invalid:,} invalid record(s)); run `tuneforge data validate {data_path}`",
+                        invalid.problems() or [Problem(str(data_path), "no records", "add data")])
+    report: dict[str, Any] = {"path": str(path), "training_file": str(data_path), "splits": splits, **stats.summary(),
+                              "unused_fields": unused.to_dict(), "invalid_reasons": invalid.to_dict()}
+    if tokenizer is None and model is not None:  # after reading: a data problem is reported without loading a model
+        tokenizer = token_count.load_tokenizer(model)
     report["messages_histogram"] = {str(k): v for k, v in sorted(Counter(stats.messages.tolist()).items())}
     prompt = completion = 0.0
     train_tokens = None

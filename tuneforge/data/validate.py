@@ -19,10 +19,11 @@ from tuneforge.data import token_count
 from tuneforge.data.dedup import first_occurrence
 from tuneforge.data.hashing import content_hash
 from tuneforge.data.issues import Issue
-from tuneforge.data.readers import Checked, check_format, iter_checked, parse_mapping
-from tuneforge.data.sources import MAX_RECORD_BYTES
-from tuneforge.data.types import Conversation, LabelledExample, PreferencePair, TokenExample
-from tuneforge.errors import DataError
+from tuneforge.data.formats import REFUSED
+from tuneforge.data.readers import Checked, Tally, check_format, iter_checked, parse_mapping
+from tuneforge.data.sources import DEFAULT_TEXT_UNIT, MAX_RECORD_BYTES
+from tuneforge.data.types import Conversation, LabelledExample, Message, PreferencePair, TokenExample
+from tuneforge.errors import DataError, Problem
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ValidationReport:
     warning_counts: Counter = field(default_factory=Counter)
     label_counts: Counter = field(default_factory=Counter)
     skipped_checks: list[str] = field(default_factory=list)
+    unused_fields: Tally = field(default_factory=Tally)  # top-level fields no format reads: kept in metadata, never trained on
+    refused: Tally = field(default_factory=Tally)  # records of kinds we recognise but do not support (KTO, multimodal)
     max_issues: int = 1000
 
     @property
@@ -50,6 +53,8 @@ class ValidationReport:
     def add(self, issue: Issue) -> None:
         errors = issue.severity == "error"
         (self.error_counts if errors else self.warning_counts)[issue.kind] += 1
+        if issue.kind in REFUSED:
+            self.refused.add(issue.kind, issue.where)
         target = self.errors if errors else self.warnings
         if len(target) < self.max_issues:
             target.append(issue)
@@ -60,6 +65,7 @@ class ValidationReport:
             "invalid": self.records - self.valid, "error_counts": dict(self.error_counts), "warning_counts": dict(self.warning_counts),
             "errors": [i.to_dict() for i in self.errors], "warnings": [i.to_dict() for i in self.warnings],
             "truncated": self.truncated, "label_counts": dict(self.label_counts), "skipped_checks": self.skipped_checks,
+            "unused_fields": self.unused_fields.to_dict(), "refused": self.refused.lines(),
         }
 
 
@@ -92,15 +98,20 @@ class _Duplicates:
 def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict[str, str] | None = None,
                   labels: list[str] | None = None, tokenizer: Any = None, max_tokens: int | None = None,
                   min_examples: int = 10, min_answer_chars: int = 3, imbalance_ratio: float = 10.0,
-                  max_issues: int = 1000, max_record_bytes: int = MAX_RECORD_BYTES) -> ValidationReport:
+                  max_issues: int = 1000, max_record_bytes: int = MAX_RECORD_BYTES, include: tuple[str, ...] | list[str] = (),
+                  text_unit: str = DEFAULT_TEXT_UNIT, system_prompt: str = "keep") -> ValidationReport:
     """Check a data file completely; never raises on bad content (only on a bad call).
 
     labels: the allowed label set (classification/NER) - other labels are errors.
     tokenizer: a tokenizer object or model name; with it, examples over `max_tokens`
     (default: the tokenizer's context window) are errors.
     min_examples: fewer valid examples than this is an error (OpenAI asks for 10).
+    system_prompt: keep | fold | drop, as data.system_prompt: with a tokenizer, every chat record is
+    rendered with its chat template and its assistant tokens located as training will (`chat_template` errors).
     """
     check_format(format)  # a wrong call raises; a wrong file only ever gives issues
+    if system_prompt not in ("keep", "fold", "drop"):
+        raise DataError(f"unknown system_prompt {system_prompt!r}", [Problem("--system-prompt", f"{system_prompt!r} is not a choice", "use keep, fold or drop")])
     mapping = parse_mapping(mapping)
     report = ValidationReport(str(path), max_issues=max_issues)
     if isinstance(tokenizer, (str, Path)):
@@ -112,8 +123,8 @@ def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict
     allowed = set(labels) if labels else None
     dups = _Duplicates()
     try:
-        for checked in iter_checked(path, format, mapping, max_record_bytes):
-            _check_record(checked, report, dups, allowed, tokenizer, max_tokens, min_answer_chars)
+        for checked in iter_checked(path, format, mapping, max_record_bytes, include, text_unit):
+            _check_record(checked, report, dups, allowed, tokenizer, max_tokens, min_answer_chars, system_prompt)
     except DataError as exc:  # the path itself is wrong (missing, empty folder)
         for p in exc.problems:
             report.add(Issue("unreadable_file", p.message, p.where, fix=p.fix))
@@ -125,7 +136,7 @@ def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict
 
 
 def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates, allowed: set[str] | None,
-                  tokenizer: Any, max_tokens: int | None, min_answer_chars: int) -> None:
+                  tokenizer: Any, max_tokens: int | None, min_answer_chars: int, system_prompt: str = "keep") -> None:
     report.records += checked.example is not None or bool(checked.errors)
     report.format = report.format or checked.format
     for issue in checked.issues:
@@ -133,7 +144,9 @@ def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates,
     ex = checked.example
     if ex is None:
         return
-    extra = _example_issues(ex, allowed, tokenizer, max_tokens, min_answer_chars)
+    for key in checked.unused:
+        report.unused_fields.add(key, f"{checked.file}:{checked.line}")
+    extra = _example_issues(ex, allowed, tokenizer, max_tokens, min_answer_chars, system_prompt)
     for issue in extra:
         report.add(Issue(issue.kind, issue.message, checked.file, checked.line, issue.field, issue.fix))
     if any(i.severity == "error" for i in extra):
@@ -144,7 +157,8 @@ def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates,
         report.label_counts[ex.label] += 1
 
 
-def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_tokens: int | None, min_chars: int) -> list[Issue]:
+def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_tokens: int | None, min_chars: int,
+                    system_prompt: str = "keep") -> list[Issue]:
     issues = []
     if isinstance(ex, LabelledExample) and allowed is not None and ex.label not in allowed:
         issues.append(Issue("label_not_in_set", f"label {ex.label!r} is not one of {sorted(allowed)}", field="label", fix="fix the label or extend --labels"))
@@ -156,10 +170,32 @@ def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_token
     if answer is not None and len(answer.strip()) < min_chars:
         issues.append(Issue("short_answer", f"answer has {len(answer.strip())} characters: {answer.strip()!r}", field="answer"))
     if tokenizer is not None and max_tokens is not None:
-        n = token_count.count_tokens(tokenizer, ex)
-        if n > max_tokens:
+        chat, n = _chat_issues(ex, tokenizer, system_prompt)
+        issues += chat
+        n = token_count.count_tokens(tokenizer, ex) if n is None and not chat else n
+        if n is not None and n > max_tokens:
             issues.append(Issue("too_long", f"{n} tokens, more than the context window of {max_tokens}", fix="shorten or split the example, or raise model.max_length"))
     return issues
+
+
+def _chat_issues(ex: Any, tokenizer: Any, system_prompt: str) -> tuple[list[Issue], int | None]:
+    """Chat records through the chat template exactly as training encodes them: (issues, token count).
+
+    (None, no issues) for other examples and for tokenizers without chat support (then count_tokens counts).
+    """
+    if not isinstance(ex, (Conversation, PreferencePair)) or not hasattr(tokenizer, "apply_chat_template"):
+        return [], None
+    from tuneforge.data.tokenize import encode_conversation  # needs transformers' tokenizer API only here
+
+    convs = [ex] if isinstance(ex, Conversation) else [Conversation([*ex.prompt, Message("assistant", a)]) for a in (ex.chosen, ex.rejected)]
+    try:
+        n = max(len(encode_conversation(tokenizer, c, 10**9, system_prompt).input_ids) for c in convs)
+    except DataError as exc:
+        return [Issue("chat_template", p.message, fix=p.fix) for p in exc.problems], None
+    messages = ex.messages if isinstance(ex, Conversation) else ex.prompt
+    if system_prompt == "drop" and any(m.role == "system" for m in messages):
+        return [Issue("system_prompt_dropped", "the system prompt is removed (data.system_prompt: drop)", field="messages")], n
+    return [], n
 
 
 def _file_checks(report: ValidationReport, min_examples: int, imbalance_ratio: float) -> None:
