@@ -50,17 +50,20 @@ def require_examples(examples: Sequence[Example], kind: type, summary: str, fix:
         raise DataError(summary, [Problem(f"example {i}", f"got {type(examples[i]).__name__}", fix) for i in wrong[:10]])
 
 
-def pad_batch(features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest feature: input_ids, attention_mask, labels (B, T)."""
+def pad_batch(features: Sequence[Encoded], pad_id: int, per_example: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest feature: input_ids, attention_mask (B, T) and labels (B, T), IGNORE on
+    padding; with `per_example`, labels (B,) hold each feature's one label (sequence classification)."""
     width = max(len(f.input_ids) for f in features)
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
     for row, f in enumerate(features):
-        n = len(f.input_ids)
-        ids[row, :n] = torch.tensor(f.input_ids)
-        labels[row, :n] = torch.tensor(f.labels)
-        mask[row, :n] = 1
+        ids[row, :len(f.input_ids)] = torch.tensor(f.input_ids)
+        mask[row, :len(f.input_ids)] = 1
+        if not per_example:
+            labels[row, :len(f.labels)] = torch.tensor(f.labels)
+    if per_example:
+        labels = torch.tensor([f.labels[0] for f in features], dtype=torch.long)  # (B,)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import Encoded
 from tuneforge.data.types import Example, LabelledExample
 from tuneforge.errors import DataError, Problem
-from tuneforge.objectives.base import require_examples
-from tuneforge.objectives.labels import LabelledObjective, LabelSet, accuracy_and_macro_f1, pad_inputs, predict_batches, require_fitted
+from tuneforge.objectives.base import pad_batch, require_examples
+from tuneforge.objectives.labels import LabelledObjective, LabelSet, accuracy_and_macro_f1, predict_batches, require_fitted
 
 
 class SequenceClassification(LabelledObjective):
@@ -36,7 +36,7 @@ class SequenceClassification(LabelledObjective):
         return feats
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-        return pad_inputs(features, pad_id, label_width=False)
+        return pad_batch(features, pad_id, per_example=True)
 
     def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, C)

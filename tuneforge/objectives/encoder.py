@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import IGNORE, Encoded
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
-from tuneforge.objectives.labels import accuracy_and_macro_f1, pad_inputs, predict_batches
+from tuneforge.objectives.base import pad_batch
+from tuneforge.objectives.labels import accuracy_and_macro_f1, predict_batches
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -74,7 +75,7 @@ class MaskedLM(_EncoderText):
         return feats
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-        batch = pad_inputs(features, pad_id, label_width=True)
+        batch = pad_batch(features, pad_id)
         ids, maskable = batch["input_ids"], batch["labels"] != IGNORE  # (B, T)
         chosen = maskable & (torch.rand(ids.shape) < self.probability)
         labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
@@ -123,7 +124,7 @@ class NextSentence(_EncoderText):
         return feats
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-        batch = pad_inputs(features, pad_id, label_width=False)
+        batch = pad_batch(features, pad_id, per_example=True)
         types = torch.zeros_like(batch["input_ids"])
         for row, f in enumerate(features):
             types[row, :len(f.token_type_ids)] = torch.tensor(f.token_type_ids)

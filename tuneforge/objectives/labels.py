@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from tuneforge.data.tokenize import IGNORE, Encoded
+from tuneforge.data.tokenize import Encoded
 from tuneforge.data.types import Example
 from tuneforge.errors import DataError, Problem
 
@@ -33,23 +33,6 @@ def require_fitted(labels: LabelSet | None, objective: str) -> LabelSet:
     if labels is None:
         raise RuntimeError(f"{objective}: prepare(train_examples) must run before encode")  # a programming error, not a user's
     return labels
-
-
-def pad_inputs(features: Sequence[Encoded], pad_id: int, label_width: bool) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask (B, T); labels (B, T) per token, or (B,) per example."""
-    width = max(len(f.input_ids) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        ids[row, :len(f.input_ids)] = torch.tensor(f.input_ids)
-        mask[row, :len(f.input_ids)] = 1
-    if label_width:
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-        for row, f in enumerate(features):
-            labels[row, :len(f.labels)] = torch.tensor(f.labels)
-    else:
-        labels = torch.tensor([f.labels[0] for f in features], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def accuracy_and_macro_f1(predicted: list[int], gold: list[int], n_labels: int) -> dict[str, float]:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from tuneforge.data.tokenize import IGNORE, Encoded
 from tuneforge.data.types import Example, TokenExample
-from tuneforge.objectives.base import require_examples
-from tuneforge.objectives.labels import LabelledObjective, LabelSet, pad_inputs, predict_batches, require_fitted
+from tuneforge.objectives.base import pad_batch, require_examples
+from tuneforge.objectives.labels import LabelledObjective, LabelSet, predict_batches, require_fitted
 
 
 def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
@@ -65,7 +65,7 @@ class TokenClassification(LabelledObjective):
         return feats
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-        return pad_inputs(features, pad_id, label_width=True)
+        return pad_batch(features, pad_id)
 
     def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, C)
