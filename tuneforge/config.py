@@ -13,8 +13,11 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from tuneforge.errors import ConfigError, Problem
+from tuneforge.methods.registry import (default_method_config, get_method, method_config_named, method_configs, on_register,
+                                        reference_methods)
 
 
 def tuneforge_home() -> Path:
@@ -40,89 +43,28 @@ class DataSection(Section):
     test: Path | None = Field(None, description="Held-out test file for the final comparison (never trained on).")
     format: str = Field("auto", description="Input format; 'auto' detects it from the records.")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given.")
+    system_prompt: Literal["keep", "fold", "drop"] = Field(
+        "keep", description="System messages: keep (passed to the chat template), fold (put at the start of the first user turn, "
+                            "as Gemma 3 does: for templates without a system role) or drop (removed and counted).")
 
 
-class _LoraFields(Section):
-    r: int = Field(8, gt=0, description="LoRA rank.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input; 0 is fastest.")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'.")
+# The `method:` section: one member per registered method (each method's module defines its config
+# class); the union is rebuilt when a method registers later (a plugin, a test).
+def _method_union():
+    return Annotated[Union[method_configs()], Field(discriminator="name")]
 
 
-class LoraMethod(_LoraFields):
-    name: Literal["lora"] = "lora"
-    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); same as method.name: dora.")
-
-
-class DoraMethod(_LoraFields):
-    name: Literal["dora"] = "dora"
-
-
-class QLoraMethod(_LoraFields):
-    name: Literal["qlora"] = "qlora"
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base weights (bitsandbytes).")
-    double_quant: bool = Field(True, description="Quantize the per-block scales too (saves ~0.37 bit per parameter).")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the 4-bit weights are dequantized to for matmuls (bfloat16 on GPUs).")
-
-
-class FullMethod(Section):
-    name: Literal["full"] = "full"
-
-
-class FreezeMethod(Section):
-    name: Literal["freeze"] = "freeze"
-    top_layers: int | None = Field(None, ge=1, description="Train the top N transformer blocks (and the final norm and output head); the rest stays frozen.")
-    patterns: list[str] = Field(default_factory=list, description="Also train parameters whose name matches one of these regular expressions (e.g. 'mlp\\.down_proj').")
-    norms_and_biases: bool = Field(False, description="Also train every normalisation weight and every bias (BitFit-style).")
-
-    @model_validator(mode="after")
-    def _something_trains(self) -> "FreezeMethod":
-        if self.top_layers is None and not self.patterns and not self.norms_and_biases:
-            raise ValueError("freeze trains nothing: set top_layers, patterns or norms_and_biases")
-        return self
-
-
-class IA3Method(Section):
-    name: Literal["ia3"] = "ia3"
-    target_modules: list[str] | None = Field(None, description="Modules whose activations are rescaled; null uses peft's default for the architecture.")
-    feedforward_modules: list[str] | None = Field(None, description="Which of target_modules are feed-forward (scaled on their input); null uses peft's default.")
-
-
-class PromptTuningMethod(Section):
-    name: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: int = Field(20, gt=0, description="Trained soft-prompt embeddings prepended to every input.")
-    init_text: str | None = Field(None, description="Initialise the soft prompt from the embeddings of this text (random when null).")
-
-
-class PrefixTuningMethod(Section):
-    name: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: int = Field(20, gt=0, description="Trained key/value prefix length in every layer.")
-    prefix_projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (more stable, more parameters while training).")
-
-
-class AdapterMethod(Section):
-    name: Literal["adapter"] = "adapter"
-    placement: Literal["houlsby", "pfeiffer", "parallel"] = Field("pfeiffer", description="houlsby: after attention and after the FFN; pfeiffer: after the FFN only; parallel: beside the FFN, added to its output.")
-    bottleneck: int = Field(16, gt=0, description="Width of the bottleneck (down-projection size).")
-    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Non-linearity between down- and up-projection.")
-    scaling: float = Field(1.0, gt=0, description="Multiplier on the adapter's output before it is added back (parallel adapters often use 4).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter output.")
-
-
-class HeadMethod(Section):
-    name: Literal["head"] = "head"
-    also_train: list[str] = Field(default_factory=list, description="Regular expressions of extra parameter names to train with the head (e.g. 'pooler').")
-
-
-class HeadLoraMethod(_LoraFields):
-    name: Literal["head+lora"] = "head+lora"
-
-
-MethodSection = Annotated[Union[LoraMethod, DoraMethod, QLoraMethod, FullMethod, FreezeMethod, IA3Method, PromptTuningMethod,
-                                PrefixTuningMethod, AdapterMethod, HeadMethod, HeadLoraMethod], Field(discriminator="name")]
-# objectives each method cannot serve (checked with the whole config, before any heavy work)
+MethodSection = _method_union()
+# objectives a method that trains a new task head can serve (checked with the whole config, before any heavy work)
 _HEAD_TASKS = ("classification", "tokens")
-_REFERENCE_METHODS = ("lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "adapter")
+
+
+def __getattr__(name: str):
+    """`from tuneforge.config import LoraMethod` keeps working: method config classes live with their methods."""
+    config = method_config_named(name)
+    if config is None:
+        raise AttributeError(f"module 'tuneforge.config' has no attribute '{name}'")
+    return config
 
 
 class TrainSection(Section):
@@ -200,16 +142,18 @@ class RunConfig(Section):
     output_dir: Path = Field(Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model).")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
-    method: MethodSection = Field(default_factory=LoraMethod)
+    method: MethodSection = Field(default_factory=default_method_config)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")
     def _method_fits_objective(self) -> "RunConfig":
-        if self.method.name in ("head", "head+lora") and self.objective not in _HEAD_TASKS:
+        method = get_method(self.method.name)
+        if method.needs_new_head and self.objective not in _HEAD_TASKS:
             raise ValueError(f"method '{self.method.name}' trains a new task head: use objective classification or tokens, or another method")
-        if self.objective == "dpo" and self.method.name not in _REFERENCE_METHODS:
-            raise ValueError(f"objective dpo uses the base with the adapter switched off as its reference model: use one of {list(_REFERENCE_METHODS)}, not '{self.method.name}'")
+        if self.objective == "dpo" and method.reference is None:
+            raise ValueError(f"objective dpo uses the base with the adapter switched off as its reference model: "
+                             f"use one of {reference_methods()}, not '{self.method.name}'")
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
             # a value away from the default (a saved config.yaml spells out every default)
             if getattr(self.train, key) != TrainSection.model_fields[key].default and self.objective != objective:
@@ -218,6 +162,17 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _refresh_method_union() -> None:
+    """A method registered after this module loaded (a plugin, a test) joins the `method:` union."""
+    global MethodSection
+    MethodSection = _method_union()
+    RunConfig.__pydantic_fields__["method"] = FieldInfo.from_annotated_attribute(MethodSection, Field(default_factory=default_method_config))
+    RunConfig.model_rebuild(force=True)
+
+
+on_register(_refresh_method_union)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 
 from tuneforge.errors import ConfigError, Problem
+from tuneforge.methods.registry import DEFAULT_METHOD, available_methods
 
 GIB = 1 << 30
 # method-section field -> the option that sets it
@@ -17,7 +18,7 @@ _OPTION = {"r": "--rank", "target_modules": "--targets", "num_virtual_tokens": "
 
 def estimate(
     model: str = typer.Option(..., help="Hub id, local model folder, bare config.json, or 'demo' / 'minilm'."),
-    method: str = typer.Option("lora", help="full, freeze, lora, dora, qlora, ia3, prompt_tuning, prefix_tuning, adapter, head, head+lora."),
+    method: str = typer.Option(DEFAULT_METHOD, help=f"The method: {', '.join(available_methods())}."),
     rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA-family rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA-family alpha."),
     targets: Optional[str] = typer.Option(None, help="Comma-separated target modules (LoRA family, ia3), or all-linear."),

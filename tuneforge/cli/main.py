@@ -125,19 +125,16 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
            out: Path = typer.Option(..., help="Folder for the standalone HF model."),
            merge: bool = typer.Option(True, help="Fold the adapter into the base weights.")) -> None:
     """Write a standalone Hugging Face model folder (adapter merged into the base)."""
-    import yaml
-
     from tuneforge.errors import ModelLoadError, Problem
-    from tuneforge.methods import get_method
+    from tuneforge.models.artifact import read_artifact
     from tuneforge.models.loading import load_for_inference
 
     if not merge:
-        raise typer.BadParameter("only --merge export is supported; the unmerged adapter is already in RUN/adapter")
-    config = run / "config.yaml"
-    method = yaml.safe_load(config.read_text())["method"]["name"] if config.exists() else None
-    if method and get_method(method).merge is None:
-        raise ModelLoadError(f"a {method} run cannot be merged into a standalone model",
-                             [Problem(str(run), f"{method} keeps extra modules or virtual tokens that plain transformers cannot load",
+        raise typer.BadParameter("only --merge export is supported; the unmerged artifact is already in the run directory")
+    artifact = read_artifact(run)
+    if not artifact.can_merge:
+        raise ModelLoadError(f"a {artifact.method} run cannot be merged into a standalone model",
+                             [Problem(str(run), f"{artifact.method} keeps extra modules or virtual tokens that plain transformers cannot load",
                                       "serve or load the run directory itself (tuneforge generate/chat/serve, load_for_inference)")])
     m, tok = load_for_inference(run, merge=True)
     m.save_pretrained(out)

@@ -27,7 +27,8 @@ from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
 from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import verdict
-from tuneforge.models.loading import load_for_inference, load_tokenizer, run_artifact
+from tuneforge.models.artifact import find_artifact
+from tuneforge.models.loading import load_for_inference, load_tokenizer
 
 BASELINES = costs.BASELINES
 TUNED = ("fine_tuned", "fine_tuned+rag")
@@ -49,12 +50,13 @@ def resolve_target(target: Path, others: list[Path] | None = None, overrides: li
         raise ConfigError(f"nothing to evaluate at {target}", [Problem(str(target), "neither a run directory with config.yaml nor a YAML config", "pass a run directory or a run config")])
     cfg = _load_run_config(config, overrides) if target.is_dir() else load_config(config, overrides)
     run_dir = target if target.is_dir() else Path(cfg.output_dir)
-    problems = [Problem(str(r), "not a run directory (no adapter/ or model/)", "pass finished runs with --run") for r in others or [] if run_artifact(r) is None]
+    problems = [Problem(str(r), "not a run directory (no fine-tuned artifact in it)", "pass finished runs with --run")
+                for r in others or [] if find_artifact(r) is None]
     if cfg.data.test is None:
         problems.append(Problem(f"{config}: data.test", "no held-out test split", "add data.test: the file every approach is scored on"))
     if problems:
         raise ConfigError("cannot evaluate", problems)
-    return EvalTarget(cfg, run_dir if run_artifact(run_dir) else None, list(others or []))
+    return EvalTarget(cfg, run_dir if find_artifact(run_dir) else None, list(others or []))
 
 
 def _load_run_config(config: Path, overrides: list[str] | None) -> RunConfig:
@@ -181,12 +183,10 @@ def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Me
 
 
 def _load_run(run: Path):
-    """A run's model for inference; LoRA adapters are merged into the base first (same outputs,
-    no adapter overhead on every forward - about a third of generation time on the demo model)."""
-    artifact = run_artifact(run)
-    config = artifact[1] / "adapter_config.json" if artifact else None
-    merge = bool(config and config.exists() and json.loads(config.read_text()).get("peft_type") == "LORA")
-    return load_for_inference(run, merge=merge)
+    """A run's model for inference; mergeable adapters (LoRA, IA3...) are folded into the base first (same
+    outputs, no adapter overhead on every forward - about a third of generation time on the demo model)."""
+    artifact = find_artifact(run)
+    return load_for_inference(run, merge=bool(artifact and artifact.can_merge))
 
 
 def _trainings(target: EvalTarget, results: list[ApproachResult], prices) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,5 @@
-"""How parameters are adapted: one registry, name -> apply(model, method_config)."""
+"""How parameters are adapted: one registry, name -> the Method record (see `registry.py`)."""
 
-from tuneforge.methods import builtin as _builtin  # noqa: F401  (registers the built-in methods)
 from tuneforge.methods.registry import available_methods, get_method, trainable_parameters
 
 __all__ = ["available_methods", "get_method", "trainable_parameters"]

@@ -25,12 +25,10 @@ from transformers import AutoConfig
 
 from tuneforge.errors import ModelLoadError, Problem
 from tuneforge.methods.partial import block_list
+from tuneforge.methods.quantized import NF4_BYTES
 from tuneforge.methods.registry import get_method
 
 _BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-# bitsandbytes 4-bit: 4 bits per weight + one fp32 scale per 64 weights; double quantization
-# stores the scales in 8 bits with one fp32 scale per 256 of them
-_NF4_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
 @dataclass
@@ -87,8 +85,9 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
     """
     dtype = dtype or _float_dtype(model)
     e = _BYTES[dtype]
-    fp32_adapters = method_cfg.name not in ("full", "freeze", "head", "adapter")  # peft upcasts its adapter weights
-    quantized_bytes = _NF4_BYTES[getattr(method_cfg, "double_quant", False)] if method_cfg.name == "qlora" else None
+    method = get_method(method_cfg.name)
+    fp32_adapters = method.fp32_adapters  # peft upcasts its adapter weights
+    quantized_bytes = method.quantized_bytes(method_cfg) if method.quantized_bytes else None
     quantized = _quantized_weights(model) if quantized_bytes else set()
     total = trainable = 0
     weights = grads = 0.0
@@ -96,7 +95,7 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
         n = _numel(p)
         total += n
         if id(p) in quantized or hasattr(p, "quant_state"):
-            weights += n * (quantized_bytes or _NF4_BYTES[False])
+            weights += n * (quantized_bytes or NF4_BYTES[False])
         elif p.requires_grad and fp32_adapters:
             weights += n * 4  # peft keeps adapter weights in fp32 under a 16-bit base
         else:

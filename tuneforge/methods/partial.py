@@ -8,15 +8,43 @@ Both change base weights, so the artifact is a whole HF `model/` folder.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Literal
 
-from torch import nn
+from pydantic import Field, model_validator
 
 from tuneforge.errors import ConfigError, Problem
-from tuneforge.methods.registry import Method, is_new_head_task, register, save_model_folder, task_head_parameters
+from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, register, save_model_folder,
+                                        task_head_parameters, whole_model_folder)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class FreezeMethod(MethodConfig):
+    name: Literal["freeze"] = "freeze"
+    top_layers: int | None = Field(None, ge=1, description="Train the top N transformer blocks (and the final norm and output head); "
+                                   "the rest stays frozen.")
+    patterns: list[str] = Field(default_factory=list, description="Also train parameters whose name matches one of these regular "
+                                "expressions (e.g. 'mlp\\.down_proj').")
+    norms_and_biases: bool = Field(False, description="Also train every normalisation weight and every bias (BitFit-style).")
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> "FreezeMethod":
+        if self.top_layers is None and not self.patterns and not self.norms_and_biases:
+            raise ValueError("freeze trains nothing: set top_layers, patterns or norms_and_biases")
+        return self
+
+
+class HeadMethod(MethodConfig):
+    name: Literal["head"] = "head"
+    also_train: list[str] = Field(default_factory=list, description="Regular expressions of extra parameter names to train with "
+                                  "the head (e.g. 'pooler').")
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The transformer blocks: the longest ModuleList in the model (layers, encoder.layer, h...)."""
+    from torch import nn
+
     lists = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) > 0]
     if not lists:
         raise ConfigError(f"{type(model).__name__} has no list of transformer blocks",
@@ -78,5 +106,11 @@ def _apply_head(model: nn.Module, cfg) -> nn.Module:
     return _train_only(model, set(task_head_parameters(model)) | _matching(model, cfg.also_train), "method.also_train")
 
 
-register(Method("freeze", _apply_freeze, save_model_folder, lambda m: m, folder="model"))
-register(Method("head", _apply_head, save_model_folder, lambda m: m, folder="model"))
+def _unchanged(model: nn.Module) -> nn.Module:
+    return model  # the trained weights already are the model's own
+
+
+register(Method("freeze", FreezeMethod, "model", _apply_freeze, save_model_folder, whole_model_folder, merge=_unchanged,
+                serving=Serving.STANDALONE))
+register(Method("head", HeadMethod, "model", _apply_head, save_model_folder, whole_model_folder, merge=_unchanged,
+                serving=Serving.STANDALONE, needs_new_head=True))

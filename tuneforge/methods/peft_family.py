@@ -1,20 +1,60 @@
-"""Methods provided by peft: LoRA, DoRA, IA3, prompt tuning, prefix tuning, and head+LoRA.
+"""Methods provided by peft: LoRA, DoRA, prompt tuning, prefix tuning, and head+LoRA.
 
 Each one builds a peft config from its config section and lets `get_peft_model` swap the
 modules; the artifact is a standard PEFT `adapter/` folder (`PeftModel.from_pretrained`).
+The shared peft pieces (save, load, merge, switching the adapter off, recognising a folder
+by its `peft_type`) are here for every peft-format method (IA3 and QLoRA use them too).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ContextManager, Literal
 
-from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
-from torch import nn
+from pydantic import Field
 
-from tuneforge.methods.registry import Method, is_new_head_task, register, save_task_config
+from tuneforge.methods.registry import Method, MethodConfig, Serving, is_new_head_task, json_file, register, save_task_config
 
+if TYPE_CHECKING:
+    from torch import nn
+
+ADAPTER_FOLDER, ADAPTER_CONFIG = "adapter", "adapter_config.json"
 # peft wraps new task heads in `modules_to_save` for these task types, so they train too
 _TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS"}
+
+
+class _LoraFields(MethodConfig):
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input; 0 is fastest.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) "
+                                                              "or 'all-linear'.")
+
+
+class LoraMethod(_LoraFields):
+    name: Literal["lora"] = "lora"
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); same as method.name: dora.")
+
+
+class DoraMethod(_LoraFields):
+    name: Literal["dora"] = "dora"
+
+
+class HeadLoraMethod(_LoraFields):
+    name: Literal["head+lora"] = "head+lora"
+
+
+class PromptTuningMethod(MethodConfig):
+    name: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, gt=0, description="Trained soft-prompt embeddings prepended to every input.")
+    init_text: str | None = Field(None, description="Initialise the soft prompt from the embeddings of this text (random when null).")
+
+
+class PrefixTuningMethod(MethodConfig):
+    name: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, gt=0, description="Trained key/value prefix length in every layer.")
+    prefix_projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (more stable, more "
+                                    "parameters while training).")
 
 
 def task_type(model: nn.Module) -> str | None:
@@ -23,7 +63,7 @@ def task_type(model: nn.Module) -> str | None:
 
 
 def save_adapter(model: nn.Module, run_dir: Path) -> Path:
-    out = run_dir / "adapter"
+    out = run_dir / ADAPTER_FOLDER
     model.save_pretrained(out)  # PEFT format: adapter_config.json + adapter_model.safetensors
     base = model.get_base_model()
     if is_new_head_task(base):  # the base must be rebuilt with the same label set before loading the adapter
@@ -31,48 +71,88 @@ def save_adapter(model: nn.Module, run_dir: Path) -> Path:
     return out
 
 
+def load_adapter(base: nn.Module, folder: Path) -> nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(folder))
+
+
 def merge_peft(model: nn.Module) -> nn.Module:
+    from peft import PeftModel
+
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def adapter_disabled(model: nn.Module) -> ContextManager:
+    return model.disable_adapter()  # peft: the wrapped base alone, no second copy in memory
+
+
+def peft_type_of(folder: Path) -> str | None:
+    """The peft_type a PEFT folder declares (LORA, IA3, PROMPT_TUNING...); None for other folders."""
+    return json_file(folder / ADAPTER_CONFIG).get("peft_type")
+
+
+def peft_folder(peft_type: str, use_dora: bool = False) -> Callable[[Path], bool]:
+    """`recognises` for a PEFT folder of this peft_type (DoRA is LoRA with use_dora)."""
+    def recognises(folder: Path) -> bool:
+        config = json_file(folder / ADAPTER_CONFIG)
+        return config.get("peft_type") == peft_type and bool(config.get("use_dora")) == use_dora
+    return recognises
+
+
+def peft_method(name: str, config: type[MethodConfig], apply, peft_type: str, **fields) -> Method:
+    """A method whose artifact is a PEFT `adapter/` folder; `fields` override the peft defaults."""
+    defaults = dict(restore=load_adapter, merge=merge_peft, reference=adapter_disabled, fp32_adapters=True)
+    return Method(name, config, ADAPTER_FOLDER, apply, save_adapter, peft_folder(peft_type, fields.pop("use_dora", False)),
+                  **{**defaults, **fields})
 
 
 def _targets(cfg) -> str | list[str]:
     return cfg.target_modules if cfg.target_modules == "all-linear" else list(cfg.target_modules)
 
 
-def lora_config(cfg, model: nn.Module, use_dora: bool) -> LoraConfig:
+def lora_config(cfg, model: nn.Module, use_dora: bool):
+    from peft import LoraConfig
+
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=_targets(cfg),
                       use_dora=use_dora, task_type=task_type(model))
 
 
 def _apply_lora(model: nn.Module, cfg) -> nn.Module:
+    from peft import get_peft_model
+
     return get_peft_model(model, lora_config(cfg, model, cfg.use_dora))
 
 
 def _apply_dora(model: nn.Module, cfg) -> nn.Module:
+    from peft import get_peft_model
+
     return get_peft_model(model, lora_config(cfg, model, use_dora=True))
 
 
 def _apply_head_lora(model: nn.Module, cfg) -> nn.Module:
+    from peft import get_peft_model
+
     # SEQ_CLS / TOKEN_CLS task types make peft train (and save) the new head beside the LoRA weights
     return get_peft_model(model, lora_config(cfg, model, use_dora=False))
 
 
-def _apply_ia3(model: nn.Module, cfg) -> nn.Module:
-    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules, task_type=task_type(model))
-    return get_peft_model(model, ia3)
-
-
 def _apply_prompt_tuning(model: nn.Module, cfg) -> nn.Module:
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
     init = {"prompt_tuning_init": PromptTuningInit.RANDOM}
     if cfg.init_text:
         init = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.init_text,
                 "tokenizer_name_or_path": model.config._name_or_path}
-    peft_model = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type(model), **init))
+    prompt = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type(model), **init)
+    peft_model = get_peft_model(model, prompt)
     _drop_virtual_positions(peft_model)
     return peft_model
 
 
 def _apply_prefix_tuning(model: nn.Module, cfg) -> nn.Module:
+    from peft import PrefixTuningConfig, get_peft_model
+
     prefix = PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
                                 encoder_hidden_size=model.config.hidden_size, task_type=task_type(model))
     return get_peft_model(model, prefix)
@@ -96,9 +176,9 @@ def _drop_virtual_positions(peft_model: nn.Module) -> None:
     peft_model.register_forward_hook(hook, with_kwargs=True)
 
 
-register(Method("lora", _apply_lora, save_adapter, merge_peft))
-register(Method("dora", _apply_dora, save_adapter, merge_peft))
-register(Method("head+lora", _apply_head_lora, save_adapter, merge_peft))
-register(Method("ia3", _apply_ia3, save_adapter, merge_peft))
-register(Method("prompt_tuning", _apply_prompt_tuning, save_adapter, None))
-register(Method("prefix_tuning", _apply_prefix_tuning, save_adapter, None))
+register(peft_method("lora", LoraMethod, _apply_lora, "LORA", serving=Serving.SHARED_BASE, mixed_batches=True))
+register(peft_method("dora", DoraMethod, _apply_dora, "LORA", use_dora=True, serving=Serving.SHARED_BASE))
+register(peft_method("head+lora", HeadLoraMethod, _apply_head_lora, "LORA", serving=Serving.SHARED_BASE, mixed_batches=True,
+                     reference=None, needs_new_head=True))
+register(peft_method("prompt_tuning", PromptTuningMethod, _apply_prompt_tuning, "PROMPT_TUNING", merge=None))
+register(peft_method("prefix_tuning", PrefixTuningMethod, _apply_prefix_tuning, "PREFIX_TUNING", merge=None))

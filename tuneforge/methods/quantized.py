@@ -9,24 +9,43 @@ a low-rank update to 4-bit weights would re-quantize it away.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training, set_peft_model_state_dict
-from torch import nn
-from transformers import BitsAndBytesConfig
+from pydantic import Field
 
-from tuneforge.methods.peft_family import lora_config, save_adapter
-from tuneforge.methods.registry import Method, is_new_head_task, register
+from tuneforge.methods.peft_family import _LoraFields, lora_config, merge_peft, peft_method
+from tuneforge.methods.registry import Serving, is_new_head_task, register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# bitsandbytes 4-bit: 4 bits per weight + one fp32 scale per 64 weights; double quantization
+# stores the scales in 8 bits with one fp32 scale per 256 of them
+NF4_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
-def _load_kwargs(cfg) -> dict:
+class QLoraMethod(_LoraFields):
+    name: Literal["qlora"] = "qlora"
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base weights (bitsandbytes).")
+    double_quant: bool = Field(True, description="Quantize the per-block scales too (saves ~0.37 bit per parameter).")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the 4-bit weights are "
+                                                                     "dequantized to for matmuls (bfloat16 on GPUs).")
+
+
+def _load_kwargs(cfg: QLoraMethod) -> dict:
+    import torch
+    from transformers import BitsAndBytesConfig
+
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type, bnb_4bit_use_double_quant=cfg.double_quant,
                                bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))
     # bitsandbytes quantizes while loading onto the target device; it runs on CPU too
     return {"quantization_config": quant, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}
 
 
-def _apply(model: nn.Module, cfg) -> nn.Module:
+def _apply(model: nn.Module, cfg: QLoraMethod) -> nn.Module:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
     # casts norms (and a new head) to fp32 and lets inputs carry gradients into the adapters;
     # gradient checkpointing is the recipe's decision, not the method's
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -37,15 +56,24 @@ def label_kwargs(config) -> dict:
     return {"num_labels": config.num_labels, "id2label": config.id2label, "label2id": config.label2id}
 
 
-def merge_onto_full_precision(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Reload the base unquantized, load the trained adapter into it, fold it in."""
-    peft_config = copy.deepcopy(model.peft_config["default"])
+def merge_onto_full_precision(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Reload the base unquantized, load the trained adapter into it, fold it in.
+
+    An adapter already loaded on a full-precision base (inference loads it so) merges in place.
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
     quantized = model.get_base_model()
+    if not getattr(quantized, "is_loaded_in_4bit", False):
+        return merge_peft(model)
+    peft_config = copy.deepcopy(model.peft_config["default"])
     extra = label_kwargs(quantized.config) if is_new_head_task(quantized) else {}
-    base = type(quantized).from_pretrained(peft_config.base_model_name_or_path, dtype=dtype, **extra)
+    base = type(quantized).from_pretrained(peft_config.base_model_name_or_path, dtype=dtype or torch.float32, **extra)
     fresh = get_peft_model(base, peft_config)
     set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
     return fresh.merge_and_unload()
 
 
-register(Method("qlora", _apply, save_adapter, merge_onto_full_precision, load_kwargs=_load_kwargs))
+register(peft_method("qlora", QLoraMethod, _apply, "LORA", merge=merge_onto_full_precision, load_kwargs=_load_kwargs,
+                     serving=Serving.SHARED_BASE, mixed_batches=True, quantized_bytes=lambda cfg: NF4_BYTES[cfg.double_quant]))

@@ -7,15 +7,14 @@ machines tests exercise it with local folders.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForNextSentencePrediction, AutoModelForPreTraining,
                           AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer)
 
 from tuneforge.errors import ModelLoadError, Problem
+from tuneforge.models.artifact import find_artifact, read_artifact, saved_task
 
 NAMED_MODELS = ("demo", "minilm")
 # objective.task -> the transformers head class to load the base with
@@ -59,44 +58,10 @@ def resolve_model_path(name: str | Path) -> str:
     return name  # a hub id
 
 
-def run_artifact(path: str | Path) -> tuple[str, Path] | None:
-    """('adapter'|'model', folder) when `path` is a run directory or an adapter folder."""
-    path = Path(path)
-    if (path / "adapter_config.json").exists():
-        return "adapter", path
-    if (path / "bottleneck_config.json").exists():
-        return "bottleneck", path
-    for kind in ("adapter", "model", "bottleneck"):
-        if (path / kind / "config.json").exists() or (path / kind / "adapter_config.json").exists():
-            return kind, path / kind
-    return None
-
-
-# the class-name suffix of a saved task model -> its MODEL_CLASSES key
-_TASK_SUFFIXES = {"ForSequenceClassification": "sequence_classification", "ForTokenClassification": "token_classification",
-                  "ForMaskedLM": "masked_lm", "ForPreTraining": "pretraining", "ForNextSentencePrediction": "next_sentence"}
-
-
-def saved_task(folder: Path) -> tuple[str, dict]:
-    """(task, label kwargs) of a saved model/adapter folder, from the config.json saved beside it.
-
-    Causal-LM adapters carry no config.json: the default task is causal_lm.
-    """
-    config = folder / "config.json"
-    if not config.exists():
-        return "causal_lm", {}
-    data = json.loads(config.read_text())
-    arch = (data.get("architectures") or [""])[0]
-    task = next((t for suffix, t in _TASK_SUFFIXES.items() if arch.endswith(suffix)), "causal_lm")
-    if task not in ("sequence_classification", "token_classification"):
-        return task, {}
-    id2label = {int(k): v for k, v in data["id2label"].items()}
-    return task, {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-
-
 def load_tokenizer(name: str | Path):
-    artifact = run_artifact(name) if Path(str(name)).exists() else None
-    source = str(artifact[1]) if artifact else resolve_model_path(name)
+    """The tokenizer of a base model, or the one saved beside a run's artifact."""
+    artifact = find_artifact(name) if Path(str(name)).exists() else None
+    source = str(artifact.folder) if artifact else resolve_model_path(name)
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -129,33 +94,25 @@ def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: s
 
 
 def base_model_of_run(run_dir: Path) -> str:
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        raise ModelLoadError(f"{run_dir} has an adapter but no config.yaml naming its base model", [Problem(str(config), "missing")])
-    return yaml.safe_load(config.read_text())["model"]["name"]
+    """The base model a run's adapter sits on (its config.yaml's model.name)."""
+    return read_artifact(run_dir).base_source()
 
 
 def load_for_inference(ref: str | Path, device: torch.device | None = None, merge: bool = False):
-    """(model, tokenizer) in eval mode for a base model, a run directory or an adapter folder."""
+    """(model, tokenizer) in eval mode for a base model, a run directory or an artifact folder.
+
+    `merge` folds a fine-tune's update into the base weights when its method can (see `Method.merge`).
+    """
     device = device or pick_device()
     dtype = pick_dtype("auto", device)
-    artifact = run_artifact(ref) if Path(str(ref)).exists() else None
-    if artifact and artifact[0] in ("adapter", "bottleneck"):
-        folder = artifact[1]
-        run_dir = folder.parent if folder.name in ("adapter", "bottleneck") else folder
-        task, labels = saved_task(folder)
-        base = load_model(base_model_of_run(run_dir), dtype, task=task, **labels)
-        if artifact[0] == "bottleneck":  # not mergeable: the non-linearity sits between the projections
-            from tuneforge.methods.bottleneck import load_bottleneck
-
-            model = load_bottleneck(base, folder)
-        else:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(base, str(folder))
-            model = model.merge_and_unload() if merge and not model.peft_config["default"].is_prompt_learning else model
+    artifact = find_artifact(ref) if Path(str(ref)).exists() else None
+    if artifact:
+        method = artifact.record
+        labels = {} if artifact.standalone else artifact.labels
+        model = method.load(load_model(artifact.base_source(), dtype, task=artifact.task, **labels), artifact.folder)
+        model = method.merge(model) if merge and method.can_merge else model
     else:
-        folder = artifact[1] if artifact else Path(resolve_model_path(ref))
+        folder = Path(resolve_model_path(ref))
         model = load_model(folder, dtype, task=saved_task(folder)[0] if folder.is_dir() else "causal_lm")
     tokenizer = load_tokenizer(ref)
     return model.to(device).eval(), tokenizer

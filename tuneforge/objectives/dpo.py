@@ -3,9 +3,9 @@
 loss = -log sigmoid(beta * [(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))])
 
 where log pi(answer) sums the answer's token log-probabilities given the prompt. The
-reference model is the frozen base itself, run with the adapter switched off (peft's
-`disable_adapter()`, or the bottleneck adapters' equivalent): no second copy in memory.
-That is why the config accepts dpo only with adapter methods.
+reference model is the frozen base itself, run with the adapter switched off (each method
+says how: peft's `disable_adapter()`, the bottleneck adapters' equivalent): no second copy in
+memory. That is why the config accepts dpo only with methods that have a reference context.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 
 from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
 from tuneforge.data.types import Conversation, Example, Message, PreferencePair
-from tuneforge.errors import ConfigError, DataError, Problem
-from tuneforge.methods.bottleneck import Bottleneck, adapters_disabled
+from tuneforge.errors import DataError, Problem
+from tuneforge.methods.registry import reference_context
 from tuneforge.objectives.base import pad_batch, require_examples
 
 
@@ -33,13 +32,8 @@ class PairFeature(Encoded):
 
 
 def reference_model(model: torch.nn.Module):
-    """A context in which `model` computes the frozen base's outputs."""
-    if isinstance(model, PeftModel):
-        return model.disable_adapter()
-    if any(isinstance(m, Bottleneck) for m in model.modules()):
-        return adapters_disabled(model)
-    raise ConfigError("dpo needs an adapter method: the reference model is the base with the adapter off",
-                      [Problem("method.name", f"{type(model).__name__} has no adapter to switch off", "use lora, dora, qlora, ia3 or adapter")])
+    """A context in which `model` computes the frozen base's outputs (its method's adapter switched off)."""
+    return reference_context(model)
 
 
 def sequence_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

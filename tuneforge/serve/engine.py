@@ -6,8 +6,9 @@ All generation runs on one engine thread. Requests are queued; the thread waits 
 a base model and sampling settings as one `generate_batch` call (one forward pass per
 token for the whole group). LoRA adapters of every fine-tuned model of a base are loaded
 into one `PeftModel` under their own names; a group that mixes the base and several of its
-plain-LoRA fine-tunes runs as one batch with a per-row adapter (peft's `adapter_names`),
-other adapter kinds (DoRA, IA3, bottleneck) run one batch per fine-tune with `set_adapter`,
+fine-tunes whose method allows mixed batches (plain LoRA) runs as one batch with a per-row
+adapter (peft's `adapter_names`), other shared-base adapters (DoRA) run one batch per
+fine-tune with `set_adapter`, methods that need their own base copy (IA3...) get one,
 and requests for the base alone run inside `disable_adapter()`. Full fine-tunes are
 separate models.
 """
@@ -25,10 +26,14 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from tuneforge.methods.registry import Serving
 from tuneforge.serve.catalog import ModelRef, base_model_path
 from tuneforge.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from tuneforge.models.artifact import Artifact
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ class Engine:
         results: dict[int, list] = {}
         for model, tokenizer, members in copies.values():
             items = [item for item, _ in members]
-            if len({item.ref.id for item in items}) > 1 and _mixable(model, {a for _, a in members if a}):
+            if len({item.ref.id for item in items}) > 1 and _mixable(members):
                 rows = [adapter or "__base__" for item, adapter in members for _ in item.prompts]
                 results.update(zip(map(id, items), self._chat_batch(model, tokenizer, items, adapter_names=rows)))
                 continue
@@ -231,7 +236,7 @@ class Engine:
 
     # ---- models and the memory bound
     def _model_for(self, ref: ModelRef):
-        if ref.kind in ("model", "run"):  # a full fine-tune or a non-LoRA method: its own weights
+        if ref.kind in (Serving.STANDALONE, Serving.OWN_COPY):  # a whole model, or a fine-tune that needs its own base copy
             entry = self._load(ref.id, ref.path)
             return entry.model, entry.tokenizer, None
         entry = self._load(ref.base if ref.kind == "base" else _copy_for(ref), base_model_path(ref.base))
@@ -306,35 +311,30 @@ def _active(model, adapter: str | None):
 
 
 def _copy_for(ref: ModelRef) -> str:
-    """Cache key of the base copy that holds this adapter. A PeftModel holds one adapter type,
-    so LoRA (and DoRA) fine-tunes share the base's entry and each other type gets its own copy."""
-    kind = _adapter_type(ref.path)
-    return ref.base if kind == "LORA" else f"{ref.base}#{kind.lower()}"
+    """Cache key of the base copy that holds this adapter. A PeftModel holds one adapter type, so
+    adapters whose method shares the base (LoRA, DoRA) share the base's entry and each other
+    method gets its own copy."""
+    artifact = _artifact(ref.path)
+    return ref.base if artifact.serving is Serving.SHARED_BASE else f"{ref.base}#{artifact.method}"
 
 
 @functools.lru_cache(maxsize=1024)
-def _adapter_type(path: str) -> str:
-    """peft_type of an adapter folder, read once per folder (not on every request)."""
-    import json
+def _artifact(path: str) -> Artifact:
+    """The Artifact of a fine-tune's folder, read once per folder (not from disk on every request)."""
+    from tuneforge.models.artifact import read_artifact
 
-    try:
-        return json.loads((Path(path) / "adapter_config.json").read_text()).get("peft_type", "LORA")
-    except (OSError, ValueError):
-        return "LORA"
+    return read_artifact(path)
 
 
-def _mixable(model, adapters: set[str]) -> bool:
-    """Can one forward pass serve these adapters row by row? peft does it for plain LoRA only."""
-    from peft import PeftModel, PeftType
-
-    if not isinstance(model, PeftModel):
-        return not adapters
-    return all(model.peft_config[name].peft_type == PeftType.LORA and not model.peft_config[name].use_dora for name in adapters)
+def _mixable(members: list[tuple[_Item, str | None]]) -> bool:
+    """Can one forward pass serve these requests row by row? Only when each fine-tune's method allows
+    mixed batches (peft's `adapter_names`: plain LoRA); the base's own rows always can."""
+    return all(adapter is None or _artifact(item.ref.path).mixed_batches for item, adapter in members)
 
 
 def _family(ref: ModelRef) -> str:
     """Requests that may share a forward pass: a base and its adapters; a full fine-tune alone."""
-    return ref.base if ref.kind in ("base", "adapter") else ref.id
+    return ref.base if ref.kind in ("base", Serving.SHARED_BASE) else ref.id
 
 
 def _groups(items: list[_Item]) -> list[list[_Item]]:

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.config import RunConfig, TrainSection, validate_config
 from tuneforge.errors import ConfigError, Problem
+from tuneforge.methods.registry import DEFAULT_METHOD, available_methods, get_method
 
 Auto = Literal["auto"]
 SERVER_OWNED = {"data", "output_dir"}  # the service fills these in from the job
-BASE_LR = {"lora": 2e-4, "full": 2e-5}  # multiplied by learning_rate_multiplier
 
 
 class Hyperparameters(BaseModel):
@@ -88,7 +88,7 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
     out: dict[str, Any] = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
     if method_type == "dpo":
         out["beta"] = h.beta if isinstance(h.beta, (int, float)) else DPO_BETA
-    out["learning_rate"] = BASE_LR.get(method_name, 2e-4) * mult
+    out["learning_rate"] = base_lr(method_name) * mult
     return out
 
 
@@ -122,4 +122,9 @@ def build_config(*, base_model: str, train_path: Path, validation_path: Path | N
 
 def method_name(options: dict[str, Any]) -> str:
     method = options.get("method")
-    return method.get("name", "lora") if isinstance(method, dict) else "lora"
+    return method.get("name", DEFAULT_METHOD) if isinstance(method, dict) else DEFAULT_METHOD
+
+
+def base_lr(method: str) -> float:
+    """The method's learning rate before learning_rate_multiplier; an unknown name is the config's to refuse."""
+    return get_method(method if method in available_methods() else DEFAULT_METHOD).base_lr

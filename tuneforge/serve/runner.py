@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import io
-import json
 import os
 import signal
 import threading
@@ -22,6 +21,8 @@ from typing import Any
 from sqlalchemy import update
 
 from tuneforge.errors import DataError, TuneforgeError
+from tuneforge.methods.registry import Serving
+from tuneforge.models.artifact import read_artifact
 from tuneforge.serve import files, job_states, jobs
 from tuneforge.serve.catalog import base_model_path
 from tuneforge.serve.db import Store
@@ -144,15 +145,11 @@ def _train(store: Store, data_dir: Path, job: Job, should_stop) -> None:
 
 
 def _served_as(artifact: Path, run_dir: Path) -> tuple[str, Path]:
-    """How the engine serves the result: LoRA/DoRA adapters share their base in memory
-    (switched per request); anything else (full model, prompt tuning, bottleneck adapters,
-    task heads) is loaded from the run directory as a model of its own."""
-    config = artifact / "adapter_config.json"
-    if config.exists() and json.loads(config.read_text()).get("peft_type") == "LORA":
-        return "adapter", artifact
-    if (artifact / "config.json").exists() and not config.exists():
-        return "model", artifact
-    return "run", run_dir
+    """How the engine serves the result (the stored model kind, and what it loads): adapters that
+    share their base in memory (switched per request) by their folder, whole models by theirs, and
+    anything else (prompt tuning, IA3, bottleneck adapters) from the run directory as a model of its own."""
+    found = read_artifact(artifact)
+    return found.serving.value, run_dir if found.serving is Serving.OWN_COPY else found.folder
 
 
 def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> None:
