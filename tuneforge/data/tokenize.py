@@ -1,21 +1,23 @@
 """Tokenization for training: chat template + label masks, raw-text packing, and the row
 packing of whole examples used by `train.packing`.
 
-Assistant-only labels are found at the string level: rendering the conversation up to
-message i (with the generation prompt) and up to message i+1 gives the character span of
-assistant message i inside the full rendering; the fast tokenizer's offsets then mark the
-tokens in that span. This works with any chat template whose renderings of prefixes are
-prefixes of the full rendering (all common templates), and needs no {% generation %} markers.
+Assistant-only labels are found at the string level by `chat_spans` (one rendering with
+the real contents, one with a sentinel per content: right by construction for any template,
+checked, refused with file:line when they cannot be located); the fast tokenizer's offsets
+then mark the tokens in those spans. No {% generation %} markers are needed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneforge.data.chat_spans import SYSTEM_PROMPT_POLICIES, apply_system_prompt, chat_spans, render, template_name, where_of
 from tuneforge.data.types import Conversation
 from tuneforge.errors import DataError, Problem
 
 IGNORE = -100  # label of tokens that carry no loss
+__all__ = ["IGNORE", "SYSTEM_PROMPT_POLICIES", "Encoded", "assistant_spans", "encode_conversation", "encode_prompt",
+           "pack_rows", "pack_texts"]
 
 
 @dataclass
@@ -25,44 +27,56 @@ class Encoded:
     truncated: bool = False
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _messages(conv: Conversation) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in conv.messages]
 
 
-def assistant_spans(tokenizer, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans that carry loss."""
-    msgs = [{"role": m.role, "content": m.content} for m in conv.messages]
-    text = _render(tokenizer, msgs)
-    spans = []
-    for i, m in enumerate(conv.messages):
-        if m.role != "assistant" or m.weight == 0:
-            continue
-        start = len(_render(tokenizer, msgs[:i], add_generation_prompt=True)) if i else 0
-        upto = _render(tokenizer, msgs[: i + 1])
-        end = len(upto)
-        if not text.startswith(upto):
-            raise DataError("the chat template does not render conversations prefix by prefix",
-                            [Problem("model chat template", "cannot locate assistant tokens", "use a template whose prefixes render as prefixes")])
-        spans.append((start, end))
-    return text, spans
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, where: str = "a conversation") -> str:
+    return render(tokenizer, messages, where, add_generation_prompt)
 
 
-def encode_conversation(tokenizer, conv: Conversation, max_length: int) -> Encoded:
+def assistant_spans(tokenizer, conv: Conversation, system_prompt: str = "keep") -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans that carry loss (content + end-of-turn token)."""
+    trained = {i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight != 0}
+    found = chat_spans(tokenizer, _messages(conv), trained, where_of(conv), system_prompt)
+    return found.text, found.spans
+
+
+def encode_conversation(tokenizer, conv: Conversation, max_length: int, system_prompt: str = "keep") -> Encoded:
     """Token ids and labels (-100 outside assistant messages with weight != 0)."""
-    text, spans = assistant_spans(tokenizer, conv)
+    text, spans = assistant_spans(tokenizer, conv, system_prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
-    for k, (tok_start, _tok_end) in enumerate(offsets):
-        if any(s <= tok_start < e for s, e in spans):
+    for s, e in spans:
+        for k in _tokens_in(text, offsets, s, e, tokenizer, conv):
             labels[k] = ids[k]
     truncated = len(ids) > max_length
     return Encoded(ids[:max_length], labels[:max_length], truncated)
 
 
-def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a prompt ending with the assistant generation header."""
-    text = _render(tokenizer, messages, add_generation_prompt=True)
+def _tokens_in(text: str, offsets, s: int, e: int, tokenizer, conv: Conversation) -> list[int]:
+    """Indices of the tokens inside characters [s, e). A token that joins template whitespace to the
+    first character of the answer (Mistral's " " + "Hello" -> " Hello") is the answer's; any other token
+    across a boundary cannot be labelled exactly and is refused."""
+    inside = []
+    for k, (a, b) in enumerate(offsets):
+        if b <= s or a >= e:
+            continue
+        if s <= a and b <= e or (a < s and b <= e and text[a:s].isspace()):
+            inside.append(k)
+            continue
+        raise DataError(f"{template_name(tokenizer)}: a token crosses the edge of an assistant message", [Problem(
+            where_of(conv), f"token {text[a:b]!r} (characters {a}-{b}) spans the edge of the trained text {text[s:e][:40]!r}",
+            "the assistant tokens cannot be located exactly with this tokenizer and template; use a template that "
+            "separates turns with special tokens")])
+    return inside
+
+
+def encode_prompt(tokenizer, messages: list[dict], system_prompt: str = "keep", where: str = "the prompt") -> list[int]:
+    """Token ids of a prompt ending with the assistant generation header (the template's own)."""
+    kept, _, _ = apply_system_prompt(messages, system_prompt, where)
+    text = _render(tokenizer, kept, add_generation_prompt=True, where=where)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -28,6 +28,7 @@ class Conversation:
 
     messages: list[Message]
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)  # "file:line" it was read from; not written out
 
     def to_dict(self) -> dict[str, Any]:
         msgs = []
@@ -105,6 +106,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)  # "file:line" it was read from; not written out
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -35,6 +35,8 @@ def get_objective(name: str, **options) -> Objective:
 def objective_for(cfg: RunConfig) -> Objective:
     """The run's objective with its train.* options (train.dpo_beta, train.mlm_probability)."""
     options = {argument: getattr(cfg.train, key) for key, (name, argument) in OBJECTIVE_OPTIONS.items() if name == cfg.objective}
+    if cfg.objective == "sft":  # how system messages meet the chat template
+        options["system_prompt"] = cfg.data.system_prompt
     return get_objective(cfg.objective, **options)
 
 

@@ -1,0 +1,236 @@
+"""Where the trained characters of a chat are, for any chat template: found by construction, checked.
+
+The conversation is rendered twice: with its real contents, and with a unique sentinel in place of
+every message content (an assistant `<think>` block gets one sentinel for the reasoning and one for the
+answer, so a template that moves or strips reasoning, as Qwen 3's does, sees the same structure).
+Replacing each sentinel by its text must give the real rendering exactly; then the sentinels'
+positions are the contents' character spans in it, whatever the template does around them: a system
+prompt moved into a later turn (Mistral), `<think></think>` added to the last answer (Qwen 3), EOS after
+the last message (Phi-3). Each assistant span is extended over the end-of-turn token the template writes
+right after the content (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, `<|end|>`).
+
+What cannot be located exactly is refused, never guessed: a template that rewrites a content, drops a
+message or refuses the roles, or writes no end-of-turn token. Errors name the record (file:line), the
+template and the fix. Cost: two template renderings per conversation (prefix-by-prefix needed 2 per turn).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from tuneforge.errors import DataError, Problem
+
+SYSTEM_PROMPT_POLICIES = ("keep", "fold", "drop")
+_THINK = re.compile(r"^(\s*<think>)(.*?)(</think>)(.*)$", re.DOTALL)  # reasoning, then the answer
+_THINK_OPEN = re.compile(r"<think>\s*\Z")
+_SYSTEM_FIX = "set data.system_prompt: fold (it opens the first user turn) or drop (`data validate --system-prompt`)"
+
+
+@dataclass(frozen=True)
+class ChatSpans:
+    text: str  # the conversation as the template renders it
+    spans: list[tuple[int, int]]  # characters that carry loss: each trained assistant content + its end-of-turn token
+    dropped_system: int = 0  # system messages removed by `system_prompt="drop"`
+
+
+@dataclass(frozen=True)
+class _Piece:
+    message: int  # index of the message in the conversation as written
+    role: str
+    sentinel: str
+    text: str  # what the sentinel stands for: the content without its surrounding whitespace
+    trail: str = ""  # the content's trailing whitespace (templates that keep it write it before the end-of-turn token)
+    reasoning: bool = False
+
+
+def where_of(conv: Any) -> str:
+    """file:line of a conversation (set by the readers), or the best that is known."""
+    source = getattr(conv, "source", "")
+    if source:
+        return source
+    line = conv.metadata.get("source_line") if getattr(conv, "metadata", None) else None
+    return f"record at line {line}" if line is not None else "a conversation"
+
+
+def template_name(tokenizer: Any) -> str:
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    return f"the chat template of {Path(name).name or name}"
+
+
+def apply_system_prompt(messages: list[dict], policy: str, where: str) -> tuple[list[dict], list[int], int]:
+    """keep: as written; fold: the leading system prompt opens the first user turn (what Gemma 3's template
+    does); drop: every system message removed. Returns the messages, the original index of each, and how
+    many were dropped."""
+    if policy not in SYSTEM_PROMPT_POLICIES:
+        raise ValueError(f"system_prompt must be one of {SYSTEM_PROMPT_POLICIES}, not {policy!r}")
+    origin = list(range(len(messages)))
+    if policy == "keep" or not any(m["role"] == "system" for m in messages):
+        return messages, origin, 0
+    if policy == "drop":
+        origin = [i for i, m in enumerate(messages) if m["role"] != "system"]
+        return [messages[i] for i in origin], origin, len(messages) - len(origin)
+    lead = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    if lead == 0:  # a system message later in the conversation stays where it is
+        return messages, origin, 0
+    if lead == len(messages) or messages[lead]["role"] != "user":
+        raise DataError("cannot fold the system prompt into a user turn", [Problem(
+            where, "no user message follows the system prompt", "start the conversation with a user message, or data.system_prompt: drop")])
+    prefix = "\n\n".join(m["content"] for m in messages[:lead])
+    folded = [{**messages[lead], "content": f"{prefix}\n\n{messages[lead]['content']}"}, *messages[lead + 1:]]
+    return folded, origin[lead:], 0
+
+
+def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prompt: bool = False) -> str:
+    """The template's text; a refused conversation or a missing template is a located DataError."""
+    if not getattr(tokenizer, "chat_template", None):
+        model = template_name(tokenizer).removeprefix("the chat template of ")
+        raise DataError(f"{model} has no chat template", [Problem(
+            where, f"{model} has no chat template: chat data needs one to mark the assistant's turns",
+            "use a chat model (its tokenizer_config.json has a chat_template) or train raw text with objective: clm")])
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as exc:
+        raise DataError(f"{template_name(tokenizer)} refuses a conversation", [Problem(
+            where, f"{template_name(tokenizer)} raised: {exc}", _refusal_fix(tokenizer, messages, where))]) from None
+
+
+def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
+    roles = [m["role"] for m in messages]
+    if "system" in roles:
+        try:
+            tokenizer.apply_chat_template(apply_system_prompt(messages, "fold", where)[0], tokenize=False)
+            return f"this template takes no system role: {_SYSTEM_FIX}"
+        except (jinja2.TemplateError, DataError):
+            pass
+    chat = [r for r in roles if r != "system"]
+    twice = next((i for i in range(1, len(chat)) if chat[i] == chat[i - 1]), None)
+    if twice is not None:
+        return f"roles must alternate user/assistant: merge the two consecutive {chat[twice]} messages into one"
+    if chat and chat[0] != "user":
+        return "start the conversation with a user message"
+    return "make the conversation fit the template (roles it accepts, in its order)"
+
+
+def chat_spans(tokenizer: Any, messages: list[dict], trained: set[int], where: str, system_prompt: str = "keep") -> ChatSpans:
+    """The rendering of `messages` and the loss spans of the assistant messages whose index is in `trained`."""
+    kept, origin, dropped = apply_system_prompt(messages, system_prompt, where)
+    text = render(tokenizer, kept, where)
+    pieces, stand_ins = _with_sentinels(kept, origin)
+    shape = render(tokenizer, stand_ins, where)
+    starts, ends = _substitute(tokenizer, text, shape, pieces, where)
+    spans = []
+    for i in sorted(trained):
+        own = [p for p in pieces if p.message == i and p.sentinel in starts]
+        spans.append(_turn_span(tokenizer, text, own, starts, ends, where, i))
+    return ChatSpans(text, spans, dropped)
+
+
+def _with_sentinels(messages: list[dict], origin: list[int]) -> tuple[list[_Piece], list[dict]]:
+    """Each content replaced by a sentinel (two for `<think>reasoning</think>answer`), its whitespace kept."""
+    used = "".join(m["content"] for m in messages)
+    mark = next(chr(c) for c in range(0xE000, 0xF8FF) if chr(c) not in used)  # a private-use character no content has
+    pieces: list[_Piece] = []
+    out = []
+    for i, m in enumerate(messages):
+        think = _THINK.match(m["content"]) if m["role"] == "assistant" else None
+        parts = [(think.group(1), think.group(2), True), (think.group(3), think.group(4), False)] if think else [("", m["content"], False)]
+        content = ""
+        for before, part, reasoning in parts:
+            lead, core, trail = _split_space(part)
+            sentinel = f"{mark}{len(pieces)}{mark}"
+            pieces.append(_Piece(origin[i], m["role"], sentinel, core, trail, reasoning))
+            content += before + lead + sentinel + trail
+        out.append({**m, "content": content})
+    return pieces, out
+
+
+def _split_space(s: str) -> tuple[str, str, str]:
+    core = s.strip()
+    if not core:
+        return s, "", ""
+    lead = s[: s.index(core)]
+    return lead, core, s[len(lead) + len(core):]
+
+
+def _substitute(tokenizer: Any, text: str, shape: str, pieces: list[_Piece],
+                where: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Start and end in `text` of every sentinel that `shape` contains; checks shape -> text exactly."""
+    name = template_name(tokenizer)
+    at = {}
+    for p in pieces:
+        n = shape.count(p.sentinel)
+        if n > 1:
+            raise _refuse(name, where, f"writes messages[{p.message}] {n} times", "use a template that writes each message once")
+        if n == 0 and not p.reasoning:  # reasoning left out of earlier turns is the template's own choice (Qwen 3)
+            role = p.role
+            fix = _SYSTEM_FIX if role == "system" else f"remove the {role} message or use a template that renders it"
+            raise _refuse(name, where, f"drops messages[{p.message}] (role {role}) from the conversation", fix)
+        if n == 1:
+            at[p.sentinel] = shape.index(p.sentinel)
+    rebuilt, starts, ends, prev = [], {}, {}, 0
+    length = 0
+    for p in sorted((p for p in pieces if p.sentinel in at), key=lambda p: at[p.sentinel]):
+        rebuilt.append(shape[prev:at[p.sentinel]])
+        length += at[p.sentinel] - prev
+        starts[p.sentinel], ends[p.sentinel] = length, length + len(p.text)
+        rebuilt.append(p.text)
+        length += len(p.text)
+        prev = at[p.sentinel] + len(p.sentinel)
+    rebuilt.append(shape[prev:])
+    expected = "".join(rebuilt)
+    if expected != text:
+        k = next((j for j, (a, b) in enumerate(zip(expected, text)) if a != b), min(len(expected), len(text)))
+        raise _refuse(name, where, f"does not write message contents verbatim (at character {k}: {text[max(0, k - 20):k + 20]!r})",
+                      "the assistant tokens cannot be located exactly; use a template that writes each content as given")
+    return starts, ends
+
+
+def _turn_span(tokenizer: Any, text: str, own: list[_Piece], starts: dict[str, int], ends: dict[str, int],
+               where: str, i: int) -> tuple[int, int]:
+    """From the first character of the content (its `<think>` when the template writes the reasoning)
+    to the end of the end-of-turn token right after it."""
+    name = template_name(tokenizer)
+    first, last = own[0], own[-1]
+    start = starts[first.sentinel]
+    if first.reasoning:
+        opened = _THINK_OPEN.search(text, 0, start)
+        if opened is None:
+            raise _refuse(name, where, f"writes the reasoning of messages[{i}] without an opening <think>",
+                          "use a template that writes reasoning inside <think>...</think>, or remove it")
+        start = opened.start()
+    end = ends[last.sentinel]
+    if not last.text:
+        raise _refuse(name, where, f"messages[{i}] (assistant) is empty", "write the answer, or give the message weight 0")
+    for skip in dict.fromkeys((last.trail, "")):  # the content's own trailing whitespace, when the template kept it
+        if text.startswith(skip, end):
+            token = _end_of_turn(tokenizer, text, end + len(skip))
+            if token:
+                return start, end + len(skip) + len(token)
+    raise _refuse(name, where, f"writes no end-of-turn token right after messages[{i}] (assistant): {text[end:end + 20]!r} follows",
+                  "use a template that closes each assistant turn with a special token (e.g. <|im_end|>), so the model learns to stop")
+
+
+_ADDED: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def _end_of_turn(tokenizer: Any, text: str, pos: int) -> str:
+    """The longest added (special) token that starts at `pos`, or ''."""
+    try:
+        tokens = _ADDED[tokenizer]
+    except (KeyError, TypeError):
+        tokens = sorted({t.content for t in tokenizer.added_tokens_decoder.values()} | set(tokenizer.all_special_tokens), key=len, reverse=True)
+        try:
+            _ADDED[tokenizer] = tokens
+        except TypeError:
+            pass
+    return next((t for t in tokens if t and text.startswith(t, pos)), "")
+
+
+def _refuse(name: str, where: str, what: str, fix: str) -> DataError:
+    return DataError(f"{name} {what.split(' (')[0]}", [Problem(where, f"{name} {what}", fix)])
