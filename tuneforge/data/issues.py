@@ -11,7 +11,8 @@ Kinds (errors unless noted):
   (warning), too_long, too_few_examples, empty_file, duplicate (warning), short_answer
   (warning), label_imbalance (warning), unreadable_file, skipped_files (warning), long_paragraph (warning),
   split_at_limit (warning), kto_unsupported, multimodal_unsupported, format_conflict, no_prompt, not_one_answer,
-  duplicate_system.
+  duplicate_system, chat_template (the model's chat template refuses the record or its assistant tokens
+  cannot be located), system_prompt_dropped (warning).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tuneforge.errors import Problem
 Severity = Literal["error", "warning"]
 
 WARNING_KINDS = frozenset({"bom", "unknown_key", "bio_sequence", "identical_pair", "duplicate", "short_answer", "label_imbalance",
-                           "skipped_files", "long_paragraph", "split_at_limit"})
+                           "skipped_files", "long_paragraph", "split_at_limit", "system_prompt_dropped"})
 
 
 @dataclass(frozen=True)
