@@ -1,4 +1,5 @@
-"""The decode loop of generate_batch against transformers' generate: same tokens, same draws."""
+"""The decode loop of generate_batch against transformers' generate: same tokens, same draws; and the
+streamed path (generate_one) gives the batched path's text exactly."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneforge.models.generate import decode, direct_decoding, generate_batch
+from tuneforge.data.tokenize import encode_prompt
+from tuneforge.models.generate import AnswerText, decode, direct_decoding, generate_batch
+from tuneforge.serve.streaming import generate_one
 
 PROMPTS = [[{"role": "user", "content": "How much is the Lumora Lantern?"}],
            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Shipping to Norway?"}],
@@ -124,3 +127,69 @@ def test_per_row_adapters_decode_as_each_adapter_alone(tiny_model_dir, model_and
             plain = decode(model, ids[:1], mask[:1], 10, 0.0, 1.0, [], pad)
     assert len({tuple(t.tolist()) for t in (one[0], two[0], plain[0])}) == 3  # three different models
     assert torch.equal(mixed, torch.cat([one, plain, two]))
+
+
+SCRIPTED = ["ĉ", "H", "ell", "o", "Ġthe", "re", "Ġ"]  # "\tHello there ": whitespace at both ends
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_model_dir):
+    """The tiny Llama made to answer any prompt with SCRIPTED and then the end token.
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the (normed) embedding of the
+    last token; chain token i embeds as the unit vector e_i and the (untied) head scores the next
+    chain token on e_i. The greedy answer is then known exactly, whitespace included."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompt_end = encode_prompt(tok, PROMPTS[0])[-1]  # every chat prompt ends with the same header token
+    chain = [prompt_end, *tok.convert_tokens_to_ids(SCRIPTED), tok.eos_token_id]
+    assert len(set(chain)) == len(chain)
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.get_input_embeddings().weight
+        head = torch.zeros_like(embed)
+        for i, (token, nxt) in enumerate(zip(chain, chain[1:])):
+            embed[token] = torch.nn.functional.one_hot(torch.tensor(i), hidden).float()
+            head[nxt, i] = 20.0
+        model.lm_head.weight = torch.nn.Parameter(head)  # no longer tied to the embeddings
+        model.config.tie_word_embeddings = False
+    return model, tok
+
+
+def streamed(model, tok, prompt, **kw):
+    pieces: list[str] = []
+    result = generate_one(model, tok, encode_prompt(tok, prompt), temperature=0.0, top_p=1.0, seed=None,
+                          on_text=pieces.append, **kw)
+    return "".join(pieces), result
+
+
+@pytest.mark.parametrize("stop, expected", [(None, "\tHello there "), (["there"], "\tHello "), (["o"], "\tHell")])
+def test_streamed_and_batched_answers_are_the_same_text(scripted, stop, expected):
+    model, tok = scripted
+    batched = generate_batch(model, tok, PROMPTS[:1], max_new_tokens=16, stop=stop)[0]
+    joined, one = streamed(model, tok, PROMPTS[0], max_new_tokens=16, stop=stop)
+    assert batched.text == one.text == joined == expected  # leading tab and trailing space kept by both
+    assert batched.finish_reason == one.finish_reason == "stop"
+    if stop is None:
+        assert batched.completion_tokens == one.completion_tokens == len(SCRIPTED) + 1  # the end token counts
+
+
+def test_streamed_and_batched_answers_match_on_a_real_greedy_model(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    for prompt in PROMPTS:
+        batched = generate_batch(model, tok, [prompt], max_new_tokens=12)[0]
+        joined, one = streamed(model, tok, prompt, max_new_tokens=12, stop=None)
+        assert batched.text == one.text == joined
+        assert (batched.finish_reason, batched.completion_tokens) == (one.finish_reason, one.completion_tokens)
+
+
+def test_answer_text_pieces_join_to_the_whole_text(tiny_tokenizer):
+    ids = tiny_tokenizer("  Grüße, see you soon \n", add_special_tokens=False)["input_ids"]
+    answer = AnswerText(tiny_tokenizer, stop=["soon"])
+    pieces = [answer.add([token]) for token in ids]
+    pieces.append(answer.add([], last=True))
+    assert "".join(pieces) == answer.text == "  Grüße, see you " and answer.stopped
+    assert all("\ufffd" not in p for p in pieces)  # a half UTF-8 character is held back, not sent

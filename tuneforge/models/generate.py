@@ -1,4 +1,5 @@
-"""Batched generation for chat prompts, with token accounting and stop strings."""
+"""Batched generation for chat prompts, with token accounting and stop strings, and the one rule
+(`AnswerText`) that turns new tokens into an answer's text for the batched and the streamed paths."""
 
 from __future__ import annotations
 
@@ -57,13 +58,47 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         new = new_ids[row].tolist()
         ended = next((k for k, t in enumerate(new) if t in stops), None)
         new = new if ended is None else new[:ended]
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        reason = "stop" if ended is not None else "length"
-        for s in stop or []:
-            if s and s in text:
-                text, reason = text[: text.index(s)], "stop"
-        results.append(GenerationResult(text.strip(), len(e), len(new) + (ended is not None), reason))
+        answer = AnswerText(tokenizer, stop)
+        answer.add(new, last=True)
+        reason = "stop" if ended is not None or answer.stopped else "length"
+        results.append(GenerationResult(answer.text, len(e), len(new) + (ended is not None), reason))
     return results
+
+
+class AnswerText:
+    """New token ids -> the answer's text, the same for a batch and for a stream.
+
+    The text is the tokens decoded (special tokens skipped) up to the first stop string, exactly:
+    no whitespace is stripped, since a stream cannot take back spaces it has already sent (and
+    leading spaces or newlines can be the answer's own, e.g. indented code). `add` returns the
+    part that is now final: it holds back a half multi-byte character and a tail that may still
+    grow into a stop string until the next tokens (or the last) settle it. The returned pieces,
+    joined, are `text`.
+    """
+
+    def __init__(self, tokenizer, stop: list[str] | None = None) -> None:
+        self.tokenizer, self.stops = tokenizer, [s for s in stop or [] if s]
+        self.ids: list[int] = []
+        self.text = ""  # the final part so far: everything `add` has returned
+        self.stopped = False  # a stop string ended the answer; later tokens are ignored
+
+    def add(self, ids: list[int], last: bool = False) -> str:
+        if not self.stopped:
+            self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = min((text.index(s) for s in self.stops if s in text), default=None)
+        if cut is not None:
+            text, self.stopped = text[:cut], True
+        safe = len(text)
+        if not (last or self.stopped):
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                safe = len(text.rstrip("\ufffd"))
+            tail = text[:safe]  # hold back the longest tail that may grow into a stop string
+            safe -= max((k for s in self.stops for k in range(1, min(len(s), safe + 1)) if tail.endswith(s[:k])), default=0)
+        if safe <= len(self.text):
+            return ""
+        piece, self.text = text[len(self.text):safe], text[:safe]
+        return piece
 
 
 def direct_decoding(model) -> bool:
