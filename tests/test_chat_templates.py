@@ -8,6 +8,7 @@ located error (file:line, template, fix), never a jinja2 traceback and never a w
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from families import FAMILIES, family_tokenizer, labelled_runs
@@ -235,3 +236,32 @@ def test_sft_objective_lists_every_refused_record(tmp_path):
     cfg = RunConfig.model_validate({"model": {"name": "demo"}, "data": {"train": str(path), "system_prompt": "fold"}})
     feats = objective_for(cfg).encode(examples, family_tokenizer("gemma2"), 256)
     assert len(feats) == 3 and all(any(label != IGNORE for label in f.labels) for f in feats)
+
+
+def test_train_reports_refused_records_and_trains_with_fold(tmp_path):
+    """`train` on a Gemma 2 tokenizer: records with a system prompt are located errors; fold trains them."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.config import RunConfig
+    from tuneforge.train import train
+
+    tok = family_tokenizer("gemma2")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.convert_tokens_to_ids("<end_of_turn>"), bos_token_id=tok.bos_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    train_file = _write(tmp_path / "train.jsonl", [ONE_TURN, [SYSTEM, *TURNS]] * 4)
+    val_file = _write(tmp_path / "val.jsonl", [TURNS])
+    raw = {"objective": "sft", "output_dir": str(tmp_path / "run"), "model": {"name": str(tmp_path / "model"), "max_length": 128},
+           "data": {"train": str(train_file), "validation": str(val_file)},
+           "method": {"name": "lora", "r": 2, "alpha": 4}, "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2}}
+    with pytest.raises(DataError) as err:
+        train(RunConfig.model_validate(raw), progress=False)
+    assert [p.where for p in err.value.problems] == [f"{train_file}:{n}" for n in (2, 4, 6, 8)]
+    assert "System role not supported" in err.value.problems[0].message and "fold" in err.value.problems[0].fix
+    raw["data"]["system_prompt"] = "fold"
+    result = train(RunConfig.model_validate(raw), progress=False)
+    assert result.status == "completed" and result.steps == 2 and all(map(math.isfinite, result.losses))
