@@ -65,4 +65,9 @@ def _disabled(model: nn.Module) -> ContextManager:
     return adapters_disabled(model)
 
 
-register(Method("adapter", AdapterMethod, FOLDER, _apply, _save, has_file(CONFIG_NAME), restore=_load, reference=_disabled))
+def _owns(model: nn.Module) -> bool:
+    return hasattr(model, "tuneforge_bottleneck")  # the settings `insert_adapters` records
+
+
+register(Method("adapter", AdapterMethod, FOLDER, _apply, _save, has_file(CONFIG_NAME), restore=_load, reference=_disabled,
+                owns=_owns))

@@ -87,6 +87,12 @@ def adapter_disabled(model: nn.Module) -> ContextManager:
     return model.disable_adapter()  # peft: the wrapped base alone, no second copy in memory
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def peft_type_of(folder: Path) -> str | None:
     """The peft_type a PEFT folder declares (LORA, IA3, PROMPT_TUNING...); None for other folders."""
     return json_file(folder / ADAPTER_CONFIG).get("peft_type")
@@ -102,7 +108,7 @@ def peft_folder(peft_type: str, use_dora: bool = False) -> Callable[[Path], bool
 
 def peft_method(name: str, config: type[MethodConfig], apply, peft_type: str, **fields) -> Method:
     """A method whose artifact is a PEFT `adapter/` folder; `fields` override the peft defaults."""
-    defaults = dict(restore=load_adapter, merge=merge_peft, reference=adapter_disabled, fp32_adapters=True)
+    defaults = dict(restore=load_adapter, merge=merge_peft, reference=adapter_disabled, fp32_adapters=True, owns=is_peft_model)
     return Method(name, config, ADAPTER_FOLDER, apply, save_adapter, peft_folder(peft_type, fields.pop("use_dora", False)),
                   **{**defaults, **fields})
 

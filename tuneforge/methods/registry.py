@@ -95,6 +95,7 @@ class Method:
     base_lr: float = 2e-4  # the service's learning rate before learning_rate_multiplier
     fp32_adapters: bool = False  # trained weights (and their gradients) stay fp32 under a 16-bit base (peft)
     quantized_bytes: Callable[[Any], float] | None = None  # bytes per frozen base weight when loaded quantized
+    owns: Callable[[nn.Module], bool] | None = None  # recognises a model adapted without `apply` (built with peft by hand)
 
     def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
         """The model to train: the base adapted as `cfg` says, tagged with this method."""
@@ -185,9 +186,13 @@ def reference_methods() -> list[str]:
 
 
 def method_of(model: nn.Module) -> Method | None:
-    """The method that applied or loaded `model` (a DDP/FSDP wrapper is looked through)."""
-    name = getattr(getattr(model, "module", model), TAG, None)
-    return get_method(name) if name else None
+    """The method that applied or loaded `model` (a DDP/FSDP wrapper is looked through), else the first
+    whose `owns` recognises it."""
+    model = getattr(model, "module", model)
+    name = getattr(model, TAG, None)
+    if name:
+        return get_method(name)
+    return next((m for m in methods() if m.owns is not None and m.owns(model)), None)
 
 
 def reference_context(model: nn.Module) -> ContextManager:
