@@ -36,7 +36,9 @@ def _read(name, **kw):
                 rejected.setdefault(e.kind, []).append(checked.line)
         else:
             examples.append(checked.example)
-    assert records == len(examples) + sum(len(v) for v in rejected.values())  # counts add up (one reason per bad record here)
+    assert records == len(examples) + sum(
+        len(v) for v in rejected.values()
+    )  # counts add up (one reason per bad record here)
     return examples, rejected
 
 
@@ -46,30 +48,51 @@ def _pairs(examples):
 
 
 PREFERENCE_LAYOUTS = {
-    "preference_prompt.jsonl": ([
-        ([("user", "Name a prime number.")], "7 is prime.", "9 is prime."),
-        ([("system", "Be brief."), ("user", "Capital of France?")], "Paris.", "Lyon."),
-        ([("user", "2+2?")], "4", "5"),
-    ], {"not_one_answer": [4]}),
-    "preference_implicit.jsonl": ([
-        ([("user", "Is water wet?")], "It makes things wet.", "No idea."),
-        ([("user", "Hi"), ("assistant", "Hello"), ("user", "Tell a joke")], "A pun, as requested.", "No."),
-    ], {}),
-    "openai_dpo.jsonl": ([
-        ([("user", "Hello, can you tell me how cold San Francisco is today?")],
-         "Today in San Francisco it is not quite cold, as expected: about 23°C.", "It is not particularly cold in San Francisco today."),
-        ([("system", "Answer in French."), ("user", "Thank you")], "Merci à vous !", "You're welcome."),
-    ], {"not_one_answer": [3]}),
-    "sharegpt_dpo.json": ([
-        ([("user", "What is the boiling point of water at sea level?")], "100 °C (212 °F).", "50 °C."),
-        ([("system", "You are terse."), ("user", "Hi"), ("assistant", "Hi."), ("user", "Favourite colour?")],
-         "Blue.", "I like many colours, let me list them all."),
-        ([("system", "Translate literally."), ("user", "Translate 'cat' to German")], "Katze", "Hund"),
-    ], {"not_one_answer": [63]}),
-    "llamafactory_v1_dpo.jsonl": ([
-        ([("user", "Define entropy.")], "A measure of disorder or uncertainty.", "A kind of energy drink."),
-        ([("system", "Math tutor."), ("user", "3*3?")], "9", "6"),
-    ], {"no_prompt": [3]}),
+    "preference_prompt.jsonl": (
+        [
+            ([("user", "Name a prime number.")], "7 is prime.", "9 is prime."),
+            ([("system", "Be brief."), ("user", "Capital of France?")], "Paris.", "Lyon."),
+            ([("user", "2+2?")], "4", "5"),
+        ],
+        {"not_one_answer": [4]},
+    ),
+    "preference_implicit.jsonl": (
+        [
+            ([("user", "Is water wet?")], "It makes things wet.", "No idea."),
+            ([("user", "Hi"), ("assistant", "Hello"), ("user", "Tell a joke")], "A pun, as requested.", "No."),
+        ],
+        {},
+    ),
+    "openai_dpo.jsonl": (
+        [
+            (
+                [("user", "Hello, can you tell me how cold San Francisco is today?")],
+                "Today in San Francisco it is not quite cold, as expected: about 23°C.",
+                "It is not particularly cold in San Francisco today.",
+            ),
+            ([("system", "Answer in French."), ("user", "Thank you")], "Merci à vous !", "You're welcome."),
+        ],
+        {"not_one_answer": [3]},
+    ),
+    "sharegpt_dpo.json": (
+        [
+            ([("user", "What is the boiling point of water at sea level?")], "100 °C (212 °F).", "50 °C."),
+            (
+                [("system", "You are terse."), ("user", "Hi"), ("assistant", "Hi."), ("user", "Favourite colour?")],
+                "Blue.",
+                "I like many colours, let me list them all.",
+            ),
+            ([("system", "Translate literally."), ("user", "Translate 'cat' to German")], "Katze", "Hund"),
+        ],
+        {"not_one_answer": [63]},
+    ),
+    "llamafactory_v1_dpo.jsonl": (
+        [
+            ([("user", "Define entropy.")], "A measure of disorder or uncertainty.", "A kind of energy drink."),
+            ([("system", "Math tutor."), ("user", "3*3?")], "9", "6"),
+        ],
+        {"no_prompt": [3]},
+    ),
 }
 
 
@@ -80,12 +103,19 @@ def test_preference_layouts_are_pairs_never_sft(name):
     assert _pairs(examples) == expected
     assert got_rejected == rejected
     report = validate_file(CORPUS / name, min_examples=1)
-    assert report.format == "preference" and report.valid == len(expected) and report.records == len(expected) + len(rejected)
+    assert (
+        report.format == "preference"
+        and report.valid == len(expected)
+        and report.records == len(expected) + len(rejected)
+    )
 
 
 def test_openai_dpo_input_tools_are_named_not_silently_dropped():
     report = validate_file(CORPUS / "openai_dpo.jsonl", min_examples=1)
-    assert sorted(i.field for i in report.warnings if i.kind == "unknown_key") == ["input.parallel_tool_calls", "input.tools"]
+    assert sorted(i.field for i in report.warnings if i.kind == "unknown_key") == [
+        "input.parallel_tool_calls",
+        "input.tools",
+    ]
 
 
 def test_dpo_objective_trains_exactly_the_chosen_and_rejected_answers(tiny_tokenizer):
@@ -95,7 +125,10 @@ def test_dpo_objective_trains_exactly_the_chosen_and_rejected_answers(tiny_token
     pairs = [ex for name in PREFERENCE_LAYOUTS for ex in _read(name)[0]]
     DirectPreference().prepare(pairs)
     for ex, feat in zip(pairs, DirectPreference().encode(pairs, tiny_tokenizer, 256)):
-        for ids, labels, answer in ((feat.input_ids, feat.labels, ex.chosen), (feat.rejected_ids, feat.rejected_labels, ex.rejected)):
+        for ids, labels, answer in (
+            (feat.input_ids, feat.labels, ex.chosen),
+            (feat.rejected_ids, feat.rejected_labels, ex.rejected),
+        ):
             learned = tiny_tokenizer.decode([t for t in labels if t != IGNORE], skip_special_tokens=True)
             # encode_conversation also labels assistant turns of a multi-turn prompt; they are the same tokens in the
             # chosen and the rejected row, so they cancel in the DPO margin
@@ -111,7 +144,10 @@ def test_kto_data_is_refused_by_name(name, n):
     with pytest.raises(DataError) as err:
         read_examples(CORPUS / name)
     first = rejected["kto_unsupported"][0]
-    assert f"KTO data (unpaired desirable/undesirable labels) is not supported yet: {n} record(s), first at {CORPUS / name}:{first}" in str(err.value)
+    assert (
+        f"KTO data (unpaired desirable/undesirable labels) is not supported yet: {n} record(s), first at {CORPUS / name}:{first}"
+        in str(err.value)
+    )
     # a forced SFT format does not make the unpaired label a training target either
     assert list(_read(name, format="chat" if name.endswith(".json") else "prompt_completion")[1]) == ["kto_unsupported"]
 
@@ -121,7 +157,9 @@ def test_forcing_an_sft_format_on_preference_pairs_is_refused():
     assert examples == [] and list(rejected) == ["format_conflict"] and len(rejected["format_conflict"]) == 4
 
 
-@pytest.mark.parametrize("name, lines, kept", [("multimodal_llamafactory.json", [2, 17, 32], 0), ("multimodal_openai.jsonl", [1, 2], 1)])
+@pytest.mark.parametrize(
+    "name, lines, kept", [("multimodal_llamafactory.json", [2, 17, 32], 0), ("multimodal_openai.jsonl", [1, 2], 1)]
+)
 def test_multimodal_records_are_refused_not_read_as_text(name, lines, kept):
     examples, rejected = _read(name)
     assert rejected == {"multimodal_unsupported": lines} and len(examples) == kept
@@ -129,14 +167,19 @@ def test_multimodal_records_are_refused_not_read_as_text(name, lines, kept):
         assert examples[0].messages[0].content == "Plain text parts"
     report = validate_file(CORPUS / name, min_examples=1)
     assert report.refused.counts == {"multimodal_unsupported": len(lines)}
-    assert report.to_dict()["refused"][0].startswith(f"multimodal records (images, audio, video) are not supported yet: {len(lines)} record(s)")
+    assert report.to_dict()["refused"][0].startswith(
+        f"multimodal records (images, audio, video) are not supported yet: {len(lines)} record(s)"
+    )
 
 
 def test_unused_fields_are_reported_with_count_and_lines():
     report = validate_file(CORPUS / "alpaca_extra_fields.jsonl", min_examples=1)
     where = str(CORPUS / "alpaca_extra_fields.jsonl")
-    assert report.to_dict()["unused_fields"] == {"category": {"count": 1, "first": [f"{where}:3"]}, "history": {"count": 1, "first": [f"{where}:1"]},
-                                                  "id": {"count": 3, "first": [f"{where}:1", f"{where}:2", f"{where}:3"]}}
+    assert report.to_dict()["unused_fields"] == {
+        "category": {"count": 1, "first": [f"{where}:3"]},
+        "history": {"count": 1, "first": [f"{where}:1"]},
+        "id": {"count": 3, "first": [f"{where}:1", f"{where}:2", f"{where}:3"]},
+    }
     result = runner.invoke(root, ["data", "validate", where, "--min-examples", "1"])
     assert "unused field 'id': 3 record(s)" in result.output
 
@@ -144,7 +187,11 @@ def test_unused_fields_are_reported_with_count_and_lines():
 def test_a_folder_reads_data_files_only_and_names_the_rest(tmp_path):
     folder = CORPUS / "folder_with_readme"
     examples, rejected = _read("folder_with_readme")
-    assert rejected == {} and [e.messages[0].content for e in examples] == ["q0", "q1", "q2"]  # README.md is no training text
+    assert rejected == {} and [e.messages[0].content for e in examples] == [
+        "q0",
+        "q1",
+        "q2",
+    ]  # README.md is no training text
     report = validate_file(folder, min_examples=1)
     [skipped] = [w for w in report.warnings if w.kind == "skipped_files"]
     assert "2 file(s) not read: README.md, dataset_info.json" in skipped.message
@@ -160,7 +207,10 @@ def _read_any(path, **kw):
     return [e.text for e in out if isinstance(e, TextExample)], out
 
 
-@pytest.mark.parametrize("unit, n, first", [("paragraph", 1, None), ("line", 250, "Article 0: a whole document on one line."), ("file", 1, None)])
+@pytest.mark.parametrize(
+    "unit, n, first",
+    [("paragraph", 1, None), ("line", 250, "Article 0: a whole document on one line."), ("file", 1, None)],
+)
 def test_text_units(unit, n, first):
     examples, rejected = _read("articles.txt", text_unit=unit)
     assert rejected == {} and len(examples) == n
@@ -172,15 +222,30 @@ def test_text_units(unit, n, first):
 
 def test_prepare_keeps_code_and_cjk_byte_identical(tmp_path):
     src = CORPUS / "meaning_preserving.jsonl"
-    m = prepare(load_prepare_config(src, ["split.train=1", "split.validation=0", "split.test=0", "dedup.near=false"]), tmp_path / "out")
+    m = prepare(
+        load_prepare_config(src, ["split.train=1", "split.validation=0", "split.test=0", "dedup.near=false"]),
+        tmp_path / "out",
+    )
     written = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     original = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()]
     assert [r["messages"] for r in written] == [r["messages"] for r in original]
     train_text = (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8")
-    assert all(ch in train_text for ch in "，：（）？！；²") and "\n        raise ValueError" in written[0]["messages"][1]["content"]
-    assert m["steps"][1]["counts"].get("texts_changed", 0) == 0 and (tmp_path / "out" / "cleaning_diffs.jsonl").read_text() == ""
+    assert (
+        all(ch in train_text for ch in "，：（）？！；²")
+        and "\n        raise ValueError" in written[0]["messages"][1]["content"]
+    )
+    assert (
+        m["steps"][1]["counts"].get("texts_changed", 0) == 0
+        and (tmp_path / "out" / "cleaning_diffs.jsonl").read_text() == ""
+    )
     # NFKC is opt-in, and it does change meaning: full-width punctuation and superscripts become ASCII
-    m = prepare(load_prepare_config(src, ["clean.nfkc=true", "split.train=1", "split.validation=0", "split.test=0"]), tmp_path / "nfkc")
-    diffs = [json.loads(line) for line in (tmp_path / "nfkc" / "cleaning_diffs.jsonl").read_text(encoding="utf-8").splitlines()]
+    m = prepare(
+        load_prepare_config(src, ["clean.nfkc=true", "split.train=1", "split.validation=0", "split.test=0"]),
+        tmp_path / "nfkc",
+    )
+    diffs = [
+        json.loads(line)
+        for line in (tmp_path / "nfkc" / "cleaning_diffs.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert m["steps"][1]["counts"]["unicode_nfkc"] == 3 and {d["step"] for d in diffs} == {"unicode_nfkc"}
     assert any("²" in d["before"] and "2" in d["after"] and "²" not in d["after"] for d in diffs)
