@@ -1,11 +1,13 @@
 # Two commands for a new user: `make demo` and `make test`. Each sets up .venv once
 # (torch CPU build first, then the pinned requirements, then tuneforge itself) and reuses it.
+# `make test` runs `make lint` first (ruff: lint rules and formatting, settings in pyproject.toml),
+# so CI (.ci/run: make test) enforces them; `make format` applies the formatter and the safe fixes.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint format test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +21,17 @@ $(STAMP): pyproject.toml requirements.txt
 demo: $(STAMP)
 	$(BIN)/tuneforge quickstart
 
-test: $(STAMP)
+LINTED := tuneforge tests bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

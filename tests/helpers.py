@@ -88,10 +88,14 @@ def make_config(tiny_model_dir, data, out, method=None, **train_kw):
     """An SFT run on the tiny model: LoRA r=4 unless `method`, 6 steps; `train_kw` override the train section."""
     from tuneforge.config import DataSection, LoraMethod, ModelSection, RunConfig, TrainSection
 
-    defaults = dict(max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0, seed=7)
+    defaults = dict(
+        max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0, seed=7
+    )
     return RunConfig(
-        objective="sft", output_dir=out,
+        objective="sft",
+        output_dir=out,
         model=ModelSection(name=str(tiny_model_dir), max_length=128),
         data=DataSection(train=data["train"], validation=data["validation"], test=data["test"]),
-        method=method or LoraMethod(r=4, alpha=8), train=TrainSection(**{**defaults, **train_kw}),
+        method=method or LoraMethod(r=4, alpha=8),
+        train=TrainSection(**{**defaults, **train_kw}),
     )

@@ -18,7 +18,9 @@ def test_pad_batch_right_pads_token_labels_with_ignore():
 
 
 def test_pad_batch_per_example_keeps_one_label_per_row():
-    batch = pad_batch([Encoded(input_ids=[5, 6, 7], labels=[2]), Encoded(input_ids=[8], labels=[0])], pad_id=1, per_example=True)
+    batch = pad_batch(
+        [Encoded(input_ids=[5, 6, 7], labels=[2]), Encoded(input_ids=[8], labels=[0])], pad_id=1, per_example=True
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [2, 0]

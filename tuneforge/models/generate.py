@@ -94,7 +94,8 @@ class AnswerText:
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 safe = len(text.rstrip("\ufffd"))
             tail = text[:safe]  # hold back the longest tail that may grow into a stop string
-            safe -= max((k for s in self.stops for k in range(1, min(len(s), safe + 1)) if tail.endswith(s[:k])), default=0)
+            held = (k for s in self.stops for k in range(1, min(len(s), safe + 1)) if tail.endswith(s[:k]))
+            safe -= max(held, default=0)
         if safe <= len(self.text):
             return ""
         piece, self.text = text[len(self.text):safe], text[:safe]
