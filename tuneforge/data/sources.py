@@ -82,11 +82,6 @@ def skipped_issue(folder: Path, skipped: list[Path]) -> Issue:
                  "files, except README/LICENSE/dataset_info.json and hidden files)", str(folder), fix="pass --include GLOB to read them as data")
 
 
-def check_text_unit(unit: str) -> None:
-    if unit not in TEXT_UNITS:
-        raise ValueError(f"text_unit must be one of {', '.join(TEXT_UNITS)}, got {unit!r}")
-
-
 def container_of(path: Path, default: str = "jsonl") -> str:
     """The container of a file by its suffix; an unknown suffix is `default` (text for files a folder's --include adds)."""
     return SUFFIXES.get(path.suffix.lower(), default)
