@@ -265,3 +265,11 @@ def test_train_reports_refused_records_and_trains_with_fold(tmp_path):
     raw["data"]["system_prompt"] = "fold"
     result = train(RunConfig.model_validate(raw), progress=False)
     assert result.status == "completed" and result.steps == 2 and all(map(math.isfinite, result.losses))
+
+
+def test_system_message_inside_the_conversation_gets_its_own_fix():
+    conv = _conv([*ONE_TURN, Message("system", "Answer in French."), *TURNS[2:]])
+    with pytest.raises(DataError) as err:
+        encode_conversation(family_tokenizer("gemma2"), conv, 4096, "fold")  # fold moves only the leading system prompt
+    assert "messages[2] is a system message inside the conversation" in err.value.problems[0].fix
+    _same("qwen2.5", _runs("qwen2.5", conv), _expected("qwen2.5", conv))  # ChatML writes it where it is

@@ -41,7 +41,8 @@ def test_lora_run_writes_the_run_directory_and_learns(tiny_model_dir, support_da
 
 # Losses of a fixed tiny run (full fine-tuning, seed 7, fp32, 2 threads); they pin the
 # numerics of tokenization, label masking, loss normalisation and the optimizer step.
-GOLDEN_LOSSES = [6.295186, 6.108575, 5.942912, 5.902067]
+# (Since issue 12 the "\n" the ChatML template writes after <|im_end|> is no longer trained.)
+GOLDEN_LOSSES = [6.282685, 6.098363, 5.930882, 5.892142]
 
 
 def test_golden_losses(tiny_model_dir, support_data, tmp_path):

@@ -108,6 +108,9 @@ def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
             return f"this template takes no system role: {_SYSTEM_FIX}"
         except (jinja2.TemplateError, DataError):
             pass
+    later = next((i for i, r in enumerate(roles) if r == "system" and any(q != "system" for q in roles[:i])), None)
+    if later is not None:
+        return f"messages[{later}] is a system message inside the conversation: merge it into a user turn or remove it"
     chat = [r for r in roles if r != "system"]
     twice = next((i for i in range(1, len(chat)) if chat[i] == chat[i - 1]), None)
     if twice is not None:

@@ -61,8 +61,8 @@ class DirectPreference:
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         feats = []
         for i, ex in enumerate(examples):
-            chosen = encode_conversation(tokenizer, Conversation([*ex.prompt, Message("assistant", ex.chosen)]), max_length)
-            rejected = encode_conversation(tokenizer, Conversation([*ex.prompt, Message("assistant", ex.rejected)]), max_length)
+            pair = [Conversation([*ex.prompt, Message("assistant", a)], source=ex.source) for a in (ex.chosen, ex.rejected)]
+            chosen, rejected = (encode_conversation(tokenizer, c, max_length) for c in pair)  # template errors say file:line
             if all(t == IGNORE for t in chosen.labels) or all(t == IGNORE for t in rejected.labels):
                 raise DataError("a preference answer is cut off entirely by model.max_length",
                                 [Problem(f"example {i}", "no answer token left after truncation", "raise model.max_length or shorten the prompt")])
