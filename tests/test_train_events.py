@@ -19,7 +19,9 @@ EVENTS = [
     TrainStep(step=3, epoch=1, loss=2.5, lr=1e-3, tokens=480, tokens_per_s=1234.5),
     EvalDone(step=3, val_loss=2.25, best_val_loss=2.0, metrics={"accuracy": 0.75, "f1": 0.5}),
     CheckpointSaved(step=3, path="/runs/a/checkpoints/step-3"),
-    Finished(metrics={"steps": 3, "trained_tokens": 480, "train_loss": 2.5, "val_loss": None, "artifact": "/r/adapter"}),
+    Finished(
+        metrics={"steps": 3, "trained_tokens": 480, "train_loss": 2.5, "val_loss": None, "artifact": "/r/adapter"}
+    ),
     Message(text="early stopping at step 3", level="warning"),
 ]
 # The metrics.jsonl lines as train() wrote them before the events were typed (without "time").
@@ -70,12 +72,20 @@ def test_rundir_is_the_only_reader_of_metrics_jsonl():
             continue
         tree = ast.parse(path.read_text())
         scopes = (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, scopes) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, scopes)
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             where = f"{path.relative_to(package)}:{getattr(node, 'lineno', '?')}"
             is_str = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-            if is_str and (node.value == "metrics.jsonl" or node.value.endswith("/metrics.jsonl")):  # the file, as a path
+            if is_str and (
+                node.value == "metrics.jsonl" or node.value.endswith("/metrics.jsonl")
+            ):  # the file, as a path
                 found.append(where)
             if isinstance(node, ast.Attribute) and node.attr == "metrics_path":
                 found.append(where)

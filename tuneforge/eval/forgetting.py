@@ -18,9 +18,9 @@ from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import Encoded
 from tuneforge.errors import DataError, Problem
 from tuneforge.eval.bootstrap import Interval, ratio_ci
+from tuneforge.eval.compare import sequence_nll
 from tuneforge.train.progress import EvalDone, TrainStep
 from tuneforge.train.rundir import RunDir
-from tuneforge.eval.compare import sequence_nll
 
 HELD_OUT_SEED = 1001  # the demo pretraining corpus uses seed 0 (tuneforge.train.pretrain)
 OVERFIT_RISE = 0.02  # validation loss 2% above its best counts as rising

@@ -16,9 +16,10 @@ sees a status without its event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
@@ -68,11 +69,21 @@ CANCEL = Transition("cancel", ACTIVE, S.CANCELLED)
 TRANSITIONS = (VALIDATE, REJECT_FILES, HOLD, CLAIM, PAUSE, REQUEUE, RESUME, SUCCEED, FAIL, CANCEL)
 # The table of allowed moves, derived so that it cannot disagree with the transitions.
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    status: frozenset(t.target for t in TRANSITIONS if status in t.sources) for status in JobStatus}
+    status: frozenset(t.target for t in TRANSITIONS if status in t.sources) for status in JobStatus
+}
 
 
-def apply(s: Session, job_id: str, t: Transition, *, when: Iterable[ColumnElement[bool]] = (), event: str | None = None,
-          level: str = "info", rows: Iterable[Base] = (), **values: Any) -> bool:
+def apply(
+    s: Session,
+    job_id: str,
+    t: Transition,
+    *,
+    when: Iterable[ColumnElement[bool]] = (),
+    event: str | None = None,
+    level: str = "info",
+    rows: Iterable[Base] = (),
+    **values: Any,
+) -> bool:
     """Move `job_id` along `t` inside session `s` if it is still in one of `t.sources` (and
     matches `when`); `event` and the extra `rows` are written only when it moved."""
     values = {"status": t.target.value, **values}
@@ -97,8 +108,14 @@ def files_validated(store: Store, job_id: str) -> bool:
 
 
 def files_rejected(store: Store, job_id: str, param: str, message: str) -> bool:
-    return _apply(store, job_id, REJECT_FILES, event=message, level="error",
-                  error={"code": f"invalid_{param}", "message": message, "param": param})
+    return _apply(
+        store,
+        job_id,
+        REJECT_FILES,
+        event=message,
+        level="error",
+        error={"code": f"invalid_{param}", "message": message, "param": param},
+    )
 
 
 def hold(store: Store, job_id: str) -> bool:
@@ -108,21 +125,32 @@ def hold(store: Store, job_id: str) -> bool:
 
 def claim(s: Session, job_id: str, worker_id: str, heartbeat_at: float) -> bool:
     """Lease a queued job to `worker_id` (in the caller's session, which may hold a row lock)."""
-    return apply(s, job_id, CLAIM, worker_id=worker_id, heartbeat_at=heartbeat_at, control=None,
-                 attempts=Job.attempts + 1)
+    return apply(
+        s, job_id, CLAIM, worker_id=worker_id, heartbeat_at=heartbeat_at, control=None, attempts=Job.attempts + 1
+    )
 
 
 def paused(store: Store, job_id: str, worker_id: str) -> bool:
     """The worker stopped the job at a pause request; resuming continues from its checkpoint."""
-    return _apply(store, job_id, PAUSE, when=[Job.worker_id == worker_id], control=None, worker_id=None, resume=True,
-                  event="Job paused; resume it to continue from the last checkpoint")
+    return _apply(
+        store,
+        job_id,
+        PAUSE,
+        when=[Job.worker_id == worker_id],
+        control=None,
+        worker_id=None,
+        resume=True,
+        event="Job paused; resume it to continue from the last checkpoint",
+    )
 
 
-def requeue(store: Store, job_id: str, event: str, *, level: str = "info",
-            when: Iterable[ColumnElement[bool]] = ()) -> bool:
+def requeue(
+    store: Store, job_id: str, event: str, *, level: str = "info", when: Iterable[ColumnElement[bool]] = ()
+) -> bool:
     """Give a running job back to the queue, to continue from its newest checkpoint."""
-    return _apply(store, job_id, REQUEUE, when=when, event=event, level=level, control=None, worker_id=None,
-                  resume=True)
+    return _apply(
+        store, job_id, REQUEUE, when=when, event=event, level=level, control=None, worker_id=None, resume=True
+    )
 
 
 def resume(store: Store, job_id: str) -> bool:
@@ -134,18 +162,56 @@ def cancel(store: Store, job_id: str) -> bool:
     return _apply(store, job_id, CANCEL, control=None, event="Job cancelled")
 
 
-def succeed(store: Store, job_id: str, *, fine_tuned_model: FineTunedModel, trained_tokens: int,
-            result_files: list[str], events: Iterable[str]) -> bool:
+def succeed(
+    store: Store,
+    job_id: str,
+    *,
+    fine_tuned_model: FineTunedModel,
+    trained_tokens: int,
+    result_files: list[str],
+    events: Iterable[str],
+) -> bool:
     """Finish a running job: its status, model row and closing events become visible together."""
-    rows = [fine_tuned_model, *(JobEvent(job_id=job_id, created_at=now(), level="info", type="message", message=m,
-                                         data=None) for m in events)]
-    return _apply(store, job_id, SUCCEED, rows=rows, fine_tuned_model=fine_tuned_model.id,
-                  trained_tokens=trained_tokens, result_files=result_files, control=None)
+    rows = [
+        fine_tuned_model,
+        *(
+            JobEvent(job_id=job_id, created_at=now(), level="info", type="message", message=m, data=None)
+            for m in events
+        ),
+    ]
+    return _apply(
+        store,
+        job_id,
+        SUCCEED,
+        rows=rows,
+        fine_tuned_model=fine_tuned_model.id,
+        trained_tokens=trained_tokens,
+        result_files=result_files,
+        control=None,
+    )
 
 
-def fail(store: Store, job_id: str, code: str, message: str, *, event: str | None = None, param: str | None = None,
-         release: bool = False, when: Iterable[ColumnElement[bool]] = ()) -> bool:
+def fail(
+    store: Store,
+    job_id: str,
+    code: str,
+    message: str,
+    *,
+    event: str | None = None,
+    param: str | None = None,
+    release: bool = False,
+    when: Iterable[ColumnElement[bool]] = (),
+) -> bool:
     """Fail a running job with OpenAI's error object; `release` also clears its worker (it is gone)."""
     values: dict[str, Any] = {"worker_id": None} if release else {}
-    return _apply(store, job_id, FAIL, when=when, event=event or f"Job failed: {message}", level="error", control=None,
-                  error={"code": code, "message": message, "param": param}, **values)
+    return _apply(
+        store,
+        job_id,
+        FAIL,
+        when=when,
+        event=event or f"Job failed: {message}",
+        level="error",
+        control=None,
+        error={"code": code, "message": message, "param": param},
+        **values,
+    )

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
@@ -30,8 +30,9 @@ from tuneforge.serve.ids import now
 from tuneforge.serve.jobspec import build_config
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import FineTunedModel, Job
-from tuneforge.train.progress import CheckpointSaved, EvalDone, Event, Finished, Message, TrainStep
-from tuneforge.train.rundir import RunDir
+
+if TYPE_CHECKING:  # the training stack (torch, transformers) loads in the job's process only, not in the worker or API
+    from tuneforge.train.progress import Event
 
 
 WORKER_GONE_GRACE_S = 15.0
@@ -61,6 +62,8 @@ class EventSink:
         self.last_metrics: dict[str, Any] = {}
 
     def __call__(self, event: Event) -> None:
+        from tuneforge.train.progress import CheckpointSaved, EvalDone, Finished, Message, TrainStep
+
         job_id = self.job.id
         match event:
             case TrainStep(step=step, loss=loss):
@@ -169,6 +172,9 @@ def _fail(store: Store, job: Job, code: str, message: str) -> None:
 
 def _metrics_csv(run_dir: Path) -> bytes:
     """OpenAI's result file: one row per logged step (step, train_loss, valid_loss, ...)."""
+    from tuneforge.train.progress import EvalDone, TrainStep
+    from tuneforge.train.rundir import RunDir
+
     rows: dict[int, dict[str, Any]] = {}
     for event in RunDir(Path(run_dir)).read_events():
         if isinstance(event, TrainStep):

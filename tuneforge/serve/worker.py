@@ -24,7 +24,8 @@ from tuneforge.serve.ids import new_id
 from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.runner import run_job
 from tuneforge.serve.settings import ServeSettings
-from tuneforge.serve.tables import Job, Worker as WorkerRow
+from tuneforge.serve.tables import Job
+from tuneforge.serve.tables import Worker as WorkerRow
 
 STOP_GRACE_S = 15.0  # time a stopped child gets to write its checkpoint before it is killed
 

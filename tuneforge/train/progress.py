@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -114,7 +115,7 @@ class Events:
         self.task = self.progress.add_task("training", total=total_steps, loss="-", tps="-") if self.progress else None
         self.started = time.perf_counter()
 
-    def __enter__(self) -> "Events":
+    def __enter__(self) -> Events:
         if self.progress:
             self.progress.start()
         return self

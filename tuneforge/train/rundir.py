@@ -80,13 +80,14 @@ class RunDir:
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def read_events(self) -> list["Event"]:
+    def read_events(self) -> list[Event]:
         """The run's typed events, oldest first: the one reader of metrics.jsonl ([] before any)."""
         from tuneforge.train.progress import event_from_record  # progress imports this module
 
         if not self.metrics_path.exists():
             return []
-        return [event_from_record(json.loads(line)) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        return [event_from_record(json.loads(line)) for line in lines if line.strip()]
 
     def copy_metrics(self, dest: Path) -> None:
         """metrics.jsonl as written, copied to `dest` (pretraining keeps it beside the model)."""
