@@ -46,10 +46,28 @@ def _load_kwargs(cfg: QLoraMethod) -> dict:
 def _apply(model: nn.Module, cfg: QLoraMethod) -> nn.Module:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    _keep_trainable_layout(model)
     # casts norms (and a new head) to fp32 and lets inputs carry gradients into the adapters;
     # gradient checkpointing is the recipe's decision, not the method's
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, lora_config(cfg, model, use_dora=False))
+
+
+def _keep_trainable_layout(model: nn.Module) -> None:
+    """Keep every 4-bit layer on bitsandbytes' differentiable path for the whole training run.
+
+    On a CPU with AVX512-BF16, a `Linear4bit` repacks its weight for an inference-only kernel
+    (`gemv_4bit`) on its first eval-mode forward whose input needs no gradient (the packing check,
+    validation), and takes that kernel on every later forward, training ones included. The kernel has
+    no backward: with a bias its in-place `result += bias` raises "a view of a leaf Variable that
+    requires grad is being used in an in-place operation"; without one the gradient through the frozen
+    base weights silently stops, so the adapters of every earlier layer learn from a wrong gradient.
+    Switching the repacking off costs the faster CPU inference kernel inside training only: a model
+    loaded for inference (`Method.load`) keeps it.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes Linear4bit (>= 0.48)
+            module.support_avx512bf16_for_cpu = False
 
 
 def label_kwargs(config) -> dict:
