@@ -11,8 +11,8 @@ import json
 import math
 
 import pytest
-from families import FAMILIES, family_tokenizer, labelled_runs
 
+from families import FAMILIES, family_tokenizer, labelled_runs
 from tuneforge.data.readers import read_examples
 from tuneforge.data.tokenize import IGNORE, assistant_spans, encode_conversation, encode_prompt
 from tuneforge.data.types import Conversation, Message
@@ -22,8 +22,10 @@ from tuneforge.errors import DataError
 CHAT_FAMILIES = [name for name, f in FAMILIES.items() if f.template]
 SYSTEM = Message("system", "You are a concise support agent.")
 TURNS = [
-    Message("user", "How do I reset my password?"), Message("assistant", "Open settings, choose security and press reset."),
-    Message("user", "Thanks, that worked."), Message("assistant", "We are open from nine to five."),
+    Message("user", "How do I reset my password?"),
+    Message("assistant", "Open settings, choose security and press reset."),
+    Message("user", "Thanks, that worked."),
+    Message("assistant", "We are open from nine to five."),
 ]
 ONE_TURN = TURNS[:2]
 
@@ -49,7 +51,7 @@ def _same(name, got, want):
     """Decoded runs equal the contents + end-of-turn; a family whose template writes whitespace before the
     answer (Mistral's " ") may have that whitespace joined to the answer's first token."""
     prefix = FAMILIES[name].answer_prefix
-    assert [g[len(prefix):] if prefix and g.startswith(prefix) else g for g in got] == want
+    assert [g[len(prefix) :] if prefix and g.startswith(prefix) else g for g in got] == want
 
 
 @pytest.mark.parametrize("name", CHAT_FAMILIES)
@@ -89,16 +91,20 @@ def test_mistral_answers_are_trained_whole_with_a_system_prompt():
     with pytest.raises(DataError, match="drops messages\\[0\\]"):
         _runs("mistral-v0.3", conv)
     got = _runs("mistral-v0.3", conv, "fold")
-    _same("mistral-v0.3", got, ["Open settings, choose security and press reset.</s>", "We are open from nine to five.</s>"])
+    _same(
+        "mistral-v0.3",
+        got,
+        ["Open settings, choose security and press reset.</s>", "We are open from nine to five.</s>"],
+    )
     assert " press reset.</s>" not in got
 
 
 def test_mistral_answer_token_may_absorb_the_template_space():
-    """ ' ' + answer: a token joining the template's space to the answer's first word is trained whole."""
+    """' ' + answer: a token joining the template's space to the answer's first word is trained whole."""
     tok = family_tokenizer("mistral-v0.3")
     conv = _conv([Message("user", "How do I reset my password?"), Message("assistant", "Thanks, that worked.")])
     text, spans = assistant_spans(tok, conv)
-    assert text[spans[0][0] - 1:spans[0][0]] == " " and text[spans[0][0]:spans[0][1]] == "Thanks, that worked.</s>"
+    assert text[spans[0][0] - 1 : spans[0][0]] == " " and text[spans[0][0] : spans[0][1]] == "Thanks, that worked.</s>"
     enc = encode_conversation(tok, conv, 4096)
     offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     first = next(k for k, label in enumerate(enc.labels) if label != IGNORE)
@@ -110,13 +116,20 @@ def test_qwen3_reasoning_follows_the_template():
     """Reasoning is kept in the last answer (its <think> block trained) and stripped from earlier ones, as
     Qwen 3's template does; an answer without reasoning gets the template's empty <think></think>, untrained."""
     think = "<think>\nCheck the account first.\n</think>\n\n"
-    conv = _conv([TURNS[0], Message("assistant", think + TURNS[1].content), TURNS[2], Message("assistant", think + TURNS[3].content)])
+    conv = _conv(
+        [
+            TURNS[0],
+            Message("assistant", think + TURNS[1].content),
+            TURNS[2],
+            Message("assistant", think + TURNS[3].content),
+        ]
+    )
     assert _runs("qwen3", conv) == [TURNS[1].content + "<|im_end|>", think + TURNS[3].content + "<|im_end|>"]
     text, _ = assistant_spans(family_tokenizer("qwen3"), conv)
     assert text.count("Check the account first.") == 1
     plain = _conv(TURNS)
     text, spans = assistant_spans(family_tokenizer("qwen3"), plain)
-    assert text[spans[-1][0] - len("<think>\n\n</think>\n\n"):spans[-1][0]] == "<think>\n\n</think>\n\n"
+    assert text[spans[-1][0] - len("<think>\n\n</think>\n\n") : spans[-1][0]] == "<think>\n\n</think>\n\n"
     assert _runs("qwen3", plain) == _expected("qwen3", plain)
     # ChatML without reasoning handling (Qwen 2.5) writes the content verbatim: all of it is trained
     assert _runs("qwen2.5", conv) == [think + TURNS[1].content + "<|im_end|>", think + TURNS[3].content + "<|im_end|>"]
@@ -125,13 +138,22 @@ def test_qwen3_reasoning_follows_the_template():
 def test_phi3_eos_after_the_last_message_is_not_trained():
     tok = family_tokenizer("phi3")
     text, spans = assistant_spans(tok, _conv(TURNS))
-    assert text.endswith("<|end|>\n<|endoftext|>") and text[spans[-1][0]:spans[-1][1]] == TURNS[3].content + "<|end|>"
+    assert text.endswith("<|end|>\n<|endoftext|>") and text[spans[-1][0] : spans[-1][1]] == TURNS[3].content + "<|end|>"
 
 
 def test_weight_zero_and_content_whitespace():
-    conv = _conv([TURNS[0], Message("assistant", TURNS[1].content, weight=0), TURNS[2], Message("assistant", "  " + TURNS[3].content + "\n")])
+    conv = _conv(
+        [
+            TURNS[0],
+            Message("assistant", TURNS[1].content, weight=0),
+            TURNS[2],
+            Message("assistant", "  " + TURNS[3].content + "\n"),
+        ]
+    )
     for name in ("qwen2.5", "llama3", "gemma3"):  # verbatim and trimming templates
-        assert _runs(name, conv) == [TURNS[3].content + ("\n" if name == "qwen2.5" else "") + FAMILIES[name].end_of_turn]
+        assert _runs(name, conv) == [
+            TURNS[3].content + ("\n" if name == "qwen2.5" else "") + FAMILIES[name].end_of_turn
+        ]
 
 
 @pytest.mark.parametrize("name", ["mistral-v0.3", "gemma2", "gemma3"])
@@ -155,7 +177,9 @@ def test_template_less_model_is_refused():
 def test_template_that_rewrites_content_is_refused():
     base = family_tokenizer("qwen2.5")  # its vocabulary, another template
     other = base.__class__(tokenizer_object=base.backend_tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    other.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | upper }}<|im_end|>\n{% endfor %}"
+    other.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | upper }}<|im_end|>\n{% endfor %}"
+    )
     with pytest.raises(DataError, match="does not write message contents verbatim"):
         assistant_spans(other, _conv(ONE_TURN))
     other.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}\n{% endfor %}"
@@ -170,8 +194,15 @@ def test_token_across_the_answer_edge_is_refused():
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(["assistantHello"] * 50, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end|>"], show_progress=False,
-                                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    raw.train_from_iterator(
+        ["assistantHello"] * 50,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|end|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|end|>")
     tok.chat_template = "{% for m in messages %}{{ m.role }}{{ m.content }}<|end|>{% endfor %}"
     with pytest.raises(DataError, match="a token crosses the edge") as err:
@@ -180,7 +211,9 @@ def test_token_across_the_answer_edge_is_refused():
 
 
 def _write(path, convs):
-    path.write_text("".join(json.dumps({"messages": [{"role": m.role, "content": m.content} for m in c]}) + "\n" for c in convs))
+    path.write_text(
+        "".join(json.dumps({"messages": [{"role": m.role, "content": m.content} for m in c]}) + "\n" for c in convs)
+    )
     return path
 
 
@@ -216,10 +249,25 @@ def test_validate_cli_system_prompt_option(tmp_path):
     family_tokenizer("gemma2").save_pretrained(tmp_path / "tok")
     path = _write(tmp_path / "d.jsonl", [[SYSTEM, *ONE_TURN]])
     runner = CliRunner()
-    refused = runner.invoke(root, ["data", "validate", str(path), "--model", str(tmp_path / "tok"), "--min-examples", "1"])
+    refused = runner.invoke(
+        root, ["data", "validate", str(path), "--model", str(tmp_path / "tok"), "--min-examples", "1"]
+    )
     assert refused.exit_code == 1 and "chat_template" in refused.output and "d.jsonl:1" in refused.output
     assert "Traceback" not in refused.output
-    ok = runner.invoke(root, ["data", "validate", str(path), "--model", str(tmp_path / "tok"), "--min-examples", "1", "--system-prompt", "fold"])
+    ok = runner.invoke(
+        root,
+        [
+            "data",
+            "validate",
+            str(path),
+            "--model",
+            str(tmp_path / "tok"),
+            "--min-examples",
+            "1",
+            "--system-prompt",
+            "fold",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -248,16 +296,31 @@ def test_train_reports_refused_records_and_trains_with_fold(tmp_path):
 
     tok = family_tokenizer("gemma2")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.convert_tokens_to_ids("<end_of_turn>"), bos_token_id=tok.bos_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.convert_tokens_to_ids("<end_of_turn>"),
+            bos_token_id=tok.bos_token_id,
+        )
+    )
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     train_file = _write(tmp_path / "train.jsonl", [ONE_TURN, [SYSTEM, *TURNS]] * 4)
     val_file = _write(tmp_path / "val.jsonl", [TURNS])
-    raw = {"objective": "sft", "output_dir": str(tmp_path / "run"), "model": {"name": str(tmp_path / "model"), "max_length": 128},
-           "data": {"train": str(train_file), "validation": str(val_file)},
-           "method": {"name": "lora", "r": 2, "alpha": 4}, "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2}}
+    raw = {
+        "objective": "sft",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tmp_path / "model"), "max_length": 128},
+        "data": {"train": str(train_file), "validation": str(val_file)},
+        "method": {"name": "lora", "r": 2, "alpha": 4},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2},
+    }
     with pytest.raises(DataError) as err:
         train(RunConfig.model_validate(raw), progress=False)
     assert [p.where for p in err.value.problems] == [f"{train_file}:{n}" for n in (2, 4, 6, 8)]

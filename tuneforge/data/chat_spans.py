@@ -79,10 +79,18 @@ def apply_system_prompt(messages: list[dict], policy: str, where: str) -> tuple[
     if lead == 0:  # a system message later in the conversation stays where it is
         return messages, origin, 0
     if lead == len(messages) or messages[lead]["role"] != "user":
-        raise DataError("cannot fold the system prompt into a user turn", [Problem(
-            where, "no user message follows the system prompt", "start the conversation with a user message, or data.system_prompt: drop")])
+        raise DataError(
+            "cannot fold the system prompt into a user turn",
+            [
+                Problem(
+                    where,
+                    "no user message follows the system prompt",
+                    "start the conversation with a user message, or data.system_prompt: drop",
+                )
+            ],
+        )
     prefix = "\n\n".join(m["content"] for m in messages[:lead])
-    folded = [{**messages[lead], "content": f"{prefix}\n\n{messages[lead]['content']}"}, *messages[lead + 1:]]
+    folded = [{**messages[lead], "content": f"{prefix}\n\n{messages[lead]['content']}"}, *messages[lead + 1 :]]
     return folded, origin[lead:], 0
 
 
@@ -90,14 +98,24 @@ def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prom
     """The template's text; a refused conversation or a missing template is a located DataError."""
     if not getattr(tokenizer, "chat_template", None):
         model = template_name(tokenizer).removeprefix("the chat template of ")
-        raise DataError(f"{model} has no chat template", [Problem(
-            where, f"{model} has no chat template: chat data needs one to mark the assistant's turns",
-            "use a chat model (its tokenizer_config.json has a chat_template) or train raw text with objective: clm")])
+        raise DataError(
+            f"{model} has no chat template",
+            [
+                Problem(
+                    where,
+                    f"{model} has no chat template: chat data needs one to mark the assistant's turns",
+                    "use a chat model (its tokenizer_config.json has a chat_template) "
+                    "or train raw text with objective: clm",
+                )
+            ],
+        )
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except jinja2.TemplateError as exc:
-        raise DataError(f"{template_name(tokenizer)} refuses a conversation", [Problem(
-            where, f"{template_name(tokenizer)} raised: {exc}", _refusal_fix(tokenizer, messages, where))]) from None
+        raise DataError(
+            f"{template_name(tokenizer)} refuses a conversation",
+            [Problem(where, f"{template_name(tokenizer)} raised: {exc}", _refusal_fix(tokenizer, messages, where))],
+        ) from None
 
 
 def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
@@ -120,7 +138,9 @@ def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
     return "make the conversation fit the template (roles it accepts, in its order)"
 
 
-def chat_spans(tokenizer: Any, messages: list[dict], trained: set[int], where: str, system_prompt: str = "keep") -> ChatSpans:
+def chat_spans(
+    tokenizer: Any, messages: list[dict], trained: set[int], where: str, system_prompt: str = "keep"
+) -> ChatSpans:
     """The rendering of `messages` and the loss spans of the assistant messages whose index is in `trained`."""
     kept, origin, dropped = apply_system_prompt(messages, system_prompt, where)
     text = render(tokenizer, kept, where)
@@ -142,7 +162,11 @@ def _with_sentinels(messages: list[dict], origin: list[int]) -> tuple[list[_Piec
     out = []
     for i, m in enumerate(messages):
         think = _THINK.match(m["content"]) if m["role"] == "assistant" else None
-        parts = [(think.group(1), think.group(2), True), (think.group(3), think.group(4), False)] if think else [("", m["content"], False)]
+        parts = (
+            [(think.group(1), think.group(2), True), (think.group(3), think.group(4), False)]
+            if think
+            else [("", m["content"], False)]
+        )
         content = ""
         for before, part, reasoning in parts:
             lead, core, trail = _split_space(part)
@@ -158,18 +182,21 @@ def _split_space(s: str) -> tuple[str, str, str]:
     if not core:
         return s, "", ""
     lead = s[: s.index(core)]
-    return lead, core, s[len(lead) + len(core):]
+    return lead, core, s[len(lead) + len(core) :]
 
 
-def _substitute(tokenizer: Any, text: str, shape: str, pieces: list[_Piece],
-                where: str) -> tuple[dict[str, int], dict[str, int]]:
+def _substitute(
+    tokenizer: Any, text: str, shape: str, pieces: list[_Piece], where: str
+) -> tuple[dict[str, int], dict[str, int]]:
     """Start and end in `text` of every sentinel that `shape` contains; checks shape -> text exactly."""
     name = template_name(tokenizer)
     at = {}
     for p in pieces:
         n = shape.count(p.sentinel)
         if n > 1:
-            raise _refuse(name, where, f"writes messages[{p.message}] {n} times", "use a template that writes each message once")
+            raise _refuse(
+                name, where, f"writes messages[{p.message}] {n} times", "use a template that writes each message once"
+            )
         if n == 0 and not p.reasoning:  # reasoning left out of earlier turns is the template's own choice (Qwen 3)
             role = p.role
             fix = _SYSTEM_FIX if role == "system" else f"remove the {role} message or use a template that renders it"
@@ -179,7 +206,7 @@ def _substitute(tokenizer: Any, text: str, shape: str, pieces: list[_Piece],
     rebuilt, starts, ends, prev = [], {}, {}, 0
     length = 0
     for p in sorted((p for p in pieces if p.sentinel in at), key=lambda p: at[p.sentinel]):
-        rebuilt.append(shape[prev:at[p.sentinel]])
+        rebuilt.append(shape[prev : at[p.sentinel]])
         length += at[p.sentinel] - prev
         starts[p.sentinel], ends[p.sentinel] = length, length + len(p.text)
         rebuilt.append(p.text)
@@ -189,13 +216,18 @@ def _substitute(tokenizer: Any, text: str, shape: str, pieces: list[_Piece],
     expected = "".join(rebuilt)
     if expected != text:
         k = next((j for j, (a, b) in enumerate(zip(expected, text)) if a != b), min(len(expected), len(text)))
-        raise _refuse(name, where, f"does not write message contents verbatim (at character {k}: {text[max(0, k - 20):k + 20]!r})",
-                      "the assistant tokens cannot be located exactly; use a template that writes each content as given")
+        raise _refuse(
+            name,
+            where,
+            f"does not write message contents verbatim (at character {k}: {text[max(0, k - 20) : k + 20]!r})",
+            "the assistant tokens cannot be located exactly; use a template that writes each content as given",
+        )
     return starts, ends
 
 
-def _turn_span(tokenizer: Any, text: str, own: list[_Piece], starts: dict[str, int], ends: dict[str, int],
-               where: str, i: int) -> tuple[int, int]:
+def _turn_span(
+    tokenizer: Any, text: str, own: list[_Piece], starts: dict[str, int], ends: dict[str, int], where: str, i: int
+) -> tuple[int, int]:
     """From the first character of the content (its `<think>` when the template writes the reasoning)
     to the end of the end-of-turn token right after it."""
     name = template_name(tokenizer)
@@ -204,22 +236,33 @@ def _turn_span(tokenizer: Any, text: str, own: list[_Piece], starts: dict[str, i
     if first.reasoning:
         opened = _THINK_OPEN.search(text, 0, start)
         if opened is None:
-            raise _refuse(name, where, f"writes the reasoning of messages[{i}] without an opening <think>",
-                          "use a template that writes reasoning inside <think>...</think>, or remove it")
+            raise _refuse(
+                name,
+                where,
+                f"writes the reasoning of messages[{i}] without an opening <think>",
+                "use a template that writes reasoning inside <think>...</think>, or remove it",
+            )
         start = opened.start()
     end = ends[last.sentinel]
     if not last.text:
-        raise _refuse(name, where, f"messages[{i}] (assistant) is empty", "write the answer, or give the message weight 0")
+        raise _refuse(
+            name, where, f"messages[{i}] (assistant) is empty", "write the answer, or give the message weight 0"
+        )
     for skip in dict.fromkeys((last.trail, "")):  # the content's own trailing whitespace, when the template kept it
         if text.startswith(skip, end):
             token = _end_of_turn(tokenizer, text, end + len(skip))
             if token:
                 return start, end + len(skip) + len(token)
-    raise _refuse(name, where, f"writes no end-of-turn token right after messages[{i}] (assistant): {text[end:end + 20]!r} follows",
-                  "use a template that closes each assistant turn with a special token (e.g. <|im_end|>), so the model learns to stop")
+    raise _refuse(
+        name,
+        where,
+        f"writes no end-of-turn token right after messages[{i}] (assistant): {text[end : end + 20]!r} follows",
+        "use a template that closes each assistant turn with a special token (e.g. <|im_end|>), "
+        "so the model learns to stop",
+    )
 
 
-_ADDED: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+_ADDED: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
 def _end_of_turn(tokenizer: Any, text: str, pos: int) -> str:
@@ -227,7 +270,11 @@ def _end_of_turn(tokenizer: Any, text: str, pos: int) -> str:
     try:
         tokens = _ADDED[tokenizer]
     except (KeyError, TypeError):
-        tokens = sorted({t.content for t in tokenizer.added_tokens_decoder.values()} | set(tokenizer.all_special_tokens), key=len, reverse=True)
+        tokens = sorted(
+            {t.content for t in tokenizer.added_tokens_decoder.values()} | set(tokenizer.all_special_tokens),
+            key=len,
+            reverse=True,
+        )
         try:
             _ADDED[tokenizer] = tokens
         except TypeError:

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.data.chat_spans import SYSTEM_PROMPT_POLICIES, apply_system_prompt, chat_spans, render, template_name, where_of
+from tuneforge.data.chat_spans import (
+    SYSTEM_PROMPT_POLICIES,
+    apply_system_prompt,
+    chat_spans,
+    render,
+    template_name,
+    where_of,
+)
 from tuneforge.data.types import Conversation
 from tuneforge.errors import DataError, Problem
 
@@ -67,7 +74,8 @@ def _tokens_in(text: str, offsets, s: int, e: int, tokenizer, conv: Conversation
             inside.append(k)
             continue
         raise DataError(f"{template_name(tokenizer)}: a token crosses the edge of an assistant message", [Problem(
-            where_of(conv), f"token {text[a:b]!r} (characters {a}-{b}) spans the edge of the trained text {text[s:e][:40]!r}",
+            where_of(conv),
+            f"token {text[a:b]!r} (characters {a}-{b}) spans the edge of the trained text {text[s:e][:40]!r}",
             "the assistant tokens cannot be located exactly with this tokenizer and template; use a template that "
             "separates turns with special tokens")])
     return inside
