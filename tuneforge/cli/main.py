@@ -32,13 +32,14 @@ def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run d
     from tuneforge.quickstart import QUICKSTART_APPROACHES
 
     shown = [a for a in QUICKSTART_APPROACHES if a in summary]
-    table = Table(title=f"held-out test split ({summary['test_examples']} conversations); token F1 with its 95% interval")
+    table = Table(title=f"held-out test split ({summary['test_examples']} conversations); token F1 and fact accuracy with 95% intervals")
     table.add_column("metric")
     for name in shown:
         table.add_column(name.replace("_", "-"), justify="right")
     for metric in REPORTED:
         table.add_row(metric, *(f"{summary[name][metric]:.4f}" for name in shown))
     table.add_row("token_f1 95% CI", *(_interval(summary["intervals"][name].get("token_f1")) for name in shown))
+    table.add_row("fact_accuracy 95% CI", *(_interval(summary["intervals"][name].get("fact_accuracy")) for name in shown))
     table.add_row("prompt tokens", *(f"{summary['prompt_tokens_per_request'][name]:.0f}" for name in shown))
     Console().print(table)
     for line in summary["verdict"] if isinstance(summary["verdict"], list) else [summary["verdict"]]:
@@ -188,12 +189,13 @@ _quiet_libraries()
 
 
 def _register_subcommands() -> None:
-    from tuneforge.cli import data, estimate, eval as eval_cli, serve
+    from tuneforge.cli import data, estimate, eval as eval_cli, serve, tune
 
     app.add_typer(data.app, name="data")
     serve.register(app)
     eval_cli.register(app)
     estimate.register(app)
+    tune.register(app)
 
 
 _register_subcommands()
