@@ -153,6 +153,18 @@ def test_the_transition_table_is_openais_statuses_and_moves():
         S.PAUSED: {S.QUEUED, S.CANCELLED},
         S.SUCCEEDED: set(), S.FAILED: set(), S.CANCELLED: set(),
     }
+    assert {t.name: (set(t.sources), t.target) for t in TRANSITIONS} == {
+        "validate": ({S.VALIDATING_FILES}, S.QUEUED),
+        "reject_files": ({S.VALIDATING_FILES}, S.FAILED),
+        "hold": ({S.VALIDATING_FILES, S.QUEUED}, S.PAUSED),
+        "claim": ({S.QUEUED}, S.RUNNING),
+        "pause": ({S.RUNNING}, S.PAUSED),
+        "requeue": ({S.RUNNING}, S.QUEUED),
+        "resume": ({S.PAUSED}, S.QUEUED),
+        "succeed": ({S.RUNNING}, S.SUCCEEDED),
+        "fail": ({S.RUNNING}, S.FAILED),
+        "cancel": ({S.VALIDATING_FILES, S.QUEUED, S.RUNNING, S.PAUSED}, S.CANCELLED),
+    }
     assert len({t.name for t in TRANSITIONS}) == len(TRANSITIONS)
 
 
