@@ -67,6 +67,18 @@ def __getattr__(name: str):
     return config
 
 
+class DistributedSection(Section):
+    """How a run launched on several processes (torchrun, `tuneforge train --nproc-per-node`) splits its work."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="ddp: every rank holds the whole model and gradients are summed (adapter methods); fsdp: FSDP2 "
+                            "(`fully_shard` per decoder layer, then the root) shards weights, gradients and optimizer state "
+                            "(full or partial fine-tuning, bases that do not fit one device); auto: ddp for adapter methods, "
+                            "fsdp when the base weights train. Ignored in one process.")
+    timeout_s: float = Field(300, gt=0, description="A collective that waits longer than this for another rank (one that died "
+                                                    "or hangs) fails on every rank, naming the rank; the job then stops.")
+
+
 class TrainSection(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
@@ -97,6 +109,7 @@ class TrainSection(Section):
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="objective mlm: share of tokens chosen for prediction (80% of them shown as [MASK], 10% a random token, 10% unchanged).")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
                                          "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes: strategy and failure timeout.")
 
     @model_validator(mode="after")
     def _rows_per_pass_needs_packing(self) -> "TrainSection":

@@ -66,13 +66,36 @@ def demo_data(out: Path = typer.Argument(..., help="Folder for train/validation/
 def train(config: Path = typer.Argument(..., help="YAML run config."),
           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4"),
           resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-          quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+          quiet: bool = typer.Option(False, help="No progress bar."),
+          nproc_per_node: Optional[int] = typer.Option(None, min=1, help="Train on this many processes per machine "
+                                                       "(torchrun; one device per process on CUDA, gloo on CPU)."),
+          nnodes: int = typer.Option(1, min=1, help="Machines in the job (start the same command on each)."),
+          node_rank: Optional[int] = typer.Option(None, min=0, help="This machine's rank (0 hosts --rdzv-endpoint); "
+                                                  "without it torchrun's c10d rendezvous assigns ranks."),
+          rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT every machine reaches (machine 0)."),
+          max_restarts: int = typer.Option(0, min=0, help="Restart the group this many times after a failure; "
+                                           "training resumes from the last checkpoint.")) -> None:
     """Fine-tune a model as described by a YAML config."""
     from tuneforge.config import load_config
     from tuneforge.train import train as run_train
+    from tuneforge.train.distributed import launched
 
-    cfg = load_config(config, overrides or [])
-    result = run_train(cfg, resume=resume, progress=not quiet)
+    cfg = load_config(config, overrides or [])  # validated before any process starts
+    if nproc_per_node is not None and not launched():
+        from tuneforge.cli.launch import launch_torchrun
+
+        sys.exit(launch_torchrun(config, overrides or [], resume=resume, quiet=quiet, nproc_per_node=nproc_per_node,
+                                 nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                                 max_restarts=max_restarts, run_id=str(cfg.output_dir)))
+    if launched():
+        from tuneforge.cli.launch import rank_failures_named
+
+        with rank_failures_named():
+            result = run_train(cfg, resume=resume, progress=not quiet)
+        if int(os.environ["RANK"]) != 0:
+            return  # rank 0 reports
+    else:
+        result = run_train(cfg, resume=resume, progress=not quiet)
     err.print(f"[green]{result.status}[/green] after {result.steps} steps; run directory: {result.run_dir}")
     print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, **result.final_metrics}))
 

@@ -101,3 +101,12 @@ def _packing_problem(model, objective, pad_id: int) -> tuple[str, str] | None:
         return (f"{type(model).__name__} does not keep packed examples apart",
                 "its attention mask ignores the position restarts between packed examples")
     return None
+
+
+def rank_shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """Rank `rank`'s share of one micro-batch of `world * train.batch_size` examples: every world-th from its rank on.
+
+    The shards of all ranks are disjoint and together are the micro-batch, so N ranks of batch b see what
+    one process of batch N*b sees (one rank: the whole micro-batch).
+    """
+    return indices[rank::world]

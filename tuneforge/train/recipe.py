@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,10 +24,14 @@ from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.methods.registry import artifact_folders
+from tuneforge.models.chat_templates import fit_embeddings, set_prompt_policy
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
 from tuneforge.objectives import objective_for
-from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, row_chunks, steps_per_epoch
-from tuneforge.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
+from tuneforge.train import distributed
+from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, rank_shard, row_chunks, steps_per_epoch
+from tuneforge.train.checkpoint import (LoopState, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                        save_sharded_checkpoint, trainable_state)
+from tuneforge.train.distributed import Dist
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import CheckpointSaved, EvalDone, EventFn, Events, Finished, TrainStep
 from tuneforge.train.rundir import RunDir, new_manifest, peak_memory
@@ -79,10 +84,19 @@ class Session:
     setup_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     best_weights: dict[str, torch.Tensor] | None = None  # kept when early stopping may need them
+    dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job (Dist(): one process)
+    wrapped: torch.nn.Module | None = None  # the DDP / FSDP2 module training forwards go through, None in one process
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return self.wrapped(batch) if self.wrapped is not None else self.objective.loss(self.model, batch)
+
+    @property
+    def eval_objective(self) -> Any:
+        return distributed.eval_objective(self.objective, self.wrapped, self.dist)
 
 
 @dataclass(frozen=True)
@@ -101,13 +115,15 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     """
     # ---- setup: data, model, method, optimizer, run directory
     started = time.perf_counter()
-    run = RunDir(Path(cfg.output_dir))
+    d = distributed.init(cfg, pick_device(cfg.train.device))  # Dist() unless launched by torchrun
+    run = distributed.run_dir(Path(cfg.output_dir), d)  # only rank 0 writes it
+    resume = resume or (distributed.restarted() and latest_checkpoint(run.checkpoints) is not None)
     checkpoint = _checkpoint_to_resume(run, resume)
-    s = _setup(cfg, run, checkpoint, resume, started)
+    s = _setup(cfg, run, checkpoint, resume, started, d)
     state, every = s.state, cfg.train
     status = RunStatus.COMPLETED
     # ---- train: step, log, validate, checkpoint
-    with Events(run, on_event, s.total_steps, progress) as events:
+    with Events(run, on_event, s.total_steps, progress and d.is_main) as events:
         _announce(s, events, checkpoint)
         loop_start, tokens_at_start = time.perf_counter(), state.tokens
         while state.step < s.total_steps:
@@ -136,12 +152,13 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     return TrainResult(run.root, status, state.step, state.tokens, final, s.losses)
 
 
-def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, started: float) -> Session:
+def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, started: float, d: Dist) -> Session:
     """Data, model, method, optimizer and schedule (from the checkpoint when resuming); then the run directory."""
-    device = pick_device(cfg.train.device)
+    device = distributed.rank_device(pick_device(cfg.train.device), d)
     set_seed(cfg.train.seed)
     objective = objective_for(cfg)
-    tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
+    set_prompt_policy(tokenizer, cfg.data.system_prompt)  # saved with the tokenizer: inference prompts the same way
     train_examples, val_examples = _load_splits(cfg)
     objective.prepare(train_examples)  # fixes the label set of labelled objectives from the training data
     train_feats = objective.encode(train_examples, tokenizer, cfg.model.max_length)
@@ -152,26 +169,43 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
     method = get_method(cfg.method.name)
     model = load_model(base_path, pick_dtype(cfg.model.dtype, device), cfg.model.revision, cfg.model.trust_remote_code,
                        task=objective.task, **objective.model_kwargs(train_examples), **method.load_kwargs(cfg.method))
+    fit_embeddings(model, tokenizer)  # rows for the special tokens a model.chat_template added
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
     model = method.apply(model, cfg.method).to(device)
     layout = batch_layout(cfg, model, objective, pad_id, device)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without extra hooks
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = trainable_parameters(model)
+    d, wrapped = distributed.wrap(model, objective, cfg, d, trainable / total)  # before the optimizer: FSDP2 shards
 
-    per_epoch = steps_per_epoch(len(train_feats), cfg.train.batch_size, cfg.train.grad_accum)
+    per_epoch = steps_per_epoch(len(train_feats), cfg.train.batch_size * d.world, cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, total_steps, cfg.train.warmup_ratio)
     state = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint else LoopState()
+    state.global_batch = _global_batch(cfg, d, state)
     s = Session(cfg, run, device, objective, tokenizer, method, model, layout, train_feats, val_feats, pad_id,
-                optimizer, scheduler, state, total_steps, trainable, total, started)
+                optimizer, scheduler, state, total_steps, trainable, total, started, dist=d, wrapped=wrapped)
 
     run.prepare(cfg, resume)
     lineage = _dataset_lineage(cfg, train_examples, val_examples)
     _write_start_manifest(s, resume, new_manifest(cfg, base_path, lineage), per_epoch)
+    distributed.barrier(d)  # the run directory exists before any rank writes a checkpoint shard into it
     s.setup_s = time.perf_counter() - started
     return s
+
+
+def _global_batch(cfg: RunConfig, d: Dist, state: LoopState) -> int:
+    """Examples per micro-batch over all ranks; a resumed run must keep it (its position counts such batches)."""
+    size = cfg.train.batch_size * d.world
+    if state.global_batch not in (None, size):
+        per_rank = state.global_batch / d.world
+        raise ConfigError(f"the checkpoint was trained with {state.global_batch} examples per micro-batch over all ranks, "
+                          f"this run has {size} ({d.world} x train.batch_size={cfg.train.batch_size})",
+                          [Problem("train.batch_size", "resuming with another global batch would replay other examples",
+                                   f"set train.batch_size={per_rank:g} for {d.world} rank(s)"
+                                   if per_rank.is_integer() else "resume with a world size that divides it")])
+    return size
 
 
 def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_epoch: int) -> None:
@@ -181,6 +215,7 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
     manifest.update(fresh if not manifest else {"status": "running"})
     manifest["batch_layout"] = {"packing": layout.packing, "rows_per_pass": layout.rows_per_pass, "why": layout.why}
     manifest["params"] = {"trainable": s.trainable, "total": s.total, "trainable_share": s.trainable / s.total}
+    manifest["distributed"] = {"world_size": s.dist.world, "strategy": s.dist.strategy}
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
     rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
@@ -208,7 +243,7 @@ def _optimizer_step(s: Session) -> float:
     """One optimizer step over `grad_accum` micro-batches; returns its loss per supervised token."""
     cfg, state = s.cfg, s.state
     s.model.train()
-    loss_sum, n_tokens = _accumulate(s.model, s.objective, s.train_feats, cfg, s.layout, state, s.pad_id, s.device)
+    loss_sum, n_tokens = distributed.global_sums(*_accumulate(s), s.dist, s.device)  # the global step's sums
     if not math.isfinite(loss_sum):
         last = latest_checkpoint(s.run.checkpoints)
         _finish(s, RunStatus.FAILED, {"error": f"non-finite loss at step {state.step + 1}"})
@@ -216,7 +251,7 @@ def _optimizer_step(s: Session) -> float:
                             [Problem("train.lr", f"last good checkpoint: {last or 'none yet'}",
                                      "lower train.lr or enable train.max_grad_norm, then resume")])
     params = s.params
-    for p in params:  # mean over every supervised token of the step, however it was split into micro-batches
+    for p in params:  # mean over every supervised token of the step, however it was split (micro-batches, ranks)
         if p.grad is not None:
             p.grad.div_(max(n_tokens, 1))
     if cfg.train.max_grad_norm:
@@ -234,7 +269,7 @@ def _optimizer_step(s: Session) -> float:
 def _validate(s: Session, events: Events) -> ValidationOutcome:
     """Validation loss and metrics; tracks the best loss (and weights, when early stopping may restore them)."""
     train_cfg, state = s.cfg.train, s.state
-    val_loss = evaluate_loss(s.model, s.objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
+    val_loss = evaluate_loss(s.model, s.eval_objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     improved = val_loss < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, val_loss)
     state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
@@ -243,7 +278,7 @@ def _validate(s: Session, events: Events) -> ValidationOutcome:
         s.best_weights = trainable_state(s.model)
     metrics = s.objective.metrics(s.model, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     events.emit(EvalDone(state.step, val_loss, state.best_val_loss, metrics))
-    should_stop = bool(patience) and state.evals_without_improvement >= patience
+    should_stop = distributed.agree(bool(patience) and state.evals_without_improvement >= patience, s.dist, s.device)
     if should_stop:
         events.message(f"early stopping at step {state.step}: "
                        f"no improvement in {state.evals_without_improvement} evaluations")
@@ -251,7 +286,8 @@ def _validate(s: Session, events: Events) -> ValidationOutcome:
 
 
 def _save_checkpoint(s: Session, events: Events) -> None:
-    path = save_checkpoint(s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state, s.cfg.train.keep_checkpoints)
+    save = save_checkpoint if not s.dist.active else partial(save_sharded_checkpoint, is_main=s.dist.is_main)
+    path = save(s.run.checkpoints, s.model, s.optimizer, s.scheduler, s.state, s.cfg.train.keep_checkpoints)
     events.emit(CheckpointSaved(s.state.step, str(path)))
 
 
@@ -266,41 +302,63 @@ def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: f
         _load_trainable(s.model, s.best_weights)
     if s.val_feats:
         batch_size = s.cfg.train.batch_size
-        final["val_loss"] = evaluate_loss(s.model, s.objective, s.val_feats, batch_size, s.pad_id, s.device)
+        final["val_loss"] = evaluate_loss(s.model, s.eval_objective, s.val_feats, batch_size, s.pad_id, s.device)
         final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
-    artifact = s.method.save(s.model, s.run.root)
-    s.tokenizer.save_pretrained(artifact)
+    artifact = s.run.root / s.method.folder
+    with distributed.full_weights(s.wrapped):  # FSDP2: every rank gathers the weights rank 0 writes
+        if s.dist.is_main:
+            artifact = s.method.save(s.model, s.run.root)
+            s.tokenizer.save_pretrained(artifact)
+    distributed.barrier(s.dist)
     final["artifact"] = str(artifact)
     events.emit(Finished(final))
     return final
 
 
-def _accumulate(model, objective, feats, cfg: RunConfig, layout: BatchLayout, state: LoopState, pad_id: int,
-                device) -> tuple[float, int]:
-    """Forward/backward `grad_accum` micro-batches; returns (summed loss, supervised tokens).
+def _accumulate(s: Session) -> tuple[float, int]:
+    """Forward/backward this rank's share of the step's `grad_accum` micro-batches; returns (summed loss, tokens).
 
-    Gradients hold the *sum* over tokens; the caller divides by the token count.
+    Gradients hold the *sum* over tokens (over every rank's tokens once the step's last backward reduced them);
+    the caller divides by the step's token count.
     """
+    parts = _step_parts(s)
     loss_total, n_total = 0.0, 0
+    for i, (part, weight) in enumerate(parts):
+        with distributed.gradient_sync(s.wrapped, sync=i == len(parts) - 1):  # one reduction per step
+            loss, n = s.loss({k: v.to(s.device) for k, v in part.items()})
+            (loss * weight).backward()
+        loss_total += loss.item() * weight
+        n_total += n * weight
+    return loss_total, n_total
+
+
+def _step_parts(s: Session) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """(batch, weight 1) for each forward/backward of this rank's share of the next optimizer step.
+
+    A rank whose shards are all empty (a last micro-batch of fewer examples than ranks) still joins the
+    gradient reduction, with one example at weight 0.
+    """
+    cfg, state, feats, d = s.cfg, s.state, s.train_feats, s.dist
+    size = cfg.train.batch_size * d.world  # the micro-batch of one process with train.batch_size * world
+    parts, taken = [], []
     for _ in range(cfg.train.grad_accum):
-        batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
+        batches = micro_batches(len(feats), size, cfg.train.seed, state.epoch)
         if state.micro_batch >= len(batches):
             state.epoch, state.micro_batch = state.epoch + 1, 0
-            if n_total:  # an optimizer step never spans two epochs
+            if taken:  # an optimizer step never spans two epochs
                 break
-            batches = micro_batches(len(feats), cfg.train.batch_size, cfg.train.seed, state.epoch)
-        chosen = [feats[i] for i in batches[state.micro_batch]]
+            batches = micro_batches(len(feats), size, cfg.train.seed, state.epoch)
+        taken = batches[state.micro_batch]
         state.micro_batch += 1
-        if layout.packing:  # the same examples in another layout: the same summed loss and gradient
-            parts = row_chunks(objective.pack(chosen, pad_id, cfg.model.max_length), layout.rows_per_pass)
+        chosen = [feats[i] for i in rank_shard(taken, d.rank, d.world)]
+        if not chosen:
+            continue
+        if s.layout.packing:  # the same examples in another layout: the same summed loss and gradient
+            packed = s.objective.pack(chosen, s.pad_id, cfg.model.max_length)
+            parts += [(part, 1) for part in row_chunks(packed, s.layout.rows_per_pass)]
         else:
-            parts = [objective.collate(chosen, pad_id)]
-        for part in parts:
-            loss, n = objective.loss(model, {k: v.to(device) for k, v in part.items()})
-            loss.backward()
-            loss_total += loss.item()
-            n_total += n
-    return loss_total, n_total
+            parts.append((s.objective.collate(chosen, s.pad_id), 1))
+    return parts or [(s.objective.collate([feats[taken[0]]], s.pad_id), 0)]
 
 
 @torch.no_grad()
