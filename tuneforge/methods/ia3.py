@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from tuneforge.methods.peft_family import peft_method, task_type
+from tuneforge.methods.peft_family import peft_method, task_type, trained_whole
 from tuneforge.methods.registry import MethodConfig, register
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ class IA3Method(MethodConfig):
 def _apply_ia3(model: nn.Module, cfg: IA3Method) -> nn.Module:
     from peft import IA3Config, get_peft_model
 
-    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules, task_type=task_type(model))
+    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules, task_type=task_type(model),
+                    modules_to_save=trained_whole(model) or None)  # a new head or pooler trains and is saved
     return get_peft_model(model, ia3)
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from tuneforge.errors import ConfigError, Problem
-from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, register, save_model_folder,
-                                        task_head_parameters, whole_model_folder)
+from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, new_modules, register,
+                                        save_model_folder, task_head_parameters, whole_model_folder)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,22 +88,29 @@ def _matching(model: nn.Module, patterns: list[str]) -> set[str]:
     return {n for n, _ in model.named_parameters() if any(c.search(n) for c in compiled)}
 
 
+def _new_parameters(model: nn.Module) -> set[str]:
+    """What always trains: a new task head and every module the checkpoint lacked (BERT's pooler under a
+    masked-LM checkpoint), which would otherwise stay at its random start in the saved model."""
+    names = set(task_head_parameters(model)) if is_new_head_task(model) else set()
+    for module in new_modules(model):
+        names |= {f"{module}.{p}" for p, _ in model.get_submodule(module).named_parameters()}
+    return names
+
+
 def _apply_freeze(model: nn.Module, cfg) -> nn.Module:
     names = _matching(model, cfg.patterns)
     if cfg.top_layers:
         names |= _top_layer_names(model, cfg.top_layers)
     if cfg.norms_and_biases:
         names |= _norm_and_bias_names(model)
-    if is_new_head_task(model):  # a freshly initialised head always trains
-        names |= set(task_head_parameters(model))
-    return _train_only(model, names, "method")
+    return _train_only(model, names | _new_parameters(model), "method")
 
 
 def _apply_head(model: nn.Module, cfg) -> nn.Module:
     if not is_new_head_task(model):
         raise ConfigError(f"method head needs a task head; {type(model).__name__} has none",
                           [Problem("objective", "not a classification objective", "use objective classification or tokens")])
-    return _train_only(model, set(task_head_parameters(model)) | _matching(model, cfg.also_train), "method.also_train")
+    return _train_only(model, _new_parameters(model) | _matching(model, cfg.also_train), "method.also_train")
 
 
 def _unchanged(model: nn.Module) -> nn.Module:

@@ -8,12 +8,14 @@ by its `peft_type`) are here for every peft-format method (IA3 and QLoRA use the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Literal
 
 from pydantic import Field
 
-from tuneforge.methods.registry import Method, MethodConfig, Serving, is_new_head_task, json_file, register, save_task_config
+from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, json_file, new_modules, register,
+                                        save_task_config)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,12 +64,54 @@ def task_type(model: nn.Module) -> str | None:
     return next((t for suffix, t in _TASK_TYPES.items() if name.endswith(suffix)), None)
 
 
+def trained_whole(model: nn.Module) -> list[str]:
+    """Modules trained in full and saved beside the adapter (peft's `modules_to_save`).
+
+    A classification model's head (every child beside the backbone: BERT's classifier, DeBERTa's
+    pooler and classifier, ModernBERT's head and classifier) and every module the checkpoint lacked
+    (BERT's pooler under a masked-LM checkpoint): left out, they would start at a new random value on
+    every load, and a reloaded run would predict differently. The cost is their parameters in the
+    adapter (hidden^2 for a pooler).
+    """
+    head = []
+    if is_new_head_task(model):
+        backbone = getattr(model, "base_model_prefix", "")
+        head = [n for n, child in model.named_children() if n != backbone and any(True for _ in child.parameters())]
+    names = list(dict.fromkeys(head + new_modules(model)))
+    return [n for n in names if not any(n.startswith(outer + ".") for outer in names)]
+
+
+def _targeted(name: str, module: nn.Module, targets: str | list[str]) -> bool:
+    """Would peft put an adapter on this module (its rule for a list of names: the name or a dotted suffix)?"""
+    from torch import nn
+
+    if targets == "all-linear":
+        return isinstance(module, nn.Linear)  # bitsandbytes' Linear4bit is an nn.Linear too
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def head_placement(model: nn.Module, targets: str | list[str]) -> dict:
+    """`modules_to_save` for the modules trained whole, and `exclude_modules` keeping adapters off them.
+
+    peft cannot wrap a module that already carries an adapter ("modules_to_save cannot be applied to
+    modules of type ...lora.Linear"); `all-linear` reaches a token-classification head and the linear
+    layers inside RoBERTa's classifier and BERT's pooler, so those are excluded from the targets.
+    """
+    heads = trained_whole(model)
+    if not heads:
+        return {}
+    pattern = "(" + "|".join(re.escape(h) for h in heads) + r")(\..+)?"
+    excluded = any(re.fullmatch(pattern, n) and _targeted(n, m, targets) for n, m in model.named_modules())
+    # passed only when it excludes something: peft warns about an exclude_modules that matched nothing
+    return {"modules_to_save": heads, **({"exclude_modules": pattern} if excluded else {})}
+
+
 def save_adapter(model: nn.Module, run_dir: Path) -> Path:
     out = run_dir / ADAPTER_FOLDER
     model.save_pretrained(out)  # PEFT format: adapter_config.json + adapter_model.safetensors
     base = model.get_base_model()
-    if is_new_head_task(base):  # the base must be rebuilt with the same label set before loading the adapter
-        save_task_config(base, out)
+    if task_type(base) != "CAUSAL_LM":  # the base is rebuilt with this class (and label set) before the adapter loads:
+        save_task_config(base, out)  # a masked-LM adapter on a causal-LM class (BertLMHeadModel) would load wrong weights
     return out
 
 
@@ -120,8 +164,9 @@ def _targets(cfg) -> str | list[str]:
 def lora_config(cfg, model: nn.Module, use_dora: bool):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=_targets(cfg),
-                      use_dora=use_dora, task_type=task_type(model))
+    targets = _targets(cfg)
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      use_dora=use_dora, task_type=task_type(model), **head_placement(model, targets))
 
 
 def _apply_lora(model: nn.Module, cfg) -> nn.Module:
@@ -150,7 +195,8 @@ def _apply_prompt_tuning(model: nn.Module, cfg) -> nn.Module:
     if cfg.init_text:
         init = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.init_text,
                 "tokenizer_name_or_path": model.config._name_or_path}
-    prompt = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type(model), **init)
+    prompt = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type(model),
+                                modules_to_save=trained_whole(model) or None, **init)
     peft_model = get_peft_model(model, prompt)
     _drop_virtual_positions(peft_model)
     return peft_model
@@ -160,7 +206,8 @@ def _apply_prefix_tuning(model: nn.Module, cfg) -> nn.Module:
     from peft import PrefixTuningConfig, get_peft_model
 
     prefix = PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
-                                encoder_hidden_size=model.config.hidden_size, task_type=task_type(model))
+                                encoder_hidden_size=model.config.hidden_size, task_type=task_type(model),
+                                modules_to_save=trained_whole(model) or None)
     return get_peft_model(model, prefix)
 
 

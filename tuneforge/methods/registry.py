@@ -35,6 +35,7 @@ BUILTIN_MODULES = ("tuneforge.methods.builtin", "tuneforge.methods.peft_family",
                    "tuneforge.methods.quantized", "tuneforge.methods.partial", "tuneforge.methods.bottleneck")
 DEFAULT_METHOD = "lora"  # what a run config without a `method:` section trains
 TAG = "tuneforge_method"  # attribute naming the method on a model it applied or loaded
+NEW_WEIGHTS = "tuneforge_new_weights"  # attribute: parameter names the checkpoint lacked (see `new_modules`)
 
 
 class MethodConfig(BaseModel):
@@ -231,6 +232,30 @@ def task_head_parameters(model: nn.Module) -> list[str]:
     if not prefix or not hasattr(model, prefix):
         return []
     return [n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")]
+
+
+def record_new_weights(model: nn.Module, names: list[str]) -> None:
+    """Remember which parameters `from_pretrained` initialised because the checkpoint lacks them."""
+    object.__setattr__(model, NEW_WEIGHTS, frozenset(names))  # a plain attribute, like TAG: never saved
+
+
+def new_modules(model: nn.Module) -> list[str]:
+    """The largest modules whose every parameter was freshly initialised when the base loaded.
+
+    A masked-LM checkpoint has no pooler and no classifier, so a classification model built from it
+    starts them at random (`bert.pooler`, `classifier`): a method must train and save them whole, or
+    every load would start them at a new random value. [] for a model not loaded by `load_model`.
+    """
+    new = getattr(model, NEW_WEIGHTS, frozenset())
+    if not new:
+        return []
+    whole = [name for name, module in model.named_modules() if name and _all_in(module, name, new)]
+    return [name for name in whole if not any(name.startswith(outer + ".") for outer in whole)]
+
+
+def _all_in(module: nn.Module, name: str, new: frozenset[str]) -> bool:
+    params = [f"{name}.{p}" for p, _ in module.named_parameters()]
+    return bool(params) and all(p in new for p in params)
 
 
 def is_new_head_task(model: nn.Module) -> bool:

@@ -14,7 +14,9 @@ from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelF
                           AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer)
 
 from tuneforge.errors import ModelLoadError, Problem
+from tuneforge.methods.registry import record_new_weights
 from tuneforge.models.artifact import find_artifact, read_artifact, saved_task
+from tuneforge.models.chat_templates import POLICY_KEY, fit_embeddings, set_prompt_policy, use_chat_template
 
 NAMED_MODELS = ("demo", "minilm")
 # objective.task -> the transformers head class to load the base with
@@ -58,8 +60,12 @@ def resolve_model_path(name: str | Path) -> str:
     return name  # a hub id
 
 
-def load_tokenizer(name: str | Path):
-    """The tokenizer of a base model, or the one saved beside a run's artifact."""
+def load_tokenizer(name: str | Path, chat_template: str | None = None):
+    """The tokenizer of a base model, or the one saved beside a run's artifact (with the run's chat template).
+
+    `chat_template` (model.chat_template) replaces the tokenizer's template; special tokens it needs are added
+    (the model's embeddings then grow: `chat_templates.fit_embeddings`).
+    """
     artifact = find_artifact(name) if Path(str(name)).exists() else None
     source = str(artifact.folder) if artifact else resolve_model_path(name)
     try:
@@ -68,6 +74,10 @@ def load_tokenizer(name: str | Path):
         raise _load_error(name, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # causal LMs often ship without one; padding is masked anyway
+    if chat_template is not None:
+        use_chat_template(tok, chat_template)
+    if artifact and POLICY_KEY not in tok.init_kwargs:  # saved before the policy was kept with the tokenizer
+        set_prompt_policy(tok, artifact.system_prompt)
     return tok
 
 
@@ -88,9 +98,12 @@ def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: s
     """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...)."""
     source = resolve_model_path(name)
     try:
-        return MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+        model, info = MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
+                                                          output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(name, exc) from None
+    record_new_weights(model, info["missing_keys"])  # a head or pooler the checkpoint lacks: methods train and save it
+    return model
 
 
 def base_model_of_run(run_dir: Path) -> str:
@@ -106,15 +119,17 @@ def load_for_inference(ref: str | Path, device: torch.device | None = None, merg
     device = device or pick_device()
     dtype = pick_dtype("auto", device)
     artifact = find_artifact(ref) if Path(str(ref)).exists() else None
+    tokenizer = load_tokenizer(ref)
     if artifact:
         method = artifact.record
         labels = {} if artifact.standalone else artifact.labels
-        model = method.load(load_model(artifact.base_source(), dtype, task=artifact.task, **labels), artifact.folder)
+        base = load_model(artifact.base_source(), dtype, task=artifact.task, **labels)
+        fit_embeddings(base, tokenizer)  # tokens a model.chat_template added: the rows the adapter was trained with
+        model = method.load(base, artifact.folder)
         model = method.merge(model) if merge and method.can_merge else model
     else:
         folder = Path(resolve_model_path(ref))
         model = load_model(folder, dtype, task=saved_task(folder)[0] if folder.is_dir() else "causal_lm")
-    tokenizer = load_tokenizer(ref)
     return model.to(device).eval(), tokenizer
 
 
