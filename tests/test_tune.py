@@ -23,8 +23,8 @@ GOOD_LR, HOPELESS_LR = 3e-3, 1e-7
 
 
 def write_config(tiny_model_dir, data, folder, **train_kw) -> str:
-    """A full fine-tune of the tiny Llama, 6 steps, validated every 2; the study folder is `folder/study`."""
-    train_section = {**dict(max_steps=6, batch_size=8, lr=1e-3, eval_every=2, save_every=100, log_every=1,
+    """A full fine-tune of the tiny Llama, 3 steps, validated after each; the study folder is `folder/study`."""
+    train_section = {**dict(max_steps=3, batch_size=4, lr=1e-3, eval_every=1, save_every=100, log_every=1,
                             warmup_ratio=0.0, seed=7), **train_kw}
     raw = {"objective": "sft", "output_dir": str(folder / "study"),
            "model": {"name": str(tiny_model_dir), "max_length": 128},
@@ -96,21 +96,24 @@ def test_values_the_config_refuses_stop_the_search_before_any_trial(tiny_model_d
 def test_six_trials_find_the_better_learning_rate_and_prune_the_hopeless_one(tiny_model_dir, support_data, tmp_path):
     plan = plan_search(write_config(tiny_model_dir, support_data, tmp_path),
                        [f"train.lr=choice({HOPELESS_LR},{GOOD_LR})"])
+    # one of each first: the median pruner compares later trials with these two (TPE draws the other four)
+    plan.enqueued = [{"train.lr": HOPELESS_LR}, {"train.lr": GOOD_LR}]
     study = run_search(plan, trials=6)
 
     rows = trial_rows(study)
     assert [r["number"] for r in rows] == list(range(6))
     assert study.best_params == {"train.lr": GOOD_LR}
     assert {r["params"]["train.lr"] for r in rows} == {HOPELESS_LR, GOOD_LR}  # both were tried
-    pruned = [r for r in rows if r["state"] == "pruned"]
-    assert pruned and all(r["params"]["train.lr"] == HOPELESS_LR for r in pruned), rows
+    later = rows[2:]
+    assert {r["params"]["train.lr"] for r in later} == {HOPELESS_LR, GOOD_LR}, later  # TPE drew both again
+    assert all((r["state"] == "pruned") == (r["params"]["train.lr"] == HOPELESS_LR) for r in later), later
     for r in rows:  # every trial is a normal run directory under the study folder
         run = tmp_path / "study" / f"trial-{r['number']:04d}"
         assert r["run_dir"] == str(run) and (run / "config.yaml").exists()
         manifest = json.loads((run / "manifest.json").read_text())
         assert load_config(run / "config.yaml").train.lr == r["params"]["train.lr"]
         if r["state"] == "pruned":  # stopped through should_stop right after the eval that lost
-            assert manifest["status"] == "stopped" and manifest["result"]["steps"] < 6 and not (run / "model").exists()
+            assert manifest["status"] == "stopped" and manifest["result"]["steps"] == 1 and not (run / "model").exists()
         else:
             assert manifest["status"] == "completed" and (run / "model").exists()
             assert r["value"] == pytest.approx(manifest["result"]["val_loss"])
@@ -182,7 +185,7 @@ def test_cli_refuses_bad_options_with_their_names(tiny_model_dir, support_data, 
 
 def _tune_process(config: str, url: str, study: str) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from tuneforge.cli.main import main; main()", "tune", config, "--trials", "2",
-           "--quiet", "--storage", url, "--study", study, "--space", "train.lr=loguniform(1e-4,1e-2)"]
+           "--quiet", "--pruner", "none", "--storage", url, "--study", study, "--space", "train.lr=loguniform(1e-4,1e-2)"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -199,7 +202,7 @@ def test_two_processes_share_one_postgres_study_without_duplicate_trials(tiny_mo
         try:
             trials = study.get_trials()
             assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [(t.state, t.user_attrs) for t in trials]
             assert len({t.params["train.lr"] for t in trials}) == 4  # no two processes drew the same point
             assert len({t.user_attrs["run_dir"] for t in trials}) == 4
             for t in trials:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,7 @@ PrunerName = Literal["median", "hyperband", "none"]
 Direction = Literal["minimize", "maximize"]
 # A dead process's running trial is marked failed once its heartbeat is this stale (RDB storage only).
 HEARTBEAT_S, GRACE_S = 30, 120
+_LOCK_KEY = zlib.crc32(b"tuneforge tune: create the optuna schema")
 
 
 @dataclass
@@ -98,11 +100,11 @@ def open_study(plan: SearchPlan) -> optuna.Study:
     """Create the study, or join it when another process (or an earlier run) made it already."""
     if plan.storage.startswith("sqlite:///"):
         plan.folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with _first_use_lock(plan.storage), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since optuna 3
         storage = optuna.storages.RDBStorage(plan.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction,
-                                sampler=PerTrialSeedTPE(plan.seed), pruner=_pruner(plan), load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction,
+                                    sampler=PerTrialSeedTPE(plan.seed), pruner=_pruner(plan), load_if_exists=True)
     if study.direction.name.lower() != plan.direction:
         raise ConfigError(f"study '{plan.study_name}' already exists and {study.direction.name.lower()}s",
                           [Problem("--direction", f"asked to {plan.direction}",
@@ -110,6 +112,27 @@ def open_study(plan: SearchPlan) -> optuna.Study:
     for params in plan.enqueued:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+@contextmanager
+def _first_use_lock(url: str):
+    """On PostgreSQL, one process at a time creates Optuna's tables and the study: two `tuneforge tune` started
+    together on a fresh database would otherwise both run CREATE TYPE/TABLE and one would fail."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _pruner(plan: SearchPlan) -> optuna.pruners.BasePruner:
@@ -208,12 +231,12 @@ class TrialObjective:
 def run_search(plan: SearchPlan, trials: int | None, timeout: float | None = None, progress: bool = False,
                on_trial=None) -> optuna.Study:
     """Run `trials` trials in this process (other processes may add theirs to the same study)."""
-    study = open_study(plan)
-    callbacks = [lambda _study, frozen: on_trial(frozen)] if on_trial else None
     level = optuna.logging.get_verbosity()
     # Optuna logs each failed trial with its traceback; the error is kept on the trial and the CLI prints a line
     optuna.logging.set_verbosity(logging.ERROR)
     try:
+        study = open_study(plan)
+        callbacks = [lambda _study, frozen: on_trial(frozen)] if on_trial else None
         study.optimize(TrialObjective(plan, progress), n_trials=trials, timeout=timeout, catch=(Exception,),
                        callbacks=callbacks)
     finally:
