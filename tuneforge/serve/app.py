@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tuneforge import __version__
 from tuneforge.serve.api import errors, files, inference, jobs, models, ops, quality
 from tuneforge.serve.api.deps import Services
+from tuneforge.serve.api.limits import BodyLimit, body_limit
 from tuneforge.serve.db import Store
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.job_states import JobStatus
@@ -38,6 +39,7 @@ def create_app(settings: ServeSettings | None = None, store: Store | None = None
     app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan)
     app.state.services = services
     errors.install(app)
+    app.add_middleware(BodyLimit, limit_for=body_limit(settings))  # outermost: before anything reads the body
     for module in (files, jobs, models, inference, quality, ops):
         app.include_router(module.router)
     return app

@@ -52,7 +52,7 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: MethodSpec | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_\-.]*$")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fits the jobs table's INTEGER column.")
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     tuneforge: dict[str, Any] | None = Field(None, description="A partial tuneforge run config (method, train, model, eval, objective).")

@@ -43,6 +43,17 @@ class ServeSettings:
     # torch threads of each training process; None keeps torch's default (all cores).
     worker_threads: int | None = field(default_factory=lambda: _env_int_or_none("TUNEFORGE_WORKER_THREADS"))
 
+    # Bodies of every route but /v1/files uploads (which have max_upload_bytes): a larger one is a 413.
+    max_request_bytes: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_REQUEST_MB", 4) * 1024 * 1024))
+    # Prompt tokens plus padding one generate_batch call may hold: a long prompt runs in its own batch
+    # instead of making every short row of its batch pay its length.
+    max_batch_tokens: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_BATCH_TOKENS", 8192)))
+    # Job options that run code or read server files (eval.custom_metric, model.trust_remote_code, paths
+    # such as eval.rag_docs or a .jinja chat_template) are refused from the API unless this is set.
+    allow_unsafe_job_options: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS", "0") == "1")
+    # SIGTERM: how long serve waits for running requests and for workers to checkpoint their jobs.
+    drain_timeout_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRAIN_TIMEOUT_S", 20))
+
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"

@@ -57,7 +57,36 @@ def as_api_error(exc: BaseException, where: str) -> APIError:
     return internal_error(exc, where)
 
 
+class AnswerBugs:
+    """ASGI middleware: an unexpected exception becomes the logged 500 here. Starlette's outermost
+    error middleware also answers a 500 but then re-raises, and uvicorn closes the keep-alive
+    connection, so the client's next request on it was reset."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # half a response is out: only closing the connection can tell the client
+                raise
+            err = internal_error(exc, f"{scope.get('method')} {scope.get('path')}")
+            await JSONResponse(err.body(), status_code=err.status)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(AnswerBugs)
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)

@@ -14,8 +14,9 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, as_api_error
 from tuneforge.serve.api.models import require_model
@@ -45,9 +46,14 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64 range (torch's seeds fit it)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def text_is_unicode(cls, data: Any) -> Any:
+        return refuse_unencodable(data)
 
     def sampling(self) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -77,19 +83,34 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def text_is_unicode(cls, data: Any) -> Any:
+        return refuse_unencodable(data)
+
 
 def chat_messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(raw):
         content = m.get("content")
         if isinstance(content, list):  # content parts: only text parts can be used
-            if any(p.get("type") != "text" for p in content):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported.", param=f"messages[{i}].content")
-            content = "".join(p.get("text", "") for p in content)
+            content = "".join(_text_part(part, f"messages[{i}].content[{k}]") for k, part in enumerate(content))
         if m.get("role") not in ("system", "developer", "user", "assistant", "tool") or not isinstance(content, str):
             raise APIError(400, f"messages[{i}] needs a role and a text content.", param=f"messages[{i}]")
         out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
     return out
+
+
+def _text_part(part: Any, where: str) -> str:
+    """One content part, `{"type": "text", "text": "..."}`: the only kind a text model can read."""
+    if not isinstance(part, dict):
+        raise APIError(400, f"{where}: a content part is an object like {{\"type\": \"text\", \"text\": \"...\"}}, "
+                            f"got {type(part).__name__ if part is not None else 'null'}.", param=where)
+    if part.get("type") != "text":
+        raise APIError(400, f"{where}: only text parts are supported.", param=where)
+    if not isinstance(part.get("text"), str):
+        raise APIError(400, f"{where}.text must be a string.", param=f"{where}.text")
+    return part["text"]
 
 
 def _usage(results: list) -> dict[str, int]:
@@ -149,8 +170,8 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
     body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts:
-        raise APIError(400, "prompt must not be empty.", param="prompt")
+    if not prompts or any(not p for p in prompts):
+        raise APIError(400, "prompt must be a non-empty string or a list of non-empty strings.", param="prompt")
     expanded = [p for p in prompts for _ in range(body.n)]  # choice index = prompt index * n + k
     sampling, started = body.sampling(), time.perf_counter()
     meta = {"id": new_id("cmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}

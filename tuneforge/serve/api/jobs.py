@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
-from tuneforge.errors import ConfigError
+from tuneforge.config import RunConfig
+from tuneforge.errors import ConfigError, Problem
 from tuneforge.serve import catalog, files, job_states, jobs
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
@@ -51,6 +52,8 @@ def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depend
     if problems := check_method(method):
         raise from_tuneforge(ConfigError("unsupported hyperparameters", problems), param=problems[0].where, code="invalid_hyperparameters")
     options = body.tuneforge or {}
+    if problems := check_remote_options(options, svc.settings.allow_unsafe_job_options):
+        raise from_tuneforge(ConfigError("invalid tuneforge options", problems), param=problems[0].where, code="invalid_options")
     n_examples = (train_file.validation or {}).get("valid", 0)
     hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type)
     seed = body.seed if body.seed is not None else 42
@@ -64,6 +67,36 @@ def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depend
                           hyperparameters=hyper, method=method.model_dump(exclude_none=True), options=options, suffix=body.suffix, seed=seed, user_metadata=body.metadata)
     background.add_task(validate_job_files, svc, job.id)
     return job_object(job)
+
+
+SECTIONS = ("model", "method", "train", "eval")  # the parts of a run config a job may set
+
+
+def check_remote_options(options: dict[str, Any], allow_unsafe: bool) -> list[Problem]:
+    """What a remote caller may not put in `tuneforge`: a section that is not an object, and (unless the
+    operator allows it) anything that runs code or reads the server's files."""
+    problems = [Problem(f"tuneforge.{k}", f"must be an object (a partial `{k}:` section), got {type(v).__name__}",
+                        f'e.g. "{k}": {{...}}') for k, v in options.items() if k in SECTIONS and not isinstance(v, dict)]
+    if problems or allow_unsafe:
+        return problems
+    from tuneforge.models.chat_templates import BUILTIN
+
+    unsafe = "is refused from the API: it runs code or reads the server's files"
+    fix = "remove it, or ask the operator to set TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS=1"
+    model, evals = options.get("model") or {}, options.get("eval") or {}
+    if model.get("trust_remote_code"):
+        problems.append(Problem("tuneforge.model.trust_remote_code", unsafe, fix))
+    if evals.get("custom_metric") is not None:
+        problems.append(Problem("tuneforge.eval.custom_metric", unsafe, fix))
+    if model.get("chat_template") is not None and model["chat_template"] not in BUILTIN:
+        problems.append(Problem("tuneforge.model.chat_template", f"a template file {unsafe}", f"use a built-in name "
+                                f"({', '.join(BUILTIN)}), or {fix}"))
+    for section in ("model", "train", "eval"):
+        fields = RunConfig.model_fields[section].annotation.model_fields
+        for key, value in (options.get(section) or {}).items():
+            if key in fields and value is not None and "Path" in str(fields[key].annotation):
+                problems.append(Problem(f"tuneforge.{section}.{key}", f"a server path {unsafe}", fix))
+    return problems
 
 
 def validate_job_files(svc: Services, job_id: str) -> None:

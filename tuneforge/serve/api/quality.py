@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 import json
 import random
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from tuneforge.data.readers import read_examples
 from tuneforge.data.types import Conversation
 from tuneforge.serve import drift, files
+from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError
 from tuneforge.serve.api.inference import chat_messages
@@ -71,6 +73,11 @@ class FeedbackIn(BaseModel):
     completion: str | None = Field(None, description="What the model answered.")
     correction: str = Field(min_length=1, description="The answer it should have given: the new training target.")
     rating: int | None = Field(None, ge=-1, le=5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def text_is_unicode(cls, data: Any) -> Any:
+        return refuse_unencodable(data)
 
 
 def _feedback_object(f: Feedback) -> dict:
