@@ -279,10 +279,19 @@ class Engine:
 
     def _drop_adapter(self, model_id: str) -> None:
         self._cache.pop(model_id, None)
-        for entry in self._cache.values():
+        for key, entry in list(self._cache.items()):
             name = entry.adapters.pop(model_id, None)
-            if name is not None:
+            if name is None:
+                continue
+            if entry.adapters:
                 entry.model.delete_adapter(name)
+                continue
+            # The last adapter: a PeftModel without any is broken (disable_adapter() looks up the active
+            # adapter: KeyError), so take the base back out of it, or load it afresh if that fails.
+            try:
+                entry.model = entry.model.unload()
+            except Exception:
+                del self._cache[key]
 
     # ---- embeddings
     def _embed(self, texts: list[str]):
