@@ -24,12 +24,18 @@ GOOD_LR, HOPELESS_LR = 3e-3, 1e-7
 
 def write_config(tiny_model_dir, data, folder, **train_kw) -> str:
     """A full fine-tune of the tiny Llama, 3 steps, validated after each; the study folder is `folder/study`."""
-    train_section = {**dict(max_steps=3, batch_size=4, lr=1e-3, eval_every=1, save_every=100, log_every=1,
-                            warmup_ratio=0.0, seed=7), **train_kw}
-    raw = {"objective": "sft", "output_dir": str(folder / "study"),
-           "model": {"name": str(tiny_model_dir), "max_length": 128},
-           "data": {"train": str(data["train"]), "validation": str(data["validation"])},
-           "method": {"name": "full"}, "train": train_section}
+    train_section = {
+        **dict(max_steps=3, batch_size=4, lr=1e-3, eval_every=1, save_every=100, log_every=1, warmup_ratio=0.0, seed=7),
+        **train_kw,
+    }
+    raw = {
+        "objective": "sft",
+        "output_dir": str(folder / "study"),
+        "model": {"name": str(tiny_model_dir), "max_length": 128},
+        "data": {"train": str(data["train"]), "validation": str(data["validation"])},
+        "method": {"name": "full"},
+        "train": train_section,
+    }
     path = folder / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -39,9 +45,15 @@ def write_config(tiny_model_dir, data, folder, **train_kw) -> str:
 
 
 def test_space_parses_every_distribution():
-    lr, r, steps, sched, warm = parse_space(["train.lr=loguniform(1e-5, 1e-3)", "method.r=choice(8,16,32)",
-                                            "train.max_steps=int(2,10,2)", "train.scheduler=choice(linear,cosine)",
-                                            "train.warmup_ratio=uniform(0,0.2)"])
+    lr, r, steps, sched, warm = parse_space(
+        [
+            "train.lr=loguniform(1e-5, 1e-3)",
+            "method.r=choice(8,16,32)",
+            "train.max_steps=int(2,10,2)",
+            "train.scheduler=choice(linear,cosine)",
+            "train.warmup_ratio=uniform(0,0.2)",
+        ]
+    )
     assert (lr.kind, lr.low, lr.high) == ("loguniform", 1e-5, 1e-3)
     assert r.choices == (8, 16, 32) and sched.choices == ("linear", "cosine")
     assert (steps.kind, steps.low, steps.high, steps.step) == ("int", 2, 10, 2)
@@ -51,18 +63,21 @@ def test_space_parses_every_distribution():
     assert sched.override("cosine") == "train.scheduler=cosine"
 
 
-@pytest.mark.parametrize("spec, says", [
-    ("train.lr", "not of the form KEY=DIST(ARGS)"),
-    ("train.lr=normal(0,1)", "unknown distribution 'normal'"),
-    ("train.lr=loguniform(1e-3)", "loguniform takes 2 numbers, got 1"),
-    ("train.lr=loguniform(0,1e-3)", "loguniform needs low > 0"),
-    ("train.lr=uniform(1e-3,1e-5)", "must be below high"),
-    ("train.lr=uniform(a,1)", "'a' is not a number"),
-    ("method.r=int(4,8.5)", "'8.5' is not an integer"),
-    ("method.r=choice()", "choice needs one or more"),
-    ("method.r=choice(8,8)", "twice"),
-    ("output_dir=choice(a,b)", "output_dir is the study folder"),
-])
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("train.lr", "not of the form KEY=DIST(ARGS)"),
+        ("train.lr=normal(0,1)", "unknown distribution 'normal'"),
+        ("train.lr=loguniform(1e-3)", "loguniform takes 2 numbers, got 1"),
+        ("train.lr=loguniform(0,1e-3)", "loguniform needs low > 0"),
+        ("train.lr=uniform(1e-3,1e-5)", "must be below high"),
+        ("train.lr=uniform(a,1)", "'a' is not a number"),
+        ("method.r=int(4,8.5)", "'8.5' is not an integer"),
+        ("method.r=choice()", "choice needs one or more"),
+        ("method.r=choice(8,8)", "twice"),
+        ("output_dir=choice(a,b)", "output_dir is the study folder"),
+    ],
+)
 def test_space_errors_name_the_space_and_what_is_allowed(spec, says):
     with pytest.raises(ConfigError) as exc:
         parse_space(["train.seed=choice(1,2)", spec])
@@ -94,8 +109,9 @@ def test_values_the_config_refuses_stop_the_search_before_any_trial(tiny_model_d
 
 @pytest.mark.slow
 def test_six_trials_find_the_better_learning_rate_and_prune_the_hopeless_one(tiny_model_dir, support_data, tmp_path):
-    plan = plan_search(write_config(tiny_model_dir, support_data, tmp_path),
-                       [f"train.lr=choice({HOPELESS_LR},{GOOD_LR})"])
+    plan = plan_search(
+        write_config(tiny_model_dir, support_data, tmp_path), [f"train.lr=choice({HOPELESS_LR},{GOOD_LR})"]
+    )
     # one of each first: the median pruner compares later trials with these two (TPE draws the other four)
     plan.enqueued = [{"train.lr": HOPELESS_LR}, {"train.lr": GOOD_LR}]
     study = run_search(plan, trials=6)
@@ -120,6 +136,7 @@ def test_six_trials_find_the_better_learning_rate_and_prune_the_hopeless_one(tin
     assert (tmp_path / "study" / "study.db").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_study_goes_on(tiny_model_dir, support_data, tmp_path, monkeypatch):
     import tuneforge.tune.search as search
 
@@ -132,8 +149,11 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(tiny_model_dir, suppor
         return train(cfg, **kw)
 
     monkeypatch.setattr(search, "train", sometimes_broken)
-    plan = plan_search(write_config(tiny_model_dir, support_data, tmp_path, max_steps=2),
-                       ["train.lr=loguniform(1e-4,1e-2)"], pruner="none")
+    plan = plan_search(
+        write_config(tiny_model_dir, support_data, tmp_path, max_steps=2),
+        ["train.lr=loguniform(1e-4,1e-2)"],
+        pruner="none",
+    )
     study = run_search(plan, trials=3)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
@@ -146,8 +166,21 @@ def test_cli_prints_the_table_and_writes_best_yaml_that_trains_and_the_report(ti
     from tuneforge.cli.main import app
 
     config = write_config(tiny_model_dir, support_data, tmp_path, max_steps=2)
-    result = CliRunner().invoke(app, ["tune", config, "train.eval_every=1", "--trials", "3", "--quiet",
-                                      "--space", "train.lr=loguniform(1e-4,1e-2)", "--space", "train.warmup_ratio=choice(0.0,0.5)"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            config,
+            "train.eval_every=1",
+            "--trials",
+            "3",
+            "--quiet",
+            "--space",
+            "train.lr=loguniform(1e-4,1e-2)",
+            "--space",
+            "train.warmup_ratio=choice(0.0,0.5)",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     study = tmp_path / "study"
@@ -164,8 +197,20 @@ def test_cli_prints_the_table_and_writes_best_yaml_that_trains_and_the_report(ti
     assert train(best, progress=False).status == "completed" and (study / "best" / "model").exists()
 
     # a second process (here: call) joins the same SQLite study and numbers its trials on
-    again = CliRunner().invoke(app, ["tune", config, "--trials", "1", "--quiet", "--space", "train.lr=loguniform(1e-4,1e-2)",
-                                     "--space", "train.warmup_ratio=choice(0.0,0.5)"])
+    again = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            config,
+            "--trials",
+            "1",
+            "--quiet",
+            "--space",
+            "train.lr=loguniform(1e-4,1e-2)",
+            "--space",
+            "train.warmup_ratio=choice(0.0,0.5)",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert (study / "trial-0003" / "manifest.json").exists()
 
@@ -184,8 +229,24 @@ def test_cli_refuses_bad_options_with_their_names(tiny_model_dir, support_data, 
 
 
 def _tune_process(config: str, url: str, study: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from tuneforge.cli.main import main; main()", "tune", config, "--trials", "2",
-           "--quiet", "--pruner", "none", "--storage", url, "--study", study, "--space", "train.lr=loguniform(1e-4,1e-2)"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from tuneforge.cli.main import main; main()",
+        "tune",
+        config,
+        "--trials",
+        "2",
+        "--quiet",
+        "--pruner",
+        "none",
+        "--storage",
+        url,
+        "--study",
+        study,
+        "--space",
+        "train.lr=loguniform(1e-4,1e-2)",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -202,10 +263,14 @@ def test_two_processes_share_one_postgres_study_without_duplicate_trials(tiny_mo
         try:
             trials = study.get_trials()
             assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [(t.state, t.user_attrs) for t in trials]
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [
+                (t.state, t.user_attrs) for t in trials
+            ]
             assert len({t.params["train.lr"] for t in trials}) == 4  # no two processes drew the same point
             assert len({t.user_attrs["run_dir"] for t in trials}) == 4
             for t in trials:
-                assert json.loads((tmp_path / "study" / f"trial-{t.number:04d}" / "manifest.json").read_text())["status"]
+                assert json.loads((tmp_path / "study" / f"trial-{t.number:04d}" / "manifest.json").read_text())[
+                    "status"
+                ]
         finally:
             optuna.delete_study(study_name=name, storage=url)

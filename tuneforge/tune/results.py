@@ -27,8 +27,17 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         elif t.state.name == "FAIL" and not note:
             note = "its process stopped reporting (killed or lost)"
         duration = t.duration.total_seconds() if t.duration else None
-        rows.append({"number": t.number, "state": state, "value": t.value, "params": dict(t.params),
-                     "seconds": duration, "note": note, "run_dir": t.user_attrs.get("run_dir")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": state,
+                "value": t.value,
+                "params": dict(t.params),
+                "seconds": duration,
+                "note": note,
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+        )
     return rows
 
 
@@ -41,8 +50,14 @@ def trials_table(study: optuna.Study, metric: str) -> Table:
         table.add_column(name, justify="right" if name not in ("state", "note") else "left")
     for r in rows:
         mark = " *" if r["number"] == best else ""
-        table.add_row(f"{r['number']}{mark}", r["state"], _fmt(r["value"]), *(_fmt(r["params"].get(k)) for k in keys),
-                      _fmt(r["seconds"], 1), r["note"])
+        table.add_row(
+            f"{r['number']}{mark}",
+            r["state"],
+            _fmt(r["value"]),
+            *(_fmt(r["params"].get(k)) for k in keys),
+            _fmt(r["seconds"], 1),
+            r["note"],
+        )
     return table
 
 
@@ -65,24 +80,37 @@ def write_best_config(study: optuna.Study, plan: SearchPlan) -> Path:
     """`<study folder>/best.yaml`: the base config with the best trial's overrides, training into `<study>/best`."""
     number = _best_number(study)
     if number is None:
-        raise TuneforgeError(f"study '{study.study_name}' has no completed trial, so no best config",
-                             [Problem("--trials", "every trial failed or was pruned",
-                                      "see each trial's error in the table; fix the config or widen the space")])
+        raise TuneforgeError(
+            f"study '{study.study_name}' has no completed trial, so no best config",
+            [
+                Problem(
+                    "--trials",
+                    "every trial failed or was pruned",
+                    "see each trial's error in the table; fix the config or widen the space",
+                )
+            ],
+        )
     best = study.best_trial
     cfg = plan.config_for(best.user_attrs["overrides"], plan.folder / "best")
     if Path(cfg.model.name).exists():  # a local model folder: absolute, like the data paths, so best.yaml stands alone
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(Path(cfg.model.name).resolve())})})
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"name": str(Path(cfg.model.name).resolve())})}
+        )
     path = plan.folder / "best.yaml"
-    header = (f"# best of study '{study.study_name}': trial {number}, {plan.metric} = {best.value}\n"
-              f"# overrides: {' '.join(best.user_attrs['overrides'])}\n")
+    header = (
+        f"# best of study '{study.study_name}': trial {number}, {plan.metric} = {best.value}\n"
+        f"# overrides: {' '.join(best.user_attrs['overrides'])}\n"
+    )
     path.write_text(header + cfg.to_yaml())
     return path
 
 
 # (file stem, title, optuna.visualization.matplotlib function)
-PLOTS = (("history", "Optimisation history", "plot_optimization_history"),
-         ("importances", "Parameter importances", "plot_param_importances"),
-         ("parallel", "Parallel coordinates", "plot_parallel_coordinate"))
+PLOTS = (
+    ("history", "Optimisation history", "plot_optimization_history"),
+    ("importances", "Parameter importances", "plot_param_importances"),
+    ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
+)
 
 
 def write_report(study: optuna.Study, plan: SearchPlan) -> Path:
@@ -119,13 +147,30 @@ def _page(study: optuna.Study, plan: SearchPlan, figures: list[str]) -> str:
     keys = sorted({k for r in rows for k in r["params"]})
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "state", plan.metric, *keys, "seconds", "note"))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
-            str(r["number"]), r["state"], _fmt(r["value"]), *(_fmt(r["params"].get(k)) for k in keys),
-            _fmt(r["seconds"], 1), r["note"])) + "</tr>" for r in rows)
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(c)}</td>"
+            for c in (
+                str(r["number"]),
+                r["state"],
+                _fmt(r["value"]),
+                *(_fmt(r["params"].get(k)) for k in keys),
+                _fmt(r["seconds"], 1),
+                r["note"],
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
     number = _best_number(study)
-    best = (f"<p>best: trial {number}, {plan.metric} = {_fmt(study.best_value)}; config: best.yaml</p>"
-            if number is not None else "<p>no completed trial yet</p>")
+    best = (
+        f"<p>best: trial {number}, {plan.metric} = {_fmt(study.best_value)}; config: best.yaml</p>"
+        if number is not None
+        else "<p>no completed trial yet</p>"
+    )
     style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;text-align:right}"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study.study_name)}</title>"
-            f"<style>{style}</style></head><body><h1>Search '{html.escape(study.study_name)}'</h1>{best}"
-            f"<table><tr>{head}</tr>{body}</table>{''.join(figures)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study.study_name)}</title>"
+        f"<style>{style}</style></head><body><h1>Search '{html.escape(study.study_name)}'</h1>{best}"
+        f"<table><tr>{head}</tr>{body}</table>{''.join(figures)}</body></html>"
+    )

@@ -58,21 +58,47 @@ class SearchPlan:
         return load_config(self.config, [*self.fixed, *overrides, f"output_dir={yaml_scalar(str(output_dir))}"])
 
 
-def plan_search(config: Path, spaces: list[str], overrides: list[str] | None = None, *, storage: str | None = None,
-                study: str | None = None, metric: str = "val_loss", direction: Direction = "minimize",
-                pruner: PrunerName = "median") -> SearchPlan:
+def plan_search(
+    config: Path,
+    spaces: list[str],
+    overrides: list[str] | None = None,
+    *,
+    storage: str | None = None,
+    study: str | None = None,
+    metric: str = "val_loss",
+    direction: Direction = "minimize",
+    pruner: PrunerName = "median",
+) -> SearchPlan:
     """Parse the space and validate the config at every corner of it, before any trial runs."""
     space = parse_space(spaces)
     config, fixed = Path(config).resolve(), list(overrides or [])
     base = load_config(config, fixed)  # the config itself, with the fixed overrides
     _validate_corners(config, fixed, space)
     if metric == "val_loss" and base.data.validation is None and base.data.validation_fraction == 0:
-        raise ConfigError("the search optimises val_loss but the config has no validation data",
-                          [Problem(f"{config}: data.validation", "no validation file and validation_fraction is 0",
-                                   "add data.validation (or a validation_fraction), or pass --metric")])
+        raise ConfigError(
+            "the search optimises val_loss but the config has no validation data",
+            [
+                Problem(
+                    f"{config}: data.validation",
+                    "no validation file and validation_fraction is 0",
+                    "add data.validation (or a validation_fraction), or pass --metric",
+                )
+            ],
+        )
     folder = Path(base.output_dir).resolve()
-    return SearchPlan(config, fixed, space, folder, study or folder.name, storage or f"sqlite:///{folder / 'study.db'}",
-                      metric, direction, pruner, base.train.seed, base.train.eval_every)
+    return SearchPlan(
+        config,
+        fixed,
+        space,
+        folder,
+        study or folder.name,
+        storage or f"sqlite:///{folder / 'study.db'}",
+        metric,
+        direction,
+        pruner,
+        base.train.seed,
+        base.train.eval_every,
+    )
 
 
 def _validate_corners(config: Path, fixed: list[str], space: list[Param]) -> None:
@@ -82,7 +108,7 @@ def _validate_corners(config: Path, fixed: list[str], space: list[Param]) -> Non
     first = [p.corners()[0] for p in space]
     for i, param in enumerate(space):
         for value in param.corners():
-            values = [*first[:i], value, *first[i + 1:]]
+            values = [*first[:i], value, *first[i + 1 :]]
             try:
                 load_config(config, [*fixed, *(p.override(v) for p, v in zip(space, values))])
             except ConfigError as exc:
@@ -92,8 +118,9 @@ def _validate_corners(config: Path, fixed: list[str], space: list[Param]) -> Non
                     named = Problem(f"--space '{space[owner].spec}' at {shown}: {p.where}", p.message, p.fix)
                     problems.setdefault((shown, p.where, p.message), named)
     if problems:
-        raise ConfigError(f"the search space makes {len(problems)} invalid config(s); nothing was run",
-                          list(problems.values()))
+        raise ConfigError(
+            f"the search space makes {len(problems)} invalid config(s); nothing was run", list(problems.values())
+        )
 
 
 def open_study(plan: SearchPlan) -> optuna.Study:
@@ -103,12 +130,23 @@ def open_study(plan: SearchPlan) -> optuna.Study:
     with _first_use_lock(plan.storage), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since optuna 3
         storage = optuna.storages.RDBStorage(plan.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction,
-                                    sampler=PerTrialSeedTPE(plan.seed), pruner=_pruner(plan), load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=plan.study_name,
+            direction=plan.direction,
+            sampler=PerTrialSeedTPE(plan.seed),
+            pruner=_pruner(plan),
+            load_if_exists=True,
+        )
     if study.direction.name.lower() != plan.direction:
-        raise ConfigError(f"study '{plan.study_name}' already exists and {study.direction.name.lower()}s",
-                          [Problem("--direction", f"asked to {plan.direction}",
-                                   "pass the study's direction, or another --study name")])
+        raise ConfigError(
+            f"study '{plan.study_name}' already exists and {study.direction.name.lower()}s",
+            [
+                Problem(
+                    "--direction", f"asked to {plan.direction}", "pass the study's direction, or another --study name"
+                )
+            ],
+        )
     for params in plan.enqueued:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
@@ -218,8 +256,10 @@ class TrialObjective:
             value = result.final_metrics.get(plan.metric)
             if value is None:
                 known = sorted(k for k, v in result.final_metrics.items() if isinstance(v, int | float))
-                raise TrainingError(f"the run has no metric '{plan.metric}'",
-                                    [Problem("--metric", f"the final metrics are {known}", "pass one of them")])
+                raise TrainingError(
+                    f"the run has no metric '{plan.metric}'",
+                    [Problem("--metric", f"the final metrics are {known}", "pass one of them")],
+                )
             return float(value)
         except optuna.TrialPruned:
             raise
@@ -228,8 +268,9 @@ class TrialObjective:
             raise
 
 
-def run_search(plan: SearchPlan, trials: int | None, timeout: float | None = None, progress: bool = False,
-               on_trial=None) -> optuna.Study:
+def run_search(
+    plan: SearchPlan, trials: int | None, timeout: float | None = None, progress: bool = False, on_trial=None
+) -> optuna.Study:
     """Run `trials` trials in this process (other processes may add theirs to the same study)."""
     level = optuna.logging.get_verbosity()
     # Optuna logs each failed trial with its traceback; the error is kept on the trial and the CLI prints a line
@@ -237,8 +278,9 @@ def run_search(plan: SearchPlan, trials: int | None, timeout: float | None = Non
     try:
         study = open_study(plan)
         callbacks = [lambda _study, frozen: on_trial(frozen)] if on_trial else None
-        study.optimize(TrialObjective(plan, progress), n_trials=trials, timeout=timeout, catch=(Exception,),
-                       callbacks=callbacks)
+        study.optimize(
+            TrialObjective(plan, progress), n_trials=trials, timeout=timeout, catch=(Exception,), callbacks=callbacks
+        )
     finally:
         optuna.logging.set_verbosity(level)
     return study

@@ -51,7 +51,7 @@ class Param:
 
 
 def yaml_scalar(value: Scalar) -> str:
-    """`value` as YAML that reads back as the same type (PyYAML reads a bare `1e-05` as a string, `1.0e-05` as a float)."""
+    """`value` as YAML that reads back as its type (PyYAML reads a bare `1e-05` as a string, `1.0e-05` as a float)."""
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
@@ -66,11 +66,21 @@ def parse_space(specs: list[str]) -> list[Param]:
             problems.append(Problem(where, str(exc), f"write KEY=DIST(ARGS) with DIST one of {ALLOWED}"))
             continue
         if param.key in seen:
-            problems.append(Problem(where, f"{param.key} is already searched by --space #{seen[param.key]}",
-                                    "give each config key one --space"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{param.key} is already searched by --space #{seen[param.key]}",
+                    "give each config key one --space",
+                )
+            )
         elif param.key == "output_dir":
-            problems.append(Problem(where, "output_dir is the study folder, not a hyperparameter",
-                                    "set it in the config or as an override; each trial gets <output_dir>/trial-NNNN"))
+            problems.append(
+                Problem(
+                    where,
+                    "output_dir is the study folder, not a hyperparameter",
+                    "set it in the config or as an override; each trial gets <output_dir>/trial-NNNN",
+                )
+            )
         else:
             seen[param.key] = i
             params.append(param)
