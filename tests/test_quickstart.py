@@ -118,6 +118,10 @@ def test_quickstart_json_shows_fine_tuning_wins(tmp_path):
     assert set(summary["base"]) == set(summary["fine_tuned"]) >= {"loss", "token_f1", "exact_match"}
     assert summary["fine_tuned"]["token_f1"] > summary["base"]["token_f1"] + 0.3
     assert summary["fine_tuned"]["loss"] < summary["base"]["loss"]
+    for name in ("base", "few_shot", "rag", "fine_tuned"):  # the facts family beside the style metrics, with intervals
+        assert 0 <= summary[name]["fact_accuracy"] <= 1
+        assert set(summary["intervals"][name]["fact_accuracy"]) == {"mean", "ci_low", "ci_high"}
+    assert set(summary["winners"]) == {"facts", "style"} and summary["winners"]["facts"]["metric"] == "fact_accuracy"
     run = Path(summary["run_dir"])
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "manifest.json").exists()
     assert (tmp_path / "home" / "models" / "demo" / "model.safetensors").exists()  # cached for the next run

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from tuneforge.errors import ConfigError, Problem
+from tuneforge.eval.graders.spec import GRADER_TYPES, GraderSpec, name_problems
 from tuneforge.methods.registry import (default_method_config, get_method, method_config_named, method_configs, on_register,
                                         reference_methods)
 
@@ -143,6 +144,20 @@ class EvalSection(Section):
     general_text: Path | None = Field(None, description="General held-out text (file, one document per line or JSONL) for forgetting; generated text for the demo model.")
     latency_samples: int = Field(8, ge=0, description="Requests timed one at a time per approach for latency.")
     prices: Path | None = Field(None, description="Price table YAML (training_per_1k, input_per_1k, output_per_1k) for cost and break-even.")
+    graders: list[GraderSpec] = Field(
+        default_factory=list, description="Per-example checks of each answer against its test example (OpenAI's grader "
+                                          "shapes: string_check, regex, json_match, text_similarity, python, score_model, "
+                                          "multi), reported with intervals beside the metrics and ranked per family (facts, "
+                                          "style) in the verdict.")
+
+    @model_validator(mode="after")
+    def _grader_names(self) -> "EvalSection":
+        from tuneforge.eval.metrics import METRICS
+
+        problems = name_problems(self.graders, {*METRICS, "loss", "perplexity"})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class RunConfig(Section):
@@ -251,7 +266,9 @@ def _problem(source: str, err: dict[str, Any]) -> Problem:
     loc = list(err["loc"])
     if loc[:1] == ["method"] and len(loc) > 1:
         loc.pop(1)  # pydantic puts the discriminator's value (the method name) in the path
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    # ... and each grader's type after its place (eval.graders.2.string_check.operation)
+    loc = [p for i, p in enumerate(loc) if not (p in GRADER_TYPES and i >= 2 and loc[i - 2] == "graders")]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         section = key.rsplit(".", 1)[0] if "." in key else "top level"

@@ -19,10 +19,14 @@ from tuneforge.config import DataSection, EvalSection, LoraMethod, ModelSection,
 from tuneforge.data.readers import write_jsonl
 from tuneforge.data.synthetic import support_desk_dataset
 from tuneforge.eval.evaluate import EvalTarget, run_eval
+from tuneforge.eval.graders.spec import StringCheck
 from tuneforge.train import train
 from tuneforge.train.pretrain import ensure_demo_model
 
-REPORTED = ("loss", "perplexity", "exact_match", "token_f1")
+REPORTED = ("loss", "perplexity", "exact_match", "token_f1", "fact_accuracy")
+# does the answer state its fact ("$49", "in 2 days")? Token F1 rewards the house template; this checks the facts
+FACT_ACCURACY = StringCheck(name="fact_accuracy", input="{{sample.output_text}}", reference="{{item.fact}}",
+                            operation="ilike", family="facts")
 QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned")  # fine_tuned+rag: `tuneforge eval RUN`
 
 
@@ -48,7 +52,7 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
         train=TrainSection(epochs=5, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05, eval_every=30,
                            save_every=60, log_every=5, early_stopping_patience=3, seed=0),
         eval=EvalSection(max_new_tokens=40, batch_size=32, approaches=list(QUICKSTART_APPROACHES), few_shot_k=2, rag_k=2,
-                         latency_samples=2),
+                         latency_samples=2, graders=[FACT_ACCURACY]),
     )
 
 
@@ -72,7 +76,10 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
                **{name: {k: a["metrics"][k]["mean"] for k in REPORTED} for name, a in approaches.items()},
                "intervals": {name: a["metrics"] for name, a in approaches.items()},
                "prompt_tokens_per_request": {name: a["prompt_tokens_per_request"] for name, a in approaches.items()},
-               "verdict": report["verdict"]["summary"], "test_examples": report["test_examples"], "train_status": result.status,
+               "verdict": report["verdict"]["summary"],
+               "winners": {family: {k: v[k] for k in ("metric", "winner", "tied_with")}
+                           for family, v in report["verdict"]["families"].items()},
+               "test_examples": report["test_examples"], "train_status": result.status,
                "train_steps": result.steps, "eval_seconds": report["seconds"], "seconds": round(time.perf_counter() - started, 1)}
     (run_dir / "comparison.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -3,7 +3,8 @@
 Both are seeded and deterministic. The support desk is a fictional smart-home company,
 Lumora, whose answers carry facts (prices, warranties...) that a general model cannot know
 and a fixed house style it has never seen: exactly what fine-tuning is for. Each example
-keeps `product_line` and `topic` metadata for per-slice evaluation.
+keeps `product_line` and `topic` metadata for per-slice evaluation, and `fact`: the words its
+answer must contain (the quickstart's fact_accuracy grader checks them).
 """
 
 from __future__ import annotations
@@ -134,18 +135,19 @@ COMPANY = "Lumora"
 SYSTEM_PROMPT = f"You are the customer support assistant of {COMPANY}, a smart-home company."
 _SIGN_OFF = f"Anything else? The {COMPANY} team"
 
-# product -> (product line, price in $, warranty years, battery hours, colours, ships in days)
+# product -> (product line, price in $, warranty years, battery hours, colours, ships in days); no product's fact is
+# a substring of another's on the same topic ($19 / $189, white and grey / pearl white): a fact check is not fooled
 PRODUCTS: dict[str, tuple[str, int, int, int, str, int]] = {
     "Glow Bulb": ("lighting", 19, 2, 0, "white and amber", 2),
     "Light Strip": ("lighting", 39, 2, 0, "white and rainbow", 3),
     "Lantern": ("lighting", 59, 3, 12, "black and sand", 4),
     "Echo Mini": ("audio", 49, 1, 10, "grey and blue", 2),
-    "Soundbar": ("audio", 199, 3, 0, "black", 5),
-    "Cam Pro": ("security", 129, 2, 8, "white", 3),
+    "Soundbar": ("audio", 189, 3, 0, "charcoal", 5),
+    "Cam Pro": ("security", 129, 2, 8, "white and grey", 3),
     "Doorbell": ("security", 99, 2, 6, "black and silver", 4),
-    "Smart Lock": ("security", 149, 5, 9, "silver", 6),
+    "Smart Lock": ("security", 149, 5, 9, "silver and bronze", 6),
     "Thermostat": ("climate", 169, 4, 0, "white and black", 3),
-    "Air Purifier": ("climate", 229, 3, 0, "white", 7),
+    "Air Purifier": ("climate", 229, 3, 0, "pearl white", 7),
 }
 
 _QUESTIONS: dict[str, list[str]] = {
@@ -161,6 +163,15 @@ _QUESTIONS: dict[str, list[str]] = {
                  "How many days until the {p} is delivered?", "What is the delivery time for the {p}?"],
 }
 _OPENERS = ["", "", "Hi! ", "Hello, ", "Quick question: ", "Good morning. ", "Hey there, "]
+
+
+def product_fact(product: str, topic: str) -> str:
+    """The words a right answer must contain ("$49", "in 2 days"): what the fact_accuracy grader checks.
+    Each is distinct within its topic, and none is in another product's answer ("in 2 days" is not in "in 12 days")."""
+    line, price, warranty, battery, colours, days = PRODUCTS[product]
+    return {"price": f"${price}", "warranty": f"{warranty} year warranty",
+            "battery": f"{battery} hours" if battery else "no battery", "colours": colours,
+            "shipping": f"in {days} days"}[topic]
 
 
 def _answer(product: str, topic: str) -> str:
@@ -196,6 +207,7 @@ def support_desk_dataset(n: int, seed: int = 0) -> list[Conversation]:
             question = question[0].lower() + question[1:]
         out.append(Conversation(
             messages=[Message("system", SYSTEM_PROMPT), Message("user", opener + question), Message("assistant", _answer(product, topic))],
-            metadata={"product_line": PRODUCTS[product][0], "topic": topic, "product": product},
+            metadata={"product_line": PRODUCTS[product][0], "topic": topic, "product": product,
+                      "fact": product_fact(product, topic)},
         ))
     return out

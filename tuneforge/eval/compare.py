@@ -23,6 +23,7 @@ from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
 from tuneforge.eval.bootstrap import (Interval, mean_ci, paired_difference, paired_statistic_difference, ratio_ci,
                                      statistic_ci)
+from tuneforge.eval.graders import Grader, GraderMetric, Sample, item_of
 from tuneforge.eval.metrics import Metric, normalize_answer
 from tuneforge.models.generate import generate_batch
 from tuneforge.objectives.base import pad_batch
@@ -43,6 +44,9 @@ class ApproachResult:
     seconds: float  # everything this approach cost to evaluate (prompts, loss, generation, latency)
     latencies: list[float] = field(default_factory=list)  # seconds, one request at a time
     prompts: list[list[dict]] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)  # per-example grader scores, by grader name
+    # per grader, the error of each item it could not grade (None where it graded it)
+    grade_errors: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -98,29 +102,41 @@ def score_approach(name: str, model_ref: str, model, tokenizer, conversations: l
                           p_tokens, c_tokens, batched, time.perf_counter() - t_start, latencies, [as_dicts(p) for p in prompts])
 
 
-def metric_values(result: ApproachResult, metric: Metric) -> list[float] | None:
-    """Per-example values of an example metric (None for corpus metrics)."""
+def grade(result: ApproachResult, graders: Sequence[Grader]) -> None:
+    """Score every answer of `result` with each grader, once (a judge is called once per answer)."""
+    samples = [Sample(p) for p in result.predictions]
+    items = [item_of(r, m) for r, m in zip(result.references, result.metadata)]
+    for g in graders:
+        batch = g.grade_batch(samples, items)
+        result.scores[g.name], result.grade_errors[g.name] = batch.scores, batch.errors
+
+
+def metric_values(result: ApproachResult, metric: Metric | GraderMetric) -> list[float] | None:
+    """Per-example values of an example metric or a grader (None for corpus metrics)."""
+    if metric.kind == "graded":
+        return result.scores[metric.name]
     return metric.per_example(result.predictions, result.references) if metric.kind == "example" else None
 
 
-def metric_interval(result: ApproachResult, metric: Metric, samples: int, confidence: float, seed: int = 0,
+def metric_interval(result: ApproachResult, metric: Metric | GraderMetric, samples: int, confidence: float,
+                    seed: int = 0,
                     subset: Sequence[int] | None = None) -> Interval:
     """Mean and bootstrap interval of `metric` over all examples (or the `subset` of indices)."""
     idx = np.arange(len(result.predictions)) if subset is None else np.asarray(subset)
-    if metric.kind == "example":
-        values = np.asarray(metric.per_example(result.predictions, result.references))[idx]
+    if metric.kind != "corpus":
+        values = np.asarray(metric_values(result, metric))[idx]
         return mean_ci(values, samples, confidence, seed)
     preds, refs = [result.predictions[i] for i in idx], [result.references[i] for i in idx]
     return statistic_ci(len(idx), lambda s: metric.fn([preds[i] for i in s], [refs[i] for i in s]), samples, confidence, seed)
 
 
-def metric_difference(a: ApproachResult, b: ApproachResult, metric: Metric, samples: int, confidence: float,
+def metric_difference(a: ApproachResult, b: ApproachResult, metric: Metric | GraderMetric, samples: int,
+                      confidence: float,
                       subset: Sequence[int] | None = None) -> tuple[Interval, float]:
     """Paired interval of metric(a) - metric(b) on the same examples, and the share of resamples where a wins."""
     idx = np.arange(len(a.predictions)) if subset is None else np.asarray(subset)
-    if metric.kind == "example":
-        va = np.asarray(metric.per_example(a.predictions, a.references))[idx]
-        vb = np.asarray(metric.per_example(b.predictions, b.references))[idx]
+    if metric.kind != "corpus":
+        va, vb = np.asarray(metric_values(a, metric))[idx], np.asarray(metric_values(b, metric))[idx]
         return paired_difference(va, vb, samples, confidence)
     refs = [a.references[i] for i in idx]
     pa, pb = [a.predictions[i] for i in idx], [b.predictions[i] for i in idx]
@@ -128,7 +144,8 @@ def metric_difference(a: ApproachResult, b: ApproachResult, metric: Metric, samp
                                        lambda s: metric.fn([pb[i] for i in s], [refs[i] for i in s]), samples, confidence)
 
 
-def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000, confidence: float = 0.95,
+def summarise(result: ApproachResult, metrics: Sequence[Metric | GraderMetric], samples: int = 1000,
+              confidence: float = 0.95,
               seed: int = 0) -> dict[str, Any]:
     """The eval.json entry of one approach: metrics with intervals, tokens, latency."""
     loss = ratio_ci(result.loss_sums, result.loss_tokens, samples, confidence, seed)
@@ -145,6 +162,8 @@ def summarise(result: ApproachResult, metrics: list[Metric], samples: int = 1000
         "seconds_per_request_batched": round(result.seconds_per_request_batched, 4),
         "latency_seconds": round(float(np.median(result.latencies)), 4) if result.latencies else None,
         "examples": len(result.predictions), "eval_seconds": round(result.seconds, 1),
+        **({"grader_errors": {n: sum(e is not None for e in errs) for n, errs in result.grade_errors.items()}}
+           if result.grade_errors else {}),
     }
 
 
@@ -159,8 +178,15 @@ def answer_in_prompt(result: ApproachResult) -> float:
 
 
 def prediction_rows(result: ApproachResult) -> list[dict[str, Any]]:
-    return [{"prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y, "prompt_tokens": t, **meta}
+    rows = [{"prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y, "prompt_tokens": t, **meta}
             for p, r, y, t, meta in zip(result.prompts, result.references, result.predictions, result.prompt_tokens, result.metadata)]
+    for i, row in enumerate(rows):  # each grader's score of this answer, and why it could not grade it
+        if result.scores:
+            row["grades"] = {n: round(v[i], 4) for n, v in result.scores.items()}
+        errors = {n: e[i] for n, e in result.grade_errors.items() if e[i]}
+        if errors:
+            row["grade_errors"] = errors
+    return rows
 
 
 def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:

@@ -21,12 +21,14 @@ from tuneforge.data.types import Conversation, LabelledExample, Message
 from tuneforge.errors import ConfigError, DataError, Problem
 from tuneforge.eval import cost as costs
 from tuneforge.eval.baselines import RAG, FewShot, zero_shot
-from tuneforge.eval.compare import ApproachResult, answer_in_prompt, prediction_rows, score_approach, summarise, write_predictions
+from tuneforge.eval.compare import (ApproachResult, answer_in_prompt, grade, prediction_rows, score_approach, summarise,
+                                    write_predictions)
+from tuneforge.eval.graders import GraderMetric, build_graders, check_item_fields, item_of, metric_of
 from tuneforge.eval.forgetting import forgetting_summary, general_texts, loss_curves, overfitting, perplexity_interval, text_nll
 from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
 from tuneforge.eval.slices import slice_fields, slice_report
-from tuneforge.eval.verdict import verdict
+from tuneforge.eval.verdict import metric_families, verdict
 from tuneforge.models.artifact import find_artifact
 from tuneforge.models.loading import load_for_inference, load_tokenizer
 
@@ -104,6 +106,9 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     task = implied if ev.task == "auto" else ev.task
     metrics = select_metrics(task, ev.metrics, ev.custom_metric)
     primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY[task]))
+    # graders are checked against the test examples before any model loads
+    check_item_fields(ev.graders, [item_of(c.reference, c.metadata) for c in test], str(cfg.data.test))
+    graders = build_graders(ev.graders)
     budget = ev.context_budget or cfg.model.max_length - ev.max_new_tokens
     general = general_texts(cfg)
     results: list[ApproachResult] = []
@@ -113,6 +118,12 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     def score(name: str, ref: str, model, tok, builder) -> None:
         say(f"  {name}: {len(test)} test examples")
         results.append(score_approach(name, ref, model, tok, test, builder, ev.max_new_tokens, ev.batch_size, ev.latency_samples))
+        grade(results[-1], graders)
+        for g, errors in results[-1].grade_errors.items():
+            failed = [e for e in errors if e]
+            if failed:
+                say(f"  {name}: grader {g} could not grade {len(failed)} of {len(errors)} answers (scored 0); "
+                    f"first: {failed[0]}")
 
     def rag_builder(tok):
         nonlocal retriever
@@ -149,13 +160,14 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
         forget(name, model, tok)
     del model
 
-    report = assemble(target, results, metrics, primary, general_ppl, general[1] if general else None)
+    report = assemble(target, results, metrics + [metric_of(g) for g in ev.graders], primary, general_ppl,
+                      general[1] if general else None)
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(report, results, out_dir)
     return report
 
 
-def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Metric], primary: Metric,
+def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Metric | GraderMetric], primary: Metric,
              general_ppl: dict[str, dict[str, float]], general_source: str | None) -> dict[str, Any]:
     cfg, ev = target.cfg, target.cfg.eval
     summaries = [summarise(r, metrics, ev.bootstrap_samples, ev.confidence) for r in results]
@@ -170,16 +182,30 @@ def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Me
     overfit = overfitting(curves) if target.run_dir else None
     retrieval = {"retriever": ev.rag_retriever, "k": ev.rag_k, "source": str(ev.rag_docs or cfg.data.train),
                  "answer_in_prompt": {r.name: round(answer_in_prompt(r), 4) for r in results if r.name.endswith("rag")}}
+    families = metric_families(primary, metrics)
     summary = verdict(results, summaries, primary, cost, forgetting if general_source else None, overfit, flags,
-                      ev.bootstrap_samples, ev.confidence, retrieval["answer_in_prompt"])
+                      ev.bootstrap_samples, ev.confidence, retrieval["answer_in_prompt"], families)
     return {
         "run_dir": str(target.run_dir) if target.run_dir else None, "base_model": cfg.model.name,
         "test_file": str(cfg.data.test), "test_examples": len(results[0].predictions) if results else 0,
         "confidence": ev.confidence, "bootstrap_samples": ev.bootstrap_samples, "primary_metric": primary.name,
+        "metric_families": {family: m.name for family, m in families.items()},
+        "graders": _grader_report(metrics, results),
         "approaches": summaries, "slices": slices, "forgetting": forgetting,
         "training_curves": {**curves, **({"overfitting": overfit} if overfit else {})},
         "retrieval": retrieval, "cost": cost, "verdict": summary,
     }
+
+
+def _grader_report(metrics: list[Metric | GraderMetric], results: list[ApproachResult]) -> dict[str, Any]:
+    """Each grader's type, family, and per approach how many answers it could not grade (scored 0) and why."""
+    out = {}
+    for m in metrics:
+        if isinstance(m, GraderMetric):
+            errors = {r.name: [e for e in r.grade_errors[m.name] if e] for r in results}
+            out[m.name] = {"type": m.type, "family": m.family, "errors": {n: len(e) for n, e in errors.items()},
+                           "first_errors": {n: e[:3] for n, e in errors.items() if e}}
+    return out
 
 
 def _load_run(run: Path):

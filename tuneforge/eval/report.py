@@ -10,7 +10,8 @@ from typing import Any
 
 from tuneforge.eval.compare import ApproachResult
 
-SECTIONS = ("Verdict", "Approaches", "Slices", "Generalisation and forgetting", "Cost and break-even", "Sample predictions")
+SECTIONS = ("Verdict", "Approaches", "Graders", "Slices", "Generalisation and forgetting", "Cost and break-even",
+            "Sample predictions")
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}.flag{color:#a40000}img{max-width:100%}"""
@@ -34,9 +35,9 @@ def _figure(width: float = 7, height: float = 3.2):
     return plt.subplots(figsize=(width, height))
 
 
-def metric_bars(report: dict[str, Any]) -> str:
+def metric_bars(report: dict[str, Any], metric: str | None = None) -> str:
     names = [a["name"] for a in report["approaches"]]
-    metric = report["primary_metric"]
+    metric = metric or report["primary_metric"]
     cells = [a["metrics"][metric] for a in report["approaches"]]
     fig, ax = _figure()
     means = [c["mean"] for c in cells]
@@ -103,6 +104,7 @@ def render_html(report: dict[str, Any], results: list[ApproachResult], samples: 
     parts.append("<h2>Approaches</h2>" + _table(["approach", *metric_names, "prompt tokens/request", "latency s"],
                  [[a["name"], *(a["metrics"][m] for m in metric_names), a["prompt_tokens_per_request"], a["latency_seconds"]] for a in report["approaches"]]))
     parts.append(metric_bars(report))
+    parts.append("<h2>Graders</h2>" + _graders(report))
     parts.append("<h2>Slices</h2>")
     slices = report["slices"]
     for field, info in slices["fields"].items():
@@ -115,6 +117,23 @@ def render_html(report: dict[str, Any], results: list[ApproachResult], samples: 
     parts.append("<h2>Cost and break-even</h2>" + _cost(report["cost"]))
     parts.append("<h2>Sample predictions</h2>" + _samples(results, samples))
     return f"<!doctype html><html><head><meta charset='utf-8'><title>tuneforge eval</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def _graders(report: dict[str, Any]) -> str:
+    """Each grader's family and, per approach, the answers it could not grade (scored 0) with the first reasons."""
+    graders = report.get("graders") or {}
+    if not graders:
+        return "<p>No graders configured (eval.graders): only the task metrics above.</p>"
+    families = report.get("metric_families", {})
+    out = "<p>" + html.escape("; ".join(f"{f}: ranked by {m}" for f, m in families.items())) + "</p>"
+    names = [a["name"] for a in report["approaches"]]
+    out += _table(["grader", "type", "family", *(f"{n} errors" for n in names)],
+                  [[g, info["type"], info["family"], *(info["errors"].get(n, 0) for n in names)]
+                   for g, info in graders.items()])
+    out += _flags([f"{g} on {n}: {e}" for g, info in graders.items() for n, errs in info["first_errors"].items()
+                   for e in errs])
+    facts = families.get("facts")
+    return out + (metric_bars(report, facts) if facts else "")
 
 
 def _forgetting(report: dict[str, Any]) -> str:
