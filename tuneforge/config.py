@@ -145,10 +145,10 @@ class EvalSection(Section):
     latency_samples: int = Field(8, ge=0, description="Requests timed one at a time per approach for latency.")
     prices: Path | None = Field(None, description="Price table YAML (training_per_1k, input_per_1k, output_per_1k) for cost and break-even.")
     graders: list[GraderSpec] = Field(
-        default_factory=list, description="Per-example checks of each answer against its test example (OpenAI's grader "
-                                          "shapes: string_check, regex, json_match, text_similarity, python, score_model, "
-                                          "multi), reported with intervals beside the metrics and ranked per family (facts, "
-                                          "style) in the verdict.")
+        default_factory=list, description="Per-example checks of each answer against its test example (OpenAI's "
+                                          "grader shapes: string_check, regex, json_match, text_similarity, python, "
+                                          "score_model, multi), reported with intervals beside the metrics and ranked "
+                                          "per family (facts, style) in the verdict.")
 
     @model_validator(mode="after")
     def _grader_names(self) -> "EvalSection":
