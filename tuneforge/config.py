@@ -7,9 +7,11 @@ unknown or misspelt key is an error naming the key. `load_config` validates the 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -271,9 +273,65 @@ def _problem(source: str, err: dict[str, Any]) -> Problem:
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        section = key.rsplit(".", 1)[0] if "." in key else "top level"
-        return Problem(f"{source}: {key}", "unknown key", f"remove it or check the spelling; see `tuneforge config-help` for the keys of {section}")
+        section = key.split(".", 1)[0] if "." in key else "top level"
+        command = "tuneforge config-help" + (f" {section}" if "." in key else "")
+        return Problem(f"{source}: {key}", "unknown key", f"remove it or check the spelling; `{command}` lists the keys of {section}")
     if kind == "missing":
         return Problem(f"{source}: {key}", "required key is missing", "add it")
     got = err.get("input")
     return Problem(f"{source}: {key}", f"{err['msg']} (got {got!r})" if not isinstance(got, dict) else err["msg"])
+
+
+def config_help(section: str | None = None) -> str:
+    """Every key of a run config, section by section, with its type, default and help text (`tuneforge config-help`).
+
+    Read from the pydantic schema itself, so it lists exactly what `load_config` accepts; the `method:`
+    section lists each registered method's keys under `method (name: NAME)`.
+    """
+    blocks = {"top level": [("top level", [(k, f) for k, f in RunConfig.model_fields.items()
+                                           if k != "method" and not _is_section(f.annotation)])]}
+    for key, info in RunConfig.model_fields.items():
+        if key == "method":  # one block per registered method, its `name` in the title
+            blocks[key] = [b for c in method_configs() for b in _blocks(f"method (name: {c.model_fields['name'].default})", c, "name")]
+        elif _is_section(info.annotation):
+            blocks[key] = _blocks(key, info.annotation)
+    if section is not None and section not in blocks:
+        raise ConfigError(f"unknown config section '{section}'",
+                          [Problem("config-help SECTION", f"'{section}' is not a section", f"use one of: {', '.join(blocks)}")])
+    lines = []
+    for name, members in blocks.items():
+        for title, fields in members if section in (None, name) else []:
+            lines += [f"{title}:", *([_key_help(k, f) for k, f in fields] or ["  (no other keys)"]), ""]
+    return "\n".join(lines)
+
+
+def _blocks(title: str, model: type[BaseModel], skip: str = "") -> list[tuple[str, list[tuple[str, FieldInfo]]]]:
+    """(title, keys) of a section, then of each section nested in it (`train.distributed`)."""
+    fields = model.model_fields.items()
+    out = [(title, [(k, f) for k, f in fields if k != skip and not _is_section(f.annotation)])]
+    return out + [b for k, f in fields if _is_section(f.annotation) for b in _blocks(f"{title}.{k}", f.annotation)]
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+def _key_help(key: str, info: FieldInfo) -> str:
+    if info.is_required():
+        default = "required"
+    else:
+        value = info.get_default(call_default_factory=True)
+        default = "default " + json.dumps(str(value) if isinstance(value, Path) else value)  # as YAML reads it
+    return f"  {key} ({_type_text(info.annotation)}, {default})\n      {info.description or ''}"
+
+
+def _type_text(kind: Any) -> str:
+    """A type as a config author reads it: `int | null`, `list[str] | all-linear`, `auto | cpu | cuda`."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_text(a) for a in args)}]"
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))

@@ -100,6 +100,15 @@ def train(config: Path = typer.Argument(..., help="YAML run config."),
     print(json.dumps({"run_dir": str(result.run_dir), "status": result.status, **result.final_metrics}))
 
 
+@app.command("config-help")
+def config_help(section: Optional[str] = typer.Argument(None, help="One section: top level, model, data, method, train, eval "
+                                                       "(all when absent).")) -> None:
+    """List every run-config key with its type, default and help text."""
+    from tuneforge.config import config_help as describe
+
+    print(describe(section), end="")
+
+
 @app.command()
 def pretrain(config: Path = typer.Argument(..., help="YAML pretraining config (corpus, architecture, train)."),
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")) -> None:

@@ -39,7 +39,15 @@ WORKER_GONE_GRACE_S = 15.0
 
 
 def fine_tuned_name(job: Job) -> str:
-    return f"ft:{job.model}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+    """OpenAI's `ft:BASE:SUFFIX:ID`, BASE the base model's name: a hub id as given, a local folder by its name
+    (TUNEFORGE_BASE_MODELS may list folders; a client never sees a server path)."""
+    return f"ft:{base_model_name(job.model)}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+
+
+def base_model_name(model: str) -> str:
+    path = Path(model).expanduser()
+    is_folder = model.startswith((".", "/", "~")) or model.count("/") > 1 or path.is_dir()  # hub ids: name or org/name
+    return path.name if is_folder and path.name else model
 
 
 def run_dir_of(data_dir: Path, job: Job) -> Path:
