@@ -17,9 +17,17 @@ from tuneforge.serve.runner import fine_tuned_name
 from tuneforge.serve.tables import Job
 
 
-@pytest.mark.parametrize(("model", "base"), [("/srv/models/qwen2.5-0.5b", "qwen2.5-0.5b"), ("/srv/models/qwen2.5-0.5b/", "qwen2.5-0.5b"),
-                                             ("~/models/pythia-70m", "pythia-70m"), ("./models/opt", "opt"),
-                                             ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B"), ("demo", "demo")])
+@pytest.mark.parametrize(
+    ("model", "base"),
+    [
+        ("/srv/models/qwen2.5-0.5b", "qwen2.5-0.5b"),
+        ("/srv/models/qwen2.5-0.5b/", "qwen2.5-0.5b"),
+        ("~/models/pythia-70m", "pythia-70m"),
+        ("./models/opt", "opt"),
+        ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B"),
+        ("demo", "demo"),
+    ],
+)
 def test_fine_tuned_ids_name_the_base_model_not_its_folder(model, base):
     name = fine_tuned_name(Job(model=model, suffix="support", id="ftjob-0123456789ab"))
     assert name == f"ft:{base}:support:01234567"
@@ -42,10 +50,15 @@ def _unknown_key_fix(tmp_path, section: dict) -> str:
     return problem.fix
 
 
-@pytest.mark.parametrize(("section", "expected_keys"), [({"model": {"max_lenght": 64}}, ["max_length", "trust_remote_code"]),
-                                                        ({"train": {"distributed": {"stratgy": "ddp"}}}, ["grad_accum", "strategy"]),
-                                                        ({"method": {"name": "lora", "rank": 4}}, ["target_modules", "quant_type"]),
-                                                        ({"epochs": 3}, ["objective", "output_dir", "max_new_tokens"])])
+@pytest.mark.parametrize(
+    ("section", "expected_keys"),
+    [
+        ({"model": {"max_lenght": 64}}, ["max_length", "trust_remote_code"]),
+        ({"train": {"distributed": {"stratgy": "ddp"}}}, ["grad_accum", "strategy"]),
+        ({"method": {"name": "lora", "rank": 4}}, ["target_modules", "quant_type"]),
+        ({"epochs": 3}, ["objective", "output_dir", "max_new_tokens"]),
+    ],
+)
 def test_the_unknown_key_advice_runs_and_lists_that_sections_keys(section, expected_keys, tmp_path):
     fix = _unknown_key_fix(tmp_path, section)
     command = re.search(r"`tuneforge ([^`]+)`", fix)

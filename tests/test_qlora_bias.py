@@ -13,10 +13,10 @@ import math
 
 import pytest
 import torch
-from families import family_tokenizer
-from helpers import make_config, write_chat_jsonl
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from families import family_tokenizer
+from helpers import make_config, write_chat_jsonl
 from tuneforge.config import QLoraMethod
 from tuneforge.methods import get_method
 from tuneforge.models.loading import load_model
@@ -28,12 +28,38 @@ pytestmark = pytest.mark.slow  # a 4-bit load and a few training steps per famil
 
 # widths divisible by 32: bitsandbytes' CPU kernel packs 4-bit weights in blocks of 32 output features
 FAMILIES = {
-    "qwen2": lambda v: Qwen2ForCausalLM(Qwen2Config(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)),
-    "gpt-neox": lambda v: GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                           num_attention_heads=4, max_position_embeddings=256)),
-    "opt": lambda v: OPTForCausalLM(OPTConfig(vocab_size=v, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                                              max_position_embeddings=256, word_embed_proj_dim=64)),
+    "qwen2": lambda v: Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=v,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    ),
+    "gpt-neox": lambda v: GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=v,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+        )
+    ),
+    "opt": lambda v: OPTForCausalLM(
+        OPTConfig(
+            vocab_size=v,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=64,
+        )
+    ),
 }
 
 
@@ -63,13 +89,22 @@ def chat_data(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_qlora_trains_families_with_biases(family, family_dirs, chat_data, tmp_path):
-    cfg = make_config(family_dirs[family], chat_data, tmp_path / "run", method=QLoraMethod(r=4, alpha=8), max_steps=4,
-                      batch_size=4, eval_every=2)
+    cfg = make_config(
+        family_dirs[family],
+        chat_data,
+        tmp_path / "run",
+        method=QLoraMethod(r=4, alpha=8),
+        max_steps=4,
+        batch_size=4,
+        eval_every=2,
+    )
     result = train(cfg, progress=False)
     assert result.status == "completed"
     losses = [e.loss for e in RunDir(result.run_dir).read_events() if isinstance(e, TrainStep)]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses), losses
-    assert losses[-1] < losses[0], losses  # validation ran between these steps, so every later step ran after an eval forward
+    assert losses[-1] < losses[0], (
+        losses
+    )  # validation ran between these steps, so every later step ran after an eval forward
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -275,7 +275,8 @@ def _problem(source: str, err: dict[str, Any]) -> Problem:
     if kind == "extra_forbidden":
         section = key.split(".", 1)[0] if "." in key else "top level"
         command = "tuneforge config-help" + (f" {section}" if "." in key else "")
-        return Problem(f"{source}: {key}", "unknown key", f"remove it or check the spelling; `{command}` lists the keys of {section}")
+        return Problem(f"{source}: {key}", "unknown key",
+                       f"remove it or check the spelling; `{command}` lists the keys of {section}")
     if kind == "missing":
         return Problem(f"{source}: {key}", "required key is missing", "add it")
     got = err.get("input")
@@ -292,12 +293,14 @@ def config_help(section: str | None = None) -> str:
                                            if k != "method" and not _is_section(f.annotation)])]}
     for key, info in RunConfig.model_fields.items():
         if key == "method":  # one block per registered method, its `name` in the title
-            blocks[key] = [b for c in method_configs() for b in _blocks(f"method (name: {c.model_fields['name'].default})", c, "name")]
+            blocks[key] = [b for c in method_configs()
+                           for b in _blocks(f"method (name: {c.model_fields['name'].default})", c, "name")]
         elif _is_section(info.annotation):
             blocks[key] = _blocks(key, info.annotation)
     if section is not None and section not in blocks:
         raise ConfigError(f"unknown config section '{section}'",
-                          [Problem("config-help SECTION", f"'{section}' is not a section", f"use one of: {', '.join(blocks)}")])
+                          [Problem("config-help SECTION", f"'{section}' is not a section",
+                                   f"use one of: {', '.join(blocks)}")])
     lines = []
     for name, members in blocks.items():
         for title, fields in members if section in (None, name) else []:

@@ -101,8 +101,8 @@ def train(config: Path = typer.Argument(..., help="YAML run config."),
 
 
 @app.command("config-help")
-def config_help(section: Optional[str] = typer.Argument(None, help="One section: top level, model, data, method, train, eval "
-                                                       "(all when absent).")) -> None:
+def config_help(section: Optional[str] = typer.Argument(None, help="One section: top level, model, data, method, "
+                                                       "train, eval (all when absent).")) -> None:
     """List every run-config key with its type, default and help text."""
     from tuneforge.config import config_help as describe
 

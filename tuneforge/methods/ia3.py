@@ -29,8 +29,9 @@ class IA3Method(MethodConfig):
 def _apply_ia3(model: nn.Module, cfg: IA3Method) -> nn.Module:
     from peft import IA3Config, get_peft_model
 
-    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules, task_type=task_type(model),
-                    modules_to_save=trained_whole(model) or None)  # a new head or pooler trains and is saved
+    # a new task head (or a pooler the checkpoint lacks) trains whole and is saved beside the vectors
+    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules,
+                    task_type=task_type(model), modules_to_save=trained_whole(model) or None)
     return get_peft_model(model, ia3)
 
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Literal
 
 from pydantic import Field
 
-from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, json_file, new_modules, register,
-                                        save_task_config)
+from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, json_file, new_modules,
+                                        register, save_task_config)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -110,8 +110,10 @@ def save_adapter(model: nn.Module, run_dir: Path) -> Path:
     out = run_dir / ADAPTER_FOLDER
     model.save_pretrained(out)  # PEFT format: adapter_config.json + adapter_model.safetensors
     base = model.get_base_model()
-    if task_type(base) != "CAUSAL_LM":  # the base is rebuilt with this class (and label set) before the adapter loads:
-        save_task_config(base, out)  # a masked-LM adapter on a causal-LM class (BertLMHeadModel) would load wrong weights
+    # the base is rebuilt with this class (and label set) before the adapter loads: without it a masked-LM
+    # adapter would load onto a causal-LM class (BertLMHeadModel) or not at all (DeBERTa-v2, ModernBERT)
+    if task_type(base) != "CAUSAL_LM":
+        save_task_config(base, out)
     return out
 
 

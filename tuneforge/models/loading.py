@@ -98,8 +98,9 @@ def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: s
     """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...)."""
     source = resolve_model_path(name)
     try:
-        model, info = MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
-                                                          output_loading_info=True, **kwargs)
+        model, info = MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision,
+                                                          trust_remote_code=trust_remote_code, output_loading_info=True,
+                                                          **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(name, exc) from None
     record_new_weights(model, info["missing_keys"])  # a head or pooler the checkpoint lacks: methods train and save it
