@@ -38,6 +38,20 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype: auto picks bfloat16 on CUDA and float32 on CPU.")
     max_length: int = Field(512, gt=8, description="Longest tokenized example in tokens; longer ones are truncated (and counted in the log).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub repository (only for models you trust).")
+    chat_template: str | None = Field(
+        None, description="Chat template for a model without one (or to replace its own): a built-in name (chatml, llama3, "
+                          "mistral, gemma, phi3, alpaca) or the path of a .jinja file. Special tokens it needs are added "
+                          "(the embeddings grow); the template is saved with the artifact's tokenizer.")
+
+    @model_validator(mode="after")
+    def _known_chat_template(self) -> "ModelSection":
+        from tuneforge.models.chat_templates import BUILTIN
+
+        value = self.chat_template
+        if value is not None and value not in BUILTIN and not Path(value).expanduser().is_file():
+            raise ValueError(f"chat_template {value!r} is neither a built-in template ({', '.join(BUILTIN)}) "
+                             "nor an existing .jinja file")
+        return self
 
 
 class DataSection(Section):
