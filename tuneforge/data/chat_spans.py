@@ -104,8 +104,8 @@ def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prom
                 Problem(
                     where,
                     f"{model} has no chat template: chat data needs one to mark the assistant's turns",
-                    "use a chat model (its tokenizer_config.json has a chat_template) "
-                    "or train raw text with objective: clm",
+                    "set model.chat_template: chatml (built in: chatml, llama3, mistral, gemma, phi3, alpaca, "
+                    "or a .jinja file), use a chat model, or train raw text with objective: clm",
                 )
             ],
         )

@@ -34,6 +34,8 @@ class Artifact:
     labels: dict[str, Any] = field(default_factory=dict)  # num_labels, id2label, label2id of a labelled task
     peft_type: str | None = None  # what a PEFT folder declares (LORA, IA3...); None for other formats
     chat_template: bool = False  # the tokenizer saved beside it carries a chat template
+    chat_template_name: str | None = None  # the run's model.chat_template (a built-in name or .jinja path), if any
+    system_prompt: str = "keep"  # the run's data.system_prompt; generation prompts the same way (its saved tokenizer)
 
     @property
     def record(self) -> Method:
@@ -46,6 +48,11 @@ class Artifact:
     @property
     def can_merge(self) -> bool:
         return self.record.can_merge
+
+    @property
+    def own_prompting(self) -> bool:
+        """Prompts render with this artifact's own saved tokenizer, not its base's (a template or policy of its own)."""
+        return self.chat_template_name is not None or self.system_prompt != "keep"
 
     @property
     def standalone(self) -> bool:
@@ -120,9 +127,11 @@ def _read(found: Method, folder: Path) -> Artifact:
     run = _run_config(run_dir / "config.yaml") if run_dir else {}
     method = _run_method(run, folder) or found
     task, labels = saved_task(folder)
-    base = (run.get("model") or {}).get("name") if isinstance(run.get("model"), dict) else None
-    return Artifact(method=method.name, folder=folder, run_dir=run_dir, base_model=base, task=task, labels=labels,
-                    peft_type=peft_type_of(folder), chat_template=_has_chat_template(folder))
+    model = run.get("model") if isinstance(run.get("model"), dict) else {}
+    data = run.get("data") if isinstance(run.get("data"), dict) else {}
+    return Artifact(method=method.name, folder=folder, run_dir=run_dir, base_model=model.get("name"), task=task,
+                    labels=labels, peft_type=peft_type_of(folder), chat_template=_has_chat_template(folder),
+                    chat_template_name=model.get("chat_template"), system_prompt=data.get("system_prompt") or "keep")
 
 
 def _run_config(path: Path) -> dict[str, Any]:

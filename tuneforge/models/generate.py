@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from tuneforge.data.tokenize import encode_prompt
+from tuneforge.models.chat_templates import end_of_turn_ids, prompt_policy
 
 
 @dataclass
@@ -31,7 +32,8 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     """
     if seed is not None:
         torch.manual_seed(seed)
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    policy = prompt_policy(tokenizer)  # the run's data.system_prompt, saved with its tokenizer
+    encoded = [encode_prompt(tokenizer, p, policy) for p in prompts]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
@@ -167,8 +169,11 @@ def _base_config(model):
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
+    """The generation config's EOS ids, the tokenizer's EOS and the chat template's end-of-turn token
+    (Gemma's <end_of_turn> and Phi-3's <|end|> are not the EOS; a model.chat_template's <|im_end|> is in no config)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    ids = list(configured) if isinstance(configured, list) else [configured] if configured is not None else []
+    for extra in [tokenizer.eos_token_id, *end_of_turn_ids(tokenizer)]:
+        if extra is not None and extra not in ids:
+            ids.append(extra)
     return ids
