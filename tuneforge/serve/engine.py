@@ -216,6 +216,7 @@ class Engine:
 
     def _one_by_one(self, model, tokenizer, item: _Item) -> list:
         from tuneforge.data.tokenize import encode_prompt
+        from tuneforge.models.chat_templates import prompt_policy
         from tuneforge.serve.streaming import generate_one
 
         s = item.sampling
@@ -224,7 +225,8 @@ class Engine:
             if item.cancel is not None and item.cancel.is_set():
                 self.cancelled += 1
                 break
-            ids = encode_prompt(tokenizer, prompt) if item.kind == "chat" else tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = (encode_prompt(tokenizer, prompt, prompt_policy(tokenizer)) if item.kind == "chat"
+                   else tokenizer(prompt, add_special_tokens=False)["input_ids"])
             emit = (lambda text, i=index: item.on_text(i, text)) if item.on_text else (lambda _: None)
             # With a seed, choice k uses seed + k so that n > 1 gives different samples.
             seed = None if s.seed is None else s.seed + index
@@ -236,9 +238,10 @@ class Engine:
 
     # ---- models and the memory bound
     def _model_for(self, ref: ModelRef):
-        if ref.kind in (Serving.STANDALONE, Serving.OWN_COPY):  # a whole model, or a fine-tune that needs its own base copy
+        # a whole model, a fine-tune that needs its own base copy, or one whose tokenizer is not its base's
+        if ref.kind in (Serving.STANDALONE, Serving.OWN_COPY) or (ref.kind != "base" and _own_prompting(ref)):
             entry = self._load(ref.id, ref.path)
-            return entry.model, entry.tokenizer, None
+            return entry.model, entry.tokenizer, _loaded_adapter(entry.model)
         entry = self._load(ref.base if ref.kind == "base" else _copy_for(ref), base_model_path(ref.base))
         if ref.kind == "base":
             return entry.model, entry.tokenizer, None
@@ -335,6 +338,17 @@ def _artifact(path: str) -> Artifact:
     return read_artifact(path)
 
 
+def _loaded_adapter(model) -> str | None:
+    """The adapter a model loaded with its fine-tune answers with (`_active(model, None)` would switch it off)."""
+    return getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+
+
+def _own_prompting(ref: ModelRef) -> bool:
+    """A fine-tune trained with a model.chat_template or data.system_prompt other than keep renders prompts
+    with its own saved tokenizer (and may have grown the vocabulary), so it cannot share its base's copy."""
+    return _artifact(ref.path).own_prompting
+
+
 def _mixable(members: list[tuple[_Item, str | None]]) -> bool:
     """Can one forward pass serve these requests row by row? Only when each fine-tune's method allows
     mixed batches (peft's `adapter_names`: plain LoRA); the base's own rows always can."""
@@ -343,7 +357,7 @@ def _mixable(members: list[tuple[_Item, str | None]]) -> bool:
 
 def _family(ref: ModelRef) -> str:
     """Requests that may share a forward pass: a base and its adapters; a full fine-tune alone."""
-    return ref.base if ref.kind in ("base", Serving.SHARED_BASE) else ref.id
+    return ref.base if ref.kind == "base" or (ref.kind == Serving.SHARED_BASE and not _own_prompting(ref)) else ref.id
 
 
 def _groups(items: list[_Item]) -> list[list[_Item]]:
