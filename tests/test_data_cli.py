@@ -90,12 +90,14 @@ def test_prepare_fails_loudly_above_the_reject_share(tmp_path):
 
 
 def test_prepare_and_report_exit_non_zero_when_nothing_usable_remains(tmp_path):
-    kto = tmp_path / "kto.jsonl"
-    kto.write_text("\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0}) for i in range(4)) + "\n")
-    result = runner.invoke(root, ["data", "prepare", str(kto), "--out", str(tmp_path / "out"), "--max-reject-share", "1"])
+    media = tmp_path / "media.jsonl"  # a kind refused by name (multimodal), so every record is rejected
+    rows = [json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "images": ["a.png"]}) for i in range(4)]
+    media.write_text("\n".join(rows) + "\n")
+    args = ["data", "prepare", str(media), "--out", str(tmp_path / "out"), "--max-reject-share", "1"]
+    result = runner.invoke(root, args)
     assert result.exit_code == 2 and "nothing usable remains: all 4 records were rejected" in _flat(result)
-    assert "KTO data (unpaired desirable/undesirable labels) is not supported yet: 4 record(s)" in _flat(result)
-    result = runner.invoke(root, ["data", "report", str(kto), "--no-hardware"])
+    assert "multimodal records (images, audio, video) are not supported yet: 4 record(s)" in _flat(result)
+    result = runner.invoke(root, ["data", "report", str(media), "--no-hardware"])
     assert result.exit_code == 2 and "no usable examples (4 invalid record(s))" in _flat(result)
 
 

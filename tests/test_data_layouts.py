@@ -14,7 +14,7 @@ from tuneforge.data.prepare import prepare
 from tuneforge.data.prepare_config import load_prepare_config
 from tuneforge.data.readers import iter_checked, read_examples
 from tuneforge.data.tokenize import IGNORE
-from tuneforge.data.types import Conversation, PreferencePair, TextExample
+from tuneforge.data.types import LabelledAnswer, PreferencePair, TextExample
 from tuneforge.data.validate import validate_file
 from tuneforge.errors import DataError
 
@@ -137,19 +137,25 @@ def test_dpo_objective_trains_exactly_the_chosen_and_rejected_answers(tiny_token
             assert ex.prompt[-1].content in tiny_tokenizer.decode(ids, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("name, n", [("kto_llamafactory.json", 6), ("kto_trl.jsonl", 3)])
-def test_kto_data_is_refused_by_name(name, n):
+@pytest.mark.parametrize(
+    "name, labels", [("kto_llamafactory.json", [True, False] * 3), ("kto_trl.jsonl", [False, True, True])]
+)
+def test_kto_data_is_read_as_judged_answers_never_sft(name, labels):
     examples, rejected = _read(name)
-    assert examples == [] and list(rejected) == ["kto_unsupported"] and len(rejected["kto_unsupported"]) == n
+    assert rejected == {} and all(isinstance(e, LabelledAnswer) for e in examples)
+    assert [e.desirable for e in examples] == labels and all(e.prompt[-1].role == "user" for e in examples)
+    report = validate_file(CORPUS / name, min_examples=1)
+    assert report.format == "kto" and report.valid == len(labels) and report.unused_fields.counts == {}
+    # a forced SFT format does not make the unpaired label a training target: refused by name, with file:line
+    examples, rejected = _read(name, format="chat" if name.endswith(".json") else "prompt_completion")
+    assert examples == [] and list(rejected) == ["kto_unsupported"] and len(rejected["kto_unsupported"]) == len(labels)
     with pytest.raises(DataError) as err:
-        read_examples(CORPUS / name)
+        read_examples(CORPUS / name, format="chat" if name.endswith(".json") else "prompt_completion")
     first = rejected["kto_unsupported"][0]
     assert (
-        f"KTO data (unpaired desirable/undesirable labels) is not supported yet: {n} record(s), first at {CORPUS / name}:{first}"
-        in str(err.value)
+        f"KTO data (unpaired desirable/undesirable labels) trains only with objective kto: {len(labels)} record(s), "
+        f"first at {CORPUS / name}:{first}" in str(err.value)
     )
-    # a forced SFT format does not make the unpaired label a training target either
-    assert list(_read(name, format="chat" if name.endswith(".json") else "prompt_completion")[1]) == ["kto_unsupported"]
 
 
 def test_forcing_an_sft_format_on_preference_pairs_is_refused():

@@ -123,6 +123,14 @@ class TrainSection(Section):
                                              "small models keep all rows), all rows of a micro-batch at once on GPU.")
     dpo_beta: float = Field(0.1, gt=0, description="objective dpo: strength of the pull towards the reference model (TRL's beta; the DPO paper uses 0.1-0.5). "
                             "Higher keeps the policy closer to the base.")
+    kto_beta: float = Field(0.1, gt=0, description="objective kto: strength of the pull towards the reference model "
+                            "(TRL's KTOConfig.beta). Higher keeps the policy closer to the base.")
+    kto_desirable_weight: float = Field(
+        1.0, gt=0, description="objective kto: weight of the loss on desirable answers (TRL's desirable_weight). "
+                               "With unbalanced data, keep desirable_weight x desirable count / (undesirable_weight x "
+                               "undesirable count) between 1 and 4/3 (the KTO paper's Eq. 8; the run warns outside).")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="objective kto: weight of the loss on undesirable "
+                                                                 "answers (TRL's undesirable_weight).")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="objective mlm: share of tokens chosen for prediction (80% of them shown as [MASK], 10% a random token, 10% unchanged).")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
                                          "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
@@ -136,7 +144,10 @@ class TrainSection(Section):
 
 
 # train.* keys that tune one objective: key -> (objective, argument of that objective's constructor)
-OBJECTIVE_OPTIONS = {"dpo_beta": ("dpo", "beta"), "mlm_probability": ("mlm", "probability")}
+OBJECTIVE_OPTIONS = {"dpo_beta": ("dpo", "beta"), "mlm_probability": ("mlm", "probability"),
+                     "kto_beta": ("kto", "beta"), "kto_desirable_weight": ("kto", "desirable_weight"),
+                     "kto_undesirable_weight": ("kto", "undesirable_weight")}
+REFERENCE_OBJECTIVES = ("dpo", "kto")  # objectives whose reference model is the base with the adapter switched off
 
 
 class EvalSection(Section):
@@ -179,10 +190,10 @@ class EvalSection(Section):
 class RunConfig(Section):
     """A whole fine-tuning run."""
 
-    objective: Literal["sft", "clm", "classification", "tokens", "mlm", "nsp", "dpo"] = Field(
+    objective: Literal["sft", "clm", "classification", "tokens", "mlm", "nsp", "dpo", "kto"] = Field(
         "sft", description="What is learned: sft (assistant tokens of chats), clm (all tokens of raw text), classification "
                            "(text -> label), tokens (NER, BIO tags), mlm (masked tokens, encoders), nsp (next sentence, encoders), "
-                           "dpo (preference pairs).")
+                           "dpo (preference pairs), kto (unpaired answers labelled desirable or undesirable).")
     output_dir: Path = Field(Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model).")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -195,9 +206,12 @@ class RunConfig(Section):
         method = get_method(self.method.name)
         if method.needs_new_head and self.objective not in _HEAD_TASKS:
             raise ValueError(f"method '{self.method.name}' trains a new task head: use objective classification or tokens, or another method")
-        if self.objective == "dpo" and method.reference is None:
-            raise ValueError(f"objective dpo uses the base with the adapter switched off as its reference model: "
-                             f"use one of {reference_methods()}, not '{self.method.name}'")
+        if self.objective in REFERENCE_OBJECTIVES and method.reference is None:
+            raise ValueError(f"objective {self.objective} uses the base with the adapter switched off as its reference "
+                             f"model: use one of {reference_methods()}, not '{self.method.name}'")
+        if self.objective == "kto" and self.train.batch_size < 2:  # TRL refuses it too
+            raise ValueError("objective kto estimates its KL term from the other answers of a micro-batch: "
+                             "set train.batch_size to 2 or more (with 1, the KL estimate is the answer's own reward)")
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
             # a value away from the default (a saved config.yaml spells out every default)
             if getattr(self.train, key) != TrainSection.model_fields[key].default and self.objective != objective:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tuneforge.data.clean import map_texts
-from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample
+from tuneforge.data.types import Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TextExample
 from tuneforge.errors import DataError, Problem
 
 OPS = ("synonym", "swap", "delete")
@@ -69,7 +69,7 @@ class Augmenter:
     def example(self, example: Example) -> Example | None:
         """One augmented copy (a random op), or None for types it does not apply to (tokens)."""
         op = self.rng.choice(self.ops)
-        if isinstance(example, (Conversation, PreferencePair)):
+        if isinstance(example, (Conversation, PreferencePair, LabelledAnswer)):
             out = map_texts(example, lambda t: self.text(t, op), roles=("user",))
         elif isinstance(example, (TextExample, LabelledExample)):
             out = map_texts(example, lambda t: self.text(t, op))

@@ -15,7 +15,8 @@ from collections import Counter
 from html.parser import HTMLParser
 from typing import Callable
 
-from tuneforge.data.types import Conversation, Example, LabelledExample, Message, PreferencePair, TextExample, TokenExample
+from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, Message, PreferencePair,
+                                  TextExample, TokenExample)
 
 # Kept format characters carry meaning: ZWJ (emoji sequences), ZWNJ (Persian, Indic spelling), the bidi marks
 # LRM/RLM/ALM (right-to-left text), and the tag characters of subdivision flags (England, Scotland).
@@ -55,6 +56,9 @@ def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...]
     if isinstance(example, PreferencePair):
         answers = (fn(example.chosen), fn(example.rejected)) if roles is None or "assistant" in roles else (example.chosen, example.rejected)
         return PreferencePair(msgs(example.prompt), *answers, meta)
+    if isinstance(example, LabelledAnswer):
+        answer = fn(example.completion) if roles is None or "assistant" in roles else example.completion
+        return LabelledAnswer(msgs(example.prompt), answer, example.desirable, meta)
     if isinstance(example, LabelledExample):
         return LabelledExample(fn(example.text), example.label, meta)
     if isinstance(example, TextExample):

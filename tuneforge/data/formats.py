@@ -10,17 +10,19 @@ import re
 from typing import Any, Callable
 
 from tuneforge.data.issues import Issue
-from tuneforge.data.types import ROLES, Conversation, Example, LabelledExample, Message, PreferencePair, TextExample, TokenExample
+from tuneforge.data.types import (ROLES, Conversation, Example, LabelledAnswer, LabelledExample, Message,
+                                  PreferencePair, TextExample, TokenExample)
 
 FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference", "kto")
 ALIASES = {"openai": "chat", "messages": "chat", "completion": "prompt_completion", "labelled": "classification",
            "labeled": "classification", "ner": "tokens", "dpo": "preference", "raw": "text"}
 SFT_FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
-# Kinds of data we recognise but cannot train on yet: refused by name (what, fix), never read as a neighbour format.
+# Kinds of data refused by name (what, fix), never read as a neighbour format: data we cannot train on yet, and
+# KTO data anywhere but the kto objective (read as SFT, its undesirable answers would become training targets).
 REFUSED = {
-    "kto_unsupported": ("KTO data (unpaired desirable/undesirable labels) is not supported yet",
-                        "train on preference pairs (prompt/chosen/rejected) with objective dpo, or drop the records labelled false "
-                        "and the label column to train the desirable answers as SFT"),
+    "kto_unsupported": ("KTO data (unpaired desirable/undesirable labels) trains only with objective kto",
+                        "set objective: kto (and --format kto or auto), or drop the records labelled false and the "
+                        "label column to train the desirable answers as SFT"),
     "multimodal_unsupported": ("multimodal records (images, audio, video) are not supported yet",
                                "remove the media columns, content parts and <image>/<audio>/<video> placeholders, or keep these records out"),
 }
@@ -107,8 +109,8 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
 FIELDS = {
     "chat": {"messages"}, "sharegpt": {"conversations", "system"}, "prompt_completion": {"prompt", "completion"},
     "alpaca": {"instruction", "input", "output", "system"}, "text": {"text"}, "classification": {"text", "label"},
-    "tokens": {"tokens", "tags", "ner_tags"}, "kto": set(),
-}
+    "tokens": {"tokens", "tags", "ner_tags"},
+}  # kto: the fields of the layout its conversation is written in, and the label (`used_fields`)
 _PREFERENCE_FIELDS = {
     "prompt": {"prompt", "chosen", "rejected"}, "conversations": {"conversations", "system", "chosen", "rejected"},
     "messages": {"messages", "chosen", "rejected"}, "instruction": {"instruction", "input", "system", "chosen", "rejected"},
@@ -120,6 +122,8 @@ _PREFERENCE_FIELDS = {
 def used_fields(record: dict, fmt: str) -> set[str]:
     if fmt == "preference":
         return _PREFERENCE_FIELDS.get(preference_layout(record) or "prompt", set())
+    if fmt == "kto":
+        return FIELDS[_kto_layout(record)] | {_kto_label(record) or "label"}
     return FIELDS[fmt]
 
 
@@ -500,10 +504,51 @@ def _one_answer(msgs: list[Message], key: str, issues: list[Issue]) -> str | Non
     return msgs[0].content
 
 
+def _kto_layout(record: dict) -> str:
+    """The SFT layout a KTO record's conversation is written in (the label aside)."""
+    layouts = (("messages", "chat"), ("conversations", "sharegpt"), ("instruction", "alpaca"))
+    return next((fmt for key, fmt in layouts if key in record), "prompt_completion")
+
+
 def parse_kto(record: dict) -> ParseResult:
+    """KTO data -> a LabelledAnswer: a prompt, one assistant answer and whether it is desirable. Layouts:
+      TRL            {"prompt": str | [msgs], "completion": str | msg | [msgs], "label": bool}
+      LLaMA-Factory  {"messages": [msgs] | "conversations": [turns] | "instruction", "input"?, "output",
+                      "label" | "kto_tag": bool}
+    The judged answer is the final assistant message; what precedes it is the prompt (earlier assistant turns are
+    context, never targets). A label written as the string "true"/"false" is read as the boolean.
+    """
     key = _kto_label(record)
-    detail = f"'{key}' is {record[key]!r} (an unpaired judgement of one answer)" if key else "unpaired desirable/undesirable answers"
-    return None, [_refusal("kto_unsupported", detail)]
+    if key is None:
+        return None, [Issue("missing_field", "no desirability label: KTO data needs a boolean 'label' (TRL) or "
+                            "'kto_tag' (LLaMA-Factory)", field="label",
+                            fix="add \"label\": true for a desirable answer, false for an undesirable one")]
+    desirable = record[key] if isinstance(record[key], bool) else record[key].strip().lower() == "true"
+    rest = {k: v for k, v in record.items() if k != key}
+    issues: list[Issue] = []
+    layout = _kto_layout(record)
+    if layout == "prompt_completion":
+        meta = _metadata(record, issues)
+        prompt = _preference_prompt(rest, "prompt", issues)
+        answer = _answer_messages(record.get("completion"), "completion", "prompt", issues)
+        completion = _one_answer(answer, "completion", issues) if answer is not None and not _errors(issues) else None
+    else:  # a whole conversation whose last message is the judged answer
+        conv, issues = PARSERS[layout](rest)
+        if conv is None:
+            return None, issues
+        meta, prompt, last = conv.metadata, conv.messages[:-1], conv.messages[-1]
+        completion = last.content if last.role == "assistant" else None
+        if completion is None:
+            issues.append(Issue("not_one_answer", f"the conversation ends with a {last.role} message; KTO judges its "
+                                "final assistant answer", field=layout,
+                                fix="end each record with the answer its label judges"))
+    if _errors(issues):
+        return None, issues
+    if not prompt:
+        issues.append(Issue("no_prompt", "no prompt before the judged answer", field="prompt",
+                            fix="give the prompt the answer responds to"))
+        return None, issues
+    return LabelledAnswer([Message(m.role, m.content) for m in prompt], completion, desirable, meta), issues
 
 
 def _errors(issues: list[Issue]) -> bool:

@@ -10,7 +10,8 @@ import hashlib
 import re
 import unicodedata
 
-from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
+from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TextExample,
+                                  TokenExample)
 
 _SPACES = re.compile(r"\s+")
 
@@ -22,6 +23,8 @@ def content_text(example: Example) -> str:
     if isinstance(example, PreferencePair):
         prompt = "\n".join(f"{m.role}: {m.content}" for m in example.prompt)
         return f"{prompt}\nchosen: {example.chosen}\nrejected: {example.rejected}"
+    if isinstance(example, LabelledAnswer):  # one answer judged twice is a duplicate (a conflict if judged apart)
+        return "\n".join(f"{m.role}: {m.content}" for m in [*example.prompt, example.answer_message()])
     if isinstance(example, LabelledExample):
         return example.text  # the same text with two labels is a duplicate (and a conflict)
     if isinstance(example, TextExample):

@@ -19,7 +19,7 @@ from tuneforge.data.lineage import find_prepared_manifest
 from tuneforge.data.readers import Tally, iter_checked
 from tuneforge.data.sources import DEFAULT_TEXT_UNIT
 from tuneforge.data.stats import DataStats, describe
-from tuneforge.data.types import Conversation, Example, PreferencePair, TextExample
+from tuneforge.data.types import Conversation, Example, LabelledAnswer, PreferencePair, TextExample
 from tuneforge.errors import DataError, Problem
 
 HIST_BINS = 20
@@ -93,7 +93,7 @@ def _lengths(tokenizer: Any, example: Example) -> tuple[int, int, int, int]:
     total = token_count.count_tokens(tokenizer, example)
     if isinstance(example, TextExample):
         return total, total, 0, 0
-    if isinstance(example, (Conversation, PreferencePair)):
+    if isinstance(example, (Conversation, PreferencePair, LabelledAnswer)):
         return total, total, total, 0
     return total, 0, total, 0  # classification / NER: the loss is on labels, not tokens
 

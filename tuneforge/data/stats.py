@@ -19,7 +19,7 @@ import numpy as np
 
 from tuneforge.data.clean import texts_of
 from tuneforge.data.hashing import content_hash
-from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TokenExample
+from tuneforge.data.types import Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TokenExample
 
 # Scripts by code-point range (first match); enough to spot a file that mixes languages.
 _SCRIPTS = [(0x0000, 0x024F, "Latin"), (0x0370, 0x03FF, "Greek"), (0x0400, 0x04FF, "Cyrillic"), (0x0590, 0x05FF, "Hebrew"),
@@ -75,7 +75,9 @@ class DataStats:
         self.examples += 1
         self.kinds[type(example).__name__] += 1
         texts = texts_of(example)
-        self.messages.append(len(example.messages) if isinstance(example, Conversation) else len(example.prompt) + 1 if isinstance(example, PreferencePair) else 1)
+        prompted = isinstance(example, (PreferencePair, LabelledAnswer))  # a prompt and one answer (per side)
+        self.messages.append(len(example.messages) if isinstance(example, Conversation)
+                             else len(example.prompt) + 1 if prompted else 1)
         self.chars.append(sum(len(t) for t in texts))
         self.lines.append(line or 0)
         self.hashes.append(content_hash(example))
@@ -83,6 +85,8 @@ class DataStats:
             self.labels[example.label] += 1
         elif isinstance(example, TokenExample):
             self.labels.update(t for t in example.tags if t != "O")
+        elif isinstance(example, LabelledAnswer):  # KTO's balance (one side only leaves nothing to contrast)
+            self.labels["desirable" if example.desirable else "undesirable"] += 1
         self._charset(" ".join(texts), line)
         if len(self.reservoir) < self.sample:  # reservoir sampling (Algorithm R)
             self.reservoir.append((i, example))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.types import Conversation, Example, LabelledExample, PreferencePair, TextExample, TokenExample
+from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TextExample,
+                                  TokenExample)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
@@ -33,6 +34,9 @@ def count_tokens(tokenizer: Any, example: Example) -> int:
     if isinstance(example, PreferencePair):
         prompt = [{"role": m.role, "content": m.content} for m in example.prompt]
         return max(_chat_tokens(tokenizer, prompt + [{"role": "assistant", "content": a}]) for a in (example.chosen, example.rejected))
+    if isinstance(example, LabelledAnswer):
+        messages = [*example.prompt, example.answer_message()]
+        return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
     if isinstance(example, (TextExample, LabelledExample)):
         return len(tokenizer(example.text)["input_ids"])
     if isinstance(example, TokenExample):

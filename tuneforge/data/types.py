@@ -117,4 +117,27 @@ class PreferencePair:
         return {**d, **({"metadata": self.metadata} if self.metadata else {})}
 
 
-Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair]
+@dataclass
+class LabelledAnswer:
+    """A prompt with one answer judged desirable or undesirable, unpaired (KTO). Only the kto objective trains
+    it: an undesirable answer must never become another objective's target."""
+
+    prompt: list[Message]
+    completion: str
+    desirable: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)  # "file:line" it was read from; not written out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "prompt": [{"role": m.role, "content": m.content} for m in self.prompt],
+            "completion": self.completion,
+            "label": self.desirable,  # TRL's unpaired layout: read back as KTO data
+        }
+        return {**d, **({"metadata": self.metadata} if self.metadata else {})}
+
+    def answer_message(self) -> Message:
+        return Message("assistant", self.completion)
+
+
+Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair, LabelledAnswer]

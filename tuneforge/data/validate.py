@@ -22,7 +22,7 @@ from tuneforge.data.issues import Issue
 from tuneforge.data.formats import REFUSED
 from tuneforge.data.readers import Checked, Tally, check_format, iter_checked, parse_mapping
 from tuneforge.data.sources import DEFAULT_TEXT_UNIT, MAX_RECORD_BYTES
-from tuneforge.data.types import Conversation, LabelledExample, Message, PreferencePair, TokenExample
+from tuneforge.data.types import Conversation, LabelledAnswer, LabelledExample, Message, PreferencePair, TokenExample
 from tuneforge.errors import DataError, Problem
 
 
@@ -166,7 +166,8 @@ def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_token
         entity_types = {t[2:] for t in ex.tags if t != "O"}
         for t in sorted(entity_types - allowed):
             issues.append(Issue("label_not_in_set", f"entity type {t!r} is not one of {sorted(allowed)}", field="tags"))
-    answer = ex.reference if isinstance(ex, Conversation) else ex.chosen if isinstance(ex, PreferencePair) else None
+    answer = (ex.reference if isinstance(ex, Conversation) else ex.chosen if isinstance(ex, PreferencePair)
+              else ex.completion if isinstance(ex, LabelledAnswer) else None)
     if answer is not None and len(answer.strip()) < min_chars:
         issues.append(Issue("short_answer", f"answer has {len(answer.strip())} characters: {answer.strip()!r}", field="answer"))
     if tokenizer is not None and max_tokens is not None:
@@ -183,11 +184,15 @@ def _chat_issues(ex: Any, tokenizer: Any, system_prompt: str) -> tuple[list[Issu
 
     (None, no issues) for other examples and for tokenizers without chat support (then count_tokens counts).
     """
-    if not isinstance(ex, (Conversation, PreferencePair)) or not hasattr(tokenizer, "apply_chat_template"):
+    chat = isinstance(ex, (Conversation, PreferencePair, LabelledAnswer))
+    if not chat or not hasattr(tokenizer, "apply_chat_template"):
         return [], None
     from tuneforge.data.tokenize import encode_conversation  # needs transformers' tokenizer API only here
 
-    convs = [ex] if isinstance(ex, Conversation) else [Conversation([*ex.prompt, Message("assistant", a)]) for a in (ex.chosen, ex.rejected)]
+    convs = [ex]
+    if not isinstance(ex, Conversation):  # a preference pair or a judged answer (KTO): each answer after the prompt
+        answers = [ex.completion] if isinstance(ex, LabelledAnswer) else [ex.chosen, ex.rejected]
+        convs = [Conversation([*ex.prompt, Message("assistant", a)]) for a in answers]
     try:
         n = max(len(encode_conversation(tokenizer, c, 10**9, system_prompt).input_ids) for c in convs)
     except DataError as exc:

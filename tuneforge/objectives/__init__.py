@@ -15,6 +15,7 @@ from tuneforge.objectives.base import Objective
 from tuneforge.objectives.classification import SequenceClassification
 from tuneforge.objectives.dpo import DirectPreference
 from tuneforge.objectives.encoder import MaskedLM, NextSentence
+from tuneforge.objectives.kto import KahnemanTversky
 from tuneforge.objectives.lm import CausalLM, SupervisedChat
 from tuneforge.objectives.tokens import TokenClassification
 
@@ -33,12 +34,13 @@ def get_objective(name: str, **options) -> Objective:
 
 
 def objective_for(cfg: RunConfig) -> Objective:
-    """The run's objective with its train.* options (train.dpo_beta, train.mlm_probability)."""
+    """The run's objective with its train.* options (train.dpo_beta, train.kto_beta, train.mlm_probability...)."""
     options = {argument: getattr(cfg.train, key) for key, (name, argument) in OBJECTIVE_OPTIONS.items() if name == cfg.objective}
     if cfg.objective == "sft":  # how system messages meet the chat template
         options["system_prompt"] = cfg.data.system_prompt
     return get_objective(cfg.objective, **options)
 
 
-for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence, DirectPreference):
+for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence,
+                 DirectPreference, KahnemanTversky):
     register_objective(_factory)

@@ -7,9 +7,11 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.readers import Tally
 from tuneforge.data.tokenize import IGNORE, Encoded, pack_rows
-from tuneforge.data.types import Example
+from tuneforge.data.types import Example, LabelledAnswer
 from tuneforge.errors import DataError, Problem
+from tuneforge.methods.registry import reference_context
 
 
 class Objective(Protocol):
@@ -43,11 +45,42 @@ class Objective(Protocol):
         """Task metrics on validation features beyond the loss (accuracy, entity F1...); {} when the loss says it all."""
 
 
-def require_examples(examples: Sequence[Example], kind: type, summary: str, fix: str) -> None:
-    """Raise one DataError naming (up to ten of) the examples that are not of `kind`."""
+def require_examples(examples: Sequence[Example], kind: type | tuple[type, ...], summary: str, fix: str) -> None:
+    """Raise one DataError naming (up to ten of) the examples that are not of `kind`, at their file:line when known.
+
+    KTO data (LabelledAnswer) is refused by name, as the readers refuse it under a forced SFT format: read as
+    another objective's data, its undesirable answers would become targets.
+    """
     wrong = [i for i, ex in enumerate(examples) if not isinstance(ex, kind)]
-    if wrong:
-        raise DataError(summary, [Problem(f"example {i}", f"got {type(examples[i]).__name__}", fix) for i in wrong[:10]])
+    if not wrong:
+        return
+    places = {i: getattr(examples[i], "source", "") or f"example {i}" for i in wrong}
+    judged = Tally()
+    for i in wrong:
+        if isinstance(examples[i], LabelledAnswer):
+            judged.add("kto_unsupported", places[i])
+    if judged.counts:
+        summary = f"{summary}; {judged.line('kto_unsupported')}"
+    raise DataError(summary, [Problem(places[i], f"got {type(examples[i]).__name__}", fix) for i in wrong[:10]])
+
+
+def sequence_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over labelled positions, per row: (N,)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (N, T-1, V)
+    targets = labels[:, 1:]  # (N, T-1)
+    token_logps = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")  # (N, T-1)
+    return (token_logps * (targets != IGNORE)).sum(-1)
+
+
+@torch.no_grad()
+def reference_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`sequence_logps` of the reference model: the frozen base, `model` with its method's adapter switched off: (N,).
+
+    No second copy of the model in memory; the config accepts reference objectives (dpo, kto) only with methods
+    that have a reference context.
+    """
+    with reference_context(model):
+        return sequence_logps(model, ids, mask, labels)
 
 
 def pad_batch(features: Sequence[Encoded], pad_id: int, per_example: bool = False) -> dict[str, torch.Tensor]:

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
 from tuneforge.data.types import Conversation, Example, Message, PreferencePair
 from tuneforge.errors import DataError, Problem
-from tuneforge.methods.registry import reference_context
-from tuneforge.objectives.base import pad_batch, require_examples
+from tuneforge.objectives.base import pad_batch, reference_logps, require_examples, sequence_logps
 
 
 @dataclass
@@ -29,19 +28,6 @@ class PairFeature(Encoded):
 
     rejected_ids: list[int] = field(default_factory=list)
     rejected_labels: list[int] = field(default_factory=list)
-
-
-def reference_model(model: torch.nn.Module):
-    """A context in which `model` computes the frozen base's outputs (its method's adapter switched off)."""
-    return reference_context(model)
-
-
-def sequence_logps(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(token) over labelled positions, per row: (N,)."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (N, T-1, V)
-    targets = labels[:, 1:]  # (N, T-1)
-    token_logps = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")  # (N, T-1)
-    return (token_logps * (targets != IGNORE)).sum(-1)
 
 
 class DirectPreference:
@@ -77,9 +63,7 @@ class DirectPreference:
     def rewards(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Implicit rewards beta * log(pi / ref) of the chosen and the rejected answers: (B,), (B,)."""
         args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        policy = sequence_logps(model, *args)  # (2B,)
-        with torch.no_grad(), reference_model(model):
-            reference = sequence_logps(model, *args)
+        policy, reference = sequence_logps(model, *args), reference_logps(model, *args)  # (2B,), (2B,)
         margin = self.beta * (policy - reference)
         half = margin.shape[0] // 2
         return margin[:half], margin[half:]

@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from tuneforge.data.tokenize import IGNORE, Encoded
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
-from tuneforge.objectives.base import pad_batch
+from tuneforge.objectives.base import pad_batch, require_examples
 from tuneforge.objectives.labels import accuracy_and_macro_f1, predict_batches
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def _texts(examples: Sequence[Example], objective: str) -> list[str]:
+    require_examples(examples, (TextExample, Conversation), f"the {objective} objective needs text or chat examples",
+                     "give text or chat records, or pick the objective these examples are for")
     texts = [ex.text if isinstance(ex, TextExample) else "\n".join(m.content for m in ex.messages)
              for ex in examples if isinstance(ex, (TextExample, Conversation))]
     if not texts:

@@ -65,6 +65,8 @@ class CausalLM(_NextTokenObjective):
     name = "clm"
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
+        require_examples(examples, (TextExample, Conversation), "the clm objective needs text or chat examples",
+                         "give text or chat records, or pick the objective these examples are for")
         texts = [ex.text if isinstance(ex, TextExample)
                  else render(tokenizer, [{"role": m.role, "content": m.content} for m in ex.messages], where_of(ex))
                  for ex in examples if isinstance(ex, (TextExample, Conversation))]
