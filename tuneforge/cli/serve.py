@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Optional
 
 import typer
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (each belongs to one project).", no_args_is_help=True)
 
+log = logging.getLogger(__name__)
 DB_HELP = "Database URL (default: $TUNEFORGE_DATABASE_URL, else SQLite under $TUNEFORGE_HOME/serve)."
 
 
@@ -27,20 +31,98 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.
     from tuneforge.serve.settings import ServeSettings
 
     settings = ServeSettings()
+    if "TUNEFORGE_HEALTH_MIN_WORKERS" not in os.environ:
+        settings.health_min_workers = min(workers, 1)  # /health is 503 while none of its workers is alive
     _build_demo_if_offered(settings)
     store = Store(database_url or settings.database_url)  # migrates before any worker starts
-    env = {**os.environ, "TUNEFORGE_DATABASE_URL": store.url}
-    procs = [subprocess.Popen([sys.executable, "-m", "tuneforge.serve.worker"], env=env) for _ in range(workers)]
+    env = {**os.environ, "TUNEFORGE_DATABASE_URL": store.url, "TUNEFORGE_SUPERVISED": "1"}
+    pool = WorkerPool(workers, env)
+    pool.start()
+    # SIGTERM/SIGINT: uvicorn stops accepting and gives running requests drain_timeout_s while the workers
+    # re-queue their running jobs from a checkpoint and exit; whatever is left then is killed.
+    config = uvicorn.Config(create_app(settings, store), host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))
     try:
-        uvicorn.run(create_app(settings, store), host=host, port=port, log_level="info")
+        _run_server(config, on_signal=pool.terminate)
     finally:
+        pool.stop(settings.drain_timeout_s)
+
+
+def _run_server(config, on_signal) -> None:
+    """uvicorn's server, telling the workers at the first SIGTERM/SIGINT, so that their jobs' checkpoints
+    and the requests' drain run at the same time (one drain timeout for both)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            on_signal()
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
+
+
+class WorkerPool:
+    """The worker processes of `tuneforge serve`: a worker that dies is reaped (no zombie hides its death
+    from its job's process) and started again; stop() terminates them all, bounded."""
+
+    RESTART_BACKOFF_S = (1, 2, 5, 10, 30)  # a worker that keeps dying is restarted less and less often
+
+    def __init__(self, n: int, env: dict[str, str], poll_s: float = 1.0) -> None:
+        self.n, self.env, self.poll_s = n, env, poll_s
+        self.procs: list[subprocess.Popen] = []
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._stopping: float | None = None  # when terminate() was first called
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._supervise, name="tuneforge-workers", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tuneforge.serve.worker"], env=self.env)
+
+    def start(self) -> None:
+        with self._lock:
+            self.procs = [self._spawn() for _ in range(self.n)]
+        if self.n:
+            self._thread.start()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.poll_s):
+            with self._lock:
+                for i, proc in enumerate(self.procs):
+                    if self._stop.is_set() or proc.poll() is None:  # poll() also reaps a dead one
+                        continue
+                    failures += 1
+                    log.warning("worker pid %s exited with %s; starting another", proc.pid, proc.returncode)
+                    self.procs[i] = self._spawn()
+                    self.restarts += 1
+            if failures:
+                self._stop.wait(self.RESTART_BACKOFF_S[min(failures, len(self.RESTART_BACKOFF_S)) - 1])
+                failures = max(0, failures - 1)
+
+    def terminate(self) -> None:
+        """Ask every worker to stop (SIGTERM: it re-queues a running job from its checkpoint, then exits)."""
+        if self._stopping is None:
+            self._stopping = time.monotonic()
+        self._stop.set()
+        with self._lock:
+            procs = list(self.procs)
         for p in procs:
-            p.terminate()  # the worker re-queues a running job, then exits
+            if p.poll() is None:
+                p.terminate()
+
+    def stop(self, timeout_s: float) -> None:
+        """terminate(), then wait until `timeout_s` after the first terminate() and kill what is left."""
+        self.terminate()
+        with self._lock:
+            procs = list(self.procs)
+        deadline = self._stopping + timeout_s
         for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
 
 def worker(database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:

@@ -16,6 +16,7 @@ separate models.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import queue
@@ -61,7 +62,8 @@ class _Item:
     sampling: Sampling | None
     future: Future
     on_text: Callable[[int, str], None] | None = None  # streaming: (choice index, text delta)
-    cancel: threading.Event | None = None  # set when the streaming client has gone: stop generating
+    cancel: threading.Event | None = None  # set when the client has gone: stop generating
+    tokens: int = 0  # the longest prompt's length (set on admission)
 
 
 def _param_bytes(model) -> int:
@@ -97,7 +99,7 @@ class Engine:
     def stop(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)  # a daemon thread: a generation still running does not hold up exit
             self._thread = None
         if self._saved_threads is not None:
             import torch
@@ -148,10 +150,53 @@ class Engine:
                     self._queue.put(None)
                     break
                 items.append(nxt)
-            for group in _groups(items):
-                self._run(group)
+            admitted = [item for item in items if self._admit(item)]
+            # Cheapest first: a long request in the window waits for the short ones, never the reverse.
+            for group in sorted(_groups(admitted), key=_cost):
+                for part in _within_tokens(group, self.settings.max_batch_tokens):
+                    self._run([item for item in part if not _gone(item)])
+
+    def _admit(self, item: _Item) -> bool:
+        """Refuse a prompt longer than the model's context (a 400 saying both lengths) and cap max_tokens by
+        the context it leaves; drop a request whose client has gone while it was queued."""
+        if _gone(item):
+            return False
+        if item.kind not in ("chat", "text"):
+            return True
+        try:
+            model, tokenizer, _ = self._model_for(item.ref)
+            item.tokens = max(len(self._prompt_ids(tokenizer, item.kind, p)) for p in item.prompts)
+        except BaseException as exc:  # a broken model folder: this request's error, not the thread's
+            item.future.set_exception(exc)
+            return False
+        context = _context_length(model)
+        if context is None:
+            return True
+        if item.tokens >= context:
+            from tuneforge.serve.api.errors import APIError
+
+            param = "messages" if item.kind == "chat" else "prompt"
+            item.future.set_exception(APIError(
+                400, f"This model's maximum context length is {context} tokens; your {param} is {item.tokens} tokens "
+                     f"(leaving no room for the answer). Shorten the {param}.", param=param, code="context_length_exceeded"))
+            return False
+        if item.sampling.max_tokens > context - item.tokens:
+            item.sampling = dataclasses.replace(item.sampling, max_tokens=context - item.tokens)
+        return True
+
+    @staticmethod
+    def _prompt_ids(tokenizer, kind: str, prompt) -> list[int]:
+        """The prompt's tokens, rendered as generation renders them (to measure it)."""
+        from tuneforge.data.tokenize import encode_prompt
+        from tuneforge.models.chat_templates import prompt_policy
+
+        if kind == "chat":
+            return encode_prompt(tokenizer, prompt, prompt_policy(tokenizer))
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _run(self, group: list[_Item]) -> None:
+        if not group:
+            return
         try:
             results = self._execute(group)
         except BaseException as exc:  # hand the error to every waiting request
@@ -173,8 +218,10 @@ class Engine:
             return self._mixed_chat(group)
         model, tokenizer, adapter = self._model_for(head.ref)
         with _active(model, adapter):
-            if head.kind == "chat" and head.on_text is None:
+            if head.kind == "chat" and head.on_text is None and (len(group) > 1 or len(head.prompts) > 1):
                 return self._chat_batch(model, tokenizer, group)
+            if head.kind == "chat" and head.on_text is None:  # alone: token by token, so a client that goes stops it
+                self.batches.append(1)
             return [self._one_by_one(model, tokenizer, item) for item in group]
 
     def _mixed_chat(self, group: list[_Item]) -> list[list]:
@@ -358,6 +405,48 @@ def _mixable(members: list[tuple[_Item, str | None]]) -> bool:
 def _family(ref: ModelRef) -> str:
     """Requests that may share a forward pass: a base and its adapters; a full fine-tune alone."""
     return ref.base if ref.kind == "base" or (ref.kind == Serving.SHARED_BASE and not _own_prompting(ref)) else ref.id
+
+
+class ClientGone(Exception):
+    """The request's client disconnected before its generation started: nothing was generated."""
+
+
+def _gone(item: _Item) -> bool:
+    if item.cancel is not None and item.cancel.is_set() and item.on_text is None and not item.future.done():
+        item.future.set_exception(ClientGone())
+    return item.future.done()
+
+
+def _context_length(model) -> int | None:
+    """Positions the model can attend to (prompt plus answer); None when its config does not say."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _cost(group: list[_Item]) -> tuple[int, int]:
+    """What a group costs to run, roughly: rows x (prompt + answer) tokens; model housekeeping first."""
+    if group[0].kind not in ("chat", "text"):
+        return (0, 0)
+    rows = sum(len(item.prompts) for item in group)
+    return (1, rows * (max(item.tokens for item in group) + group[0].sampling.max_tokens))
+
+
+def _within_tokens(group: list[_Item], budget: int) -> list[list[_Item]]:
+    """Split a batch so that rows x longest prompt (its padded size) stays within `budget` tokens: a long
+    prompt gets a batch of its own instead of making every short row pay its length."""
+    if len(group) == 1 or group[0].kind != "chat":
+        return [group]
+    parts: list[list[_Item]] = [[]]
+    for item in sorted(group, key=lambda it: it.tokens):
+        rows = sum(len(it.prompts) for it in parts[-1]) + len(item.prompts)
+        if parts[-1] and rows * item.tokens > budget:
+            parts.append([])
+        parts[-1].append(item)
+    return parts
 
 
 def _groups(items: list[_Item]) -> list[list[_Item]]:

@@ -6,6 +6,7 @@ errors is refused and every problem is reported with its line, as OpenAI does.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,9 +49,13 @@ def validation_error(report: Any, filename: str) -> APIError:
     more = f" ... and {total - len(lines)} more" if total > len(lines) else ""
     message = f"Invalid file format in {filename}: {total} error(s). " + "; ".join(lines) + more
     details = report.to_dict()
+    stored = str(details.get("file") or "")  # the server's copy: its path names the project's folder
     details["file"] = filename
     for issue in details["errors"] + details["warnings"]:
         issue["file"] = filename
+    if stored:  # a reader's message may quote the path it read: the client sees its own file name
+        message = message.replace(stored, filename)
+        details = json.loads(json.dumps(details).replace(json.dumps(stored)[1:-1], json.dumps(filename)[1:-1]))
     return APIError(400, message, param="file", code="invalid_file_format", details=details)
 
 

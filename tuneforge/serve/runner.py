@@ -7,26 +7,29 @@ out-of-memory), the worker that started it notices and records that instead.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
+import logging
 import os
 import signal
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
+from tuneforge.config import tuneforge_home
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.methods.registry import Serving
 from tuneforge.models.artifact import read_artifact
 from tuneforge.serve import files, job_states, jobs
 from tuneforge.serve.catalog import base_model_path
 from tuneforge.serve.db import Store
-from tuneforge.serve.ids import now
+from tuneforge.serve.ids import new_id, now
+from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.jobspec import build_config
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import FineTunedModel, Job
@@ -36,6 +39,7 @@ if TYPE_CHECKING:  # the training stack (torch, transformers) loads in the job's
 
 
 WORKER_GONE_GRACE_S = 15.0
+log = logging.getLogger(__name__)
 
 
 def fine_tuned_name(job: Job) -> str:
@@ -94,19 +98,43 @@ class EventSink:
 
 
 def _alive(pid: int) -> bool:
+    """Is `pid` running? A zombie (dead, not yet reaped by its parent) counts as gone."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
+    try:  # /proc/PID/stat: "pid (name) STATE ..."; the name may hold spaces or parentheses
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no procfs: kill(0) is all there is
 
 
-def _watch_worker(worker_pid: int, stop) -> None:
-    """The job's process is a child of the fork server, not of the worker: watch the worker.
-    When it is gone, stop at the next step (checkpoint kept); if a step hangs, exit hard."""
+def _lease_held(store: Store, job_id: str, worker_id: str | None, lease_s: float) -> bool:
+    """Does the worker that claimed this job still hold its lease (running, its own, heartbeat fresh)?"""
+    with store.session() as s:
+        job = s.get(Job, job_id)
+    fresh = job is not None and (job.heartbeat_at or 0) > time.time() - lease_s
+    return fresh and job.status == JobStatus.RUNNING and job.worker_id == worker_id
+
+
+def _watch_worker(worker_pid: int, stop, db_url: str, job_id: str, lease_s: float) -> None:
+    """The job's process is a child of the fork server, not of the worker: watch the worker, and the
+    job's lease (a worker that hangs, or another worker that took the job back). When either is gone,
+    stop at the next step (checkpoint kept); if a step hangs, exit hard."""
+    store = Store(db_url, run_migrations=False)
+    with store.session() as s:
+        worker_id = s.get(Job, job_id).worker_id
+    checked = time.monotonic()
     while _alive(worker_pid):
         time.sleep(0.5)
+        if time.monotonic() - checked > lease_s / 3:
+            checked = time.monotonic()
+            with contextlib.suppress(Exception):  # a database hiccup is not a lost lease
+                if not _lease_held(store, job_id, worker_id, lease_s):
+                    log.warning("job %s: lease lost; stopping", job_id)
+                    break
     stop.set()
+    store.dispose()
     time.sleep(WORKER_GONE_GRACE_S)
     os._exit(3)
 
@@ -114,7 +142,8 @@ def _watch_worker(worker_pid: int, stop) -> None:
 def run_job(db_url: str, settings: ServeSettings, job_id: str, stop, worker_pid: int) -> None:
     """Process entry point. `stop` is a multiprocessing Event the worker sets to pause/cancel."""
     _die_with_parent()
-    threading.Thread(target=_watch_worker, args=(worker_pid, stop), daemon=True).start()
+    watch = (worker_pid, stop, db_url, job_id, settings.job_lease_s)
+    threading.Thread(target=_watch_worker, args=watch, daemon=True).start()
     if settings.worker_threads:
         import torch
 
@@ -126,13 +155,29 @@ def run_job(db_url: str, settings: ServeSettings, job_id: str, stop, worker_pid:
         _train(store, settings.data_dir, job, should_stop=stop.is_set)
     except TuneforgeError as exc:
         code = "invalid_training_file" if isinstance(exc, DataError) else "training_error"
-        _fail(store, job, code, str(exc))
-    except Exception as exc:  # a bug or a broken model: record it on the job, then crash loudly
-        _fail(store, job, "internal_error", f"{type(exc).__name__}: {exc}")
-        jobs.add_event(store, job.id, traceback.format_exc()[-4000:], level="error")
+        _fail(store, job, code, client_text(str(exc), store, settings.data_dir, job))
+    except Exception as exc:  # a bug or a broken model: the details go to the log, the job names their id
+        error_id = new_id("err_", 8)
+        log.error("error %s in fine-tuning job %s", error_id, job.id, exc_info=exc)
+        _fail(store, job, "internal_error", f"The training process had an internal error (error id {error_id}); "
+                                            "the operator finds the details in the worker's log.")
         raise
     finally:
         store.dispose()
+
+
+def client_text(text: str, store: Store, data_dir: Path, job: Job) -> str:
+    """A training error as the job's owner may see it: the server's paths (its files, the run folder, the
+    models folder) become the file ids, names and folders the client knows, and no internal id remains."""
+    swaps: list[tuple[str, str]] = []
+    for file_id in filter(None, (job.training_file, job.validation_file)):
+        with contextlib.suppress(Exception):
+            swaps.append((files.get_file(store, job.project_id, file_id).path, file_id))
+    swaps += [(str(run_dir_of(data_dir, job)), "<run>"), (str(tuneforge_home() / "models") + os.sep, ""),
+              (str(data_dir), "<data>"), (job.project_id, "<project>")]
+    for server, client in swaps:
+        text = text.replace(server, client)
+    return text
 
 
 def _train(store: Store, data_dir: Path, job: Job, should_stop) -> None:

@@ -54,6 +54,9 @@ class ServeSettings:
     # SIGTERM: how long serve waits for running requests and for workers to checkpoint their jobs.
     drain_timeout_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRAIN_TIMEOUT_S", 20))
 
+    # /health answers 503 while fewer training workers than this are alive (serve with --workers N sets 1).
+    health_min_workers: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_HEALTH_MIN_WORKERS", 0)))
+
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"

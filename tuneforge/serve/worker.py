@@ -146,6 +146,16 @@ class Worker:
             s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=time.time(), current_job_id=job_id))
 
 
+def _shutdown_when_orphaned(shutdown: threading.Event, poll_s: float = 0.5) -> None:
+    """`serve` was killed (-9: no SIGTERM reached us): shut down as if it had sent one (the running job is
+    re-queued from its checkpoint), so that a restarted serve's workers do not share the database with us."""
+    parent = os.getppid()
+    while not shutdown.is_set():
+        if os.getppid() != parent:
+            shutdown.set()
+        shutdown.wait(poll_s)
+
+
 def main(database_url: str | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT; a running job is re-queued to resume elsewhere."""
     settings = ServeSettings()
@@ -153,6 +163,8 @@ def main(database_url: str | None = None) -> None:
     worker = Worker(store, settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.shutdown.set())
+    if os.environ.get("TUNEFORGE_SUPERVISED") == "1":  # started by `tuneforge serve`: end with it
+        threading.Thread(target=_shutdown_when_orphaned, args=(worker.shutdown,), daemon=True).start()
     worker.run_forever()
     store.dispose()
 

@@ -11,7 +11,7 @@ import time
 from typing import Any, AsyncIterator, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,7 +21,7 @@ from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, as_api_error
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.catalog import EMBEDDING_MODEL
-from tuneforge.serve.engine import Sampling
+from tuneforge.serve.engine import ClientGone, Sampling
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.keys import Principal
 
@@ -120,7 +120,7 @@ def _usage(results: list) -> dict[str, int]:
 
 
 @router.post("/chat/completions")
-async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
+async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)):
     body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     conv = chat_messages(body.messages)
@@ -137,7 +137,7 @@ async def chat(body: ChatRequest, who: Principal = Depends(principal), svc: Serv
     if body.stream:
         return _sse(_stream_chat(svc, ref, conv, body, meta, record))
     try:
-        results = await svc.engine.chat(ref, [conv] * body.n, sampling)
+        results = await _while_connected(request, svc.engine.chat, ref, [conv] * body.n, sampling)
     except Exception:
         svc.monitor.failed(body.model, "chat")
         raise
@@ -166,7 +166,7 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, who: Principal = Depends(principal), svc: Services = Depends(services)):
+async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)):
     body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -200,10 +200,27 @@ async def completions(body: CompletionRequest, who: Principal = Depends(principa
                 yield {**chunk, "choices": [], "usage": usage}
 
         return _sse(events())
-    results = await svc.engine.complete(ref, expanded, sampling)
+    results = await _while_connected(request, svc.engine.complete, ref, expanded, sampling)
     usage = await run_in_threadpool(record, results)
     choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]
     return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
+
+
+async def _while_connected(request: Request, fn, ref, prompts, sampling, poll_s: float = 0.25) -> list:
+    """A non-streamed generation that stops (queued: never starts; running: at its next token) once its
+    client has disconnected: nobody would read the answer."""
+    cancel = threading.Event()
+    task = asyncio.ensure_future(fn(ref, prompts, sampling, cancel=cancel))
+    try:
+        while not (await asyncio.wait({task}, timeout=poll_s))[0]:
+            if await request.is_disconnected():
+                cancel.set()
+                break
+        return await task
+    except ClientGone:  # it never started; nobody reads this answer
+        raise APIError(499, "The client closed the request before it started.", code="client_closed_request") from None
+    finally:  # also when uvicorn cancels the request at shutdown
+        cancel.set()
 
 
 def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, threading.Event]:

@@ -26,7 +26,12 @@ def health(svc: Services = Depends(services)) -> JSONResponse:
             alive = len(list(s.scalars(select(Worker.id).where(Worker.heartbeat_at > cutoff))))
     except Exception as exc:  # the database is down: report it instead of a bare 500
         return JSONResponse({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status_code=503)
-    return JSONResponse({"status": "ok", "database": svc.store.engine.dialect.name, "workers_alive": alive, "models_loaded": svc.engine.loaded()})
+    # Unauthenticated: counts only, never a project's model ids.
+    body = {"status": "ok", "database": svc.store.engine.dialect.name, "workers_alive": alive,
+            "models_loaded": len(svc.engine.loaded())}
+    if alive < svc.settings.health_min_workers:
+        return JSONResponse({**body, "status": "unhealthy", "reason": "no training worker is alive"}, status_code=503)
+    return JSONResponse(body)
 
 
 @router.get("/metrics")
