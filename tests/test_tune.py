@@ -274,3 +274,39 @@ def test_two_processes_share_one_postgres_study_without_duplicate_trials(tiny_mo
                 ]
         finally:
             optuna.delete_study(study_name=name, storage=url)
+
+
+def test_trials_are_seeded_from_train_seed_and_their_number():
+    from tuneforge.tune.search import PerTrialSeedTPE
+
+    def draws(seed, storage=None, name="s"):
+        study = optuna.create_study(
+            sampler=PerTrialSeedTPE(seed), storage=storage, study_name=name, load_if_exists=True
+        )
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        return [t.params["x"] for t in study.trials]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert draws(7) == draws(7) and draws(7) != draws(8)
+    # two processes on one storage (here: two Study objects) continue the numbering and draw new points
+    shared = optuna.storages.InMemoryStorage()
+    first, both = draws(7, shared), draws(7, shared)
+    assert both[:3] == first and len(set(both)) == 6
+
+
+def test_a_storage_that_cannot_be_opened_is_named_without_its_password(tiny_model_dir, support_data, tmp_path):
+    from tuneforge.tune import open_study
+    from tuneforge.tune.search import storage_url
+
+    assert storage_url("postgresql://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"  # psycopg 3, not 2
+    assert storage_url("sqlite:///x/study.db") == "sqlite:///x/study.db"
+    plan = plan_search(
+        write_config(tiny_model_dir, support_data, tmp_path),
+        ["train.lr=choice(1e-3,1e-2)"],
+        storage="postgresql://someone:secret@127.0.0.1:1/nowhere",
+    )
+    with pytest.raises(ConfigError) as exc:
+        open_study(plan)
+    (problem,) = exc.value.problems
+    assert problem.where == "--storage postgresql+psycopg://someone:***@127.0.0.1:1/nowhere"
+    assert "secret" not in str(exc.value)

@@ -41,6 +41,7 @@ def tune_command(
     """Search hyperparameters: each trial is a run <output_dir>/trial-NNNN; writes best.yaml and report.html."""
     from tuneforge.errors import ConfigError, Problem
     from tuneforge.tune import plan_search, run_search, trials_table, write_best_config, write_report
+    from tuneforge.tune.search import hide_password, storage_url
 
     problems = [
         Problem(f"--{name} {value}", "not one of " + ", ".join(allowed))
@@ -55,7 +56,7 @@ def tune_command(
     plan = plan_search(
         config, space, overrides or [], storage=storage, study=study, metric=metric, direction=direction, pruner=pruner
     )  # type: ignore[arg-type]
-    err.print(f"study '{plan.study_name}' in {_shown(plan.storage)}; trials in {plan.folder}")
+    err.print(f"study '{plan.study_name}' in {hide_password(storage_url(plan.storage))}; trials in {plan.folder}")
     study_ = run_search(plan, trials if trials or timeout else 10, timeout, progress=not quiet, on_trial=_say)
     Console().print(trials_table(study_, metric))
     report = write_report(study_, plan)
@@ -81,16 +82,6 @@ def _say(trial) -> None:
     )
     value = f" {trial.value:.4f}" if trial.value is not None else ""
     err.print(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params} {note}".rstrip(), highlight=False)
-
-
-def _shown(url: str) -> str:
-    """The storage URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
 
 
 def register(app: typer.Typer) -> None:

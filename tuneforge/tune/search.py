@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import ConfigError, Problem, TrainingError
@@ -127,17 +129,28 @@ def open_study(plan: SearchPlan) -> optuna.Study:
     """Create the study, or join it when another process (or an earlier run) made it already."""
     if plan.storage.startswith("sqlite:///"):
         plan.folder.mkdir(parents=True, exist_ok=True)
-    with _first_use_lock(plan.storage), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since optuna 3
-        storage = optuna.storages.RDBStorage(plan.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        study = optuna.create_study(
-            storage=storage,
-            study_name=plan.study_name,
-            direction=plan.direction,
-            sampler=PerTrialSeedTPE(plan.seed),
-            pruner=_pruner(plan),
-            load_if_exists=True,
+    url = storage_url(plan.storage)
+    try:
+        with _first_use_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since optuna 3
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            study = optuna.create_study(
+                storage=storage,
+                study_name=plan.study_name,
+                direction=plan.direction,
+                sampler=PerTrialSeedTPE(plan.seed),
+                pruner=_pruner(plan),
+                load_if_exists=True,
+            )
+    except (SQLAlchemyError, ImportError) as exc:  # a user's URL, server or permissions: no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fix = (
+            "check the URL (sqlite:///path or postgresql+psycopg://user:pass@host:port/db), that the server runs "
+            "and that the user may create tables"
         )
+        raise ConfigError(
+            "cannot open the study's storage", [Problem(f"--storage {hide_password(url)}", first, fix)]
+        ) from None
     if study.direction.name.lower() != plan.direction:
         raise ConfigError(
             f"study '{plan.study_name}' already exists and {study.direction.name.lower()}s",
@@ -150,6 +163,21 @@ def open_study(plan: SearchPlan) -> optuna.Study:
     for params in plan.enqueued:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def storage_url(url: str) -> str:
+    """SQLAlchemy reads a bare postgresql:// as psycopg2, which tuneforge does not install: use psycopg 3."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
+def hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show no more than its scheme
+        return url.split("://")[0] + "://..."
 
 
 @contextmanager
