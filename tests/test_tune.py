@@ -310,3 +310,15 @@ def test_a_storage_that_cannot_be_opened_is_named_without_its_password(tiny_mode
     (problem,) = exc.value.problems
     assert problem.where == "--storage postgresql+psycopg://someone:***@127.0.0.1:1/nowhere"
     assert "secret" not in str(exc.value)
+
+
+def test_joining_a_study_in_the_other_direction_is_refused(tiny_model_dir, support_data, tmp_path):
+    from tuneforge.tune import open_study
+
+    config = write_config(tiny_model_dir, support_data, tmp_path)
+    open_study(plan_search(config, ["train.lr=choice(1e-3,1e-2)"]))
+    assert (tmp_path / "study" / "study.db").exists()
+    open_study(plan_search(config, ["train.lr=choice(1e-3,1e-2)"]))  # joining it again is fine
+    with pytest.raises(ConfigError) as exc:
+        open_study(plan_search(config, ["train.lr=choice(1e-3,1e-2)"], metric="accuracy", direction="maximize"))
+    assert "study 'study' already exists and minimizes" in str(exc.value) and "--direction" in str(exc.value)

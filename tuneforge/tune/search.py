@@ -89,17 +89,17 @@ def plan_search(
         )
     folder = Path(base.output_dir).resolve()
     return SearchPlan(
-        config,
-        fixed,
-        space,
-        folder,
-        study or folder.name,
-        storage or f"sqlite:///{folder / 'study.db'}",
-        metric,
-        direction,
-        pruner,
-        base.train.seed,
-        base.train.eval_every,
+        config=config,
+        fixed=fixed,
+        space=space,
+        folder=folder,
+        study_name=study or folder.name,
+        storage=storage or f"sqlite:///{folder / 'study.db'}",
+        metric=metric,
+        direction=direction,
+        pruner=pruner,
+        seed=base.train.seed,
+        eval_every=base.train.eval_every,
     )
 
 
