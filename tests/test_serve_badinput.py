@@ -67,7 +67,8 @@ BAD_CHAT = [
 ]
 
 
-@pytest.mark.parametrize(("body", "param"), BAD_CHAT, ids=["str-part", "null-part", "int-text", "surrogate", "model", "seed"])
+@pytest.mark.parametrize(("body", "param"), BAD_CHAT, ids=["str-part", "null-part", "int-text", "surrogate", "model",
+                                                           "seed"])
 def test_bad_chat_input_is_a_400_naming_the_field_and_the_connection_survives(server, body, param):
     c = KeepAlive(server)
     status, out = c.post("/v1/chat/completions", body)

@@ -7,7 +7,7 @@ is read, or as soon as a chunked body passes the limit.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,8 +33,8 @@ def _upload(path: str) -> bool:
 def too_large(path: str, limit: int) -> APIError:
     if _upload(path):
         limit -= MULTIPART_OVERHEAD
-        return APIError(413, f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).",
-                        param="file", code="file_too_large")
+        message = f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it)."
+        return APIError(413, message, param="file", code="file_too_large")
     return APIError(413, f"The request body is larger than this server's limit of {limit} bytes (the operator "
                          "raises it with TUNEFORGE_MAX_REQUEST_MB).", code="request_too_large")
 
