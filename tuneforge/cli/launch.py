@@ -53,3 +53,10 @@ def rank_failures_named() -> Iterator[None]:
         print(f"tuneforge: rank {rank} of {os.environ.get('WORLD_SIZE', '?')} failed: {type(exc).__name__}: {exc}",
               file=sys.stderr, flush=True)
         raise
+
+
+def shutdown_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

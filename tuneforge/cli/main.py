@@ -88,10 +88,11 @@ def train(config: Path = typer.Argument(..., help="YAML run config."),
                                  nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                                  max_restarts=max_restarts, run_id=str(cfg.output_dir)))
     if launched():
-        from tuneforge.cli.launch import rank_failures_named
+        from tuneforge.cli.launch import rank_failures_named, shutdown_process_group
 
         with rank_failures_named():
             result = run_train(cfg, resume=resume, progress=not quiet)
+        shutdown_process_group()
         if int(os.environ["RANK"]) != 0:
             return  # rank 0 reports
     else:

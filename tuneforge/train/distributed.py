@@ -144,6 +144,7 @@ def wrap(model: nn.Module, objective: Any, cfg: RunConfig, d: Dist, trainable_sh
         fully_shard(layer)
     fully_shard(root)
     root.set_gradient_divide_factor(1.0)  # a sum: the recipe divides by the global token count
+    root.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
     return d, root
 
 
@@ -219,20 +220,35 @@ def barrier(d: Dist) -> None:
 
 
 @contextmanager
-def full_weights(wrapped: nn.Module | None) -> Iterator[None]:
-    """Every FSDP2 module unsharded (plain tensors on every rank) while rank 0 saves the HF folder."""
-    from torch.distributed.fsdp import FSDPModule
+def full_weights(model: nn.Module, d: Dist) -> Iterator[None]:
+    """FSDP2: the model's full weights gathered to rank 0's CPU while rank 0 saves the artifact.
 
-    modules = [m for m in wrapped.modules() if isinstance(m, FSDPModule)] if wrapped is not None else []
-    for m in modules:
-        m.unshard()
+    Every rank takes part in the gather (a collective); on rank 0 `model.state_dict()` then answers the
+    full tensors, so the method's own save (save_pretrained, peft's adapter state) writes the same files
+    as one process. Without it transformers would gather the DTensors itself, on rank 0 alone: a hang.
+    """
+    if d.strategy != "fsdp":
+        yield
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights: one tensor, as in the model
+        if first.setdefault(id(p), name) != name and first[id(p)] in full and name in full:
+            full[name] = full[first[id(p)]]
+    if d.is_main:
+        model.state_dict = lambda *args, **kwargs: dict(full)  # an instance attribute, removed below
     try:
         yield
     finally:
-        for m in modules:
-            m.reshard()
+        model.__dict__.pop("state_dict", None)
 
 
-def shutdown(d: Dist) -> None:
-    if d.active and dist.is_initialized():
-        dist.destroy_process_group()
+def peak_memory_per_rank(own: dict[str, int], d: Dist) -> list[dict[str, int]] | None:
+    """Every rank's peak memory (gathered to all), None in one process."""
+    if not d.active:
+        return None
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, own)
+    return out

@@ -21,6 +21,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data.lineage import dataset_fingerprint
 from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, Problem, TrainingError
+from tuneforge.export.model_card import write_model_card
 from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.methods.registry import artifact_folders
@@ -35,6 +36,7 @@ from tuneforge.train.distributed import Dist
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import CheckpointSaved, EvalDone, EventFn, Events, Finished, TrainStep
 from tuneforge.train.rundir import RunDir, new_manifest, peak_memory
+from tuneforge.train.trackers import open_trackers
 
 
 class RunStatus(str, Enum):
@@ -123,7 +125,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
     state, every = s.state, cfg.train
     status = RunStatus.COMPLETED
     # ---- train: step, log, validate, checkpoint
-    with Events(run, on_event, s.total_steps, progress and d.is_main) as events:
+    trackers = open_trackers(cfg, run) if d.is_main else []  # train.report_to: TensorBoard, MLflow
+    with Events(run, on_event, s.total_steps, progress and d.is_main, trackers) as events:
         _announce(s, events, checkpoint)
         loop_start, tokens_at_start = time.perf_counter(), state.tokens
         while state.step < s.total_steps:
@@ -135,7 +138,8 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
             events.advance(state.step, step_loss, tps)
             if _due(state.step, every.log_every, s.total_steps):
                 lr = s.scheduler.get_last_lr()[0]
-                events.emit(TrainStep(state.step, state.epoch, step_loss, lr, state.tokens, tps))
+                extra = s.objective.step_metrics() if hasattr(s.objective, "step_metrics") else {}  # grpo: rewards
+                events.emit(TrainStep(state.step, state.epoch, step_loss, lr, state.tokens, tps, extra))
             if s.val_feats and _due(state.step, every.eval_every, s.total_steps) and _validate(s, events).should_stop:
                 status = RunStatus.EARLY_STOPPED
             if _due(state.step, every.save_every, s.total_steps) or status is not RunStatus.COMPLETED:
@@ -305,10 +309,11 @@ def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: f
         final["val_loss"] = evaluate_loss(s.model, s.eval_objective, s.val_feats, batch_size, s.pad_id, s.device)
         final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
     artifact = s.run.root / s.method.folder
-    with distributed.full_weights(s.wrapped):  # FSDP2: every rank gathers the weights rank 0 writes
+    with distributed.full_weights(s.model, s.dist):  # FSDP2: every rank gathers the weights rank 0 writes
         if s.dist.is_main:
             artifact = s.method.save(s.model, s.run.root)
             s.tokenizer.save_pretrained(artifact)
+            write_model_card(s.run.root, artifact, final)  # README.md: what the folder is, from what, how good
     distributed.barrier(s.dist)
     final["artifact"] = str(artifact)
     events.emit(Finished(final))
@@ -422,6 +427,8 @@ def _finish(s: Session, status: RunStatus, result: dict[str, Any], train_s: floa
     manifest = s.run.read_manifest()
     timings = {"setup_s": round(s.setup_s, 3), "train_s": round(train_s or 0.0, 3),
                "total_s": round(time.perf_counter() - s.started, 3)}
+    memory = peak_memory()
+    per_rank = distributed.peak_memory_per_rank(memory, s.dist)  # a collective: every rank finishes
     manifest.update({"status": status.value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result,
-                     "memory": peak_memory(), "timings": timings})
+                     "memory": memory if per_rank is None else {**memory, "per_rank": per_rank}, "timings": timings})
     s.run.write_manifest(manifest)
