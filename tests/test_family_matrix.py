@@ -39,8 +39,14 @@ BASE_FAMILIES = {  # base models: no chat template of their own
     "pythia": Family("pythia", None, ("<|endoftext|>", "<|padding|>"), eos="<|endoftext|>", pad="<|padding|>"),
     "opt": Family("opt", None, ("<pad>", "</s>", "<unk>"), eos="</s>", pad="<pad>", bos="</s>"),
 }
-_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256)
+_DECODER = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 @dataclass(frozen=True)
@@ -61,15 +67,31 @@ CASES = {
     "gemma3": Case("gemma3", "gemma3_text", {**_DECODER, "head_dim": 16}),
     "phi3": Case("phi3", "phi3", _DECODER),
     "gpt2": Case("gpt2", "gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256), "chatml", "<|im_end|>"),
-    "pythia": Case("pythia", "gpt_neox", {k: v for k, v in _DECODER.items() if k != "num_key_value_heads"}, "chatml",
-                   "<|im_end|>"),
-    "opt": Case("opt", "opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                                   max_position_embeddings=256, word_embed_proj_dim=64), "alpaca", "</s>"),
+    "pythia": Case(
+        "pythia", "gpt_neox", {k: v for k, v in _DECODER.items() if k != "num_key_value_heads"}, "chatml", "<|im_end|>"
+    ),
+    "opt": Case(
+        "opt",
+        "opt",
+        dict(
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=64,
+        ),
+        "alpaca",
+        "</s>",
+    ),
 }
 QUESTION, ANSWER = "What are your opening hours?", "We are open from nine to five."
-TURNS = [Message("user", "How do I reset my password?"),
-         Message("assistant", "Open settings, choose security and press reset."),
-         Message("user", "Thanks, that worked."), Message("assistant", "We are open from nine to five.")]
+TURNS = [
+    Message("user", "How do I reset my password?"),
+    Message("assistant", "Open settings, choose security and press reset."),
+    Message("user", "Thanks, that worked."),
+    Message("assistant", "We are open from nine to five."),
+]
 
 
 def _family(case: Case) -> Family:
@@ -91,8 +113,9 @@ def base_dirs(tmp_path_factory) -> dict:
             tok = build_family_tokenizer(_family(case))
             ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(case.model_type, vocab_size=len(tok),
-                                                                          **case.arch, **ids))
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(case.model_type, vocab_size=len(tok), **case.arch, **ids)
+            )
             folder = tmp_path_factory.mktemp(f"base-{name}")
             model.save_pretrained(folder)
             tok.save_pretrained(folder)
@@ -115,11 +138,17 @@ def chat_data(tmp_path_factory) -> dict:
 
 
 def _config(name: str, folder, data, out, method, **train) -> RunConfig:
-    settings = dict(max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=100, log_every=1, warmup_ratio=0.0,
-                    seed=7)
-    return RunConfig(objective="sft", output_dir=out, method=method, train=TrainSection(**{**settings, **train}),
-                     model=ModelSection(name=str(folder), max_length=96, chat_template=CASES[name].chat_template),
-                     data=DataSection(train=data["train"], validation_fraction=0.0))
+    settings = dict(
+        max_steps=6, batch_size=8, lr=5e-3, eval_every=3, save_every=100, log_every=1, warmup_ratio=0.0, seed=7
+    )
+    return RunConfig(
+        objective="sft",
+        output_dir=out,
+        method=method,
+        train=TrainSection(**{**settings, **train}),
+        model=ModelSection(name=str(folder), max_length=96, chat_template=CASES[name].chat_template),
+        data=DataSection(train=data["train"], validation_fraction=0.0),
+    )
 
 
 def _losses(run_dir) -> list[float]:
@@ -134,7 +163,7 @@ def test_labels_are_the_answers_and_end_of_turn(name, base_dirs):
     enc = encode_conversation(tok, conv, 4096)
     runs = labelled_runs(tok, enc.input_ids, enc.labels)
     prefix = _family(case).answer_prefix
-    got = [r[len(prefix):] if prefix and r.startswith(prefix) else r for r in runs]
+    got = [r[len(prefix) :] if prefix and r.startswith(prefix) else r for r in runs]
     assert got == [m.content + _end_of_turn(case) for m in TURNS if m.role == "assistant"]
 
 
@@ -201,8 +230,9 @@ def test_qlora_trains(name, base_dirs, chat_data, tmp_path):
     assert result.status == "completed" and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
 
 
-def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(base_dirs, chat_data, tmp_path,
-                                                                                 monkeypatch):
+def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(
+    base_dirs, chat_data, tmp_path, monkeypatch
+):
     """GPT-2 with model.chat_template: chatml (two tokens added) and data.system_prompt: fold: the engine
     serves the fine-tune with its own tokenizer and answers as `generate` does."""
     from tuneforge.serve.catalog import ModelRef
@@ -223,8 +253,9 @@ def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(b
     assert tok.decode(encode_prompt(tok, chat, "fold")).startswith("<|im_start|>user\nBe brief.\n\n")
     want = generate_batch(model, tok, [chat], max_new_tokens=8)[0].text
     ref = ModelRef("ft:base-gpt2:x:1", str(base_dirs("gpt2")), "adapter", str(result.run_dir / "adapter"), "p1", 0)
-    engine = Engine(ServeSettings(database_url=f"sqlite:///{tmp_path / 'tf.db'}", data_dir=tmp_path / "serve",
-                                  inference_threads=1))
+    engine = Engine(
+        ServeSettings(database_url=f"sqlite:///{tmp_path / 'tf.db'}", data_dir=tmp_path / "serve", inference_threads=1)
+    )
     try:
         greedy = Sampling(max_tokens=8, temperature=0.0, top_p=1.0, stop=(), seed=None)
         got = asyncio.run(engine.chat(ref, [chat], greedy))

@@ -24,12 +24,21 @@ from tuneforge.models.chat_templates import (
     use_chat_template,
 )
 
-TURNS = [Message("system", "You are a concise support agent."), Message("user", "How do I reset my password?"),
-         Message("assistant", "Open settings, choose security and press reset."),
-         Message("user", "Thanks, that worked."),
-         Message("assistant", "We are open from nine to five.")]
-END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "<|endoftext|>", "gemma": "<end_of_turn>",
-               "phi3": "<|end|>", "alpaca": "<|endoftext|>"}
+TURNS = [
+    Message("system", "You are a concise support agent."),
+    Message("user", "How do I reset my password?"),
+    Message("assistant", "Open settings, choose security and press reset."),
+    Message("user", "Thanks, that worked."),
+    Message("assistant", "We are open from nine to five."),
+]
+END_OF_TURN = {
+    "chatml": "<|im_end|>",
+    "llama3": "<|eot_id|>",
+    "mistral": "<|endoftext|>",
+    "gemma": "<end_of_turn>",
+    "phi3": "<|end|>",
+    "alpaca": "<|endoftext|>",
+}
 
 
 def _base_tokenizer():
@@ -64,8 +73,10 @@ def test_an_unknown_template_is_refused_by_the_config_with_the_choices():
 
 def test_a_jinja_file_adds_the_control_tokens_it_writes(tmp_path):
     path = tmp_path / "mine.jinja"
-    path.write_text("{% for m in messages %}{{ '<|turn|>' + m['role'] + ': ' + m['content'] + '<|stop|>' }}{% endfor %}"
-                    "{% if add_generation_prompt %}{{ '<|turn|>assistant: ' }}{% endif %}")
+    path.write_text(
+        "{% for m in messages %}{{ '<|turn|>' + m['role'] + ': ' + m['content'] + '<|stop|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|turn|>assistant: ' }}{% endif %}"
+    )
     assert ModelSection(chat_template=str(path)).chat_template == str(path)
     tok = _base_tokenizer()
     assert use_chat_template(tok, str(path)) == ["<|turn|>", "<|stop|>"]
@@ -88,8 +99,16 @@ def test_new_rows_are_the_mean_of_the_old_ones_in_tied_and_untied_models():
     old = len(tok)
     use_chat_template(tok, "phi3")
     tied = GPT2LMHeadModel(GPT2Config(vocab_size=old, n_embd=32, n_layer=1, n_head=2, n_positions=64))
-    untied = LlamaForCausalLM(LlamaConfig(vocab_size=old, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, tie_word_embeddings=False))
+    untied = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=old,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
     for model in (tied, untied):
         layers = [model.get_input_embeddings(), model.get_output_embeddings()]
         means = [layer.weight[:old].mean(dim=0).detach().clone() for layer in layers]
@@ -121,3 +140,22 @@ def test_validate_with_a_template_less_model_fails_with_the_chat_template_fix(tm
     tok = _base_tokenizer()
     use_chat_template(tok, "chatml")
     assert not validate_file(path, tokenizer=tok, min_examples=1).errors
+
+
+def test_generate_cli_takes_a_chat_template_for_a_base_model(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from typer.testing import CliRunner
+
+    from tuneforge.cli.main import app
+
+    tok = _base_tokenizer()
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
+        tmp_path
+    )
+    tok.save_pretrained(tmp_path)
+    refused = CliRunner().invoke(app, ["generate", str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "3"])
+    assert refused.exit_code != 0 and "model.chat_template: chatml" in str(refused.exception.problems[0].fix)
+    answered = CliRunner().invoke(
+        app, ["generate", str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "3", "--chat-template", "chatml"]
+    )
+    assert answered.exit_code == 0, answered.output

@@ -120,17 +120,32 @@ def pretrain(config: Path = typer.Argument(..., help="YAML pretraining config (c
     print(folder)
 
 
+_TEMPLATE_HELP = ("Chat template for a base model without one (chatml, llama3, mistral, gemma, phi3, alpaca or "
+                  "a .jinja file); a fine-tune uses the one it was trained with.")
+
+
+def _load_for_chat(model: str, chat_template: str | None, merge: bool = False):
+    from tuneforge.models.chat_templates import fit_embeddings, use_chat_template
+    from tuneforge.models.loading import load_for_inference
+
+    m, tok = load_for_inference(model, merge=merge)
+    if chat_template is not None:
+        use_chat_template(tok, chat_template, where="--chat-template")
+        fit_embeddings(m, tok)  # rows for the tokens it added (untrained: the mean of the others)
+    return m, tok
+
+
 @app.command()
 def generate(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
              prompt: str = typer.Option(..., help="User message."),
              system: Optional[str] = typer.Option(None, help="System message."),
              max_new_tokens: int = typer.Option(64), temperature: float = typer.Option(0.0),
-             merge: bool = typer.Option(False, help="Merge an adapter into the base before generating.")) -> None:
+             merge: bool = typer.Option(False, help="Merge an adapter into the base before generating."),
+             chat_template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP)) -> None:
     """Answer one prompt."""
     from tuneforge.models.generate import generate_batch
-    from tuneforge.models.loading import load_for_inference
 
-    m, tok = load_for_inference(model, merge=merge)
+    m, tok = _load_for_chat(model, chat_template, merge)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     print(generate_batch(m, tok, [messages], max_new_tokens, temperature)[0].text)
 
@@ -138,12 +153,12 @@ def generate(model: str = typer.Argument(..., help="Base model, run directory or
 @app.command()
 def chat(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
          system: Optional[str] = typer.Option(None, help="System message."),
-         max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0)) -> None:
+         max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0),
+         chat_template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP)) -> None:
     """Chat in the terminal (empty line or Ctrl-D to leave)."""
     from tuneforge.models.generate import generate_batch
-    from tuneforge.models.loading import load_for_inference
 
-    m, tok = load_for_inference(model)
+    m, tok = _load_for_chat(model, chat_template)
     history = [{"role": "system", "content": system}] if system else []
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you> "), ""):
         if not line.strip():

@@ -57,7 +57,8 @@ _MISTRAL = (
     "{{ bos_token }}{% for message in loop_messages %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('After the optional system message, roles must alternate user/assistant/...') }}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}"
     "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}"
 )
 # gemma-3-it: the assistant is "model"; the system prompt is folded into the first user turn.
@@ -67,7 +68,8 @@ _GEMMA = (
     "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 # Phi-3-mini-instruct, without the EOS token after the last message (<|end|> closes every turn).
@@ -83,14 +85,21 @@ _ALPACA = (
     "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
 )
 
-BUILTIN: dict[str, BuiltinTemplate] = {t.name: t for t in (
-    BuiltinTemplate("chatml", "Qwen2.5-Instruct / OpenAI ChatML", _CHATML, ("<|im_start|>", "<|im_end|>")),
-    BuiltinTemplate("llama3", "Meta-Llama-3-8B-Instruct", _LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
-    BuiltinTemplate("mistral", "Mistral-7B-Instruct-v0.2/v0.3", _MISTRAL, ("[INST]", "[/INST]"), needs_eos=True),
-    BuiltinTemplate("gemma", "gemma-3-it", _GEMMA, ("<start_of_turn>", "<end_of_turn>")),
-    BuiltinTemplate("phi3", "Phi-3-mini-4k-instruct", _PHI3, ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")),
-    BuiltinTemplate("alpaca", "Stanford Alpaca", _ALPACA, (), needs_eos=True),
-)}
+BUILTIN: dict[str, BuiltinTemplate] = {
+    t.name: t
+    for t in (
+        BuiltinTemplate("chatml", "Qwen2.5-Instruct / OpenAI ChatML", _CHATML, ("<|im_start|>", "<|im_end|>")),
+        BuiltinTemplate(
+            "llama3", "Meta-Llama-3-8B-Instruct", _LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+        ),
+        BuiltinTemplate("mistral", "Mistral-7B-Instruct-v0.2/v0.3", _MISTRAL, ("[INST]", "[/INST]"), needs_eos=True),
+        BuiltinTemplate("gemma", "gemma-3-it", _GEMMA, ("<start_of_turn>", "<end_of_turn>")),
+        BuiltinTemplate(
+            "phi3", "Phi-3-mini-4k-instruct", _PHI3, ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+        ),
+        BuiltinTemplate("alpaca", "Stanford Alpaca", _ALPACA, (), needs_eos=True),
+    )
+}
 
 
 def resolve_template(value: str, where: str = "model.chat_template") -> tuple[str, tuple[str, ...], bool]:
@@ -103,13 +112,21 @@ def resolve_template(value: str, where: str = "model.chat_template") -> tuple[st
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"{where}: cannot read the chat template {value}",
-                              [Problem(where, str(exc), "give an existing .jinja file or a built-in name: "
-                                       + ", ".join(BUILTIN))]) from None
+            raise ConfigError(
+                f"{where}: cannot read the chat template {value}",
+                [Problem(where, str(exc), "give an existing .jinja file or a built-in name: " + ", ".join(BUILTIN))],
+            ) from None
         return text, tuple(dict.fromkeys(_MARKER.findall(text))), "eos_token" in text
-    raise ConfigError(f"{where}: unknown chat template {value!r}",
-                      [Problem(where, f"{value!r} is neither a built-in template nor a .jinja file",
-                               f"use one of {', '.join(BUILTIN)} or the path of a .jinja file")])
+    raise ConfigError(
+        f"{where}: unknown chat template {value!r}",
+        [
+            Problem(
+                where,
+                f"{value!r} is neither a built-in template nor a .jinja file",
+                f"use one of {', '.join(BUILTIN)} or the path of a .jinja file",
+            )
+        ],
+    )
 
 
 def use_chat_template(tokenizer: Any, value: str, where: str = "model.chat_template") -> list[str]:
@@ -117,9 +134,10 @@ def use_chat_template(tokenizer: Any, value: str, where: str = "model.chat_templ
     that were added to the vocabulary for it (the model's embeddings must grow: `fit_embeddings`)."""
     text, needed, needs_eos = resolve_template(value, where)
     if needs_eos and tokenizer.eos_token is None:
-        raise ConfigError(f"{where}: the template {value!r} closes each answer with the EOS token, which this "
-                          "tokenizer lacks", [Problem(where, "the tokenizer has no eos_token",
-                                                      "choose chatml (it brings its own end-of-turn token)")])
+        raise ConfigError(
+            f"{where}: the template {value!r} closes each answer with the EOS token, which this tokenizer lacks",
+            [Problem(where, "the tokenizer has no eos_token", "choose chatml (it brings its own end-of-turn token)")],
+        )
     vocab = tokenizer.get_vocab()
     missing = [t for t in needed if t not in vocab]
     if missing:
