@@ -135,11 +135,36 @@ class TrainSection(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
                                          "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
     distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes: strategy and failure timeout.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="Experiment trackers that get every train/eval event, the resolved config, "
+                                          "manifest.json (lineage) and the artifact: tensorboard (event files in "
+                                          "<run>/tensorboard), mlflow (a run in train.mlflow_tracking_uri). wandb is "
+                                          "refused while the wandb package is not installed (it is not pinned).")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="report_to mlflow: the MLflow store or server (sqlite:///..., http://host:5000). Default: "
+                          "sqlite:///<output_dir's parent>/mlruns.db, artifacts in <output_dir's parent>/mlartifacts.")
+    mlflow_experiment: str = Field("tuneforge", min_length=1, description="report_to mlflow: the experiment the run is "
+                                                                          "logged under (created when missing).")
 
     @model_validator(mode="after")
     def _rows_per_pass_needs_packing(self) -> "TrainSection":
         if self.packed_rows_per_pass is not None and self.packing is False:
             raise ValueError("packed_rows_per_pass applies to packed batches only: set packing: true (or leave it unset) or remove packed_rows_per_pass")
+        return self
+
+    @model_validator(mode="after")
+    def _trackers(self) -> "TrainSection":
+        from importlib.util import find_spec
+
+        for name in dict.fromkeys(self.report_to):  # mlflow and tensorboard are pinned; wandb is not
+            if find_spec(name) is None:
+                raise ValueError(f"report_to {name}: the {name} package is not installed here"
+                                 + (" (tuneforge does not pin it: no wandb build was checked to work offline with "
+                                    "these versions); use tensorboard or mlflow" if name == "wandb"
+                                    else f"; pip install -r requirements.txt or remove {name}"))
+        if self.mlflow_tracking_uri is not None and "mlflow" not in self.report_to:
+            raise ValueError("mlflow_tracking_uri applies to report_to: [mlflow] only: "
+                             "add mlflow to report_to or remove it")
         return self
 
 

@@ -29,6 +29,7 @@ from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
 from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import metric_families, verdict
+from tuneforge.export.model_card import write_model_card
 from tuneforge.models.artifact import find_artifact
 from tuneforge.models.loading import load_for_inference, load_tokenizer
 
@@ -164,6 +165,8 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
                       general[1] if general else None)
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(report, results, out_dir)
+    if target.run_dir is not None and out_dir.resolve() == Path(target.run_dir).resolve():
+        write_model_card(Path(target.run_dir))  # the card now carries the eval table and warnings
     return report
 
 

@@ -12,12 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tuneforge.train.rundir import RunDir
+
+if TYPE_CHECKING:
+    from tuneforge.train.trackers import Tracker
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,14 @@ def event_from_record(record: dict[str, Any]) -> Event:
 
 
 class Events:
-    """Fans one event out to metrics.jsonl, the progress bar and an optional callback."""
+    """Fans one event out to metrics.jsonl, the progress bar, an optional callback and the experiment trackers
+    (closed on exit: failed when the block raised)."""
 
-    def __init__(self, run: RunDir, callback: EventFn | None, total_steps: int, show: bool):
+    def __init__(self, run: RunDir, callback: EventFn | None, total_steps: int, show: bool,
+                 trackers: list[Tracker] | None = None):
         self.run = run
         self.callback = callback
+        self.trackers = trackers or []
         self.progress = _bar() if show else None
         self.task = self.progress.add_task("training", total=total_steps, loss="-", tps="-") if self.progress else None
         self.started = time.perf_counter()
@@ -120,15 +126,19 @@ class Events:
             self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.progress:
             self.progress.stop()
+        for tracker in self.trackers:
+            tracker.close(failed=exc_type is not None)
 
     def emit(self, event: Event, log: bool = True) -> None:
         if log:
             self.run.log({**event.to_record(), "time": round(time.time(), 3)})
         if self.callback:
             self.callback(event)
+        for tracker in self.trackers:
+            tracker.event(event)
 
     def advance(self, step: int, loss: float, tokens_per_s: float) -> None:
         if self.progress:

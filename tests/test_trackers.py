@@ -1,0 +1,98 @@
+"""train.report_to: a tiny run read back through MLflow's client and TensorBoard's event reader; the numbers
+match metrics.jsonl (read through RunDir.read_events), and the config, lineage and artifact are in the tracker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import make_config
+from tuneforge.config import TrainSection
+from tuneforge.train.progress import EvalDone, Finished, TrainStep
+from tuneforge.train.rundir import RunDir
+from tuneforge.train.trackers import MLFLOW_RUN_FILE, TENSORBOARD_DIR, default_mlflow_uri
+
+
+def _expected(run_dir):
+    events = RunDir(run_dir).read_events()
+    train = {e.step: e for e in events if isinstance(e, TrainStep)}
+    evals = {e.step: e for e in events if isinstance(e, EvalDone)}
+    final = next(e.metrics for e in events if isinstance(e, Finished))
+    return train, evals, final
+
+
+@pytest.mark.slow  # importing mlflow and creating its SQLite schema: ~15-30 s on 2 shared cores
+def test_a_run_reads_back_from_mlflow_and_tensorboard(tiny_model_dir, support_data, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneforge.train import train
+
+    run_dir = tmp_path / "runs" / "tracked"
+    result = train(make_config(tiny_model_dir, support_data, run_dir, report_to=["tensorboard", "mlflow"]),
+                   progress=False)
+    train_steps, evals, final = _expected(run_dir)
+    assert len(train_steps) == 6 and len(evals) == 2
+
+    uri, artifact_root = default_mlflow_uri(run_dir)
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlruns.db'}" and (tmp_path / "runs" / "mlruns.db").exists()
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(json.loads((run_dir / MLFLOW_RUN_FILE).read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.info.experiment_id == client.get_experiment_by_name("tuneforge").experiment_id
+    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    assert loss == {s: e.loss for s, e in train_steps.items()}
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/val_loss")}
+    assert val == {s: e.val_loss for s, e in evals.items()}
+    assert run.data.metrics["final/val_loss"] == pytest.approx(final["val_loss"])
+    assert run.data.metrics["final/train_loss"] == pytest.approx(result.final_metrics["train_loss"])
+    # the resolved config as params, the manifest's lineage as tags, the files and the artifact as artifacts
+    assert run.data.params["train.lr"] == "0.005" and run.data.params["method.r"] == "4"
+    manifest = RunDir(run_dir).read_manifest()
+    assert run.data.tags["tuneforge.data.train.sha256"] == manifest["datasets"]["train"]["sha256"]
+    assert run.data.tags["tuneforge.base_model_sha256"] == manifest["base_model"]["weights_sha256"]
+    logged = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "manifest.json", "metrics.jsonl", "adapter"} <= logged
+    in_adapter = {f.path for f in client.list_artifacts(run.info.run_id, "adapter")}
+    assert {"adapter/adapter_model.safetensors", "adapter/README.md"} <= in_adapter
+    assert str(artifact_root).startswith("file://") and (tmp_path / "runs" / "mlartifacts").is_dir()
+
+    tb = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    tb.Reload()
+    tb_loss = {e.step: e.value for e in tb.Scalars("train/loss")}
+    assert tb_loss == pytest.approx({s: e.loss for s, e in train_steps.items()}, rel=1e-6)  # float32 in the file
+    assert {e.step: e.value for e in tb.Scalars("eval/val_loss")} == pytest.approx(
+        {s: e.val_loss for s, e in evals.items()}, rel=1e-6)
+    assert {"config", "manifest"} <= set(tb.Tags()["tensors"]) | set(tb.Tags().get("text", []))
+
+
+def test_tensorboard_alone_writes_event_files_in_the_run_directory(tiny_model_dir, support_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneforge.train import train
+
+    run_dir = tmp_path / "run"
+    train(make_config(tiny_model_dir, support_data, run_dir, max_steps=2, eval_every=2, report_to=["tensorboard"]),
+          progress=False)
+    train_steps, _, final = _expected(run_dir)
+    tb = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("train/loss")] == sorted(train_steps) == [1, 2]
+    assert [e.value for e in tb.Scalars("train/loss")] == pytest.approx(
+        [e.loss for _, e in sorted(train_steps.items())], rel=1e-6)
+    assert tb.Scalars("final/val_loss")[0].value == pytest.approx(final["val_loss"], rel=1e-6)
+    assert not (run_dir / MLFLOW_RUN_FILE).exists()
+
+
+def test_report_to_refuses_wandb_without_the_package_and_a_uri_without_mlflow():
+    from pydantic import ValidationError
+
+    if __import__("importlib.util").util.find_spec("wandb") is None:
+        with pytest.raises(ValidationError, match="report_to wandb: the wandb package is not installed"):
+            TrainSection(report_to=["wandb"])
+    with pytest.raises(ValidationError, match="mlflow_tracking_uri applies to report_to: \\[mlflow\\] only"):
+        TrainSection(report_to=["tensorboard"], mlflow_tracking_uri="sqlite:///x.db")
+    with pytest.raises(ValidationError):
+        TrainSection(report_to=["neptune"])
+    assert TrainSection().report_to == []

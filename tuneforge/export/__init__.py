@@ -1,0 +1,1 @@
+"""What other tools load next: model cards beside every artifact (and, in time, GGUF)."""
