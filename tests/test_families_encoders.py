@@ -30,7 +30,7 @@ from transformers import (
 from typer.testing import CliRunner
 
 from tuneforge.cli.main import app
-from tuneforge.config import DataSection, LoraMethod, ModelSection, RunConfig, TrainSection
+from tuneforge.config import DataSection, LoraMethod, ModelSection, QLoraMethod, RunConfig, TrainSection
 from tuneforge.data.readers import write_jsonl
 from tuneforge.data.types import LabelledExample, TextExample, TokenExample
 from tuneforge.models.loading import load_for_inference
@@ -244,6 +244,15 @@ def test_classification_lora_from_a_masked_lm_reloads_to_the_same_predictions(fa
     assert exported.exit_code == 0, exported.output
     _, merged = logits(tmp_path / "export", seed=3)
     torch.testing.assert_close(merged, first, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
+def test_classification_qlora_trains_the_missing_pooler_at_full_precision(family, encoder_dirs, data, tmp_path):
+    """bitsandbytes makes the pooler a 4-bit layer it never quantizes (its weight is not in the checkpoint)."""
+    run_dir = run(family, "classification", encoder_dirs, data, tmp_path / "run", method=QLoraMethod(r=4, alpha=8))
+    _, first = logits(run_dir, seed=1)
+    _, second = logits(run_dir, seed=2)
+    torch.testing.assert_close(second, first, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

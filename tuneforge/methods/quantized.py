@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from tuneforge.methods.peft_family import _LoraFields, lora_config, merge_peft, peft_method
+from tuneforge.methods.peft_family import _LoraFields, lora_config, merge_peft, peft_method, trained_whole
 from tuneforge.methods.registry import Serving, is_new_head_task, register
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def _apply(model: nn.Module, cfg: QLoraMethod) -> nn.Module:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     _keep_trainable_layout(model)
+    _full_precision(model, trained_whole(model))
     # casts norms (and a new head) to fp32 and lets inputs carry gradients into the adapters;
     # gradient checkpointing is the recipe's decision, not the method's
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -68,6 +69,32 @@ def _keep_trainable_layout(model: nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes Linear4bit (>= 0.48)
             module.support_avx512bf16_for_cpu = False
+
+
+def _full_precision(model: nn.Module, names: list[str]) -> None:
+    """Put the modules trained whole (a new task head, a pooler the checkpoint lacks) back in fp32.
+
+    bitsandbytes made them 4-bit layers on load like every other linear layer (a weight missing from
+    the checkpoint even stays an unquantized tensor such a layer cannot run), and a 4-bit weight takes
+    no gradient update. Their saved copy is what every later load uses, so the round trip stays exact;
+    a pretrained module among them (ModernBERT's head) starts from its dequantized weights.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    for outer in names:
+        for name, module in list(model.get_submodule(outer).named_modules()):
+            if isinstance(module, bnb.nn.Linear4bit):
+                full = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                       device=module.weight.device, dtype=torch.float32)
+                state = getattr(module.weight, "quant_state", None)  # None: initialised after loading, never quantized
+                with torch.no_grad():
+                    weight = module.weight if state is None else bnb.functional.dequantize_4bit(module.weight.data, state)
+                    full.weight.copy_(weight)
+                    if module.bias is not None:
+                        full.bias.copy_(module.bias)
+                parent, _, child = f"{outer}.{name}".rstrip(".").rpartition(".")
+                setattr(model.get_submodule(parent), child, full)
 
 
 def label_kwargs(config) -> dict:
