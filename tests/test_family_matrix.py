@@ -262,3 +262,24 @@ def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(
     finally:
         engine.stop()
     assert got[0].text == want
+
+
+@pytest.mark.parametrize(
+    "method", ["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "qlora", "adapter", "full"]
+)
+def test_every_causal_method_reloads_the_rows_a_template_added(method, base_dirs, chat_data, tmp_path):
+    """GPT-2 + chatml grows the vocabulary by two tokens: each method's artifact loads (twice) with the same
+    rows and the same logits (frozen new rows are the mean of the old ones, not random; trained ones are saved)."""
+    from tuneforge.methods.registry import get_method
+
+    config = get_method(method).config
+    options = {"num_virtual_tokens": 4} if "tuning" in method else {}
+    cfg = _config("gpt2", base_dirs("gpt2"), chat_data, tmp_path / "run", config(**options), max_steps=2)
+    result = train(cfg, progress=False)
+    (first, tok), (second, _) = load_for_inference(result.run_dir), load_for_inference(result.run_dir)
+    assert first.get_input_embeddings().weight.shape[0] == len(tok) == len(build_family_tokenizer(FAMILIES["gpt2"])) + 2
+    ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": QUESTION}])])
+    with torch.no_grad():
+        torch.testing.assert_close(first(input_ids=ids).logits, second(input_ids=ids).logits)
+    answer = generate_batch(first, tok, [[{"role": "user", "content": QUESTION}]], max_new_tokens=3)[0]
+    assert answer.completion_tokens >= 1

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 ADAPTER_FOLDER, ADAPTER_CONFIG = "adapter", "adapter_config.json"
 # peft wraps new task heads in `modules_to_save` for these task types, so they train too
-_TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS"}
+# (GPT-2's causal LM class is GPT2LMHeadModel: without its suffix prompt and prefix tuning had no task type)
+_TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
+               "ForTokenClassification": "TOKEN_CLS"}
 
 
 class _LoraFields(MethodConfig):
