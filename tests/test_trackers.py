@@ -64,7 +64,9 @@ def test_a_run_reads_back_from_mlflow_and_tensorboard(tiny_model_dir, support_da
     assert tb_loss == pytest.approx({s: e.loss for s, e in train_steps.items()}, rel=1e-6)  # float32 in the file
     assert {e.step: e.value for e in tb.Scalars("eval/val_loss")} == pytest.approx(
         {s: e.val_loss for s, e in evals.items()}, rel=1e-6)
-    assert {"config", "manifest"} <= set(tb.Tags()["tensors"]) | set(tb.Tags().get("text", []))
+    assert {"config/text_summary", "manifest/text_summary"} <= set(tb.Tags()["tensors"])
+    manifest_text = tb.Tensors("manifest/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert manifest["datasets"]["train"]["sha256"] in manifest_text
 
 
 def test_tensorboard_alone_writes_event_files_in_the_run_directory(tiny_model_dir, support_data, tmp_path):
@@ -96,3 +98,51 @@ def test_report_to_refuses_wandb_without_the_package_and_a_uri_without_mlflow():
     with pytest.raises(ValidationError):
         TrainSection(report_to=["neptune"])
     assert TrainSection().report_to == []
+
+
+def test_openai_integrations_are_refused_by_name_not_dropped():
+    from tuneforge.serve.jobspec import check_integrations
+
+    assert check_integrations(None) == [] and check_integrations([]) == []
+    wandb, other = check_integrations([{"type": "wandb", "wandb": {"project": "p"}}, {"type": "comet"}])
+    assert wandb.where == "integrations[0].type" and "wandb package is not installed" in wandb.message
+    assert '"report_to": ["mlflow"]' in wandb.fix
+    assert other.where == "integrations[1].type" and "'comet' is not supported" in other.message
+
+
+@pytest.mark.slow  # starts the service on the tiny demo model
+def test_the_service_answers_a_wandb_integration_with_a_400_naming_the_field(tmp_path):
+    import openai
+
+    from helpers import install_tiny_demo, serve_in_thread, write_chat_jsonl
+    from tuneforge.serve import keys
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.db import Store
+    from tuneforge.serve.settings import ServeSettings
+
+    home = tmp_path / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNEFORGE_HOME", str(home))
+    install_tiny_demo(home)
+    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=1)
+    store = Store(settings.database_url)
+    try:
+        with serve_in_thread(create_app(settings, store)) as url:
+            _, key = keys.create_key(store, "alpha")
+            api = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+            write_chat_jsonl(tmp_path / "train.jsonl", 20)
+            f = api.files.create(file=(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
+            with pytest.raises(openai.BadRequestError) as exc:
+                api.fine_tuning.jobs.create(model="demo", training_file=f.id,
+                                            integrations=[{"type": "wandb", "wandb": {"project": "team"}}])
+            assert exc.value.body["param"] == "integrations[0].type"
+            assert exc.value.body["code"] == "invalid_integrations" and "wandb" in exc.value.body["message"]
+            with pytest.raises(openai.BadRequestError) as exc:  # a remote caller may not point the server anywhere
+                api.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"tuneforge": {"train": {
+                    "report_to": ["mlflow"], "mlflow_tracking_uri": "http://10.0.0.1:5000"}}})
+            assert exc.value.body["param"] == "tuneforge.train.mlflow_tracking_uri"
+            assert api.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={
+                "tuneforge": {"train": {"report_to": ["tensorboard"]}}}).status == "validating_files"
+    finally:
+        mp.undo()
+        store.dispose()

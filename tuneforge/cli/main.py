@@ -188,6 +188,9 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
     m, tok = load_for_inference(run, merge=True)
     m.save_pretrained(out)
     tok.save_pretrained(out)
+    from tuneforge.export.model_card import write_model_card
+
+    write_model_card(run, out)  # the merged folder explains itself too
     print(out)
 
 

@@ -92,6 +92,21 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
     return out
 
 
+def check_integrations(integrations: list[dict[str, Any]] | None) -> list[Problem]:
+    """OpenAI's `integrations` (Weights & Biases) are refused by name, never dropped: this server has no wandb
+    package and reports to MLflow or TensorBoard through `tuneforge.train.report_to` instead."""
+    fix = ('remove it and set "tuneforge": {"train": {"report_to": ["mlflow"]}} (the server\'s MLflow store) '
+           'or ["tensorboard"]')
+    problems = []
+    for i, item in enumerate(integrations or []):
+        kind = item.get("type") if isinstance(item, dict) else None
+        why = ("Weights & Biases is not available on this server (the wandb package is not installed)"
+               if kind == "wandb"
+               else f"integration type {kind!r} is not supported (OpenAI's jobs API knows wandb only)")
+        problems.append(Problem(f"integrations[{i}].type", why, fix))
+    return problems
+
+
 def check_options(options: dict[str, Any]) -> list[Problem]:
     problems = [Problem(f"tuneforge.{k}", "is set by the service from the job", "remove it") for k in options if k in SERVER_OWNED]
     if isinstance(options.get("model"), dict) and "name" in options["model"]:

@@ -13,7 +13,14 @@ from tuneforge.serve import catalog, files, job_states, jobs
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
 from tuneforge.serve.job_states import JobStatus
-from tuneforge.serve.jobspec import CreateJob, build_config, check_method, method_name, resolve_hyperparameters
+from tuneforge.serve.jobspec import (
+    CreateJob,
+    build_config,
+    check_integrations,
+    check_method,
+    method_name,
+    resolve_hyperparameters,
+)
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.runner import fine_tuned_name
 from tuneforge.serve.tables import Job
@@ -51,6 +58,9 @@ def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depend
     method = body.resolved_method()
     if problems := check_method(method):
         raise from_tuneforge(ConfigError("unsupported hyperparameters", problems), param=problems[0].where, code="invalid_hyperparameters")
+    if problems := check_integrations(body.integrations):
+        raise from_tuneforge(ConfigError("unsupported integrations", problems), param=problems[0].where,
+                             code="invalid_integrations")
     options = body.tuneforge or {}
     if problems := check_remote_options(options, svc.settings.allow_unsafe_job_options):
         raise from_tuneforge(ConfigError("invalid tuneforge options", problems), param=problems[0].where, code="invalid_options")
@@ -86,6 +96,8 @@ def check_remote_options(options: dict[str, Any], allow_unsafe: bool) -> list[Pr
     model, evals = options.get("model") or {}, options.get("eval") or {}
     if model.get("trust_remote_code"):
         problems.append(Problem("tuneforge.model.trust_remote_code", unsafe, fix))
+    if (options.get("train") or {}).get("mlflow_tracking_uri") is not None:  # another host, or a server file
+        problems.append(Problem("tuneforge.train.mlflow_tracking_uri", unsafe, fix))
     if evals.get("custom_metric") is not None:
         problems.append(Problem("tuneforge.eval.custom_metric", unsafe, fix))
     if model.get("chat_template") is not None and model["chat_template"] not in BUILTIN:
