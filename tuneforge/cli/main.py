@@ -125,13 +125,11 @@ _TEMPLATE_HELP = ("Chat template for a base model without one (chatml, llama3, m
 
 
 def _load_for_chat(model: str, chat_template: str | None, merge: bool = False):
-    from tuneforge.models.chat_templates import fit_embeddings, use_chat_template
+    from tuneforge.models.chat_templates import prompt_like_training
     from tuneforge.models.loading import load_for_inference
 
     m, tok = load_for_inference(model, merge=merge)
-    if chat_template is not None:
-        use_chat_template(tok, chat_template, where="--chat-template")
-        fit_embeddings(m, tok)  # rows for the tokens it added (untrained: the mean of the others)
+    prompt_like_training(m, tok, chat_template, where="--chat-template")
     return m, tok
 
 

@@ -31,6 +31,7 @@ from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import metric_families, verdict
 from tuneforge.export.model_card import write_model_card
 from tuneforge.models.artifact import find_artifact
+from tuneforge.models.chat_templates import prompt_like_training
 from tuneforge.models.loading import load_for_inference, load_tokenizer
 
 BASELINES = costs.BASELINES
@@ -140,6 +141,7 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
 
     say(f"base model {cfg.model.name}")
     model, tok = load_for_inference(cfg.model.name)
+    prompt_like_training(model, tok, cfg.model.chat_template, cfg.data.system_prompt)  # as the fine-tune is prompted
     for name, builder in (("base", lambda: zero_shot), ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
                           ("rag", lambda: rag_builder(tok))):
         if name in wanted:

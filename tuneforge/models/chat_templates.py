@@ -166,6 +166,22 @@ def fit_embeddings(model: Any, tokenizer: Any) -> int:
     return len(tokenizer) - old
 
 
+def prompt_like_training(
+    model: Any,
+    tokenizer: Any,
+    chat_template: str | None,
+    system_prompt: str | None = None,
+    where: str = "model.chat_template",
+) -> None:
+    """Prompt a base model as a run trains (eval's base, `generate --chat-template`): its template, the rows
+    for the tokens it adds (untrained: the mean of the others) and its system-prompt policy."""
+    if chat_template is not None:
+        use_chat_template(tokenizer, chat_template, where)
+        fit_embeddings(model, tokenizer)
+    if system_prompt is not None:
+        set_prompt_policy(tokenizer, system_prompt)
+
+
 def set_prompt_policy(tokenizer: Any, system_prompt: str) -> None:
     """Record the run's data.system_prompt on the tokenizer; saved in its tokenizer_config.json."""
     tokenizer.init_kwargs[POLICY_KEY] = system_prompt
