@@ -72,7 +72,8 @@ def run_one(work: Path, name: str, steps: int) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     memory = manifest["memory"]
     per_rank = [m["peak_rss_bytes"] for m in memory.get("per_rank", [memory])]
-    losses = [e["loss"] for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if e["type"] == "train"]
+    records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    losses = [e["loss"] for e in records if e["type"] == "train"]
     return {"tokens_per_s": manifest["result"]["tokens_per_s"], "peak_rss_mib": [b / 2 ** 20 for b in per_rank],
             "losses": losses}
 

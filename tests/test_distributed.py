@@ -50,7 +50,8 @@ def run_cli(config: Path, *args: str, timeout: float = 300) -> subprocess.Comple
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    return [e["loss"] for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["type"] == "train"]
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [e["loss"] for e in records if e["type"] == "train"]
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -105,11 +106,9 @@ def test_fsdp2_full_fine_tuning_two_ranks_equal_one_process(tiny_model_dir, supp
     assert train_losses(two) == pytest.approx(one.losses, abs=1e-5)
     assert json.loads((two / "manifest.json").read_text())["distributed"]["strategy"] == "fsdp"
     mine, ref = load_file(two / "model/model.safetensors"), load_file(one.run_dir / "model/model.safetensors")
-    # the same HF folder (tied weights once); AdamW's first steps move a weight by ~lr * sign(gradient), so
-    # float noise on near-zero gradients (summed over ranks in another order) shows at up to ~lr/5 on a few
-    # elements, while the mean stays at float noise
-    assert max_diff(mine, ref) < 3e-4
-    assert max((mine[k] - ref[k]).abs().mean().item() for k in ref) < 1e-6
+    # the same HF folder (tied weights once), the same weights: gradients summed over ranks in every FSDP2
+    # group (the layers' too; AdamW alone would hide a constant factor on a group, clipping does not)
+    assert max_diff(mine, ref) < 1e-5
 
 
 @pytest.mark.slow
@@ -171,7 +170,8 @@ def rank_pid(marker: str, rank: int) -> int | None:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in environ and f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+        wanted = (marker.encode(), f"RANK={rank}".encode(), f"LOCAL_RANK={rank}".encode())
+        if all(entry in environ for entry in wanted):
             return int(proc.name)
     return None
 

@@ -11,9 +11,9 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from tuneforge.errors import ConfigError, Problem
 
@@ -26,7 +26,8 @@ def torchrun_args(*, nproc_per_node: int, nnodes: int, node_rank: int | None, rd
         return args + ["--standalone"]
     if rdzv_endpoint is None or ":" not in rdzv_endpoint:
         raise ConfigError("a job on several machines needs the address of machine 0",
-                          [Problem("--rdzv-endpoint", f"got {rdzv_endpoint!r}", "pass --rdzv-endpoint HOST:PORT, the same on every machine")])
+                          [Problem("--rdzv-endpoint", f"got {rdzv_endpoint!r}",
+                                   "pass --rdzv-endpoint HOST:PORT, the same on every machine")])
     host, port = rdzv_endpoint.rsplit(":", 1)
     if node_rank is not None:  # fixed ranks: machine 0 listens on HOST:PORT
         return args + [f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]

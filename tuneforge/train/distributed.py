@@ -20,11 +20,12 @@ also stops the group as soon as one rank exits with an error).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -121,7 +122,8 @@ class LossModule(nn.Module):
         return self.objective.loss(self.model, batch)
 
 
-def wrap(model: nn.Module, objective: Any, cfg: RunConfig, d: Dist, trainable_share: float) -> tuple[Dist, nn.Module | None]:
+def wrap(model: nn.Module, objective: Any, cfg: RunConfig, d: Dist,
+         trainable_share: float) -> tuple[Dist, nn.Module | None]:
     """(this rank with its strategy, the DDP/FSDP2-wrapped LossModule), or (d, None) in one process.
 
     FSDP2 shards in place (the model's parameters become DTensors): build the optimizer afterwards.
@@ -140,11 +142,13 @@ def wrap(model: nn.Module, objective: Any, cfg: RunConfig, d: Dist, trainable_sh
         return d, ddp
     from torch.distributed.fsdp import fully_shard
 
-    for layer in decoder_layers(model):
+    layers = decoder_layers(model)
+    for layer in layers:
         fully_shard(layer)
     fully_shard(root)
-    root.set_gradient_divide_factor(1.0)  # a sum: the recipe divides by the global token count
-    root.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
+    for module in (*layers, root):  # per module: these setters do not recurse into the layers' groups
+        module.set_gradient_divide_factor(1.0)  # a sum: the recipe divides by the global token count
+        module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
     return d, root
 
 

@@ -30,8 +30,14 @@ from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pi
 from tuneforge.objectives import objective_for
 from tuneforge.train import distributed
 from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, rank_shard, row_chunks, steps_per_epoch
-from tuneforge.train.checkpoint import (LoopState, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                        save_sharded_checkpoint, trainable_state)
+from tuneforge.train.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    trainable_state,
+)
 from tuneforge.train.distributed import Dist
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.progress import CheckpointSaved, EvalDone, EventFn, Events, Finished, TrainStep
@@ -130,7 +136,7 @@ def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = No
         _announce(s, events, checkpoint)
         loop_start, tokens_at_start = time.perf_counter(), state.tokens
         while state.step < s.total_steps:
-            if should_stop and should_stop():
+            if should_stop and distributed.agree(should_stop(), d, s.device):  # rank 0 decides for all
                 status = RunStatus.STOPPED
                 break
             step_loss = _optimizer_step(s)
@@ -204,8 +210,8 @@ def _global_batch(cfg: RunConfig, d: Dist, state: LoopState) -> int:
     size = cfg.train.batch_size * d.world
     if state.global_batch not in (None, size):
         per_rank = state.global_batch / d.world
-        raise ConfigError(f"the checkpoint was trained with {state.global_batch} examples per micro-batch over all ranks, "
-                          f"this run has {size} ({d.world} x train.batch_size={cfg.train.batch_size})",
+        raise ConfigError(f"the checkpoint was trained with {state.global_batch} examples per micro-batch over all "
+                          f"ranks, this run has {size} ({d.world} x train.batch_size={cfg.train.batch_size})",
                           [Problem("train.batch_size", "resuming with another global batch would replay other examples",
                                    f"set train.batch_size={per_rank:g} for {d.world} rank(s)"
                                    if per_rank.is_integer() else "resume with a world size that divides it")])
