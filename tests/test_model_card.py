@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from helpers import make_config
-from tuneforge.export.model_card import write_model_card
+from tuneforge.export.model_card import render_card, write_model_card
 from tuneforge.train.rundir import RunDir
 
 
@@ -30,7 +32,8 @@ def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, supp
     result = train(make_config(tiny_model_dir, support_data, run_dir, max_steps=2, eval_every=2), progress=False)
     card = (run_dir / "adapter" / "README.md").read_text()
     manifest = RunDir(run_dir).read_manifest()
-    assert card.startswith("---\nbase_model: ") and "library_name: peft" in card and "- lora\n- sft\n" in card
+    assert card.startswith("---\nlibrary_name: peft\n") and "- lora\n- sft\n" in card  # base_model: hub ids only
+    assert f"of `{tiny_model_dir.name}`" in card and str(tmp_path) not in card  # no local or server path
     assert f"`{manifest['base_model']['weights_sha256']}`" in card
     for split in ("train", "validation", "test"):
         fingerprint = manifest["datasets"][split]
@@ -49,6 +52,12 @@ def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, supp
     assert "- Slice: fine_tuned: product=router scores 0.200 [0.000, 0.500]" in card
     assert "Overfitting" not in card and "found fine-tuning worth it" in card
     assert f"| val_loss | {result.final_metrics['val_loss']:.4g} |" in card  # the final result read from metrics.jsonl
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    hub = render_card({**config, "model": {**config["model"], "name": "Qwen/Qwen2.5-0.5B"}},
+                      {**manifest, "base_model": {**manifest["base_model"], "name": "Qwen/Qwen2.5-0.5B"}}, {}, None,
+                      "adapter")
+    assert hub.startswith("---\nbase_model: Qwen/Qwen2.5-0.5B\nlibrary_name: peft\n")
 
 
 def test_a_run_without_an_artifact_gets_no_card(tmp_path):

@@ -139,7 +139,7 @@ class TrainSection(Section):
         default_factory=list, description="Experiment trackers that get every train/eval event, the resolved config, "
                                           "manifest.json (lineage) and the artifact: tensorboard (event files in "
                                           "<run>/tensorboard), mlflow (a run in train.mlflow_tracking_uri). wandb is "
-                                          "refused while the wandb package is not installed (it is not pinned).")
+                                          "refused: there is no W&B tracker yet.")
     mlflow_tracking_uri: str | None = Field(
         None, description="report_to mlflow: the MLflow store or server (sqlite:///..., http://host:5000). Default: "
                           "sqlite:///<output_dir's parent>/mlruns.db, artifacts in <output_dir's parent>/mlartifacts.")
@@ -156,12 +156,13 @@ class TrainSection(Section):
     def _trackers(self) -> "TrainSection":
         from importlib.util import find_spec
 
-        for name in dict.fromkeys(self.report_to):  # mlflow and tensorboard are pinned; wandb is not
+        if "wandb" in self.report_to:  # refused by name rather than dropped
+            raise ValueError("report_to wandb is not supported: tuneforge has no W&B tracker (the wandb package is "
+                             "not pinned and offline W&B was not checked with these versions); use tensorboard or mlflow")
+        for name in dict.fromkeys(self.report_to):  # pinned in requirements.txt, imported only by runs that use them
             if find_spec(name) is None:
-                raise ValueError(f"report_to {name}: the {name} package is not installed here"
-                                 + (" (tuneforge does not pin it: no wandb build was checked to work offline with "
-                                    "these versions); use tensorboard or mlflow" if name == "wandb"
-                                    else f"; pip install -r requirements.txt or remove {name}"))
+                raise ValueError(f"report_to {name}: the {name} package is not installed here; "
+                                 f"pip install -r requirements.txt or remove {name}")
         if self.mlflow_tracking_uri is not None and "mlflow" not in self.report_to:
             raise ValueError("mlflow_tracking_uri applies to report_to: [mlflow] only: "
                              "add mlflow to report_to or remove it")

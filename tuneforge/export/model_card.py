@@ -47,15 +47,18 @@ def render_card(config: dict[str, Any], manifest: dict[str, Any], final: dict[st
     base = manifest.get("base_model", {})
     method, objective = config["method"], config["objective"]
     library = "peft" if folder == "adapter" else "transformers"
-    front = {"base_model": base.get("name") or config["model"]["name"], "library_name": library,
+    name = str(base.get("name") or config["model"]["name"])
+    is_path = Path(name).is_absolute() or Path(name).exists()
+    shown = Path(name).name if is_path else name  # a local folder by its name: the card names no server path
+    front = {**({} if is_path else {"base_model": name}), "library_name": library,  # hub ids only in base_model
              "tags": ["tuneforge", method["name"], objective]}
     parts = ["---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
              f"# {Path(config['output_dir']).name}",
-             f"A {method['name']} fine-tune ({objective} objective) of `{front['base_model']}`, trained with "
+             f"A {method['name']} fine-tune ({objective} objective) of `{shown}`, trained with "
              f"tuneforge {manifest.get('tuneforge_version', '?')}. Files: "
              f"{'a PEFT adapter' if library == 'peft' else 'an HF model folder'} with its tokenizer and chat template.",
              _training(config, manifest, final), _data(manifest), _evaluation(report), _warnings(report, final),
-             _intended_use(config, report), _loading(library, front["base_model"])]
+             _intended_use(config, report), _loading(library, shown)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 

@@ -93,14 +93,14 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
 
 
 def check_integrations(integrations: list[dict[str, Any]] | None) -> list[Problem]:
-    """OpenAI's `integrations` (Weights & Biases) are refused by name, never dropped: this server has no wandb
-    package and reports to MLflow or TensorBoard through `tuneforge.train.report_to` instead."""
+    """OpenAI's `integrations` (Weights & Biases) are refused by name, never dropped: tuneforge has no W&B
+    tracker and reports to MLflow or TensorBoard through `tuneforge.train.report_to` instead."""
     fix = ('remove it and set "tuneforge": {"train": {"report_to": ["mlflow"]}} (the server\'s MLflow store) '
            'or ["tensorboard"]')
     problems = []
     for i, item in enumerate(integrations or []):
         kind = item.get("type") if isinstance(item, dict) else None
-        why = ("Weights & Biases is not available on this server (the wandb package is not installed)"
+        why = ("Weights & Biases is not available on this server: tuneforge has no W&B tracker"
                if kind == "wandb"
                else f"integration type {kind!r} is not supported (OpenAI's jobs API knows wandb only)")
         problems.append(Problem(f"integrations[{i}].type", why, fix))

@@ -12,6 +12,7 @@ mlflow and tensorboard are imported only when a run asks for them: importing mlf
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,9 +151,12 @@ class MLflowTracker:
             self._log_batch(self.run_id, metrics=[(name, value, now, step) for name, value in values.items()])
 
     def close(self, failed: bool) -> None:
-        for name in ("config.yaml", "manifest.json", "metrics.jsonl"):
+        for name in ("config.yaml", "manifest.json"):
             if (self.run.root / name).exists():
                 self.client.log_artifact(self.run_id, str(self.run.root / name))
+        with tempfile.TemporaryDirectory() as tmp:  # the events file as written, through its one owner
+            self.run.copy_metrics(Path(tmp))
+            self.client.log_artifacts(self.run_id, tmp)
         if self.artifact and Path(self.artifact).is_dir():
             self.client.log_artifacts(self.run_id, self.artifact, artifact_path=Path(self.artifact).name)
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED" if self.finished else "KILLED")
