@@ -41,6 +41,7 @@ def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, supp
     assert "| method.r | 4 |" in card and "| train.lr | 0.005 |" in card and "| train.seed | 7 |" in card
     assert f"| val_loss | {result.final_metrics['val_loss']:.4g} |" in card and "| steps | 2 |" in card
     assert "## Intended use" in card and "sft on `train.jsonl`" in card
+    assert "from peft import AutoPeftModelForCausalLM" in card
     assert "Not evaluated yet" in card and "unknown until the model is evaluated" in card
 
     (run_dir / "eval.json").write_text(json.dumps(_eval_report()))
@@ -58,6 +59,8 @@ def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, supp
                       {**manifest, "base_model": {**manifest["base_model"], "name": "Qwen/Qwen2.5-0.5B"}}, {}, None,
                       "adapter")
     assert hub.startswith("---\nbase_model: Qwen/Qwen2.5-0.5B\nlibrary_name: peft\n")
+    classifier = render_card({**config, "objective": "classification"}, manifest, {}, None, "model")
+    assert "from transformers import AutoModelForSequenceClassification" in classifier
 
 
 def test_a_run_without_an_artifact_gets_no_card(tmp_path):

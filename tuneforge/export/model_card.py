@@ -58,7 +58,7 @@ def render_card(config: dict[str, Any], manifest: dict[str, Any], final: dict[st
              f"tuneforge {manifest.get('tuneforge_version', '?')}. Files: "
              f"{'a PEFT adapter' if library == 'peft' else 'an HF model folder'} with its tokenizer and chat template.",
              _training(config, manifest, final), _data(manifest), _evaluation(report), _warnings(report, final),
-             _intended_use(config, report), _loading(library, shown)]
+             _intended_use(config, report), _loading(library, shown, objective)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -133,8 +133,18 @@ def _intended_use(config: dict[str, Any], report: dict[str, Any] | None) -> str:
             "it, and keep a human in the loop where mistakes are costly.")
 
 
-def _loading(library: str, base: str) -> str:
-    cls, module = ("AutoPeftModelForCausalLM", "peft") if library == "peft" else ("AutoModelForCausalLM", "transformers")
+HEADS = {"classification": "SequenceClassification", "tokens": "TokenClassification", "mlm": "MaskedLM",
+         "nsp": "NextSentencePrediction"}  # the Auto class per objective; the rest are causal LMs
+
+
+def _loading(library: str, base: str, objective: str) -> str:
+    head = HEADS.get(objective, "CausalLM")
+    if library == "peft":  # peft has Auto classes for causal LMs and the two classification heads only
+        cls = f"AutoPeftModelFor{head}" if head in ("CausalLM", "SequenceClassification", "TokenClassification") \
+            else "AutoPeftModel"
+        module = "peft"
+    else:
+        cls, module = f"AutoModelFor{head}", "transformers"
     code = f"from {module} import {cls}\nmodel = {cls}.from_pretrained(\"<this folder>\")  # base: {base}"
     return (f"## How to load\n\n```python\n{code}\n```\n\nor `tuneforge serve` / `tuneforge generate` on the "
             "run directory.")
