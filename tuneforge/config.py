@@ -8,6 +8,7 @@ unknown or misspelt key is an error naming the key. `load_config` validates the 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from types import UnionType
@@ -176,6 +177,42 @@ OBJECTIVE_OPTIONS = {"dpo_beta": ("dpo", "beta"), "mlm_probability": ("mlm", "pr
 REFERENCE_OBJECTIVES = ("dpo", "kto")  # objectives whose reference model is the base with the adapter switched off
 
 
+class GrpoSection(Section):
+    """objective grpo: sample a group of answers per prompt, score them with graders, learn from the group's ranking."""
+
+    group_size: int = Field(4, ge=2, description="Answers sampled per prompt (TRL's num_generations); advantages are "
+                                                 "each answer's reward against its group's mean.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers; the policy's log-probabilities "
+                                                      "are taken at the same temperature, as TRL does.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the answers.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest sampled answer (TRL's max_completion_length).")
+    beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference (the base, adapter switched "
+                                               "off; k3 estimator). 0 (TRL's default) skips the reference pass.")
+    epsilon: float = Field(0.2, gt=0, description="Clip range of the ratio pi/pi_old: [1 - epsilon, 1 + epsilon_high].")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip (DAPO's clip-higher); epsilon when null.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo", description="How per-token losses are averaged (TRL's loss_type): grpo: mean per answer, then over "
+                            "answers (short answers weigh more per token); dr_grpo: sum / (answers x max_new_tokens); "
+                            "dapo / bnpo: mean over every token of the step.")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std (GRPO); false: only "
+                                                  "subtract the mean (Dr. GRPO: no bias towards easy/hard prompts).")
+    graders: list[GraderSpec] = Field(default_factory=list, description="The reward: graders as in eval.graders "
+                                                                        "(string_check, python, multi...), summed with `weights`.")
+    weights: list[float] | None = Field(None, description="Weight of each grader in the reward (1 each when null).")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "GrpoSection":
+        problems = name_problems(self.graders, set())
+        if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
+            problems.append(f"weights: {self.weights} holds a non-finite weight; give finite numbers")
+        if self.weights is not None and len(self.weights) != len(self.graders):
+            problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.graders)} grader(s); give one per "
+                            "grader or remove weights")
+        if problems:
+            raise ValueError("; ".join(p.replace("eval.graders", "grpo.graders") for p in problems))
+        return self
+
+
 class EvalSection(Section):
     max_new_tokens: int = Field(64, gt=0, description="Longest generated answer when scoring generations.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
@@ -216,16 +253,18 @@ class EvalSection(Section):
 class RunConfig(Section):
     """A whole fine-tuning run."""
 
-    objective: Literal["sft", "clm", "classification", "tokens", "mlm", "nsp", "dpo", "kto"] = Field(
+    objective: Literal["sft", "clm", "classification", "tokens", "mlm", "nsp", "dpo", "kto", "grpo"] = Field(
         "sft", description="What is learned: sft (assistant tokens of chats), clm (all tokens of raw text), classification "
                            "(text -> label), tokens (NER, BIO tags), mlm (masked tokens, encoders), nsp (next sentence, encoders), "
-                           "dpo (preference pairs), kto (unpaired answers labelled desirable or undesirable).")
+                           "dpo (preference pairs), kto (unpaired answers labelled desirable or undesirable), "
+                           "grpo (prompts; sampled answers rewarded by grpo.graders).")
     output_dir: Path = Field(Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model).")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     method: MethodSection = Field(default_factory=default_method_config)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection, description="objective grpo: sampling, reward and loss.")
 
     @model_validator(mode="after")
     def _method_fits_objective(self) -> "RunConfig":
@@ -238,6 +277,16 @@ class RunConfig(Section):
         if self.objective == "kto" and self.train.batch_size < 2:  # TRL refuses it too
             raise ValueError("objective kto estimates its KL term from the other answers of a micro-batch: "
                              "set train.batch_size to 2 or more (with 1, the KL estimate is the answer's own reward)")
+        if self.objective == "grpo":
+            if not self.grpo.graders:
+                raise ValueError("objective grpo needs a reward: add grpo.graders (e.g. a string_check against "
+                                 "{{item.answer}})")
+            if self.grpo.beta > 0 and method.reference is None:
+                raise ValueError(f"grpo.beta > 0 uses the base with the adapter switched off as its reference model: "
+                                 f"use one of {reference_methods()}, not '{self.method.name}', or set grpo.beta: 0")
+        elif self.grpo != GrpoSection():
+            raise ValueError(f"grpo applies to objective grpo only (this config trains {self.objective}): remove it "
+                             "or set objective: grpo")
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
             # a value away from the default (a saved config.yaml spells out every default)
             if getattr(self.train, key) != TrainSection.model_fields[key].default and self.objective != objective:

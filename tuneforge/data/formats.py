@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 from tuneforge.data.issues import Issue
 from tuneforge.data.types import (ROLES, Conversation, Example, LabelledAnswer, LabelledExample, Message,
-                                  PreferencePair, TextExample, TokenExample)
+                                  PreferencePair, PromptExample, TextExample, TokenExample)
 
-FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference", "kto")
-ALIASES = {"openai": "chat", "messages": "chat", "completion": "prompt_completion", "labelled": "classification",
+FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference", "kto",
+           "rft")
+ALIASES = {"reinforcement": "rft", "openai": "chat", "messages": "chat", "completion": "prompt_completion", "labelled": "classification",
            "labeled": "classification", "ner": "tokens", "dpo": "preference", "raw": "text"}
 SFT_FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
 # Kinds of data refused by name (what, fix), never read as a neighbour format: data we cannot train on yet, and
@@ -51,7 +52,10 @@ def detect(record: Any) -> str | None:
     if _kto_label(record) is not None:
         return "kto"
     if "messages" in keys:
-        return "chat"
+        messages = record["messages"]
+        ends_with_user = isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+            and messages[-1].get("role") == "user"
+        return "rft" if ends_with_user else "chat"
     if "conversations" in keys:
         return "sharegpt"
     if {"prompt", "completion"} <= keys:
@@ -109,7 +113,7 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
 FIELDS = {
     "chat": {"messages"}, "sharegpt": {"conversations", "system"}, "prompt_completion": {"prompt", "completion"},
     "alpaca": {"instruction", "input", "output", "system"}, "text": {"text"}, "classification": {"text", "label"},
-    "tokens": {"tokens", "tags", "ner_tags"},
+    "tokens": {"tokens", "tags", "ner_tags"}, "rft": {"messages"},
 }  # kto: the fields of the layout its conversation is written in, and the label (`used_fields`)
 _PREFERENCE_FIELDS = {
     "prompt": {"prompt", "chosen", "rejected"}, "conversations": {"conversations", "system", "chosen", "rejected"},
@@ -551,6 +555,21 @@ def parse_kto(record: dict) -> ParseResult:
     return LabelledAnswer([Message(m.role, m.content) for m in prompt], completion, desirable, meta), issues
 
 
+def parse_rft(record: dict) -> ParseResult:
+    """OpenAI's reinforcement fine-tuning JSONL -> a PromptExample: `messages` ending in a user turn (the prompt, no
+    answer: the model samples them), and any other top-level fields, which graders read as {{item.field}}."""
+    issues: list[Issue] = []
+    meta = _metadata(record, issues)
+    msgs = _messages(record.get("messages"), "messages", issues, needs_assistant=False)
+    if msgs is not None and msgs[-1].role != "user":
+        issues.append(Issue("not_a_prompt", f"the messages end with a {msgs[-1].role} message; reinforcement data "
+                            "ends with the user turn the model answers", field=f"messages[{len(msgs) - 1}]",
+                            fix="remove the trailing answer (graders score sampled answers) or use objective sft"))
+    if msgs is None or _errors(issues):
+        return None, issues
+    return PromptExample([Message(m.role, m.content) for m in msgs], meta), issues
+
+
 def _errors(issues: list[Issue]) -> bool:
     return any(i.severity == "error" for i in issues)
 
@@ -558,5 +577,5 @@ def _errors(issues: list[Issue]) -> bool:
 PARSERS: dict[str, Callable[[dict], ParseResult]] = {
     "chat": parse_chat, "sharegpt": parse_sharegpt, "prompt_completion": parse_prompt_completion, "alpaca": parse_alpaca,
     "text": parse_text, "classification": parse_classification, "tokens": parse_tokens, "preference": parse_preference,
-    "kto": parse_kto,
+    "kto": parse_kto, "rft": parse_rft,
 }

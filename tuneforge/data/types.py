@@ -140,4 +140,26 @@ class LabelledAnswer:
         return Message("assistant", self.completion)
 
 
-Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair, LabelledAnswer]
+@dataclass
+class PromptExample:
+    """A prompt without an answer, and the fields graders read (reinforcement fine-tuning: objective grpo).
+
+    OpenAI's RFT JSONL: `messages` ending in a user turn, plus any top-level fields the grader templates read
+    as {{item.answer}}; they are the example's `metadata` (with its `metadata` object's fields, if any).
+    """
+
+    prompt: list[Message]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False, repr=False)  # "file:line" it was read from; not written out
+
+    @property
+    def item(self) -> dict[str, Any]:
+        """The example as graders see it: its fields, `reference` "" unless a field gives it."""
+        return {"reference": "", **{k: v for k, v in self.metadata.items() if k != "source_line"}}
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {k: v for k, v in self.metadata.items() if k != "source_line"}
+        return {"messages": [{"role": m.role, "content": m.content} for m in self.prompt], **fields}
+
+
+Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair, LabelledAnswer, PromptExample]

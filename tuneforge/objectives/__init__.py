@@ -15,6 +15,7 @@ from tuneforge.objectives.base import Objective
 from tuneforge.objectives.classification import SequenceClassification
 from tuneforge.objectives.dpo import DirectPreference
 from tuneforge.objectives.encoder import MaskedLM, NextSentence
+from tuneforge.objectives.grpo import GroupRelative
 from tuneforge.objectives.kto import KahnemanTversky
 from tuneforge.objectives.lm import CausalLM, SupervisedChat
 from tuneforge.objectives.tokens import TokenClassification
@@ -38,9 +39,11 @@ def objective_for(cfg: RunConfig) -> Objective:
     options = {argument: getattr(cfg.train, key) for key, (name, argument) in OBJECTIVE_OPTIONS.items() if name == cfg.objective}
     if cfg.objective == "sft":  # how system messages meet the chat template
         options["system_prompt"] = cfg.data.system_prompt
+    if cfg.objective == "grpo":  # sampling, reward and loss settings: the grpo section
+        options["settings"] = cfg.grpo
     return get_objective(cfg.objective, **options)
 
 
 for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence,
-                 DirectPreference, KahnemanTversky):
+                 DirectPreference, KahnemanTversky, GroupRelative):
     register_objective(_factory)

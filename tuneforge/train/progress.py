@@ -33,10 +33,12 @@ class TrainStep:
     lr: float
     tokens: int
     tokens_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's per-step extras (grpo: reward, kl...)
 
     def to_record(self) -> dict[str, Any]:
-        return {"type": "train", "step": self.step, "epoch": self.epoch, "loss": self.loss, "lr": self.lr,
-                "tokens": self.tokens, "tokens_per_s": self.tokens_per_s}
+        record = {"type": "train", "step": self.step, "epoch": self.epoch, "loss": self.loss, "lr": self.lr,
+                  "tokens": self.tokens, "tokens_per_s": self.tokens_per_s}
+        return {**record, "metrics": self.metrics} if self.metrics else record
 
 
 @dataclass(frozen=True)
