@@ -165,20 +165,21 @@ class Engine:
             return True
         try:
             model, tokenizer, _ = self._model_for(item.ref)
+            context = _context_length(model)
+            # Tokenizing 100 KB takes about a second of this thread: a prompt whose characters alone prove it
+            # too long is refused by that bound ("at least"), and only plausible ones are measured exactly.
+            floor = max(_visible_chars(item.kind, p) for p in item.prompts) // _longest_token(tokenizer)
+            if context is not None and floor >= context:
+                item.future.set_exception(_too_long(item.kind, context, f"at least {floor}"))
+                return False
             item.tokens = max(len(self._prompt_ids(tokenizer, item.kind, p)) for p in item.prompts)
         except BaseException as exc:  # a broken model folder: this request's error, not the thread's
             item.future.set_exception(exc)
             return False
-        context = _context_length(model)
         if context is None:
             return True
         if item.tokens >= context:
-            from tuneforge.serve.api.errors import APIError
-
-            param = "messages" if item.kind == "chat" else "prompt"
-            item.future.set_exception(APIError(
-                400, f"This model's maximum context length is {context} tokens; your {param} is {item.tokens} tokens "
-                     f"(leaving no room for the answer). Shorten the {param}.", param=param, code="context_length_exceeded"))
+            item.future.set_exception(_too_long(item.kind, context, str(item.tokens)))
             return False
         if item.sampling.max_tokens > context - item.tokens:
             item.sampling = dataclasses.replace(item.sampling, max_tokens=context - item.tokens)
@@ -415,6 +416,30 @@ def _gone(item: _Item) -> bool:
     if item.cancel is not None and item.cancel.is_set() and item.on_text is None and not item.future.done():
         item.future.set_exception(ClientGone())
     return item.future.done()
+
+
+def _too_long(kind: str, context: int, tokens: str) -> Exception:
+    from tuneforge.serve.api.errors import APIError
+
+    param = "messages" if kind == "chat" else "prompt"
+    message = (f"This model's maximum context length is {context} tokens; your {param} has {tokens} tokens "
+               f"(leaving no room for the answer). Shorten the {param}.")
+    return APIError(400, message, param=param, code="context_length_exceeded")
+
+
+def _visible_chars(kind: str, prompt) -> int:
+    """Characters other than whitespace (which some tokenizers drop): no token covers more than its longest."""
+    texts = [m["content"] for m in prompt] if kind == "chat" else [prompt]
+    return sum(len(t) - sum(map(str.isspace, t)) for t in texts)
+
+
+def _longest_token(tokenizer) -> int:
+    """Characters of the tokenizer's longest vocabulary entry (byte-level entries spell one char per byte)."""
+    cached = getattr(tokenizer, "_tuneforge_longest_token", None)
+    if cached is None:
+        cached = max(1, max((len(t) for t in tokenizer.get_vocab()), default=1))
+        tokenizer._tuneforge_longest_token = cached
+    return cached
 
 
 def _context_length(model) -> int | None:
