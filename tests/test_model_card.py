@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from helpers import make_config
@@ -80,3 +81,20 @@ def test_the_merged_export_carries_the_card(tiny_model_dir, support_data, tmp_pa
     assert result.exit_code == 0, result.output
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "an HF model folder" in card and "| method.r | 4 |" in card
+
+
+@pytest.mark.slow  # a real evaluation (generation on the tiny model)
+def test_tuneforge_eval_rewrites_the_card_with_its_table(tiny_model_dir, support_data, tmp_path):
+    from tuneforge.config import EvalSection
+    from tuneforge.eval.evaluate import resolve_target, run_eval
+    from tuneforge.train import train
+
+    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=2, eval_every=2)
+    cfg.eval = EvalSection(max_new_tokens=4, bootstrap_samples=100, latency_samples=0, max_examples=4)
+    train(cfg, progress=False)
+    report = run_eval(resolve_target(cfg.output_dir), approaches=["base", "fine_tuned"], say=lambda m: None)
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    tuned = next(a for a in report["approaches"] if a["name"] == "fine_tuned")["metrics"]["exact_match"]
+    assert f"| fine_tuned | exact_match | {tuned['mean']:.4g} | [{tuned['ci_low']:.4g}, {tuned['ci_high']:.4g}] |" in card
+    assert "95% bootstrap intervals" in card and "Not evaluated yet" not in card
+    assert "Forgetting was not measured" in card  # no eval.general_text: said, not hidden
