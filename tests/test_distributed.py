@@ -200,7 +200,7 @@ def test_a_killed_rank_ends_the_job_or_restarts_it(tiny_model_dir, support_data,
     out, errors = job.communicate(timeout=300)
     if restarts == 0:
         assert job.returncode != 0 and time.time() - killed < 60  # within train.distributed.timeout_s
-        assert "rank      : 1" in errors and "Signals.SIGKILL" in errors, errors[-3000:]
+        assert "rank      : 1 (local_rank: 1)" in errors and "(SIGKILL)" in errors, errors[-3000:]
         return
     assert job.returncode == 0, errors[-3000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
