@@ -145,3 +145,30 @@ def test_the_service_answers_a_wandb_integration_with_a_400_naming_the_field(tmp
     finally:
         mp.undo()
         store.dispose()
+
+
+@pytest.mark.slow  # mlflow
+def test_a_stopped_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run(tiny_model_dir, support_data,
+                                                                                  tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tuneforge.train import train
+
+    run_dir = tmp_path / "runs" / "resumed"
+    store = tmp_path / "store.db"
+    cfg = make_config(tiny_model_dir, support_data, run_dir, report_to=["mlflow"], mlflow_experiment="team",
+                      mlflow_tracking_uri=f"sqlite:///{store}")
+    steps = iter(range(100))
+    train(cfg, should_stop=lambda: next(steps) >= 3, progress=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    run_id = json.loads((run_dir / MLFLOW_RUN_FILE).read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert not (tmp_path / "runs" / "mlruns.db").exists()  # the URI given is used, not the default
+    train(cfg, resume=True, progress=False)
+    assert json.loads((run_dir / MLFLOW_RUN_FILE).read_text())["run_id"] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and client.get_experiment(run.info.experiment_id).name == "team"
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+    train_steps, _, _ = _expected(run_dir)
+    assert history == {s: e.loss for s, e in train_steps.items()} and sorted(history) == [1, 2, 3, 4, 5, 6]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
