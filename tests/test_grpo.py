@@ -33,7 +33,7 @@ def write_rft(path, n=8):
 
 def test_rft_records_read_as_prompts_with_their_item_fields(tmp_path):
     path = write_rft(tmp_path / "rft.jsonl", 3)
-    read = read_examples(path)
+    read = read_examples(path, "rft")
     assert all(isinstance(ex, PromptExample) for ex in read)
     assert read[1].prompt[-1].content == "How much is plan 1?" and read[1].item == {"reference": "", "answer": "$1"}
     assert read[2].source == f"{path}:3"
@@ -52,10 +52,10 @@ def test_grpo_refuses_chat_data_and_other_objectives_refuse_prompts(support_data
         get_objective("grpo").prepare(chats)
     typo = GrpoSection(graders=[{**CHECK, "reference": "{{item.answr}}"}])
     with pytest.raises(ConfigError) as err:
-        get_objective("grpo", settings=typo).prepare(read_examples(write_rft(tmp_path / "rft.jsonl", 2)))
+        get_objective("grpo", settings=typo).prepare(read_examples(write_rft(tmp_path / "rft.jsonl", 2), "rft"))
     assert err.value.problems[0].where == "grpo.graders[0].reference" and "use one of answer" in str(err.value.problems)
     with pytest.raises(DataError, match="got PromptExample"):
-        get_objective("sft").encode(read_examples(write_rft(tmp_path / "rft.jsonl", 2)), tiny_tokenizer, 64)
+        get_objective("sft").encode(read_examples(write_rft(tmp_path / "rft.jsonl", 2), "rft"), tiny_tokenizer, 64)
 
 
 def test_config_needs_graders_a_reference_for_kl_and_refuses_grpo_elsewhere():
@@ -64,6 +64,7 @@ def test_config_needs_graders_a_reference_for_kl_and_refuses_grpo_elsewhere():
                           check_files=False)
     grpo = objective_for(cfg)
     assert grpo.cfg.group_size == 3 and grpo.cfg.loss_type == "grpo" and grpo.weights == [1.0]
+    assert cfg.data.format == "rft"  # auto: RFT prompts, never read as chats missing their answer
     with pytest.raises(ConfigError, match="objective grpo needs a reward"):
         validate_config(base, check_files=False)
     with pytest.raises(ConfigError, match="grpo.beta > 0 uses the base"):
@@ -108,7 +109,7 @@ def test_loss_and_gradient_match_trl_grpo_trainer(tiny_model_dir, tmp_path, loss
     settings = GrpoSection(group_size=4, temperature=0.8, max_new_tokens=6, beta=0.2, epsilon=0.2,
                            epsilon_high=0.28, loss_type=loss_type, graders=[CHECK])
     grpo = get_objective("grpo", settings=settings)
-    examples = read_examples(write_rft(tmp_path / "rft.jsonl", 2))
+    examples = read_examples(write_rft(tmp_path / "rft.jsonl", 2), "rft")
     feats = grpo.encode(examples, tok, 64)
     model = _lora_model(tiny_model_dir)
     torch.manual_seed(1)

@@ -59,7 +59,8 @@ class DataSection(Section):
     train: Path = Field(..., description="Training file (JSONL chat, prompt/completion, text...).")
     validation: Path | None = Field(None, description="Validation file, evaluated while training. If absent, `validation_fraction` of train is held out.")
     test: Path | None = Field(None, description="Held-out test file for the final comparison (never trained on).")
-    format: str = Field("auto", description="Input format; 'auto' detects it from the records.")
+    format: str = Field("auto", description="Input format; 'auto' detects it from the records (objective grpo: rft, "
+                                               "OpenAI's reinforcement JSONL of prompts).")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given.")
     system_prompt: Literal["keep", "fold", "drop"] = Field(
         "keep", description="System messages: keep (passed to the chat template), fold (put at the start of the first user turn, "
@@ -278,6 +279,8 @@ class RunConfig(Section):
             raise ValueError("objective kto estimates its KL term from the other answers of a micro-batch: "
                              "set train.batch_size to 2 or more (with 1, the KL estimate is the answer's own reward)")
         if self.objective == "grpo":
+            if self.data.format == "auto":  # RFT records look like chats without their answer: read them as prompts
+                self.data.format = "rft"
             if not self.grpo.graders:
                 raise ValueError("objective grpo needs a reward: add grpo.graders (e.g. a string_check against "
                                  "{{item.answer}})")

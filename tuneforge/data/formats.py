@@ -51,11 +51,8 @@ def detect(record: Any) -> str | None:
         return "preference"
     if _kto_label(record) is not None:
         return "kto"
-    if "messages" in keys:
-        messages = record["messages"]
-        ends_with_user = isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
-            and messages[-1].get("role") == "user"
-        return "rft" if ends_with_user else "chat"
+    if "messages" in keys:  # RFT prompts (messages ending in a user turn) are read as such under objective grpo
+        return "chat"
     if "conversations" in keys:
         return "sharegpt"
     if {"prompt", "completion"} <= keys:
