@@ -166,6 +166,11 @@ def test_a_raising_grader_scores_zero_and_is_counted():
     assert report["grader/boom"] == 0.0 and report["grader/boom/errors"] == 2 and report["grader/fact"] == 0.5
 
 
+# a reward that varies between a random model's answers, so groups carry a learning signal
+LENGTH = {"type": "python", "name": "length", "source": "def grade(sample, item):\n"
+          "    return min(len(sample['output_text']), 12) / 12\n"}
+
+
 def _run_cfg(tiny_model_dir, tmp_path, **grpo):
     train_path, val_path = write_rft(tmp_path / "train.jsonl", 8), write_rft(tmp_path / "val.jsonl", 2)
     raw = {"objective": "grpo", "output_dir": str(tmp_path / "run"),
@@ -174,7 +179,8 @@ def _run_cfg(tiny_model_dir, tmp_path, **grpo):
            "method": {"name": "lora", "r": 4, "alpha": 8},
            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "eval_every": 2, "log_every": 1, "save_every": 1,
                      "warmup_ratio": 0.0, "seed": 1},
-           "grpo": {"group_size": 4, "max_new_tokens": 6, "beta": 0.1, "graders": [CHECK], **grpo}}
+           "grpo": {"group_size": 4, "max_new_tokens": 6, "beta": 0.1, "graders": [CHECK, LENGTH], "weights": [1.0, 0.5],
+                    **grpo}}
     return validate_config(raw)
 
 
@@ -191,6 +197,10 @@ def test_grpo_run_with_lora_writes_reward_metrics(tiny_model_dir, tmp_path):
         assert {"reward", "reward_std", "kl", "completion_length", "zero_advantage_groups", "grader/fact",
                 "grader/fact/errors"} <= m.keys(), m
         assert 0 < m["completion_length"] <= 6 and 0 <= m["zero_advantage_groups"] <= 1 and m["kl"] >= 0
+    assert steps[0]["metrics"]["kl"] == pytest.approx(0, abs=1e-6)  # LoRA starts as the base: policy == reference
+    assert steps[-1]["metrics"]["kl"] > 0 and min(r["metrics"]["zero_advantage_groups"] for r in steps) < 1
+    first = steps[0]["metrics"]
+    assert first["reward"] == pytest.approx(first["grader/fact"] + 0.5 * first["grader/length"], abs=1e-5)
     evals = [r for r in records if r["type"] == "eval"]
     assert evals and all("reward" in r and "grader/fact" in r for r in evals)
     assert (result.run_dir / "adapter" / "adapter_config.json").exists()
