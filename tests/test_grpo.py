@@ -18,7 +18,7 @@ from tuneforge.errors import ConfigError, DataError, TrainingError
 from tuneforge.methods import get_method
 from tuneforge.methods.registry import reference_context
 from tuneforge.objectives import get_objective, objective_for
-from tuneforge.objectives.grpo import Completions, completion_logps, group_advantages, policy_loss
+from tuneforge.objectives.grpo import completion_logps, group_advantages, policy_loss
 
 CHECK = {"type": "string_check", "name": "fact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
          "operation": "like"}
@@ -179,8 +179,8 @@ def _run_cfg(tiny_model_dir, tmp_path, **grpo):
            "method": {"name": "lora", "r": 4, "alpha": 8},
            "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "eval_every": 2, "log_every": 1, "save_every": 1,
                      "warmup_ratio": 0.0, "seed": 1},
-           "grpo": {"group_size": 4, "max_new_tokens": 6, "beta": 0.1, "graders": [CHECK, LENGTH], "weights": [1.0, 0.5],
-                    **grpo}}
+           "grpo": {"group_size": 4, "max_new_tokens": 6, "beta": 0.1, "graders": [CHECK, LENGTH],
+                    "weights": [1.0, 0.5], **grpo}}
     return validate_config(raw)
 
 

@@ -7,7 +7,7 @@ configured graders (a weighted sum), and turns rewards into group-relative advan
 
 then minimises, per answer token, as TRL's GRPOTrainer (one update per generation, so pi_old = pi.detach()):
 
-    -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * ratio * (exp(ref - logp) - (ref - logp) - 1)
+    -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * ratio * (exp(ref-logp) - (ref-logp) - 1)
 
 with log-probabilities at the sampling temperature, the reference being the base with the adapter switched off
 (as in dpo.py). `loss_type` fixes how the per-token terms are averaged (see `policy_loss`). Sampling runs in
