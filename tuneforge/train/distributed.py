@@ -68,8 +68,19 @@ def init(cfg: RunConfig, device: torch.device) -> Dist:
         torch.cuda.set_device(local)  # one device per rank
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.train.distributed.timeout_s))
+        timeout = timedelta(seconds=cfg.train.distributed.timeout_s)
+        dist.init_process_group(backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world,
+                                timeout=timeout)
     return Dist(rank, world, local)
+
+
+def _attempt_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """torchrun's store under a prefix per restart: after --max-restarts restarted the group, gloo would
+    otherwise read the dead attempt's addresses (connectFullMesh: connection refused)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent and rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"tuneforge/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def rank_device(device: torch.device, d: Dist) -> torch.device:
