@@ -50,7 +50,8 @@ class ServeSettings:
     max_batch_tokens: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_BATCH_TOKENS", 8192)))
     # Job options that run code or read server files (eval.custom_metric, model.trust_remote_code, paths
     # such as eval.rag_docs or a .jinja chat_template) are refused from the API unless this is set.
-    allow_unsafe_job_options: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS", "0") == "1")
+    allow_unsafe_job_options: bool = field(
+        default_factory=lambda: os.environ.get("TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS", "0") == "1")
     # SIGTERM: how long serve waits for running requests and for workers to checkpoint their jobs.
     drain_timeout_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRAIN_TIMEOUT_S", 20))
 

@@ -120,7 +120,8 @@ def _usage(results: list) -> dict[str, int]:
 
 
 @router.post("/chat/completions")
-async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)):
+async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal),
+               svc: Services = Depends(services)):
     body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     conv = chat_messages(body.messages)
@@ -166,7 +167,8 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)):
+async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal),
+                      svc: Services = Depends(services)):
     body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt

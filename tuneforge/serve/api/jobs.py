@@ -63,7 +63,8 @@ def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depend
                              code="invalid_integrations")
     options = body.tuneforge or {}
     if problems := check_remote_options(options, svc.settings.allow_unsafe_job_options):
-        raise from_tuneforge(ConfigError("invalid tuneforge options", problems), param=problems[0].where, code="invalid_options")
+        error = ConfigError("invalid tuneforge options", problems)
+        raise from_tuneforge(error, param=problems[0].where, code="invalid_options")
     n_examples = (train_file.validation or {}).get("valid", 0)
     hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type)
     seed = body.seed if body.seed is not None else 42
@@ -86,7 +87,8 @@ def check_remote_options(options: dict[str, Any], allow_unsafe: bool) -> list[Pr
     """What a remote caller may not put in `tuneforge`: a section that is not an object, and (unless the
     operator allows it) anything that runs code or reads the server's files."""
     problems = [Problem(f"tuneforge.{k}", f"must be an object (a partial `{k}:` section), got {type(v).__name__}",
-                        f'e.g. "{k}": {{...}}') for k, v in options.items() if k in SECTIONS and not isinstance(v, dict)]
+                        f'e.g. "{k}": {{...}}')
+                for k, v in options.items() if k in SECTIONS and not isinstance(v, dict)]
     if problems or allow_unsafe:
         return problems
     from tuneforge.models.chat_templates import BUILTIN
