@@ -46,7 +46,10 @@ def mixed_length_chats(n: int, seed: int) -> list[list[dict]]:
             answer = conv.messages[2].content
             if rng.random() < 0.35:  # some answers explain at length
                 answer += " " + " ".join(rng.choice(prose) for _ in range(rng.randint(1, 4)))
-            messages += [{"role": "user", "content": conv.messages[1].content}, {"role": "assistant", "content": answer}]
+            messages += [
+                {"role": "user", "content": conv.messages[1].content},
+                {"role": "assistant", "content": answer},
+            ]
         chats.append(messages)
     return chats
 
@@ -70,8 +73,14 @@ def build_assets(work: Path, n_chats: int, seed: int = 0, hidden: int = 512, lay
         for c in train:
             f.write(json.dumps({"messages": c}) + "\n")
     (work / "heldout.json").write_text(json.dumps(heldout))
-    meta = {"n_chats": n_chats, "hidden": hidden, "layers": layers, "heads": heads,
-            "params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+    meta = {
+        "n_chats": n_chats,
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "params": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tokenizer),
+    }
     meta_path.write_text(json.dumps(meta))
     return meta
 
@@ -80,16 +89,19 @@ def heldout_loss(model, tokenizer, chats: list[list[dict]], max_length: int = 51
     """Mean assistant-token loss on held-out chats, the same evaluator for every configuration."""
     import torch
 
-    from tuneforge.data.types import Conversation, Message
     from tuneforge.data.tokenize import encode_conversation
+    from tuneforge.data.types import Conversation, Message
     from tuneforge.objectives.base import causal_lm_loss, pad_batch
 
-    feats = [encode_conversation(tokenizer, Conversation([Message(m["role"], m["content"]) for m in c]), max_length) for c in chats]
+    feats = [
+        encode_conversation(tokenizer, Conversation([Message(m["role"], m["content"]) for m in c]), max_length)
+        for c in chats
+    ]
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(feats), 8):
-            loss, n = causal_lm_loss(model, pad_batch(feats[i:i + 8], tokenizer.pad_token_id))
+            loss, n = causal_lm_loss(model, pad_batch(feats[i : i + 8], tokenizer.pad_token_id))
             total, count = total + float(loss), count + n
     return total / count
 
@@ -119,7 +131,7 @@ def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 1.5) -> 
         t = time.perf_counter()
         for _ in range(4):
             a @ b
-        best = max(best, 4 * 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
@@ -134,18 +146,22 @@ def run_worker(script: Path, config: str, args: list[str], timeout: float = 3600
     raise RuntimeError(f"worker {config} failed (exit {proc.returncode}):\n{tail}")
 
 
-def interleaved(script: Path, configs: list[str], repeats: int, args: list[str], peak_threads: int, save: Path) -> tuple[dict[str, list[dict]], list[float]]:
+def interleaved(
+    script: Path, configs: list[str], repeats: int, args: list[str], peak_threads: int, save: Path
+) -> tuple[dict[str, list[dict]], list[float]]:
     """Run every configuration `repeats` times, rotating the order each repeat; results go to `save` as they come."""
     results: dict[str, list[dict]] = {c: [] for c in configs}
     peaks = []
     for r in range(repeats):
         peaks.append(matmul_peak_gflops(peak_threads))
-        order = configs[r % len(configs):] + configs[:r % len(configs)]
+        order = configs[r % len(configs) :] + configs[: r % len(configs)]
         for config in order:
             t = time.perf_counter()
             results[config].append(run_worker(script, config, args))
             save.write_text(json.dumps({"raw": results, "peaks": peaks}))
-            print(f"  repeat {r + 1}/{repeats} {config:<22} {time.perf_counter() - t:6.1f}s", file=sys.stderr, flush=True)
+            print(
+                f"  repeat {r + 1}/{repeats} {config:<22} {time.perf_counter() - t:6.1f}s", file=sys.stderr, flush=True
+            )
     return results, peaks
 
 

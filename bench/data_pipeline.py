@@ -27,18 +27,37 @@ from tuneforge.data.prepare_config import load_prepare_config
 from tuneforge.data.validate import validate_file
 
 PRODUCTS = ["router", "laptop", "printer", "phone", "tablet", "headset", "monitor", "charger"]
-ISSUES = ["won't turn on", "keeps restarting", "is slow", "shows error {code}", "lost its settings", "will not connect to wifi"]
-FIXES = ["Hold the power button for {s} seconds, then restart it.", "Update the firmware from Settings > System, version {v}.",
-         "Reset it to factory settings and sign in again.", "Replace the cable; order {code} ships within {s} days."]
+ISSUES = [
+    "won't turn on",
+    "keeps restarting",
+    "is slow",
+    "shows error {code}",
+    "lost its settings",
+    "will not connect to wifi",
+]
+FIXES = [
+    "Hold the power button for {s} seconds, then restart it.",
+    "Update the firmware from Settings > System, version {v}.",
+    "Reset it to factory settings and sign in again.",
+    "Replace the cable; order {code} ships within {s} days.",
+]
 
 
 def _chat(rng: random.Random, i: int) -> dict:
     product = rng.choice(PRODUCTS)
     issue = rng.choice(ISSUES).format(code=rng.randrange(1000, 9999))
-    fix = rng.choice(FIXES).format(s=rng.randrange(2, 30), v=f"{rng.randrange(1, 9)}.{rng.randrange(0, 20)}", code=f"A{rng.randrange(10**5, 10**6)}")
-    return {"messages": [{"role": "system", "content": "You are the support desk of Acme."},
-                         {"role": "user", "content": f"Ticket {i}: my {product} {issue}. What should I do?"},
-                         {"role": "assistant", "content": fix}]}
+    fix = rng.choice(FIXES).format(
+        s=rng.randrange(2, 30),
+        v=f"{rng.randrange(1, 9)}.{rng.randrange(0, 20)}",
+        code=f"A{rng.randrange(10**5, 10**6)}",
+    )
+    return {
+        "messages": [
+            {"role": "system", "content": "You are the support desk of Acme."},
+            {"role": "user", "content": f"Ticket {i}: my {product} {issue}. What should I do?"},
+            {"role": "assistant", "content": fix},
+        ]
+    }
 
 
 def generate(path: Path, n: int, seed: int = 0) -> None:
@@ -76,7 +95,7 @@ class RssSampler:
                 self.samples.append((time.perf_counter(), int(fh.read().split()[1]) * page / 2**20))
             self._stop.wait(0.2)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -107,23 +126,39 @@ def main() -> None:
         t2, c2 = time.perf_counter(), time.process_time()
         cfg = load_prepare_config(src, [f"dedup.near={not args.no_near}", f"dedup.num_perm={args.num_perm}"])
         progress_marks: list[tuple[float, int]] = []
-        manifest = prepare(cfg, tmp / "prepared", progress=lambda stage, k: progress_marks.append((time.perf_counter(), k)) if stage == "read" else None)
+        manifest = prepare(
+            cfg,
+            tmp / "prepared",
+            progress=lambda stage, k: progress_marks.append((time.perf_counter(), k)) if stage == "read" else None,
+        )
         t3, c3 = time.perf_counter(), time.process_time()
     validate_rss = rss.between(t1, t2)
     prepare_rss = rss.between(t2, t3)
     result = {
-        "examples": args.n, "file_mb": file_mb,
+        "examples": args.n,
+        "file_mb": file_mb,
         "generate_s": round(t1 - t0, 1),
-        "validate_s": round(t2 - t1, 1), "validate_examples_per_s": round(args.n / (t2 - t1)),
-        "prepare_s": round(t3 - t2, 1), "prepare_examples_per_s": round(args.n / (t3 - t2)),
+        "validate_s": round(t2 - t1, 1),
+        "validate_examples_per_s": round(args.n / (t2 - t1)),
+        "prepare_s": round(t3 - t2, 1),
+        "prepare_examples_per_s": round(args.n / (t3 - t2)),
         "validate_plus_prepare_s": round(t3 - t1, 1),
-        # CPU seconds of this process: what the stages cost on a quiet machine (wall time includes waiting for a shared CPU)
-        "validate_cpu_s": round(c2 - c1, 1), "prepare_cpu_s": round(c3 - c2, 1),
-        "cpu_examples_per_s": round(args.n / (c3 - c1)), "load_average": os.getloadavg()[0],
-        "validate_errors": dict(report.error_counts), "validate_warnings": dict(report.warning_counts),
-        "counts": manifest["counts"], "exact_removed": manifest["steps"][2]["exact_removed"], "near_removed": manifest["steps"][2]["near_removed"],
+        # CPU seconds of this process: what the stages cost on a quiet machine
+        # (wall time includes waiting for a shared CPU)
+        "validate_cpu_s": round(c2 - c1, 1),
+        "prepare_cpu_s": round(c3 - c2, 1),
+        "cpu_examples_per_s": round(args.n / (c3 - c1)),
+        "load_average": os.getloadavg()[0],
+        "validate_errors": dict(report.error_counts),
+        "validate_warnings": dict(report.warning_counts),
+        "counts": manifest["counts"],
+        "exact_removed": manifest["steps"][2]["exact_removed"],
+        "near_removed": manifest["steps"][2]["near_removed"],
         "rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rss_mb_validate": _quartiles(validate_rss), "rss_mb_prepare_read": _quartiles([mb for t, mb in rss.samples if progress_marks and t2 <= t <= progress_marks[-1][0]]),
+        "rss_mb_validate": _quartiles(validate_rss),
+        "rss_mb_prepare_read": _quartiles(
+            [mb for t, mb in rss.samples if progress_marks and t2 <= t <= progress_marks[-1][0]]
+        ),
         "rss_mb_prepare_max": round(max(prepare_rss), 1) if prepare_rss else None,
     }
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -46,12 +46,23 @@ CONFIGS = {
 def write_config(work: Path, name: str, method: str, ranks: int, steps: int) -> Path:
     import yaml
 
-    cfg = {"objective": "sft", "output_dir": str(work / "runs" / name),
-           "model": {"name": str(work / "model"), "max_length": 512},
-           "data": {"train": str(work / "train.jsonl"), "validation_fraction": 0.0},
-           "method": {"name": "lora", "r": 16, "alpha": 32} if method == "lora" else {"name": "full"},
-           "train": {"max_steps": steps, "batch_size": 8 // ranks, "lr": 1e-4, "warmup_ratio": 0.0, "log_every": 1,
-                     "save_every": 10_000, "eval_every": 10_000, "seed": 0}}
+    cfg = {
+        "objective": "sft",
+        "output_dir": str(work / "runs" / name),
+        "model": {"name": str(work / "model"), "max_length": 512},
+        "data": {"train": str(work / "train.jsonl"), "validation_fraction": 0.0},
+        "method": {"name": "lora", "r": 16, "alpha": 32} if method == "lora" else {"name": "full"},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 8 // ranks,
+            "lr": 1e-4,
+            "warmup_ratio": 0.0,
+            "log_every": 1,
+            "save_every": 10_000,
+            "eval_every": 10_000,
+            "seed": 0,
+        },
+    }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -74,8 +85,11 @@ def run_one(work: Path, name: str, steps: int) -> dict:
     per_rank = [m["peak_rss_bytes"] for m in memory.get("per_rank", [memory])]
     records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
     losses = [e["loss"] for e in records if e["type"] == "train"]
-    return {"tokens_per_s": manifest["result"]["tokens_per_s"], "peak_rss_mib": [b / 2 ** 20 for b in per_rank],
-            "losses": losses}
+    return {
+        "tokens_per_s": manifest["result"]["tokens_per_s"],
+        "peak_rss_mib": [b / 2**20 for b in per_rank],
+        "losses": losses,
+    }
 
 
 def main() -> None:
@@ -89,7 +103,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     names = list(CONFIGS)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every repeat
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order every repeat
             results[name].append(run_one(args.work, name, steps))
             print(f"  {name}: {results[name][-1]['tokens_per_s']:.0f} tok/s", flush=True)
     print(f"\n{'config':10} {'tok/s (median)':>15} {'peak RSS per rank (MiB)':>26}  same losses as 1 process")

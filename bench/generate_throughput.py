@@ -37,12 +37,13 @@ def prompts_from(work: Path, n: int) -> list[list[dict]]:
 
 def hf_generate(model, tokenizer, prompts: list[list[dict]], new_tokens: int) -> int:
     """The plain transformers baseline: chat template, left padding, model.generate (greedy, KV cache)."""
-    import torch
 
     tokenizer.padding_side = "left"
-    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True)
+    enc = tokenizer.apply_chat_template(
+        prompts, add_generation_prompt=True, return_tensors="pt", padding=True, return_dict=True
+    )
     out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     stops = set(model.generation_config.eos_token_id or [])
     count = 0
     for row in new.tolist():
@@ -71,17 +72,22 @@ def in_process(work: Path, repeats: int, new_tokens: int) -> dict[str, list[floa
         for fn in sides.values():  # warm-up (first-call overheads, allocator)
             fn(model, tokenizer, prompts[:2], new_tokens)
         for batch in (1, 8):
-            calls = [prompts[i:i + batch] for i in range(0, len(prompts), batch)] * (2 if batch == 8 else 1)
+            calls = [prompts[i : i + batch] for i in range(0, len(prompts), batch)] * (2 if batch == 8 else 1)
             for r in range(repeats):
                 tokens, seconds = {k: 0 for k in sides}, {k: 0.0 for k in sides}
                 for k, call in enumerate(calls):  # alternate which side goes first
-                    for side in (("hf", "tf") if (k + r) % 2 == 0 else ("tf", "hf")):
+                    for side in ("hf", "tf") if (k + r) % 2 == 0 else ("tf", "hf"):
                         t = time.perf_counter()
                         tokens[side] += sides[side](model, tokenizer, call, new_tokens)
                         seconds[side] += time.perf_counter() - t
                 for side in sides:
                     rates.setdefault(f"{side}_b{batch}", []).append(tokens[side] / seconds[side])
-                print(f"  repeat {r + 1}/{repeats} batch {batch}: " + ", ".join(f"{k} {tokens[k] / seconds[k]:.1f} tok/s" for k in sides), file=sys.stderr, flush=True)
+                print(
+                    f"  repeat {r + 1}/{repeats} batch {batch}: "
+                    + ", ".join(f"{k} {tokens[k] / seconds[k]:.1f} tok/s" for k in sides),
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rates
 
 
@@ -97,6 +103,7 @@ def server(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
     from tuneforge.serve.app import create_app
     from tuneforge.serve.db import Store
     from tuneforge.serve.settings import ServeSettings
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import serve_in_thread  # the tests' helper: the benchmark serves as the tests do
 
@@ -113,7 +120,9 @@ def server(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=600)
 
         def ask(messages) -> int:
-            reply = client.chat.completions.create(model="demo", messages=messages, max_tokens=new_tokens, temperature=0)
+            reply = client.chat.completions.create(
+                model="demo", messages=messages, max_tokens=new_tokens, temperature=0
+            )
             return reply.usage.completion_tokens
 
         ask(prompts[0])  # loads the model
@@ -125,7 +134,12 @@ def server(work: Path, repeats: int, new_tokens: int) -> dict[str, list[float]]:
             with cf.ThreadPoolExecutor(len(prompts)) as pool:
                 tokens = sum(pool.map(ask, prompts))
             rates["concurrent_8"].append(tokens / (time.perf_counter() - t))
-            print(f"  repeat {r + 1}/{repeats} server: serial {rates['serial'][-1]:.1f}, concurrent {rates['concurrent_8'][-1]:.1f} tok/s", file=sys.stderr, flush=True)
+            print(
+                f"  repeat {r + 1}/{repeats} server: serial {rates['serial'][-1]:.1f}, "
+                f"concurrent {rates['concurrent_8'][-1]:.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
     return rates
 
 
@@ -136,7 +150,11 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP barrier stalls on a shared machine")
     p.add_argument("--no-server", action="store_true", help="skip the HTTP service part")
-    p.add_argument("--work", default="/tmp/tuneforge-bench-train", help="cache for the generated model and data (shared with train_throughput)")
+    p.add_argument(
+        "--work",
+        default="/tmp/tuneforge-bench-train",
+        help="cache for the generated model and data (shared with train_throughput)",
+    )
     args = p.parse_args()
     if args.quick:
         args.repeats, args.new_tokens = 1, 16
@@ -145,8 +163,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     meta = C.build_assets(work, 2000)
-    print(f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, {meta['params'] / 1e6:.1f}M parameters, fp32; "
-          f"{args.new_tokens} new tokens per prompt, greedy; {args.repeats} repeats, {args.threads} threads", flush=True)
+    print(
+        f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, {meta['params'] / 1e6:.1f}M parameters, fp32; "
+        f"{args.new_tokens} new tokens per prompt, greedy; {args.repeats} repeats, {args.threads} threads",
+        flush=True,
+    )
     rates = in_process(work, args.repeats, args.new_tokens)
     if not args.no_server:
         try:
@@ -154,10 +175,23 @@ def main() -> None:
         except Exception as exc:  # the service is another area's code: report, don't hide the rest
             print(f"server benchmark not run: {type(exc).__name__}: {exc}")
     rows = [[name, f"{C.median(v):.1f}", C.spread(v), " ".join(f"{x:.0f}" for x in v)] for name, v in rates.items()]
-    C.print_table("generated tokens/s (medians; ± = half the max-min range, relative)", ["config", "tok/s", "noise", "runs"], rows)
-    ratios = [("tf_b1", "hf_b1", "tuneforge / transformers, batch 1"), ("tf_b8", "hf_b8", "tuneforge / transformers, batch 8"),
-              ("concurrent_8", "serial", "server: 8 concurrent / serial")]
-    C.print_table("ratios", ["pair", "ratio"], [[label, f"{C.median(rates[a]) / C.median(rates[b]):.2f}"] for a, b, label in ratios if a in rates and b in rates])
+    C.print_table(
+        "generated tokens/s (medians; ± = half the max-min range, relative)", ["config", "tok/s", "noise", "runs"], rows
+    )
+    ratios = [
+        ("tf_b1", "hf_b1", "tuneforge / transformers, batch 1"),
+        ("tf_b8", "hf_b8", "tuneforge / transformers, batch 8"),
+        ("concurrent_8", "serial", "server: 8 concurrent / serial"),
+    ]
+    C.print_table(
+        "ratios",
+        ["pair", "ratio"],
+        [
+            [label, f"{C.median(rates[a]) / C.median(rates[b]):.2f}"]
+            for a, b, label in ratios
+            if a in rates and b in rates
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def run(url: str, key: str, clients: int, per_client: int, long_kb: int | None) 
             for k in range(per_client):
                 t0 = time.perf_counter()
                 messages = [{"role": "user", "content": f"where is parcel {i}-{k}?"}]
-                r = http.post("/v1/chat/completions",
-                              json={"model": "demo", "max_tokens": 2, "temperature": 0, "messages": messages})
+                r = http.post(
+                    "/v1/chat/completions",
+                    json={"model": "demo", "max_tokens": 2, "temperature": 0, "messages": messages},
+                )
                 r.raise_for_status()
                 out.append((time.perf_counter() - t0) * 1000)
         return out
@@ -66,8 +68,10 @@ def run(url: str, key: str, clients: int, per_client: int, long_kb: int | None) 
         prompt = ("where is my parcel? " * (long_kb * 1024 // 20 + 1))[: long_kb * 1024]
         with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
             while not done.is_set():
-                r = http.post("/v1/chat/completions", json={"model": "demo", "max_tokens": 8,
-                                                            "messages": [{"role": "user", "content": prompt}]})
+                r = http.post(
+                    "/v1/chat/completions",
+                    json={"model": "demo", "max_tokens": 8, "messages": [{"role": "user", "content": prompt}]},
+                )
                 long_status[r.status_code] += 1
 
     side = threading.Thread(target=abuser, daemon=True) if long_kb else None

@@ -78,33 +78,59 @@ def main() -> None:
     from tuneforge.serve.ids import now
     from tuneforge.serve.settings import ServeSettings
     from tuneforge.serve.tables import FineTunedModel
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import serve_in_thread  # the tests' helper: the benchmark serves as the tests do
 
     adapter = build(home, args.hidden, args.layers)
-    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=args.threads)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=args.threads
+    )
     store = Store(settings.database_url)
     app = create_app(settings, store)
     _, key = keys.create_key(store, "bench")
     project = keys.authenticate(store, key).project_id
     with store.session() as s:
-        s.add(FineTunedModel(id="ft:demo:bench:0001", project_id=project, job_id="-", base_model="demo", kind="adapter", path=str(adapter), created_at=now()))
+        s.add(
+            FineTunedModel(
+                id="ft:demo:bench:0001",
+                project_id=project,
+                job_id="-",
+                base_model="demo",
+                kind="adapter",
+                path=str(adapter),
+                created_at=now(),
+            )
+        )
     results = {}
     with serve_in_thread(app) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
         msgs = [{"role": "user", "content": "How long is the warranty on the Cam Pro?"}]
-        ask = lambda model, i=0: c.chat.completions.create(model=model, messages=[{"role": "user", "content": f"{msgs[0]['content']} ({i})"}],  # noqa: E731
-                                                           max_tokens=args.max_tokens, temperature=0)
-        print(f"model: Llama hidden {args.hidden}, {args.layers} layers; {args.max_tokens} new tokens per request; {n} requests per setting; "
-              f"torch threads {args.threads or 'default'}", flush=True)
+
+        def ask(model, i=0):
+            return c.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": f"{msgs[0]['content']} ({i})"}],
+                max_tokens=args.max_tokens,
+                temperature=0,
+            )
+
+        print(
+            f"model: Llama hidden {args.hidden}, {args.layers} layers; {args.max_tokens} new tokens per request; "
+            f"{n} requests per setting; "
+            f"torch threads {args.threads or 'default'}",
+            flush=True,
+        )
         for model in ("demo", "ft:demo:bench:0001"):
             ask(model)  # load
-            results[model] = [timed(lambda: ask(model)) for _ in range(n)]
+            results[model] = [timed(lambda model=model: ask(model)) for _ in range(n)]
             report(model, results)
         ttft = []
         for _ in range(n):
             t0, first = time.perf_counter(), None
-            for chunk in c.chat.completions.create(model="ft:demo:bench:0001", messages=msgs, max_tokens=args.max_tokens, temperature=0, stream=True):
+            for chunk in c.chat.completions.create(
+                model="ft:demo:bench:0001", messages=msgs, max_tokens=args.max_tokens, temperature=0, stream=True
+            ):
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = (time.perf_counter() - t0) * 1000
             ttft.append(first)  # the stream is read to the end so that the connection is reused

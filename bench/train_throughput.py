@@ -46,9 +46,16 @@ CONFIGS = {
     "trl_full": dict(tool="trl", method="full", packing=False, batch=8, accum=1),
 }
 # ratio rows: (tuneforge config, TRL config)
-RATIOS = [("tf_lora_packed", "trl_lora"), ("tf_lora_packed", "trl_lora_pack1"), ("tf_lora_packed", "trl_lora_pack8"),
-          ("tf_lora_allrows", "trl_lora"), ("tf_lora_rows2", "trl_lora"),
-          ("tf_lora", "trl_lora"), ("tf_full", "trl_full"), ("tf_full_allrows", "trl_full")]
+RATIOS = [
+    ("tf_lora_packed", "trl_lora"),
+    ("tf_lora_packed", "trl_lora_pack1"),
+    ("tf_lora_packed", "trl_lora_pack8"),
+    ("tf_lora_allrows", "trl_lora"),
+    ("tf_lora_rows2", "trl_lora"),
+    ("tf_lora", "trl_lora"),
+    ("tf_full", "trl_full"),
+    ("tf_full_allrows", "trl_full"),
+]
 LR = {"lora": 5e-4, "full": 1e-4}
 WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
 
@@ -74,29 +81,43 @@ class Tally:
             real_mask = ids != self.pad_id if self.pad_id is not None else torch.ones_like(ids, dtype=torch.bool)
             seg = (batch["position_ids"] == 0).flatten().long().cumsum(0)
             seg_len = torch.bincount(seg, weights=real_mask.flatten().double())
-        self.micro.append({"real": int(real_mask.sum()), "sup": int((labels[..., 1:] != -100).sum()), "sq": int((seg_len.double() ** 2).sum())})
+        self.micro.append(
+            {
+                "real": int(real_mask.sum()),
+                "sup": int((labels[..., 1:] != -100).sum()),
+                "sq": int((seg_len.double() ** 2).sum()),
+            }
+        )
 
 
-def _finish(tally: Tally, step_times: list[float], accum: list[int], peak_before: int, rss_before: int, loss: float, extra: dict) -> dict:
+def _finish(
+    tally: Tally, step_times: list[float], accum: list[int], peak_before: int, rss_before: int, loss: float, extra: dict
+) -> dict:
     steps = []
     i = 0
     for n in accum:
-        chunk = tally.micro[i:i + n]
+        chunk = tally.micro[i : i + n]
         i += n
         steps.append({k: sum(m[k] for m in chunk) for k in ("real", "sup", "sq")})
-    return {"step_s": step_times, "steps": steps[:len(step_times)], "peak_rss": C.peak_rss_bytes(), "rss_before": rss_before,
-            "peak_before": peak_before, "heldout_loss": loss, **extra}
+    return {
+        "step_s": step_times,
+        "steps": steps[: len(step_times)],
+        "peak_rss": C.peak_rss_bytes(),
+        "rss_before": rss_before,
+        "peak_before": peak_before,
+        "heldout_loss": loss,
+        **extra,
+    }
 
 
 def worker_tuneforge(name: str, spec: dict, args) -> dict:
     import torch
+    from transformers import AutoTokenizer
 
     from tuneforge.config import DataSection, FullMethod, LoraMethod, ModelSection, RunConfig, TrainSection
     from tuneforge.models.loading import load_for_inference
     from tuneforge.train import recipe
     from tuneforge.train.progress import Event, Message, TrainStep
-
-    from transformers import AutoTokenizer
 
     tally = Tally(AutoTokenizer.from_pretrained(Path(args.work) / "model").pad_token_id)
 
@@ -121,12 +142,32 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     recipe.get_objective = lambda n: Counting(real_get(n))
     work = Path(args.work)
     out = work / "runs" / f"{name}-{time.time_ns()}"
-    method = LoraMethod(r=16, alpha=32, dropout=0.0, target_modules=C.TARGET_MODULES) if spec["method"] == "lora" else FullMethod()
-    cfg = RunConfig(objective="sft", output_dir=out, model=ModelSection(name=str(work / "model"), max_length=512, dtype="float32"),
-                    data=DataSection(train=work / "train.jsonl", validation_fraction=0.0), method=method,
-                    train=TrainSection(max_steps=args.steps, batch_size=8, grad_accum=1, lr=LR[spec["method"]], warmup_ratio=0.1,
-                                       log_every=1, save_every=10 ** 6, eval_every=10 ** 6, seed=0, packing=spec["packing"], device="cpu",
-                                       packed_rows_per_pass=spec.get("rows_per_pass")))
+    method = (
+        LoraMethod(r=16, alpha=32, dropout=0.0, target_modules=C.TARGET_MODULES)
+        if spec["method"] == "lora"
+        else FullMethod()
+    )
+    cfg = RunConfig(
+        objective="sft",
+        output_dir=out,
+        model=ModelSection(name=str(work / "model"), max_length=512, dtype="float32"),
+        data=DataSection(train=work / "train.jsonl", validation_fraction=0.0),
+        method=method,
+        train=TrainSection(
+            max_steps=args.steps,
+            batch_size=8,
+            grad_accum=1,
+            lr=LR[spec["method"]],
+            warmup_ratio=0.1,
+            log_every=1,
+            save_every=10**6,
+            eval_every=10**6,
+            seed=0,
+            packing=spec["packing"],
+            device="cpu",
+            packed_rows_per_pass=spec.get("rows_per_pass"),
+        ),
+    )
     stamps: list[float] = []
 
     def on_event(event: Event) -> None:
@@ -139,7 +180,15 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     rss_before, peak_before = C.rss_bytes(), C.peak_rss_bytes()
     result = recipe.train(cfg, on_event=on_event, progress=False)
     step_times = [b - a for a, b in zip(start + stamps, stamps)]
-    stats = _finish(tally, step_times, [1] * len(step_times), peak_before, rss_before, float("nan"), {"final_train_loss": result.losses[-1]})
+    stats = _finish(
+        tally,
+        step_times,
+        [1] * len(step_times),
+        peak_before,
+        rss_before,
+        float("nan"),
+        {"final_train_loss": result.losses[-1]},
+    )
     model, tokenizer = load_for_inference(out, device=torch.device("cpu"))
     stats["heldout_loss"] = C.heldout_loss(model, tokenizer, json.loads((work / "heldout.json").read_text()))
     return stats
@@ -158,13 +207,35 @@ def worker_trl(name: str, spec: dict, args) -> dict:
     dataset = Dataset.from_list(rows)
     rss_before, peak_before = C.rss_bytes(), C.peak_rss_bytes()
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
-    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=C.TARGET_MODULES, task_type="CAUSAL_LM") if spec["method"] == "lora" else None
-    config = SFTConfig(output_dir=str(work / "runs" / f"{name}-{time.time_ns()}"), use_cpu=True, bf16=False, max_steps=args.steps,
-                       per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=spec["accum"], max_length=512,
-                       assistant_only_loss=True, packing=spec["packing"], learning_rate=LR[spec["method"]], warmup_steps=0.1,
-                       lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], seed=0, data_seed=0,
-                       dataloader_num_workers=0, disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    peft_config = (
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=C.TARGET_MODULES, task_type="CAUSAL_LM")
+        if spec["method"] == "lora"
+        else None
+    )
+    config = SFTConfig(
+        output_dir=str(work / "runs" / f"{name}-{time.time_ns()}"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=args.steps,
+        per_device_train_batch_size=spec["batch"],
+        gradient_accumulation_steps=spec["accum"],
+        max_length=512,
+        assistant_only_loss=True,
+        packing=spec["packing"],
+        learning_rate=LR[spec["method"]],
+        warmup_steps=0.1,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     tally = Tally(tokenizer.pad_token_id)
     collate = trainer.data_collator
 
@@ -224,22 +295,42 @@ def summarise(runs: list[dict], meta: dict, peak: float) -> dict:
         # model FLOPs (PaLM appendix B convention): 6 N per real token + causal attention
         # 6 * layers * d * len per token, i.e. 6*layers*d*sum(len^2) per sequence set; padding counts as nothing
         flops = 6 * n_matmul * real + 6 * layers * d * sq
-        per.append({"sup_tps": sup / t, "real_tps": real / t, "step_s": C.median(times), "peak_mb": r["peak_rss"] / 2 ** 20,
-                    "train_mb": (r["peak_rss"] - r["rss_before"]) / 2 ** 20, "loss": r["heldout_loss"], "mfu": flops / t / (peak * 1e9),
-                    "sup_per_step": sup / len(steps)})
-    return {k: C.median([p[k] for p in per]) for k in per[0]} | {"spread": {k: C.spread([p[k] for p in per]) for k in per[0]}}
+        per.append(
+            {
+                "sup_tps": sup / t,
+                "real_tps": real / t,
+                "step_s": C.median(times),
+                "peak_mb": r["peak_rss"] / 2**20,
+                "train_mb": (r["peak_rss"] - r["rss_before"]) / 2**20,
+                "loss": r["heldout_loss"],
+                "mfu": flops / t / (peak * 1e9),
+                "sup_per_step": sup / len(steps),
+            }
+        )
+    return {k: C.median([p[k] for p in per]) for k in per[0]} | {
+        "spread": {k: C.spread([p[k] for p in per]) for k in per[0]}
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 steps, 1 repeat: a smoke run")
-    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is excluded from throughput)")
+    p.add_argument(
+        "--steps", type=int, default=6, help="optimizer steps per run (the first is excluded from throughput)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--configs", default="tf_lora_packed,tf_lora_allrows,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
-                   help="comma-separated subset of: " + ", ".join(CONFIGS) + " (trl_lora_pack8 is off by default: very slow on CPU)")
+    p.add_argument(
+        "--configs",
+        default="tf_lora_packed,tf_lora_allrows,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
+        help="comma-separated subset of: "
+        + ", ".join(CONFIGS)
+        + " (trl_lora_pack8 is off by default: very slow on CPU)",
+    )
     p.add_argument("--work", default="/tmp/tuneforge-bench-train", help="cache for the generated model and data")
-    p.add_argument("--report-only", action="store_true", help="print the tables of the last (possibly partial) run again")
+    p.add_argument(
+        "--report-only", action="store_true", help="print the tables of the last (possibly partial) run again"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -249,7 +340,11 @@ def main() -> None:
     configs = [c for c in args.configs.split(",") if c]
     meta = C.build_assets(Path(args.work), 2000)
     runs = "" if args.report_only else f"; {args.steps} steps x {args.repeats} repeats, {args.threads} threads"
-    print(f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, vocab {meta['vocab']}, {meta['params'] / 1e6:.1f}M parameters{runs}", flush=True)
+    print(
+        f"model: Llama {meta['layers']} layers, hidden {meta['hidden']}, vocab {meta['vocab']}, "
+        f"{meta['params'] / 1e6:.1f}M parameters{runs}",
+        flush=True,
+    )
     saved = Path(args.work) / "last_results.json"
     if args.report_only:
         loaded = json.loads(saved.read_text())
@@ -262,22 +357,61 @@ def main() -> None:
 
 
 def print_report(summary: dict, peaks: list[float], args) -> None:
-    print(f"\nfp32 matmul peak (1024^3 GEMM, {args.threads} threads): median {C.median(peaks):.1f} GFLOP/s, runs {[round(x, 1) for x in peaks]}")
-    header = ["config", "sup tok/s", "real tok/s", "step s", "sup tok/step", "peak RSS MB", "train MB", "held-out loss", "MFU"]
-    rows = [[c, f"{s['sup_tps']:.1f} {s['spread']['sup_tps']}", f"{s['real_tps']:.1f}", f"{s['step_s']:.2f}", f"{s['sup_per_step']:.0f}",
-             f"{s['peak_mb']:.0f}", f"{s['train_mb']:.0f}", f"{s['loss']:.4f}", f"{100 * s['mfu']:.1f}%"] for c, s in summary.items()]
+    print(
+        f"\nfp32 matmul peak (1024^3 GEMM, {args.threads} threads): median {C.median(peaks):.1f} GFLOP/s, "
+        f"runs {[round(x, 1) for x in peaks]}"
+    )
+    header = [
+        "config",
+        "sup tok/s",
+        "real tok/s",
+        "step s",
+        "sup tok/step",
+        "peak RSS MB",
+        "train MB",
+        "held-out loss",
+        "MFU",
+    ]
+    rows = [
+        [
+            c,
+            f"{s['sup_tps']:.1f} {s['spread']['sup_tps']}",
+            f"{s['real_tps']:.1f}",
+            f"{s['step_s']:.2f}",
+            f"{s['sup_per_step']:.0f}",
+            f"{s['peak_mb']:.0f}",
+            f"{s['train_mb']:.0f}",
+            f"{s['loss']:.4f}",
+            f"{100 * s['mfu']:.1f}%",
+        ]
+        for c, s in summary.items()
+    ]
     C.print_table("medians over repeats (± = half the max-min range, relative)", header, rows)
     ratio_rows = []
     for a, b in RATIOS:
         if a in summary and b in summary:
             x, y = summary[a], summary[b]
-            ratio_rows.append([f"{a} / {b}", f"{x['sup_tps'] / y['sup_tps']:.2f}", f"{x['real_tps'] / y['real_tps']:.2f}",
-                               f"{x['step_s'] / y['step_s']:.2f}", f"{x['peak_mb'] / y['peak_mb']:.2f}", f"{x['train_mb'] / y['train_mb']:.2f}",
-                               f"{x['loss'] - y['loss']:+.4f}"])
-    C.print_table("ratios tuneforge / TRL", ["pair", "sup tok/s", "real tok/s", "step time", "peak RSS", "train MB", "loss diff"], ratio_rows)
-    print("\nMFU = (6 N real_tokens + 6 L d sum(len^2)) / time / matmul peak, N = matmul parameters "
-          "(tied embedding counted once as the LM head), PaLM convention; padding is not counted.\n"
-          "train MB = peak RSS minus RSS before the model was loaded. held-out loss: same evaluator, 64 chats.")
+            ratio_rows.append(
+                [
+                    f"{a} / {b}",
+                    f"{x['sup_tps'] / y['sup_tps']:.2f}",
+                    f"{x['real_tps'] / y['real_tps']:.2f}",
+                    f"{x['step_s'] / y['step_s']:.2f}",
+                    f"{x['peak_mb'] / y['peak_mb']:.2f}",
+                    f"{x['train_mb'] / y['train_mb']:.2f}",
+                    f"{x['loss'] - y['loss']:+.4f}",
+                ]
+            )
+    C.print_table(
+        "ratios tuneforge / TRL",
+        ["pair", "sup tok/s", "real tok/s", "step time", "peak RSS", "train MB", "loss diff"],
+        ratio_rows,
+    )
+    print(
+        "\nMFU = (6 N real_tokens + 6 L d sum(len^2)) / time / matmul peak, N = matmul parameters "
+        "(tied embedding counted once as the LM head), PaLM convention; padding is not counted.\n"
+        "train MB = peak RSS minus RSS before the model was loaded. held-out loss: same evaluator, 64 chats."
+    )
 
 
 if __name__ == "__main__":

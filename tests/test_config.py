@@ -45,13 +45,18 @@ def test_unknown_method_and_missing_file(tmp_path):
         load_config(write(tmp_path, "train: {lr: 0.1}\n"))
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("data: {train: train.jsonl}\ntrain: {batch_sise: 4}\n", "train.batch_sise: unknown key"),
-    ("data: {train: train.jsonl}\ntrain: {epochs: many}\n", "train.epochs"),
-    ("data: {train: missing.jsonl}\n", "data.train: file not found"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("data: {train: train.jsonl}\ntrain: {batch_sise: 4}\n", "train.batch_sise: unknown key"),
+        ("data: {train: train.jsonl}\ntrain: {epochs: many}\n", "train.epochs"),
+        ("data: {train: missing.jsonl}\n", "data.train: file not found"),
+    ],
+)
 def test_cli_prints_one_clear_message_without_traceback(tmp_path, text, expected):
     path = write(tmp_path, text)
-    done = subprocess.run([sys.executable, "-m", "tuneforge.cli.main", "train", str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", "train", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     assert expected in done.stderr and "Traceback" not in done.stderr

@@ -40,11 +40,27 @@ def test_validate_bad_arguments_exit_2_without_traceback(tmp_path):
 
 
 def test_prepare_command(tmp_path):
-    rows = [_chat(f"question {i} about the invoice {i * 13}", f"the answer is {i}") for i in range(40)] + ['{"messages": []}']
+    rows = [_chat(f"question {i} about the invoice {i * 13}", f"the answer is {i}") for i in range(40)] + [
+        '{"messages": []}'
+    ]
     src = tmp_path / "d.jsonl"
     src.write_text("\n".join(rows) + "\n")
-    result = runner.invoke(root, ["data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "0.5,0.25,0.25", "--seed", "3",
-                                  "--set", "dedup.num_perm=64"])
+    result = runner.invoke(
+        root,
+        [
+            "data",
+            "prepare",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--split",
+            "0.5,0.25,0.25",
+            "--seed",
+            "3",
+            "--set",
+            "dedup.num_perm=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "read 41 = kept 40 + rejected 1 + duplicates 0" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -62,7 +78,21 @@ def test_report_command_json_and_html(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text("\n".join(_chat(f"question {i}", f"answer {i}") for i in range(12)) + "\n")
     html = tmp_path / "r.html"
-    result = runner.invoke(root, ["data", "report", str(src), "--model", str(tmp_path / "tok"), "--no-hardware", "-o", "json", "--html", str(html)])
+    result = runner.invoke(
+        root,
+        [
+            "data",
+            "report",
+            str(src),
+            "--model",
+            str(tmp_path / "tok"),
+            "--no-hardware",
+            "-o",
+            "json",
+            "--html",
+            str(html),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["examples"] == 12 and report["tokens"]["total_tokens"] > 0 and report["cost"]["epochs"] == 3
@@ -81,10 +111,17 @@ def test_prepare_fails_loudly_above_the_reject_share(tmp_path):
     bad = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "x"}]})
     path.write_text("\n".join([_chat(f"question {i}", f"answer {i}") for i in range(7)] + [bad] * 3) + "\n")
     result = runner.invoke(root, ["data", "prepare", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "3 of 10 records (30%) were rejected, more than max_reject_share 20%" in _flat(result)
+    assert result.exit_code == 2 and "3 of 10 records (30%) were rejected, more than max_reject_share 20%" in _flat(
+        result
+    )
     assert "unknown_role: 3 record(s), first at" in _flat(result) and "Traceback" not in _flat(result)
-    assert not (tmp_path / "out" / "train.jsonl").exists() and len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 3
-    result = runner.invoke(root, ["data", "prepare", str(path), "--out", str(tmp_path / "ok"), "--max-reject-share", "0.3"])
+    assert (
+        not (tmp_path / "out" / "train.jsonl").exists()
+        and len((tmp_path / "out" / "rejects.jsonl").read_text().splitlines()) == 3
+    )
+    result = runner.invoke(
+        root, ["data", "prepare", str(path), "--out", str(tmp_path / "ok"), "--max-reject-share", "0.3"]
+    )
     assert result.exit_code == 0, result.output
     assert "read 10 = kept 7 + rejected 3" in _flat(result) and "rejected unknown_role: 3" in _flat(result)
 

@@ -17,13 +17,44 @@ SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".txt"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Strings include lone surrogates: json.dumps escapes them ("\\ud800"), a real-world way to get invalid Unicode.
-strings = st.text(max_size=20) | st.text(alphabet=st.sampled_from(["\ud800", "\udfff", "a", " ", "\u00e9", "\x00"]), max_size=5)
+strings = st.text(max_size=20) | st.text(
+    alphabet=st.sampled_from(["\ud800", "\udfff", "a", " ", "\u00e9", "\x00"]), max_size=5
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | strings,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
-        ["messages", "role", "content", "weight", "text", "label", "prompt", "completion", "chosen", "rejected", "tokens", "tags",
-         "instruction", "input", "output", "conversations", "from", "value", "metadata", "x"]), children, max_size=5),
-    max_leaves=20)
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "messages",
+                    "role",
+                    "content",
+                    "weight",
+                    "text",
+                    "label",
+                    "prompt",
+                    "completion",
+                    "chosen",
+                    "rejected",
+                    "tokens",
+                    "tags",
+                    "instruction",
+                    "input",
+                    "output",
+                    "conversations",
+                    "from",
+                    "value",
+                    "metadata",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 def _check_file(data: bytes, suffix: str) -> None:
@@ -72,7 +103,9 @@ def test_prepare_never_crashes_and_reconciles(records):
         path = Path(tmp) / "d.jsonl"
         path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
         try:
-            manifest = prepare(load_prepare_config(path, ["augment.enabled=true", "max_reject_share=1"]), Path(tmp) / "out")
+            manifest = prepare(
+                load_prepare_config(path, ["augment.enabled=true", "max_reject_share=1"]), Path(tmp) / "out"
+            )
         except DataError as exc:  # only when no record is usable; rejects.jsonl holds every record read
             assert "no records to prepare" in str(exc) or "nothing usable remains" in str(exc)
             assert not (Path(tmp) / "out" / "train.jsonl").exists()
@@ -83,11 +116,17 @@ def test_prepare_never_crashes_and_reconciles(records):
 content = st.text(min_size=1, max_size=40).filter(lambda s: s.strip())
 messages = st.lists(st.tuples(st.sampled_from(["system", "user", "tool"]), content), max_size=3)
 examples = st.one_of(
-    st.builds(lambda pre, answer, w: Conversation([Message(r, c) for r, c in pre] + [Message("assistant", answer, w)]),
-              messages, content, st.sampled_from([None, 1.0])),
+    st.builds(
+        lambda pre, answer, w: Conversation([Message(r, c) for r, c in pre] + [Message("assistant", answer, w)]),
+        messages,
+        content,
+        st.sampled_from([None, 1.0]),
+    ),
     st.builds(TextExample, content),
     st.builds(LabelledExample, content, content),
-    st.builds(lambda toks: TokenExample(toks, ["O"] * len(toks)), st.lists(st.text(max_size=10), min_size=1, max_size=5)),
+    st.builds(
+        lambda toks: TokenExample(toks, ["O"] * len(toks)), st.lists(st.text(max_size=10), min_size=1, max_size=5)
+    ),
     st.builds(lambda p, c, r: PreferencePair([Message("user", p)], c, r), content, content, content),
 )
 

@@ -21,21 +21,41 @@ def _strip(examples):
 
 
 def test_chat_with_weights(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                          {"role": "assistant", "content": "draft", "weight": 0}, {"role": "user", "content": "again"},
-                          {"role": "assistant", "content": "final", "weight": 1}], "metadata": {"topic": "x"}}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "draft", "weight": 0},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "final", "weight": 1},
+            ],
+            "metadata": {"topic": "x"},
+        }
+    ]
     [conv] = read_examples(_write(tmp_path / "c.jsonl", rows))
     assert [m.weight for m in conv.messages] == [None, None, 0.0, None, 1.0]
     assert conv.reference == "final" and conv.metadata == {"topic": "x", "source_line": 1}
 
 
-@pytest.mark.parametrize("row, messages", [
-    ({"prompt": "p", "completion": "c"}, [("user", "p"), ("assistant", "c")]),
-    ({"instruction": "i", "input": "x", "output": "o"}, [("user", "i\n\nx"), ("assistant", "o")]),
-    ({"instruction": "i", "input": "", "output": "o"}, [("user", "i"), ("assistant", "o")]),
-    ({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}]},
-     [("system", "s"), ("user", "h"), ("assistant", "g")]),
-])
+@pytest.mark.parametrize(
+    "row, messages",
+    [
+        ({"prompt": "p", "completion": "c"}, [("user", "p"), ("assistant", "c")]),
+        ({"instruction": "i", "input": "x", "output": "o"}, [("user", "i\n\nx"), ("assistant", "o")]),
+        ({"instruction": "i", "input": "", "output": "o"}, [("user", "i"), ("assistant", "o")]),
+        (
+            {
+                "conversations": [
+                    {"from": "system", "value": "s"},
+                    {"from": "human", "value": "h"},
+                    {"from": "gpt", "value": "g"},
+                ]
+            },
+            [("system", "s"), ("user", "h"), ("assistant", "g")],
+        ),
+    ],
+)
 def test_chat_like_formats_become_conversations(tmp_path, row, messages):
     [conv] = read_examples(_write(tmp_path / "d.jsonl", [row]))
     assert isinstance(conv, Conversation)
@@ -101,7 +121,15 @@ def test_bad_input_raises_data_error_listing_all(tmp_path):
 
 
 ROUND_TRIP = [
-    Conversation([Message("system", "s"), Message("user", "ü ☃"), Message("assistant", "a", 0.0), Message("assistant", "b", 1.0)], {"k": 1}),
+    Conversation(
+        [
+            Message("system", "s"),
+            Message("user", "ü ☃"),
+            Message("assistant", "a", 0.0),
+            Message("assistant", "b", 1.0),
+        ],
+        {"k": 1},
+    ),
     TextExample("plain\ntext"),
     LabelledExample("t", "pos"),
     TokenExample(["A", "b"], ["B-X", "O"]),

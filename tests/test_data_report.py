@@ -13,7 +13,7 @@ from tuneforge.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from tuneforge.models.demo import build_tokenizer, build_tiny_llama, save_model_folder
+    from tuneforge.models.demo import build_tiny_llama, build_tokenizer, save_model_folder
 
     tok = build_tokenizer([f"hello world question {i} answer support desk invoice" for i in range(200)], vocab_size=300)
     return save_model_folder(build_tiny_llama(tok, hidden=32, layers=2), tok, tmp_path_factory.mktemp("tiny"))
@@ -26,8 +26,12 @@ def _chat(u, a):
 @pytest.fixture
 def chat_file(tmp_path):
     rows = [_chat(f"question {i} about my invoice", "answer " + "word " * (i % 5)) for i in range(30)]
-    rows += [_chat("question 0 about my invoice", "answer "), _chat("Ã©tÃ© problem", "caf\ufffd"), _chat("Привет, как дела?", "Хорошо"),
-             _chat("long " * 400, "fine")]
+    rows += [
+        _chat("question 0 about my invoice", "answer "),
+        _chat("Ã©tÃ© problem", "caf\ufffd"),
+        _chat("Привет, как дела?", "Хорошо"),
+        _chat("long " * 400, "fine"),
+    ]
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     return path

@@ -20,17 +20,35 @@ EXPECTED = {
     "bom.jsonl": ([], [(1, "", "bom")]),
     "empty.jsonl": ([(None, "", "empty_file")], []),
     "corrupt.parquet": ([(None, "", "unreadable_file")], []),
-    "wrong_nesting.jsonl": ([(1, "messages", "wrong_type"), (2, "messages[0]", "not_object"), (3, "", "not_object"),
-                             (4, "messages[0].content", "wrong_type")], []),
+    "wrong_nesting.jsonl": (
+        [
+            (1, "messages", "wrong_type"),
+            (2, "messages[0]", "not_object"),
+            (3, "", "not_object"),
+            (4, "messages[0].content", "wrong_type"),
+        ],
+        [],
+    ),
     "mixed.jsonl": ([(2, "", "mixed_format"), (3, "messages", "missing_field")], []),
-    "roles.jsonl": ([(1, "messages[0].role", "missing_role"), (2, "messages[0].role", "unknown_role"), (3, "messages", "no_assistant"),
-                     (4, "messages[0].content", "empty_content"), (5, "messages[1].weight", "invalid_weight"),
-                     (6, "messages", "no_trainable"), (7, "messages[0].content", "wrong_type"), (8, "messages", "empty_content")],
-                    [(7, "messages[1].contnet", "unknown_key")]),
+    "roles.jsonl": (
+        [
+            (1, "messages[0].role", "missing_role"),
+            (2, "messages[0].role", "unknown_role"),
+            (3, "messages", "no_assistant"),
+            (4, "messages[0].content", "empty_content"),
+            (5, "messages[1].weight", "invalid_weight"),
+            (6, "messages", "no_trainable"),
+            (7, "messages[0].content", "wrong_type"),
+            (8, "messages", "empty_content"),
+        ],
+        [(7, "messages[1].contnet", "unknown_key")],
+    ),
     "truncated.json": ([(34, "", "invalid_json")], []),
     "labels.csv": ([(4, "label", "label_not_in_set"), (5, "label", "missing_field")], []),
-    "ner.jsonl": ([(2, "tags", "tags_mismatch"), (3, "tags[0]", "invalid_tag"), (5, "tags", "label_not_in_set")],
-                  [(4, "tags[1]", "bio_sequence")]),
+    "ner.jsonl": (
+        [(2, "tags", "tags_mismatch"), (3, "tags[0]", "invalid_tag"), (5, "tags", "label_not_in_set")],
+        [(4, "tags[1]", "bio_sequence")],
+    ),
 }
 LABELS = {"labels.csv": ["pos", "neg"], "ner.jsonl": ["PER", "LOC"]}
 
@@ -52,12 +70,16 @@ def test_corpus_exact_errors(name):
 
 
 def test_corpus_is_up_to_date():
-    assert {p.name for p in CORPUS.iterdir() if p.is_file() and p.suffix != ".py"} == set(EXPECTED)  # layouts/: test_data_layouts.py
+    assert {p.name for p in CORPUS.iterdir() if p.is_file() and p.suffix != ".py"} == set(
+        EXPECTED
+    )  # layouts/: test_data_layouts.py
 
 
 def test_ten_megabyte_single_line(tmp_path):
     path = tmp_path / "huge.jsonl"
-    big = json.dumps({"messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}, {"role": "assistant", "content": "ok!"}]})
+    big = json.dumps(
+        {"messages": [{"role": "user", "content": "x" * (10 * 1024 * 1024)}, {"role": "assistant", "content": "ok!"}]}
+    )
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
     path.write_text(big + "\n" + good + "\n")
     report = validate_file(path, min_examples=1)
@@ -73,7 +95,11 @@ def _chat(u, a):
 
 def test_warnings_do_not_fail_and_counts(tmp_path):
     path = tmp_path / "d.jsonl"
-    rows = [_chat(f"q{i}", f"answer {i}") for i in range(10)] + [_chat("q0", "answer 0"), _chat("Q0 ", "answer  0"), _chat("q", "ok")]
+    rows = [_chat(f"q{i}", f"answer {i}") for i in range(10)] + [
+        _chat("q0", "answer 0"),
+        _chat("Q0 ", "answer  0"),
+        _chat("q", "ok"),
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = validate_file(path)
     assert report.ok

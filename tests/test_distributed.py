@@ -70,8 +70,9 @@ def test_rank_shards_are_disjoint_and_make_up_the_micro_batch():
 def test_torchrun_options():
     one = torchrun_args(nproc_per_node=2, nnodes=1, node_rank=None, rdzv_endpoint=None, max_restarts=0, run_id="r")
     assert one == ["--nproc-per-node=2", "--nnodes=1", "--max-restarts=0", "--standalone"]
-    fixed = torchrun_args(nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500", max_restarts=1,
-                          run_id="r")
+    fixed = torchrun_args(
+        nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500", max_restarts=1, run_id="r"
+    )
     assert fixed[-3:] == ["--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29500"]
     c10d = torchrun_args(nproc_per_node=1, nnodes=2, node_rank=None, rdzv_endpoint="h:1", max_restarts=0, run_id="r")
     assert "--rdzv-backend=c10d" in c10d and "--rdzv-endpoint=h:1" in c10d
@@ -123,8 +124,11 @@ def test_resume_with_another_world_size_gives_the_uninterrupted_losses(tiny_mode
         calls["n"] += 1
         return calls["n"] > 3
 
-    a = train(make_config(tiny_model_dir, support_data, tmp_path / "a", batch_size=8, **kw), should_stop=after_three,
-              progress=False)
+    a = train(
+        make_config(tiny_model_dir, support_data, tmp_path / "a", batch_size=8, **kw),
+        should_stop=after_three,
+        progress=False,
+    )
     assert a.status == "stopped" and a.steps == 3
     config = write_config(tiny_model_dir, support_data, tmp_path, "a", batch_size=4, **kw)
     done = run_cli(config, "--nproc-per-node", "2", "--resume")
@@ -152,9 +156,18 @@ def test_two_launches_with_nnodes_2_form_one_job(tiny_model_dir, support_data, t
     one = train(make_config(tiny_model_dir, support_data, tmp_path / "one", max_steps=3, batch_size=8), progress=False)
     config = write_config(tiny_model_dir, support_data, tmp_path, "two", max_steps=3, batch_size=4)
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen(tuneforge_cmd(config, "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(r),
-                                            "--rdzv-endpoint", endpoint), env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            tuneforge_cmd(
+                config, "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(r), "--rdzv-endpoint", endpoint
+            ),
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outs = [n.communicate(timeout=300) for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert train_losses(tmp_path / "two") == pytest.approx(one.losses, abs=1e-5)
@@ -189,12 +202,25 @@ def kill_rank_after_first_checkpoint(job: subprocess.Popen, run_dir: Path, marke
 @pytest.mark.slow
 @pytest.mark.parametrize("restarts", [0, 1])
 def test_a_killed_rank_ends_the_job_or_restarts_it(tiny_model_dir, support_data, tmp_path, restarts):
-    config = write_config(tiny_model_dir, support_data, tmp_path, "run", max_steps=30, batch_size=4, save_every=2,
-                          eval_every=100, distributed={"timeout_s": 60})
+    config = write_config(
+        tiny_model_dir,
+        support_data,
+        tmp_path,
+        "run",
+        max_steps=30,
+        batch_size=4,
+        save_every=2,
+        eval_every=100,
+        distributed={"timeout_s": 60},
+    )
     marker = f"TUNEFORGE_TEST_JOB={tmp_path.name}"
-    job = subprocess.Popen(tuneforge_cmd(config, "--nproc-per-node", "2", "--max-restarts", str(restarts)),
-                           env={**env(), "TUNEFORGE_TEST_JOB": tmp_path.name}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        tuneforge_cmd(config, "--nproc-per-node", "2", "--max-restarts", str(restarts)),
+        env={**env(), "TUNEFORGE_TEST_JOB": tmp_path.name},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     kill_rank_after_first_checkpoint(job, tmp_path / "run", marker)
     killed = time.time()
     out, errors = job.communicate(timeout=300)

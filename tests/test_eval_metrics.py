@@ -9,8 +9,19 @@ import pytest
 
 from tuneforge.errors import ConfigError
 from tuneforge.eval.bootstrap import mean_ci, paired_difference, ratio_ci, statistic_ci
-from tuneforge.eval.metrics import (accuracy, bio_entities, bleu, chrf, entity_f1, exact_match, load_custom_metric, macro_f1,
-                                    rouge_l, select_metrics, token_f1)
+from tuneforge.eval.metrics import (
+    accuracy,
+    bio_entities,
+    bleu,
+    chrf,
+    entity_f1,
+    exact_match,
+    load_custom_metric,
+    macro_f1,
+    rouge_l,
+    select_metrics,
+    token_f1,
+)
 
 
 def test_qa_metrics_hand_computed():

@@ -11,10 +11,12 @@ from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import RAG, FewShot, prompt_tokens, zero_shot
 from tuneforge.eval.retrieval import BM25Retriever, EmbeddingRetriever, HybridRetriever, read_documents
 
-DOCS = ["The Glow Bulb costs 19 dollars and has a two year warranty.",
-        "Our office in Lyon opens at nine and closes at five.",
-        "Returns are free within thirty days of delivery.",
-        "The Soundbar ships in five days to most countries."]
+DOCS = [
+    "The Glow Bulb costs 19 dollars and has a two year warranty.",
+    "Our office in Lyon opens at nine and closes at five.",
+    "Returns are free within thirty days of delivery.",
+    "The Soundbar ships in five days to most countries.",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,12 +72,20 @@ def test_few_shot_respects_the_context_budget(tokenizer):
             if shots:  # only an empty few-shot prompt may exceed the budget (the question alone is too long)
                 assert prompt_tokens(tokenizer, msgs) <= budget
     assert (len(FewShot(pool, tokenizer, k=4, budget=10_000)(test[0])) - 2) // 2 == 4
-    assert len(FewShot(pool, tokenizer, k=4, budget=zero + 40)(test[0])) < len(FewShot(pool, tokenizer, k=4, budget=10_000)(test[0]))
+    assert len(FewShot(pool, tokenizer, k=4, budget=zero + 40)(test[0])) < len(
+        FewShot(pool, tokenizer, k=4, budget=10_000)(test[0])
+    )
 
 
 def test_few_shot_demonstrations_carry_no_loss_and_similar_comes_last(tokenizer):
-    pool = [Conversation([Message("user", q), Message("assistant", a)]) for q, a in
-            [("what is the glow bulb price", "19"), ("when does the office open", "nine"), ("glow bulb warranty", "2 years")]]
+    pool = [
+        Conversation([Message("user", q), Message("assistant", a)])
+        for q, a in [
+            ("what is the glow bulb price", "19"),
+            ("when does the office open", "nine"),
+            ("glow bulb warranty", "2 years"),
+        ]
+    ]
     conv = Conversation([Message("system", "S"), Message("user", "glow bulb price please"), Message("assistant", "19")])
     msgs = FewShot(pool, tokenizer, k=2, budget=10_000)(conv)
     assert msgs[0].content == "S" and msgs[-1].content == "glow bulb price please"
@@ -86,7 +96,11 @@ def test_few_shot_demonstrations_carry_no_loss_and_similar_comes_last(tokenizer)
 def test_rag_puts_passages_in_the_system_message_within_budget(tokenizer):
     conv = Conversation([Message("system", "Be brief."), Message("user", "How fast does the Soundbar ship?")])
     msgs = RAG(BM25Retriever(DOCS), tokenizer, k=2, budget=10_000)(conv)
-    assert msgs[0].role == "system" and msgs[0].content.startswith("Be brief.") and "[1] The Soundbar ships" in msgs[0].content
+    assert (
+        msgs[0].role == "system"
+        and msgs[0].content.startswith("Be brief.")
+        and "[1] The Soundbar ships" in msgs[0].content
+    )
     tight = prompt_tokens(tokenizer, zero_shot(conv)) + 5
     assert RAG(BM25Retriever(DOCS), tokenizer, k=2, budget=tight)(conv)[0].content == "Be brief."
 
@@ -105,12 +119,25 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
         paths[name] = root / f"{name}.jsonl"
         write_jsonl(rows, paths[name])
     general = root / "general.txt"
-    general.write_text("The fox lives in the forest.\nPeople in Oslo meet at the market.\nWater boils at one hundred degrees.\n")
-    cfg = RunConfig(objective="sft", output_dir=root / "run", model=ModelSection(name=str(tiny_model_dir), max_length=256),
-                    data=DataSection(train=paths["train"], validation=paths["validation"], test=paths["test"]),
-                    method=LoraMethod(r=4, alpha=8), train=TrainSection(max_steps=6, batch_size=8, lr=3e-3, eval_every=2, log_every=1, seed=0),
-                    eval=EvalSection(max_new_tokens=6, batch_size=16, bootstrap_samples=200, latency_samples=1, general_text=general,
-                                     slice_fields=["product_line", "topic"]))
+    general.write_text(
+        "The fox lives in the forest.\nPeople in Oslo meet at the market.\nWater boils at one hundred degrees.\n"
+    )
+    cfg = RunConfig(
+        objective="sft",
+        output_dir=root / "run",
+        model=ModelSection(name=str(tiny_model_dir), max_length=256),
+        data=DataSection(train=paths["train"], validation=paths["validation"], test=paths["test"]),
+        method=LoraMethod(r=4, alpha=8),
+        train=TrainSection(max_steps=6, batch_size=8, lr=3e-3, eval_every=2, log_every=1, seed=0),
+        eval=EvalSection(
+            max_new_tokens=6,
+            batch_size=16,
+            bootstrap_samples=200,
+            latency_samples=1,
+            general_text=general,
+            slice_fields=["product_line", "topic"],
+        ),
+    )
     train(cfg, progress=False)
     return cfg
 
@@ -142,9 +169,13 @@ def test_eval_pipeline_writes_eval_json_and_report(tiny_run, tmp_path):
     over = report["training_curves"]["overfitting"]
     assert [g["step"] for g in over["gap"]] == [2, 4, 6] and over["overfitting"] in (True, False)
     cost = report["cost"]
-    assert cost["training"]["fine_tuned"]["training_tokens"] > 0 and cost["training"]["fine_tuned"]["epochs"] == pytest.approx(6 / 8)
+    assert cost["training"]["fine_tuned"]["training_tokens"] > 0 and cost["training"]["fine_tuned"][
+        "epochs"
+    ] == pytest.approx(6 / 8)
     assert set(cost["break_even_requests"]["fine_tuned"]) == {"base", "few_shot", "rag"}
-    assert cost["break_even_requests"]["fine_tuned"]["base"] is None  # same prompt: fine-tuning never saves serving cost
+    assert (
+        cost["break_even_requests"]["fine_tuned"]["base"] is None
+    )  # same prompt: fine-tuning never saves serving cost
     assert report["verdict"]["quality_winner"] in names and report["verdict"]["summary"]
     html = (tmp_path / "eval_report.html").read_text()
     for section in SECTIONS:
@@ -159,8 +190,23 @@ def test_eval_cli_json_with_other_run_and_subset(tiny_run, tmp_path):
 
     from tuneforge.cli.main import app
 
-    result = CliRunner().invoke(app, ["eval", str(tiny_run.output_dir), "--run", str(tiny_run.output_dir), "--approaches", "base,fine_tuned",
-                                      "--out", str(tmp_path), "--output", "json", "--set", "eval.max_examples=6"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tiny_run.output_dir),
+            "--run",
+            str(tiny_run.output_dir),
+            "--approaches",
+            "base,fine_tuned",
+            "--out",
+            str(tmp_path),
+            "--output",
+            "json",
+            "--set",
+            "eval.max_examples=6",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert [a["name"] for a in report["approaches"]] == ["base", "fine_tuned", "run"]
@@ -189,13 +235,24 @@ def test_untrained_config_scores_baselines_with_classification_metrics(tiny_mode
 
     from tuneforge.eval.evaluate import resolve_target, run_eval
 
-    rows = [{"text": f"the {thing} is {mood}", "label": mood} for thing in ("lamp", "lock", "fan", "radio", "kettle") for mood in ("good", "bad")]
+    rows = [
+        {"text": f"the {thing} is {mood}", "label": mood}
+        for thing in ("lamp", "lock", "fan", "radio", "kettle")
+        for mood in ("good", "bad")
+    ]
     for name, part in (("train.jsonl", rows[:6]), ("test.jsonl", rows[6:])):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "not-trained"), "model": {"name": str(tiny_model_dir), "max_length": 128},
-                                      "data": {"train": "train.jsonl", "test": "test.jsonl"},
-                                      "eval": {"max_new_tokens": 3, "latency_samples": 0, "bootstrap_samples": 200, "few_shot_k": 2}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "not-trained"),
+                "model": {"name": str(tiny_model_dir), "max_length": 128},
+                "data": {"train": "train.jsonl", "test": "test.jsonl"},
+                "eval": {"max_new_tokens": 3, "latency_samples": 0, "bootstrap_samples": 200, "few_shot_k": 2},
+            }
+        )
+    )
     said = []
     report = run_eval(resolve_target(config), tmp_path / "out", say=said.append)
     assert [a["name"] for a in report["approaches"]] == ["base", "few_shot", "rag"]

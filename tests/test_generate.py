@@ -12,9 +12,11 @@ from tuneforge.data.tokenize import encode_prompt
 from tuneforge.models.generate import AnswerText, decode, direct_decoding, generate_batch
 from tuneforge.serve.streaming import generate_one
 
-PROMPTS = [[{"role": "user", "content": "How much is the Lumora Lantern?"}],
-           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Shipping to Norway?"}],
-           [{"role": "user", "content": "Hi"}]]
+PROMPTS = [
+    [{"role": "user", "content": "How much is the Lumora Lantern?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Shipping to Norway?"}],
+    [{"role": "user", "content": "Hi"}],
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +30,29 @@ def model_and_tokenizer(tiny_model_dir):
 
 
 def left_padded(tokenizer, prompts):
-    rows = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in prompts]
+    rows = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False) for p in prompts
+    ]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
     return ids, mask
 
 
 def hf_new_tokens(model, ids, mask, new, stop, pad, **sampling):
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, pad_token_id=pad, eos_token_id=stop, top_k=None,
-                         do_sample=bool(sampling), **sampling)
-    return out[:, ids.shape[1]:]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=new,
+        pad_token_id=pad,
+        eos_token_id=stop,
+        top_k=None,
+        do_sample=bool(sampling),
+        **sampling,
+    )
+    return out[:, ids.shape[1] :]
 
 
 @pytest.mark.parametrize("rows", [1, 3], ids=["batch-1", "left-padded-batch-3"])
@@ -70,7 +82,9 @@ def test_sampling_draws_the_same_tokens_as_generate_for_a_seed(model_and_tokeniz
     assert torch.equal(got, expected)
     greedy = decode(model, ids, mask, 12, 0.0, 1.0, [], tok.pad_token_id)
     assert not torch.equal(got, greedy)  # the draws really sampled
-    assert torch.equal(decode(model, ids, mask, 12, 0.7, 1e-6, [], tok.pad_token_id), greedy)  # top_p keeps at least the top token
+    assert torch.equal(
+        decode(model, ids, mask, 12, 0.7, 1e-6, [], tok.pad_token_id), greedy
+    )  # top_p keeps at least the top token
 
 
 def test_lora_adapters_decode_directly_and_prompt_tuning_falls_back_to_generate(tiny_model_dir, model_and_tokenizer):
@@ -78,12 +92,19 @@ def test_lora_adapters_decode_directly_and_prompt_tuning_falls_back_to_generate(
     ids, mask = left_padded(tok, PROMPTS)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     torch.manual_seed(0)
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).eval()
     assert direct_decoding(lora)
     with torch.no_grad():
-        assert torch.equal(decode(lora, ids, mask, 10, 0.0, 1.0, [], tok.pad_token_id), hf_new_tokens(lora, ids, mask, 10, [], tok.pad_token_id))
-    prompt = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-                            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+        assert torch.equal(
+            decode(lora, ids, mask, 10, 0.0, 1.0, [], tok.pad_token_id),
+            hf_new_tokens(lora, ids, mask, 10, [], tok.pad_token_id),
+        )
+    prompt = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    ).eval()
     assert not direct_decoding(prompt)
     results = generate_batch(prompt, tok, PROMPTS, max_new_tokens=6)
     assert len(results) == 3 and all(0 < r.completion_tokens <= 6 for r in results)
@@ -161,8 +182,9 @@ def scripted(tiny_model_dir):
 
 def streamed(model, tok, prompt, **kw):
     pieces: list[str] = []
-    result = generate_one(model, tok, encode_prompt(tok, prompt), temperature=0.0, top_p=1.0, seed=None,
-                          on_text=pieces.append, **kw)
+    result = generate_one(
+        model, tok, encode_prompt(tok, prompt), temperature=0.0, top_p=1.0, seed=None, on_text=pieces.append, **kw
+    )
     return "".join(pieces), result
 
 

@@ -20,13 +20,17 @@ from tuneforge.methods.registry import reference_context
 from tuneforge.objectives import get_objective, objective_for
 from tuneforge.objectives.grpo import completion_logps, group_advantages, policy_loss
 
-CHECK = {"type": "string_check", "name": "fact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-         "operation": "like"}
+CHECK = {
+    "type": "string_check",
+    "name": "fact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "like",
+}
 
 
 def write_rft(path, n=8):
-    rows = [{"messages": [{"role": "user", "content": f"How much is plan {i}?"}], "answer": f"${i}"}
-            for i in range(n)]
+    rows = [{"messages": [{"role": "user", "content": f"How much is plan {i}?"}], "answer": f"${i}"} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -38,12 +42,17 @@ def test_rft_records_read_as_prompts_with_their_item_fields(tmp_path):
     assert read[1].prompt[-1].content == "How much is plan 1?" and read[1].item == {"reference": "", "answer": "$1"}
     assert read[2].source == f"{path}:3"
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}],
-                               "answer": "x"}) + "\n")
+    bad.write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "answer": "x"}
+        )
+        + "\n"
+    )
     with pytest.raises(DataError) as err:
         read_examples(bad, "rft")
     assert "bad.jsonl:1" in str(err.value.problems) and "end with a assistant" in str(err.value.problems).replace(
-        "an assistant", "a assistant")
+        "an assistant", "a assistant"
+    )
 
 
 def test_grpo_refuses_chat_data_and_other_objectives_refuse_prompts(support_data, tmp_path, tiny_tokenizer):
@@ -60,16 +69,18 @@ def test_grpo_refuses_chat_data_and_other_objectives_refuse_prompts(support_data
 
 def test_config_needs_graders_a_reference_for_kl_and_refuses_grpo_elsewhere():
     base = {"data": {"train": "x.jsonl"}, "objective": "grpo", "method": {"name": "lora"}}
-    cfg = validate_config({**base, "grpo": {"graders": [CHECK], "group_size": 3, "loss_type": "grpo"}},
-                          check_files=False)
+    cfg = validate_config(
+        {**base, "grpo": {"graders": [CHECK], "group_size": 3, "loss_type": "grpo"}}, check_files=False
+    )
     grpo = objective_for(cfg)
     assert grpo.cfg.group_size == 3 and grpo.cfg.loss_type == "grpo" and grpo.weights == [1.0]
     assert cfg.data.format == "rft"  # auto: RFT prompts, never read as chats missing their answer
     with pytest.raises(ConfigError, match="objective grpo needs a reward"):
         validate_config(base, check_files=False)
     with pytest.raises(ConfigError, match="grpo.beta > 0 uses the base"):
-        validate_config({**base, "method": {"name": "full"}, "grpo": {"graders": [CHECK], "beta": 0.1}},
-                        check_files=False)
+        validate_config(
+            {**base, "method": {"name": "full"}, "grpo": {"graders": [CHECK], "beta": 0.1}}, check_files=False
+        )
     with pytest.raises(ConfigError, match="2 weight"):
         validate_config({**base, "grpo": {"graders": [CHECK], "weights": [1, 2]}}, check_files=False)
     with pytest.raises(ConfigError, match="non-finite weight"):
@@ -106,8 +117,16 @@ def test_loss_and_gradient_match_trl_grpo_trainer(tiny_model_dir, tmp_path, loss
     from trl import GRPOConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    settings = GrpoSection(group_size=4, temperature=0.8, max_new_tokens=6, beta=0.2, epsilon=0.2,
-                           epsilon_high=0.28, loss_type=loss_type, graders=[CHECK])
+    settings = GrpoSection(
+        group_size=4,
+        temperature=0.8,
+        max_new_tokens=6,
+        beta=0.2,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_type=loss_type,
+        graders=[CHECK],
+    )
     grpo = get_objective("grpo", settings=settings)
     examples = read_examples(write_rft(tmp_path / "rft.jsonl", 2), "rft")
     feats = grpo.encode(examples, tok, 64)
@@ -120,24 +139,46 @@ def test_loss_and_gradient_match_trl_grpo_trainer(tiny_model_dir, tmp_path, loss
         ref = completion_logps(model, done, settings.temperature)
     mask = done.completion_mask
     assert mask.sum() > 0
-    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=8, num_generations=4,
-                      beta=settings.beta, epsilon=settings.epsilon, epsilon_high=settings.epsilon_high,
-                      loss_type=loss_type, max_completion_length=settings.max_new_tokens,
-                      temperature=settings.temperature, report_to=[], use_cpu=True, bf16=False,
-                      gradient_checkpointing=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
-                          train_dataset=Dataset.from_list([{"prompt": "x"}] * 8), processing_class=tok)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        beta=settings.beta,
+        epsilon=settings.epsilon,
+        epsilon_high=settings.epsilon_high,
+        loss_type=loss_type,
+        max_completion_length=settings.max_new_tokens,
+        temperature=settings.temperature,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "x"}] * 8),
+        processing_class=tok,
+    )
     trainer.current_gradient_accumulation_steps = 1
-    inputs = {"prompt_ids": done.prompt_ids, "prompt_mask": done.prompt_mask, "completion_ids": done.completion_ids,
-              "completion_mask": mask, "advantages": advantages, "ref_per_token_logps": ref,
-              "num_items_in_batch": mask.sum().float()}
+    inputs = {
+        "prompt_ids": done.prompt_ids,
+        "prompt_mask": done.prompt_mask,
+        "completion_ids": done.completion_ids,
+        "completion_mask": mask,
+        "advantages": advantages,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": mask.sum().float(),
+    }
     model.train()
     theirs = trainer._compute_loss(model, inputs)
     theirs.backward()
     their_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    total, count, kl = policy_loss(completion_logps(model, done, settings.temperature), ref, advantages,
-                                   mask.float(), settings)
+    total, count, kl = policy_loss(
+        completion_logps(model, done, settings.temperature), ref, advantages, mask.float(), settings
+    )
     (total / count).backward()  # what the recipe does with (sum, count)
     assert kl > 1e-4  # the reference differs: the KL term takes part
     assert abs(total.item() / count - theirs.item()) < 1e-4, (total.item() / count, theirs.item())
@@ -167,20 +208,40 @@ def test_a_raising_grader_scores_zero_and_is_counted():
 
 
 # a reward that varies between a random model's answers, so groups carry a learning signal
-LENGTH = {"type": "python", "name": "length", "source": "def grade(sample, item):\n"
-          "    return min(len(sample['output_text']), 12) / 12\n"}
+LENGTH = {
+    "type": "python",
+    "name": "length",
+    "source": "def grade(sample, item):\n    return min(len(sample['output_text']), 12) / 12\n",
+}
 
 
 def _run_cfg(tiny_model_dir, tmp_path, **grpo):
     train_path, val_path = write_rft(tmp_path / "train.jsonl", 8), write_rft(tmp_path / "val.jsonl", 2)
-    raw = {"objective": "grpo", "output_dir": str(tmp_path / "run"),
-           "model": {"name": str(tiny_model_dir), "max_length": 64},
-           "data": {"train": str(train_path), "validation": str(val_path)},
-           "method": {"name": "lora", "r": 4, "alpha": 8},
-           "train": {"max_steps": 3, "batch_size": 2, "lr": 1e-2, "eval_every": 2, "log_every": 1, "save_every": 1,
-                     "warmup_ratio": 0.0, "seed": 1},
-           "grpo": {"group_size": 4, "max_new_tokens": 6, "beta": 0.1, "graders": [CHECK, LENGTH],
-                    "weights": [1.0, 0.5], **grpo}}
+    raw = {
+        "objective": "grpo",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir), "max_length": 64},
+        "data": {"train": str(train_path), "validation": str(val_path)},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {
+            "max_steps": 3,
+            "batch_size": 2,
+            "lr": 1e-2,
+            "eval_every": 2,
+            "log_every": 1,
+            "save_every": 1,
+            "warmup_ratio": 0.0,
+            "seed": 1,
+        },
+        "grpo": {
+            "group_size": 4,
+            "max_new_tokens": 6,
+            "beta": 0.1,
+            "graders": [CHECK, LENGTH],
+            "weights": [1.0, 0.5],
+            **grpo,
+        },
+    }
     return validate_config(raw)
 
 
@@ -194,8 +255,15 @@ def test_grpo_run_with_lora_writes_reward_metrics(tiny_model_dir, tmp_path):
     assert len(steps) == 3
     for r in steps:
         m = r["metrics"]
-        assert {"reward", "reward_std", "kl", "completion_length", "zero_advantage_groups", "grader/fact",
-                "grader/fact/errors"} <= m.keys(), m
+        assert {
+            "reward",
+            "reward_std",
+            "kl",
+            "completion_length",
+            "zero_advantage_groups",
+            "grader/fact",
+            "grader/fact/errors",
+        } <= m.keys(), m
         assert 0 < m["completion_length"] <= 6 and 0 <= m["zero_advantage_groups"] <= 1 and m["kl"] >= 0
     assert steps[0]["metrics"]["kl"] == pytest.approx(0, abs=1e-6)  # LoRA starts as the base: policy == reference
     assert steps[-1]["metrics"]["kl"] > 0 and min(r["metrics"]["zero_advantage_groups"] for r in steps) < 1

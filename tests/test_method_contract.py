@@ -21,12 +21,28 @@ from tuneforge import config as config_module
 from tuneforge.config import DataSection, ModelSection, RunConfig, validate_config
 from tuneforge.errors import ConfigError, ModelLoadError
 from tuneforge.methods import registry
-from tuneforge.methods.registry import Method, MethodConfig, Serving, get_method, has_file, method_of, reference_context, register
+from tuneforge.methods.registry import (
+    Method,
+    MethodConfig,
+    Serving,
+    get_method,
+    has_file,
+    method_of,
+    reference_context,
+    register,
+)
 from tuneforge.models.artifact import find_artifact, read_artifact
 from tuneforge.models.loading import load_for_inference, load_model
 
-OPTIONS = {"freeze": {"top_layers": 1}, "prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning": {"num_virtual_tokens": 4},
-           "adapter": {"bottleneck": 8}, "lora": {"r": 4}, "dora": {"r": 4}, "head+lora": {"r": 4}}
+OPTIONS = {
+    "freeze": {"top_layers": 1},
+    "prompt_tuning": {"num_virtual_tokens": 4},
+    "prefix_tuning": {"num_virtual_tokens": 4},
+    "adapter": {"bottleneck": 8},
+    "lora": {"r": 4},
+    "dora": {"r": 4},
+    "head+lora": {"r": 4},
+}
 LABELS = {"id2label": {0: "no", 1: "yes"}, "label2id": {"no": 0, "yes": 1}, "num_labels": 2}
 # qlora needs a bitsandbytes-quantizable base; test_methods_matrix round-trips it on one
 ROUND_TRIP = [name for name in registry.available_methods() if name != "qlora"]
@@ -39,7 +55,7 @@ def _section(name: str) -> MethodConfig:
 def _logits(model, ids):
     model.eval()
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -ids.shape[1]:].float()
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -ids.shape[1] :].float()
 
 
 def test_method_union_is_the_registry():
@@ -47,10 +63,27 @@ def test_method_union_is_the_registry():
     assert set(union) == set(registry.method_configs()) and len(union) == len(registry.available_methods())
     for method in registry.methods():
         assert get_args(method.config.model_fields["name"].annotation) == (method.name,)
-        assert validate_config({"data": {"train": "x"}, "method": {"name": method.name, **OPTIONS.get(method.name, {})},
-                                "objective": "classification" if method.needs_new_head else "sft"}, check_files=False).method.name == method.name
+        assert (
+            validate_config(
+                {
+                    "data": {"train": "x"},
+                    "method": {"name": method.name, **OPTIONS.get(method.name, {})},
+                    "objective": "classification" if method.needs_new_head else "sft",
+                },
+                check_files=False,
+            ).method.name
+            == method.name
+        )
     assert registry.artifact_folders() == ("model", "adapter", "bottleneck")
-    assert sorted(registry.reference_methods()) == ["adapter", "dora", "ia3", "lora", "prefix_tuning", "prompt_tuning", "qlora"]
+    assert sorted(registry.reference_methods()) == [
+        "adapter",
+        "dora",
+        "ia3",
+        "lora",
+        "prefix_tuning",
+        "prompt_tuning",
+        "qlora",
+    ]
     with pytest.raises(ConfigError, match="reference model"):
         validate_config({"data": {"train": "x"}, "objective": "dpo", "method": {"name": "full"}}, check_files=False)
 
@@ -69,15 +102,23 @@ def test_every_method_round_trips_through_its_artifact(name, tiny_model_dir, tin
                 p.add_(torch.randn_like(p) * 0.2)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = RunConfig(model=ModelSection(name=str(tiny_model_dir)), data=DataSection(train="x.jsonl"), method=_section(name),
-                    objective="classification" if head else "sft")
+    cfg = RunConfig(
+        model=ModelSection(name=str(tiny_model_dir)),
+        data=DataSection(train="x.jsonl"),
+        method=_section(name),
+        objective="classification" if head else "sft",
+    )
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     folder = method.save(model, run_dir)
     tiny_tokenizer.save_pretrained(folder)
 
     artifact = read_artifact(run_dir)
     assert (artifact.method, artifact.folder, artifact.run_dir) == (name, run_dir / method.folder, run_dir)
-    assert folder == artifact.folder and artifact.serving is method.serving and artifact.can_merge == (method.merge is not None)
+    assert (
+        folder == artifact.folder
+        and artifact.serving is method.serving
+        and artifact.can_merge == (method.merge is not None)
+    )
     assert artifact.base_model == str(tiny_model_dir) and artifact.task == task
     assert artifact.labels == (head if head else {})
     assert (artifact.peft_type is not None) == (method.folder == "adapter")
@@ -85,7 +126,9 @@ def test_every_method_round_trips_through_its_artifact(name, tiny_model_dir, tin
     assert read_artifact(artifact.folder) == artifact  # the folder given directly is the same artifact
 
     labels = {} if artifact.standalone else artifact.labels
-    loaded = method.load(load_model(artifact.base_source(), torch.float32, task=artifact.task, **labels), artifact.folder)
+    loaded = method.load(
+        load_model(artifact.base_source(), torch.float32, task=artifact.task, **labels), artifact.folder
+    )
     assert method_of(loaded) is method
     ids = tiny_tokenizer(["The printer in room four jams every morning."], return_tensors="pt")["input_ids"]
     torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
@@ -139,8 +182,11 @@ def _load_scale(base, folder: Path):
 
 @pytest.fixture
 def toy_method():
-    method = register(Method("toy_scale", ScaleMethod, "toy", _apply_scale, _save_scale, has_file("toy_config.json"),
-                             restore=_load_scale))
+    method = register(
+        Method(
+            "toy_scale", ScaleMethod, "toy", _apply_scale, _save_scale, has_file("toy_config.json"), restore=_load_scale
+        )
+    )
     yield method
     registry._METHODS.pop(method.name)
     config_module._refresh_method_union()
@@ -148,7 +194,6 @@ def toy_method():
 
 def test_a_registered_method_is_parsed_trained_saved_and_loaded(toy_method, tiny_model_dir, support_data, tmp_path):
     from helpers import make_config
-
     from tuneforge.train import train
 
     assert "toy" in registry.artifact_folders()

@@ -12,8 +12,20 @@ import re
 import pytest
 import torch
 
-from tuneforge.config import (AdapterMethod, DataSection, DoraMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod, ModelSection,
-                              PrefixTuningMethod, PromptTuningMethod, QLoraMethod, RunConfig)
+from tuneforge.config import (
+    AdapterMethod,
+    DataSection,
+    DoraMethod,
+    FreezeMethod,
+    FullMethod,
+    IA3Method,
+    LoraMethod,
+    ModelSection,
+    PrefixTuningMethod,
+    PromptTuningMethod,
+    QLoraMethod,
+    RunConfig,
+)
 from tuneforge.methods import get_method
 from tuneforge.models.loading import load_for_inference, load_model
 
@@ -65,8 +77,8 @@ def _canonical(name: str, known: dict) -> str:
     """A base tensor's name with the wrappers' segments removed (peft's prefixes and base_layer, bottleneck's base)."""
     name = re.sub(r"\.base_layer(?=\.)|\.base(?=\.)", "", name)
     for prefix in ("base_model.model.", "base_model."):  # LoRA-style tuners nest one level deeper than prompt learning
-        if name.startswith(prefix) and name[len(prefix):] in known:
-            return name[len(prefix):]
+        if name.startswith(prefix) and name[len(prefix) :] in known:
+            return name[len(prefix) :]
     return name
 
 
@@ -85,7 +97,9 @@ def _loss(model, ids, mask, labels):
 @torch.no_grad()
 def _logits(model, ids, mask):
     model.eval()
-    return model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:].float()  # prompt tuning adds virtual positions
+    return (
+        model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :].float()
+    )  # prompt tuning adds virtual positions
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
@@ -107,7 +121,9 @@ def test_method_invariants(case, request, tiny_tokenizer, tmp_path):
         model.train()
         loss = _loss(model, ids, mask, labels)
         loss.backward()
-        assert all((p.grad is not None) == p.requires_grad for p in model.parameters()), "a frozen weight got a gradient"
+        assert all((p.grad is not None) == p.requires_grad for p in model.parameters()), (
+            "a frozen weight got a gradient"
+        )
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
@@ -122,7 +138,9 @@ def test_method_invariants(case, request, tiny_tokenizer, tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(RunConfig(model=ModelSection(name=str(tiny_model_dir)), data=DataSection(train="x.jsonl"), method=cfg).to_yaml())
+    (run_dir / "config.yaml").write_text(
+        RunConfig(model=ModelSection(name=str(tiny_model_dir)), data=DataSection(train="x.jsonl"), method=cfg).to_yaml()
+    )
     artifact = method.save(model, run_dir)
     tiny_tokenizer.save_pretrained(artifact)
     loaded, _ = load_for_inference(run_dir, device=torch.device("cpu"))

@@ -15,15 +15,27 @@ from tuneforge.train.rundir import RunDir
 
 def _eval_report() -> dict:
     interval = lambda mean, lo, hi: {"mean": mean, "ci_low": lo, "ci_high": hi}  # noqa: E731
-    approaches = [{"name": name, "metrics": {"exact_match": interval(*em), "loss": interval(*loss)}}
-                  for name, em, loss in (("base", (0.125, 0.0, 0.375), (3.2, 3.0, 3.4)),
-                                         ("fine_tuned", (0.625, 0.25, 0.875), (1.1, 0.9, 1.3)))]
-    return {"test_file": "/data/test.jsonl", "test_examples": 8, "confidence": 0.95, "approaches": approaches,
-            "forgetting": {"source": "general.txt", "change_percent_vs_base": {"fine_tuned": 23.5},
-                           "forgetting": {"fine_tuned": True}},
-            "slices": {"fields": {"product": {"flags": ["fine_tuned: product=router scores 0.200 [0.000, 0.500]"]}}},
-            "training_curves": {"overfitting": {"overfitting": False, "reason": "validation loss kept falling"}},
-            "verdict": {"summary": ["fine_tuned is best on exact_match."], "fine_tuning_worth_it": True}}
+    approaches = [
+        {"name": name, "metrics": {"exact_match": interval(*em), "loss": interval(*loss)}}
+        for name, em, loss in (
+            ("base", (0.125, 0.0, 0.375), (3.2, 3.0, 3.4)),
+            ("fine_tuned", (0.625, 0.25, 0.875), (1.1, 0.9, 1.3)),
+        )
+    ]
+    return {
+        "test_file": "/data/test.jsonl",
+        "test_examples": 8,
+        "confidence": 0.95,
+        "approaches": approaches,
+        "forgetting": {
+            "source": "general.txt",
+            "change_percent_vs_base": {"fine_tuned": 23.5},
+            "forgetting": {"fine_tuned": True},
+        },
+        "slices": {"fields": {"product": {"flags": ["fine_tuned: product=router scores 0.200 [0.000, 0.500]"]}}},
+        "training_curves": {"overfitting": {"overfitting": False, "reason": "validation loss kept falling"}},
+        "verdict": {"summary": ["fine_tuned is best on exact_match."], "fine_tuning_worth_it": True},
+    }
 
 
 def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, support_data, tmp_path):
@@ -56,9 +68,13 @@ def test_a_tiny_run_writes_a_card_that_explains_its_adapter(tiny_model_dir, supp
     assert f"| val_loss | {result.final_metrics['val_loss']:.4g} |" in card  # the final result read from metrics.jsonl
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    hub = render_card({**config, "model": {**config["model"], "name": "Qwen/Qwen2.5-0.5B"}},
-                      {**manifest, "base_model": {**manifest["base_model"], "name": "Qwen/Qwen2.5-0.5B"}}, {}, None,
-                      "adapter")
+    hub = render_card(
+        {**config, "model": {**config["model"], "name": "Qwen/Qwen2.5-0.5B"}},
+        {**manifest, "base_model": {**manifest["base_model"], "name": "Qwen/Qwen2.5-0.5B"}},
+        {},
+        None,
+        "adapter",
+    )
     assert hub.startswith("---\nbase_model: Qwen/Qwen2.5-0.5B\nlibrary_name: peft\n")
     classifier = render_card({**config, "objective": "classification"}, manifest, {}, None, "model")
     assert "from transformers import AutoModelForSequenceClassification" in classifier
@@ -95,6 +111,8 @@ def test_tuneforge_eval_rewrites_the_card_with_its_table(tiny_model_dir, support
     report = run_eval(resolve_target(cfg.output_dir), approaches=["base", "fine_tuned"], say=lambda m: None)
     card = (tmp_path / "run" / "adapter" / "README.md").read_text()
     tuned = next(a for a in report["approaches"] if a["name"] == "fine_tuned")["metrics"]["exact_match"]
-    assert f"| fine_tuned | exact_match | {tuned['mean']:.4g} | [{tuned['ci_low']:.4g}, {tuned['ci_high']:.4g}] |" in card
+    assert (
+        f"| fine_tuned | exact_match | {tuned['mean']:.4g} | [{tuned['ci_low']:.4g}, {tuned['ci_high']:.4g}] |" in card
+    )
     assert "95% bootstrap intervals" in card and "Not evaluated yet" not in card
     assert "Forgetting was not measured" in card  # no eval.general_text: said, not hidden

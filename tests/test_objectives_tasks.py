@@ -10,8 +10,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForPreTraining, BertForSequenceClassification
 
-from tuneforge.config import (AdapterMethod, DataSection, FullMethod, HeadLoraMethod, HeadMethod, LoraMethod, ModelSection,
-                              RunConfig, TrainSection)
+from tuneforge.config import (
+    AdapterMethod,
+    DataSection,
+    FullMethod,
+    HeadLoraMethod,
+    HeadMethod,
+    LoraMethod,
+    ModelSection,
+    RunConfig,
+    TrainSection,
+)
 from tuneforge.data.readers import write_jsonl
 from tuneforge.data.types import LabelledExample, Message, PreferencePair, TextExample, TokenExample
 from tuneforge.errors import DataError
@@ -24,8 +33,16 @@ FAST = dict(batch_size=8, eval_every=1000, save_every=1000, log_every=1, warmup_
 
 
 def _tiny_bert_config(vocab_size: int) -> BertConfig:
-    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +74,9 @@ def pretrained_tiny_bert_dir(tmp_path_factory, tiny_bert_dir):
     model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     for step in range(60):
-        loss, n = objective.loss(model, objective.collate(feats[(step * 8) % 96:(step * 8) % 96 + 8], tok.pad_token_id))
+        loss, n = objective.loss(
+            model, objective.collate(feats[(step * 8) % 96 : (step * 8) % 96 + 8], tok.pad_token_id)
+        )
         (loss / n).backward()
         opt.step()
         opt.zero_grad()
@@ -69,7 +88,10 @@ def pretrained_tiny_bert_dir(tmp_path_factory, tiny_bert_dir):
     return folder
 
 
-COLOURS = {"positive": ["great", "lovely", "excellent", "wonderful", "superb"], "negative": ["awful", "broken", "terrible", "useless", "poor"]}
+COLOURS = {
+    "positive": ["great", "lovely", "excellent", "wonderful", "superb"],
+    "negative": ["awful", "broken", "terrible", "useless", "poor"],
+}
 
 
 def sentiment(n: int, seed: int) -> list[LabelledExample]:
@@ -89,19 +111,34 @@ def write(tmp_path, name, rows):
 
 
 def run_config(model_dir, objective, train_path, val_path, out, method, max_steps, lr, max_length=48):
-    return RunConfig(objective=objective, output_dir=out, model=ModelSection(name=str(model_dir), max_length=max_length),
-                     data=DataSection(train=train_path, validation=val_path), method=method,
-                     train=TrainSection(max_steps=max_steps, lr=lr, **FAST))
+    return RunConfig(
+        objective=objective,
+        output_dir=out,
+        model=ModelSection(name=str(model_dir), max_length=max_length),
+        data=DataSection(train=train_path, validation=val_path),
+        method=method,
+        train=TrainSection(max_steps=max_steps, lr=lr, **FAST),
+    )
 
 
-@pytest.mark.parametrize("method", [HeadMethod(), HeadLoraMethod(r=4, alpha=8), FullMethod(),
-                                    pytest.param(AdapterMethod(bottleneck=8), marks=pytest.mark.slow)], ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method",
+    [
+        HeadMethod(),
+        HeadLoraMethod(r=4, alpha=8),
+        FullMethod(),
+        pytest.param(AdapterMethod(bottleneck=8), marks=pytest.mark.slow),
+    ],
+    ids=lambda m: m.name,
+)
 def test_classification_learns_and_reloads(method, pretrained_tiny_bert_dir, tmp_path):
     train_path, val_path = write(tmp_path, "train", sentiment(96, 1)), write(tmp_path, "val", sentiment(32, 2))
     # full fine-tuning moves the whole encoder: smaller steps, and more of them (at 30 steps seeds
     # ranged 0.81-0.97 accuracy on one machine; at 60 every seed tried reached 0.97)
     lr, steps = (1e-3, 60) if method.name == "full" else (2e-2, 30)
-    cfg = run_config(pretrained_tiny_bert_dir, "classification", train_path, val_path, tmp_path / "run", method, steps, lr)
+    cfg = run_config(
+        pretrained_tiny_bert_dir, "classification", train_path, val_path, tmp_path / "run", method, steps, lr
+    )
     result = train(cfg, progress=False)
     final = result.final_metrics
     assert final["accuracy"] >= 0.85 and final["macro_f1"] >= 0.85, final  # chance: 0.5
@@ -130,7 +167,10 @@ def test_unknown_validation_label_is_a_data_error(tiny_bert_dir, tmp_path):
         objective.encode([LabelledExample("meh", "neutral")], tok, 32)
 
 
-PEOPLE, PLACES = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra"], ["Paris", "New York", "Oslo", "Cape Town"]
+PEOPLE, PLACES = (
+    ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra"],
+    ["Paris", "New York", "Oslo", "Cape Town"],
+)
 
 
 def ner(n: int, seed: int) -> list[TokenExample]:
@@ -139,7 +179,9 @@ def ner(n: int, seed: int) -> list[TokenExample]:
     for _ in range(n):
         person, place = rng.choice(PEOPLE).split(), rng.choice(PLACES).split()
         words = [*person, "flew", "to", *place, "on", "monday"]
-        tags = ["B-PER"] + ["I-PER"] * (len(person) - 1) + ["O", "O", "B-LOC"] + ["I-LOC"] * (len(place) - 1) + ["O", "O"]
+        tags = (
+            ["B-PER"] + ["I-PER"] * (len(person) - 1) + ["O", "O", "B-LOC"] + ["I-LOC"] * (len(place) - 1) + ["O", "O"]
+        )
         out.append(TokenExample(words, tags))
     return out
 
@@ -152,22 +194,50 @@ def test_tokens_ner_reaches_entity_f1(tiny_bert_dir, tmp_path):
 
 
 def test_entity_spans_follow_conlleval():
-    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG"]) == {("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5), ("ORG", 5, 6)}
-    scores = entity_f1([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "B-LOC", ][:2] + ["O"]])
-    assert scores["entity_precision"] == 0.5 and scores["entity_recall"] == 1.0 and scores["entity_f1"] == pytest.approx(2 / 3)
+    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG"]) == {
+        ("PER", 0, 2),
+        ("LOC", 3, 4),
+        ("LOC", 4, 5),
+        ("ORG", 5, 6),
+    }
+    scores = entity_f1(
+        [["B-PER", "O", "B-LOC"]],
+        [
+            [
+                "B-PER",
+                "O",
+                "B-LOC",
+            ][:2]
+            + ["O"]
+        ],
+    )
+    assert (
+        scores["entity_precision"] == 0.5
+        and scores["entity_recall"] == 1.0
+        and scores["entity_f1"] == pytest.approx(2 / 3)
+    )
 
 
 def docs(n: int, seed: int) -> list[TextExample]:
     rng = random.Random(seed)
     subjects = ["The printer", "The router", "Our laptop", "The phone"]
-    return [TextExample(" ".join(f"{rng.choice(subjects)} {v} at {h} o'clock." for v, h in zip(rng.sample(["restarts", "beeps", "blinks", "stops", "updates"], 3), range(1, 4))))
-            for _ in range(n)]
+    return [
+        TextExample(
+            " ".join(
+                f"{rng.choice(subjects)} {v} at {h} o'clock."
+                for v, h in zip(rng.sample(["restarts", "beeps", "blinks", "stops", "updates"], 3), range(1, 4))
+            )
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.slow  # vocabulary-sized (30k) logits per token: the heaviest test here
 def test_mlm_reduces_masked_loss(tiny_bert_dir, tmp_path):
     train_path, val_path = write(tmp_path, "train", docs(64, 1)), write(tmp_path, "val", docs(16, 2))
-    result = train(run_config(tiny_bert_dir, "mlm", train_path, val_path, tmp_path / "run", FullMethod(), 40, 5e-3), progress=False)
+    result = train(
+        run_config(tiny_bert_dir, "mlm", train_path, val_path, tmp_path / "run", FullMethod(), 40, 5e-3), progress=False
+    )
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.7 * first, result.losses
     assert (result.run_dir / "model" / "config.json").exists()
@@ -193,14 +263,26 @@ def test_objective_options_reach_the_objective_and_are_checked_against_it(tiny_b
     from tuneforge.objectives import objective_for
 
     base = {"data": {"train": "x.jsonl"}, "method": {"name": "full"}}
-    mlm = objective_for(validate_config({**base, "objective": "mlm", "train": {"mlm_probability": 0.4}}, check_files=False))
+    mlm = objective_for(
+        validate_config({**base, "objective": "mlm", "train": {"mlm_probability": 0.4}}, check_files=False)
+    )
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     feats = mlm.encode(docs(50, 3), tok, 64)
     torch.manual_seed(0)
     masked = (mlm.collate(feats, tok.pad_token_id)["labels"] != -100).sum().item()
     assert 0.36 < masked / sum(len(f.input_ids) - 2 for f in feats) < 0.44
-    dpo = objective_for(validate_config({**base, "objective": "dpo", "method": {"name": "lora"}, "train": {"dpo_beta": 0.3}}, check_files=False))
-    assert dpo.beta == 0.3 and objective_for(validate_config({**base, "objective": "dpo", "method": {"name": "lora"}}, check_files=False)).beta == 0.1
+    dpo = objective_for(
+        validate_config(
+            {**base, "objective": "dpo", "method": {"name": "lora"}, "train": {"dpo_beta": 0.3}}, check_files=False
+        )
+    )
+    assert (
+        dpo.beta == 0.3
+        and objective_for(
+            validate_config({**base, "objective": "dpo", "method": {"name": "lora"}}, check_files=False)
+        ).beta
+        == 0.1
+    )
     with pytest.raises(ConfigError, match="dpo_beta applies to objective dpo only"):
         validate_config({**base, "objective": "sft", "train": {"dpo_beta": 0.3}}, check_files=False)
 
@@ -209,7 +291,10 @@ def test_dpo_beta_scales_the_implicit_rewards(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     low, high = get_objective("dpo", beta=0.1), get_objective("dpo", beta=0.5)
     batch = low.collate(low.encode(preferences(4, 3), tok, 64), tok.pad_token_id)
@@ -225,17 +310,24 @@ def topical_docs(n: int, seed: int) -> list[TextExample]:
     rng = random.Random(seed)
     subjects = ["printer", "router", "garden", "kitchen", "piano", "bicycle"]
     verbs = ["is new", "needs care", "was cleaned", "looks fine", "is loud", "got fixed"]
-    return [TextExample(" ".join(f"The {s} {v}." for v in rng.sample(verbs, 4))) for s in (rng.choice(subjects) for _ in range(n))]
+    return [
+        TextExample(" ".join(f"The {s} {v}." for v in rng.sample(verbs, 4)))
+        for s in (rng.choice(subjects) for _ in range(n))
+    ]
 
 
 @pytest.mark.slow
 def test_nsp_learns_pairs(tiny_bert_dir, tmp_path):
     train_path, val_path = write(tmp_path, "train", topical_docs(40, 1)), write(tmp_path, "val", topical_docs(20, 2))
-    result = train(run_config(tiny_bert_dir, "nsp", train_path, val_path, tmp_path / "run", FullMethod(), 30, 3e-3), progress=False)
+    result = train(
+        run_config(tiny_bert_dir, "nsp", train_path, val_path, tmp_path / "run", FullMethod(), 30, 3e-3), progress=False
+    )
     # a random 32-wide encoder learns the label prior in a few steps, the pair relation only much later
     assert sum(result.losses[-10:]) < sum(result.losses[:10]), result.losses
     assert 0 <= result.final_metrics["nsp_accuracy"] <= 1
-    assert json.loads((result.run_dir / "model" / "config.json").read_text())["architectures"] == ["BertForNextSentencePrediction"]
+    assert json.loads((result.run_dir / "model" / "config.json").read_text())["architectures"] == [
+        "BertForNextSentencePrediction"
+    ]
     assert (result.run_dir / "model" / "config.json").exists()
 
 
@@ -247,7 +339,10 @@ def test_nsp_pairs_are_half_true_successors(tiny_bert_dir):
     assert 0.35 < sum(f.labels[0] == 0 for f in feats) / len(feats) < 0.65
     for f in feats:
         first, second = tok.decode(f.input_ids, skip_special_tokens=False).split(" [SEP] ")[:2]
-        subject = lambda text: text.split()[2]  # "[CLS] the <subject> ..." / "the <subject> ..."
+
+        def subject(text):
+            return text.split()[2]  # "[CLS] the <subject> ..." / "the <subject> ..."
+
         if f.labels[0] == 0:  # IsNext: same document, hence same subject
             assert subject(first) == second.split()[1]
 
@@ -255,8 +350,14 @@ def test_nsp_pairs_are_half_true_successors(tiny_bert_dir):
 def preferences(n: int, seed: int) -> list[PreferencePair]:
     rng = random.Random(seed)
     items = ["printer", "router", "laptop", "phone"]
-    return [PreferencePair([Message("user", f"My {x} is broken, what now?")], f"Restart the {x} and tell me if it helps.", "No idea, go away.")
-            for x in (rng.choice(items) for _ in range(n))]
+    return [
+        PreferencePair(
+            [Message("user", f"My {x} is broken, what now?")],
+            f"Restart the {x} and tell me if it helps.",
+            "No idea, go away.",
+        )
+        for x in (rng.choice(items) for _ in range(n))
+    ]
 
 
 @pytest.mark.parametrize("method", [LoraMethod(r=4, alpha=8), AdapterMethod(bottleneck=8)], ids=lambda m: m.name)

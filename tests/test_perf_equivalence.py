@@ -33,7 +33,10 @@ def mixed_features(n: int, vocab: int, seed: int = 0) -> list[Encoded]:
 def lora_model(tiny_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False),
+    )
     return model.train()
 
 
@@ -115,15 +118,35 @@ def test_packing_check_detects_a_model_that_ignores_boundaries(lora_model):
 
 
 def _config(tiny_model_dir, data, out, method, **fast):
-    return RunConfig(objective="sft", output_dir=out, model=ModelSection(name=str(tiny_model_dir), max_length=256),
-                     data=DataSection(train=data["train"], validation=data["validation"]), method=method,
-                     train=TrainSection(max_steps=3, batch_size=8, lr=5e-3, eval_every=3, save_every=3, log_every=1, warmup_ratio=0.0,
-                                        seed=7, **fast))
+    return RunConfig(
+        objective="sft",
+        output_dir=out,
+        model=ModelSection(name=str(tiny_model_dir), max_length=256),
+        data=DataSection(train=data["train"], validation=data["validation"]),
+        method=method,
+        train=TrainSection(
+            max_steps=3,
+            batch_size=8,
+            lr=5e-3,
+            eval_every=3,
+            save_every=3,
+            log_every=1,
+            warmup_ratio=0.0,
+            seed=7,
+            **fast,
+        ),
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,fast", [(FullMethod(), {"packing": True}), (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True, "packed_rows_per_pass": 1})],
-                         ids=["full-packing", "lora-packing-checkpointing-one-row-per-pass"])
+@pytest.mark.parametrize(
+    "method,fast",
+    [
+        (FullMethod(), {"packing": True}),
+        (LoraMethod(r=4, alpha=8), {"packing": True, "gradient_checkpointing": True, "packed_rows_per_pass": 1}),
+    ],
+    ids=["full-packing", "lora-packing-checkpointing-one-row-per-pass"],
+)
 def test_recipe_with_the_fast_options_trains_the_same_losses(tiny_model_dir, support_data, tmp_path, method, fast):
     plain = train(_config(tiny_model_dir, support_data, tmp_path / "plain", method, packing=False), progress=False)
     packed = train(_config(tiny_model_dir, support_data, tmp_path / "packed", method, **fast), progress=False)
@@ -150,7 +173,9 @@ def test_packing_is_automatic_with_rows_per_pass_from_the_activation_budget(lora
     auto = _layout(lora_model, get_objective("sft"))  # a tiny model: every row fits one pass
     assert (auto.packing, auto.rows_per_pass) == (True, None)
     assert "keeps packed examples apart" in auto.describe() and "MiB of activations per row" in auto.describe()
-    per_row = batching.estimate_for_model(lora_model, LoraMethod(), 1, ModelSection().max_length).memory_bytes["activations"]
+    per_row = batching.estimate_for_model(lora_model, LoraMethod(), 1, ModelSection().max_length).memory_bytes[
+        "activations"
+    ]
     monkeypatch.setattr(batching, "CPU_PASS_BYTES", 3 * per_row + 1)
     assert _layout(lora_model, get_objective("sft")).rows_per_pass == 3
     monkeypatch.setattr(batching, "CPU_PASS_BYTES", per_row // 2)
@@ -216,4 +241,6 @@ def test_rows_per_pass_without_packing_is_a_config_error():
     from tuneforge.config import validate_config
 
     with pytest.raises(ConfigError, match="problem"):
-        validate_config({"data": {"train": "x.jsonl"}, "train": {"packing": False, "packed_rows_per_pass": 2}}, check_files=False)
+        validate_config(
+            {"data": {"train": "x.jsonl"}, "train": {"packing": False, "packed_rows_per_pass": 2}}, check_files=False
+        )

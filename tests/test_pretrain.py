@@ -22,6 +22,10 @@ def test_pretrain_from_config_writes_a_loadable_model(tmp_path):
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.num_hidden_layers == 2 and len(tok) == model.config.vocab_size <= 400
     assert "<|im_start|>" in tok.chat_template and "{% generation %}" in tok.chat_template
-    losses = [r["loss"] for r in map(json.loads, (folder / "pretrain_metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (folder / "pretrain_metrics.jsonl").read_text().splitlines())
+        if r["type"] == "train"
+    ]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert not (tmp_path / "out" / ".model-work").exists()  # scratch space is cleaned up

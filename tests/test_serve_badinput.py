@@ -67,8 +67,9 @@ BAD_CHAT = [
 ]
 
 
-@pytest.mark.parametrize(("body", "param"), BAD_CHAT, ids=["str-part", "null-part", "int-text", "surrogate", "model",
-                                                           "seed"])
+@pytest.mark.parametrize(
+    ("body", "param"), BAD_CHAT, ids=["str-part", "null-part", "int-text", "surrogate", "model", "seed"]
+)
 def test_bad_chat_input_is_a_400_naming_the_field_and_the_connection_survives(server, body, param):
     c = KeepAlive(server)
     status, out = c.post("/v1/chat/completions", body)
@@ -80,12 +81,15 @@ def test_bad_chat_input_is_a_400_naming_the_field_and_the_connection_survives(se
     assert c.conn.sock is sock  # and the next request went over the same one
 
 
-@pytest.mark.parametrize(("messages", "param"), [
-    ([{"role": "user", "content": ["hi"]}], "messages[0].content[0]"),
-    ([{"role": "user", "content": [None]}], "messages[0].content[0]"),
-    ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text"),
-    ([{"role": "user", "content": "\ud800"}], "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "user", "content": ["hi"]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": [None]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text"),
+        ([{"role": "user", "content": "\ud800"}], "messages[0].content"),
+    ],
+)
 def test_bad_feedback_content_is_a_400(server, messages, param):
     body = json.dumps({"model": "demo", "messages": messages, "correction": "ok"})
     status, out = KeepAlive(server).post("/v1/feedback", body)
@@ -108,8 +112,11 @@ def test_bad_job_bodies_are_400s(server, tmp_path):
     file_id = client.files.create(file=path.open("rb"), purpose="fine-tune").id
     c = KeepAlive(server)
     base = {"model": "demo", "training_file": file_id}
-    for extra, param in (({"seed": 2**63}, "seed"), ({"tuneforge": {"model": "x"}}, "tuneforge.model"),
-                         ({"tuneforge": {"train": 5}}, "tuneforge.train")):
+    for extra, param in (
+        ({"seed": 2**63}, "seed"),
+        ({"tuneforge": {"model": "x"}}, "tuneforge.model"),
+        ({"tuneforge": {"train": 5}}, "tuneforge.train"),
+    ):
         status, out = c.post("/v1/fine_tuning/jobs", json.dumps({**base, **extra}))
         assert status == 400, out
         assert out["error"]["param"] == param
@@ -141,13 +148,27 @@ def test_deleting_the_only_loaded_adapter_leaves_its_base_working(server):
     project = keys.authenticate(store, server["key"]).project_id
     model_id = "ft:demo:only:abc12345"
     with store.session() as s:
-        s.add(FineTunedModel(id=model_id, project_id=project, job_id="ftjob-x", base_model="demo", kind="adapter",
-                             path=save_lora(home, "only"), created_at=0))
+        s.add(
+            FineTunedModel(
+                id=model_id,
+                project_id=project,
+                job_id="ftjob-x",
+                base_model="demo",
+                kind="adapter",
+                path=save_lora(home, "only"),
+                created_at=0,
+            )
+        )
     c = KeepAlive(server)
     before = c.post("/v1/chat/completions", chat("Where is my parcel?", temperature=0))
     assert before[0] == 200
-    assert c.post("/v1/chat/completions", json.dumps({"model": model_id, "max_tokens": 2, "messages": [
-        {"role": "user", "content": "hi"}]}))[0] == 200
+    assert (
+        c.post(
+            "/v1/chat/completions",
+            json.dumps({"model": model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
+        )[0]
+        == 200
+    )
     c.conn.request("DELETE", f"/v1/models/{model_id}", headers=c.auth)
     assert c.conn.getresponse().read() and True
     after = c.post("/v1/chat/completions", chat("Where is my parcel?", temperature=0))

@@ -35,7 +35,14 @@ def save_adapter(home, name: str, config, seed: int) -> ModelRef:
 def engine(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
     install_tiny_demo(tmp_path)
-    engine = Engine(ServeSettings(database_url=f"sqlite:///{tmp_path / 'tf.db'}", data_dir=tmp_path / "serve", inference_threads=1, batch_window_ms=200))
+    engine = Engine(
+        ServeSettings(
+            database_url=f"sqlite:///{tmp_path / 'tf.db'}",
+            data_dir=tmp_path / "serve",
+            inference_threads=1,
+            batch_window_ms=200,
+        )
+    )
     yield engine
     engine.stop()
 
@@ -58,8 +65,15 @@ def test_base_and_lora_fine_tunes_share_one_batch_with_the_answers_of_each_alone
 
 
 def test_other_adapter_kinds_get_their_own_base_copy_and_batch(engine, tmp_path):
-    lora = save_adapter(tmp_path, "lora", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False), 1)
-    ia3 = save_adapter(tmp_path, "ia3", IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]), 2)
+    lora = save_adapter(
+        tmp_path, "lora", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False), 1
+    )
+    ia3 = save_adapter(
+        tmp_path,
+        "ia3",
+        IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        2,
+    )
     alone = [ask_together(engine, [ref])[0] for ref in (lora, ia3)]  # peft cannot hold LoRA and IA3 in one model
     assert sorted(engine.loaded()) == sorted(["demo", "ft:demo:lora", "demo#ia3", "ft:demo:ia3"])
     before = len(engine.batches)

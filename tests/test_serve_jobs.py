@@ -35,7 +35,13 @@ def env(tmp_path_factory):
     settings = ServeSettings(database_url=url, data_dir=home / "serve", inference_threads=1)
     store = Store(url)
     app = create_app(settings, store)
-    worker_env = {**os.environ, "TUNEFORGE_HOME": str(home), "TUNEFORGE_DATABASE_URL": url, "TUNEFORGE_JOB_LEASE_S": "5", "TUNEFORGE_WORKER_THREADS": "1"}
+    worker_env = {
+        **os.environ,
+        "TUNEFORGE_HOME": str(home),
+        "TUNEFORGE_DATABASE_URL": url,
+        "TUNEFORGE_JOB_LEASE_S": "5",
+        "TUNEFORGE_WORKER_THREADS": "1",
+    }
     # Two workers share the database for the whole module (each boots a fork server that
     # imports torch once, the slow part); the last test kills one of them mid-job.
     workers = [subprocess.Popen([sys.executable, "-m", "tuneforge.serve.worker"], env=worker_env) for _ in range(2)]
@@ -46,7 +52,10 @@ def env(tmp_path_factory):
         train, val = home / "train.jsonl", home / "val.jsonl"
         write_chat_jsonl(train, 40, seed=0)
         write_chat_jsonl(val, 12, seed=1)
-        files = (c.files.create(file=train.open("rb"), purpose="fine-tune").id, c.files.create(file=val.open("rb"), purpose="fine-tune").id)
+        files = (
+            c.files.create(file=train.open("rb"), purpose="fine-tune").id,
+            c.files.create(file=val.open("rb"), purpose="fine-tune").id,
+        )
         yield {"client": c, "files": files, "workers": workers, "store": store, "home": home, "url": base, "key": key}
     for p in workers:
         if p.poll() is None:
@@ -69,9 +78,15 @@ def wait_for(c, job_id: str, statuses: set[str], timeout: float = 120):
 def test_job_to_fine_tuned_model_and_chat(env):
     c, (train_id, val_id) = env["client"], env["files"]
     started = time.time()
-    job = c.fine_tuning.jobs.create(model="demo", training_file=train_id, validation_file=val_id, suffix="support", seed=3,
-                                    hyperparameters={"learning_rate_multiplier": 50, "batch_size": 4},
-                                    extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 20}}})
+    job = c.fine_tuning.jobs.create(
+        model="demo",
+        training_file=train_id,
+        validation_file=val_id,
+        suffix="support",
+        seed=3,
+        hyperparameters={"learning_rate_multiplier": 50, "batch_size": 4},
+        extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 20}}},
+    )
     seen: list[str] = []
     while (cur := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         seen.append(cur.status)
@@ -114,13 +129,27 @@ def test_job_to_fine_tuned_model_and_chat(env):
     base_model, base_tok = load_for_inference(env["home"] / "models" / "demo")
     assert base.choices[0].message.content == generate_batch(base_model, base_tok, [msgs], 24)[0].text
     assert ft.choices[0].message.content != base.choices[0].message.content
-    chunks = list(c.chat.completions.create(model=cur.fine_tuned_model, messages=msgs, max_tokens=24, temperature=0, stream=True))
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip() == ft.choices[0].message.content
+    chunks = list(
+        c.chat.completions.create(model=cur.fine_tuned_model, messages=msgs, max_tokens=24, temperature=0, stream=True)
+    )
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip()
+        == ft.choices[0].message.content
+    )
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
     # Feedback becomes a training file; drift compares live prompts with the training data.
     for i in range(10):
-        r = c.post("/feedback", cast_to=object, body={"model": cur.fine_tuned_model, "messages": msgs, "completion": "?", "correction": f"Two years, answer {i}."})
+        r = c.post(
+            "/feedback",
+            cast_to=object,
+            body={
+                "model": cur.fine_tuned_model,
+                "messages": msgs,
+                "completion": "?",
+                "correction": f"Two years, answer {i}.",
+            },
+        )
         assert r["correction"].startswith("Two years")
     exported = c.post("/feedback/export", cast_to=object, body={"model": cur.fine_tuned_model})
     assert exported["purpose"] == "fine-tune" and b"Two years, answer 9." in c.files.content(exported["id"]).read()
@@ -163,31 +192,52 @@ def test_pause_resume_and_cancel_stop_the_process(env):
     while _alive(pid):
         assert time.time() < deadline, "cancel did not stop the training process"
         time.sleep(0.2)
-    assert c.fine_tuning.jobs.retrieve(job.id).status == "cancelled" and paused.status == "paused" and step_at_pause >= 10
+    assert (
+        c.fine_tuning.jobs.retrieve(job.id).status == "cancelled" and paused.status == "paused" and step_at_pause >= 10
+    )
 
 
 def test_dpo_job_on_preference_pairs_and_format_checks(env):
     import json
 
-    c, (train_id, _) = env["client"], env["files"]
+    c = env["client"]
     pairs = env["home"] / "pairs.jsonl"
     products = ["Cam Pro", "Soundbar", "Light Strip", "Hub", "Doorbell", "Thermostat"]
-    pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What warranty does the {p} have? ({k})"}],
-                                         "chosen": f"Thanks for asking! The Lumora {p} has a {k + 1} year warranty.",
-                                         "rejected": "No idea."}) + "\n" for p in products for k in range(2)))
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": f"What warranty does the {p} have? ({k})"}],
+                    "chosen": f"Thanks for asking! The Lumora {p} has a {k + 1} year warranty.",
+                    "rejected": "No idea.",
+                }
+            )
+            + "\n"
+            for p in products
+            for k in range(2)
+        )
+    )
     f = c.files.create(file=pairs.open("rb"), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as exc:
-        c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}})
+        c.fine_tuning.jobs.create(
+            model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}
+        )
     assert "beta" in exc.value.body["param"] and "greater than 0" in exc.value.body["message"]
     wrong = c.fine_tuning.jobs.create(model="demo", training_file=f.id)  # supervised on pairs
     wrong = wait_for(c, wrong.id, {"failed"}, timeout=30)
     assert wrong.error.code == "invalid_training_file" and wrong.error.param == "training_file"
-    job = c.fine_tuning.jobs.create(model="demo", training_file=f.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 4}}},
-                                    extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 3}}})
+    job = c.fine_tuning.jobs.create(
+        model="demo",
+        training_file=f.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": 4}}},
+        extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 3}}},
+    )
     done = wait_for(c, job.id, {"succeeded", "failed"})
     assert done.status == "succeeded", done.error
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
-    answer = c.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Warranty of the Hub?"}], max_tokens=4)
+    answer = c.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Warranty of the Hub?"}], max_tokens=4
+    )
     assert answer.choices[0].message.role == "assistant"
 
 
@@ -202,7 +252,9 @@ def test_training_process_killed_like_oom_is_retried_from_its_checkpoint(env):
     done = wait_for(c, job.id, {"succeeded", "failed"}, timeout=120)
     assert done.status == "succeeded", done.error
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=1000)]
-    assert any("killed by SIGKILL (often the out-of-memory killer); job re-queued (attempt 2 of 2)" in m for m in messages)
+    assert any(
+        "killed by SIGKILL (often the out-of-memory killer); job re-queued (attempt 2 of 2)" in m for m in messages
+    )
     assert any(m.startswith("resumed from step-") for m in messages) and done.model_extra["tuneforge"]["attempts"] == 2
     assert httpx.get(env["url"] + "/health").json()["status"] == "ok"  # the API never noticed
 
@@ -232,13 +284,20 @@ def test_killed_worker_job_is_taken_over_and_finishes(env):
 
 
 def _training_pid(store: Store, job_id: str) -> int:
-    from tuneforge.serve.tables import JobEvent
     from sqlalchemy import select
+
+    from tuneforge.serve.tables import JobEvent
 
     deadline = time.time() + 30
     while time.time() < deadline:
         with store.session() as s:
-            msgs = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id, JobEvent.message.like("Fine-tuning job started%")).order_by(JobEvent.seq.desc())))
+            msgs = list(
+                s.scalars(
+                    select(JobEvent.message)
+                    .where(JobEvent.job_id == job_id, JobEvent.message.like("Fine-tuning job started%"))
+                    .order_by(JobEvent.seq.desc())
+                )
+            )
         if msgs:
             return int(msgs[0].split("(pid ")[1].split(",")[0])
         time.sleep(0.1)

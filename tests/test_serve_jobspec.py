@@ -9,8 +9,16 @@ def dpo_config(tmp_path, beta):
     method = MethodSpec.model_validate({"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}})
     assert check_method(method) == []
     hyper = resolve_hyperparameters(method.dpo.hyperparameters, 40, "lora", "dpo")
-    cfg = build_config(base_model="demo", train_path=tmp_path / "t.jsonl", validation_path=None, output_dir=tmp_path / "run",
-                       method_type="dpo", hyper=hyper, seed=1, options={})
+    cfg = build_config(
+        base_model="demo",
+        train_path=tmp_path / "t.jsonl",
+        validation_path=None,
+        output_dir=tmp_path / "run",
+        method_type="dpo",
+        hyper=hyper,
+        seed=1,
+        options={},
+    )
     return hyper, cfg
 
 
@@ -23,6 +31,10 @@ def test_dpo_beta_from_the_request_reaches_the_run_config(tmp_path):
 
 def test_bad_beta_is_named():
     problems = check_method(MethodSpec.model_validate({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}))
-    assert problems and problems[0].where == "method.dpo.hyperparameters.beta" and "greater than 0" in problems[0].message
-    problems = check_method(MethodSpec.model_validate({"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.2}}}))
+    assert (
+        problems and problems[0].where == "method.dpo.hyperparameters.beta" and "greater than 0" in problems[0].message
+    )
+    problems = check_method(
+        MethodSpec.model_validate({"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.2}}})
+    )
     assert problems and "dpo only" in problems[0].message

@@ -31,15 +31,27 @@ def server(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TUNEFORGE_HOME", str(home))
     install_tiny_demo(home)
-    settings = ServeSettings(database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=1,
-                             max_request_bytes=64_000, health_min_workers=0)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{home / 'tf.db'}",
+        data_dir=home / "serve",
+        inference_threads=1,
+        max_request_bytes=64_000,
+        health_min_workers=0,
+    )
     store = Store(settings.database_url)
     app = create_app(settings, store)
     with serve_in_thread(app) as url:
         _, key = keys.create_key(store, "alpha")
         project = keys.authenticate(store, key).project_id
-        yield {"url": url, "key": key, "home": home, "store": store, "app": app, "settings": settings,
-               "project": project}
+        yield {
+            "url": url,
+            "key": key,
+            "home": home,
+            "store": store,
+            "app": app,
+            "settings": settings,
+            "project": project,
+        }
     mp.undo()
     store.dispose()
 
@@ -63,8 +75,12 @@ def test_a_body_over_the_limit_is_a_413_naming_it(server):
         for i in range(0, len(data), 8192):
             yield data[i : i + 8192]
 
-    r = httpx.post(server["url"] + "/v1/chat/completions", content=chunks(), timeout=60,
-                   headers={"Authorization": f"Bearer {server['key']}", "Content-Type": "application/json"})
+    r = httpx.post(
+        server["url"] + "/v1/chat/completions",
+        content=chunks(),
+        timeout=60,
+        headers={"Authorization": f"Bearer {server['key']}", "Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
@@ -99,8 +115,12 @@ def test_a_non_streamed_generation_stops_when_its_client_hangs_up(server, monkey
     engine = server["app"].state.services.engine
     before = engine.cancelled
     with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s and closes the connection
-        httpx.post(server["url"] + "/v1/chat/completions", json=ask("Tell me everything", max_tokens=100_000),
-                   headers={"Authorization": f"Bearer {server['key']}"}, timeout=1.0)
+        httpx.post(
+            server["url"] + "/v1/chat/completions",
+            json=ask("Tell me everything", max_tokens=100_000),
+            headers={"Authorization": f"Bearer {server['key']}"},
+            timeout=1.0,
+        )
     deadline = time.monotonic() + 30
     while engine.cancelled == before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -127,8 +147,9 @@ def test_health_lists_no_model_ids_and_is_503_without_a_worker(server, tmp_path)
     post(server, "/v1/chat/completions", ask("hi"))
     body = httpx.get(server["url"] + "/health").json()
     assert body["status"] == "ok" and isinstance(body["models_loaded"], int) and "demo" not in json.dumps(body)
-    settings = ServeSettings(database_url=f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path / "serve",
-                             health_min_workers=1)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path / "serve", health_min_workers=1
+    )
     with serve_in_thread(create_app(settings)) as url:
         r = httpx.get(url + "/health")
     assert r.status_code == 503 and r.json()["status"] == "unhealthy" and r.json()["workers_alive"] == 0
@@ -142,12 +163,15 @@ def training_file(server, tmp_path_factory):
     return c.files.create(file=path.open("rb"), purpose="fine-tune").id
 
 
-@pytest.mark.parametrize(("options", "param"), [
-    ({"eval": {"custom_metric": "evil.py:run"}}, "tuneforge.eval.custom_metric"),
-    ({"model": {"trust_remote_code": True}}, "tuneforge.model.trust_remote_code"),
-    ({"eval": {"rag_docs": "/etc"}}, "tuneforge.eval.rag_docs"),
-    ({"model": {"chat_template": "/etc/passwd"}}, "tuneforge.model.chat_template"),
-])
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"eval": {"custom_metric": "evil.py:run"}}, "tuneforge.eval.custom_metric"),
+        ({"model": {"trust_remote_code": True}}, "tuneforge.model.trust_remote_code"),
+        ({"eval": {"rag_docs": "/etc"}}, "tuneforge.eval.rag_docs"),
+        ({"model": {"chat_template": "/etc/passwd"}}, "tuneforge.model.chat_template"),
+    ],
+)
 def test_job_options_that_run_code_or_read_files_are_refused(server, training_file, options, param):
     r = post(server, "/v1/fine_tuning/jobs", {"model": "demo", "training_file": training_file, "tuneforge": options})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
@@ -155,8 +179,11 @@ def test_job_options_that_run_code_or_read_files_are_refused(server, training_fi
 
 def test_the_operator_may_allow_them(server, training_file, monkeypatch):
     monkeypatch.setattr(server["settings"], "allow_unsafe_job_options", True)
-    r = post(server, "/v1/fine_tuning/jobs", {"model": "demo", "training_file": training_file,
-                                              "tuneforge": {"model": {"trust_remote_code": True}}})
+    r = post(
+        server,
+        "/v1/fine_tuning/jobs",
+        {"model": "demo", "training_file": training_file, "tuneforge": {"model": {"trust_remote_code": True}}},
+    )
     assert r.status_code == 200, r.text
     post(server, f"/v1/fine_tuning/jobs/{r.json()['id']}/cancel", {})
 
@@ -168,21 +195,38 @@ def _no_server_detail(server, text: str) -> None:
 def test_upload_and_feedback_export_errors_name_no_server_path(server):
     headers = {"Authorization": f"Bearer {server['key']}"}
     for name, content in (("bad.jsonl", b"{not json\n"), ("bad.parquet", b"garbage"), ("empty.jsonl", b"")):
-        r = httpx.post(server["url"] + "/v1/files", files={"file": (name, content)}, data={"purpose": "fine-tune"},
-                       headers=headers)
+        r = httpx.post(
+            server["url"] + "/v1/files", files={"file": (name, content)}, data={"purpose": "fine-tune"}, headers=headers
+        )
         assert r.status_code == 400 and name in r.text
         _no_server_detail(server, r.text)
-    assert post(server, "/v1/feedback", {"model": "demo", "messages": [{"role": "user", "content": "hi"}],
-                                         "correction": "hello"}).status_code == 200
+    assert (
+        post(
+            server,
+            "/v1/feedback",
+            {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "correction": "hello"},
+        ).status_code
+        == 200
+    )
     r = post(server, "/v1/feedback/export", {"model": "demo"})
     _no_server_detail(server, r.text)
 
 
 def test_failed_job_errors_and_events_carry_no_paths_ids_or_tracebacks(server, training_file, monkeypatch, caplog):
     store, settings = server["store"], server["settings"]
-    job = jobs.create_job(store, project_id=server["project"], model="demo", training_file=training_file,
-                          validation_file=None, hyperparameters={}, method={"type": "supervised"}, options={},
-                          suffix=None, seed=1, user_metadata=None)
+    job = jobs.create_job(
+        store,
+        project_id=server["project"],
+        model="demo",
+        training_file=training_file,
+        validation_file=None,
+        hyperparameters={},
+        method={"type": "supervised"},
+        options={},
+        suffix=None,
+        seed=1,
+        user_metadata=None,
+    )
     job_states.files_validated(store, job.id)
     with store.session() as s:
         assert job_states.claim(s, job.id, "worker-test", time.time())

@@ -24,8 +24,10 @@ from tuneforge.serve.tables import Job, JobEvent, Worker
 DRAIN_S = 30  # generous: under load a step plus its checkpoint can take seconds
 LEASE_S = 6
 STARTUP_S = 300  # serve, its worker and the worker's fork server import torch: minutes on a loaded 2-core machine
-LONG_JOB = {"train": {"max_steps": 100000, "save_every": 2, "eval_every": 100000, "log_every": 1},
-            "model": {"max_length": 64}}
+LONG_JOB = {
+    "train": {"max_steps": 100000, "save_every": 2, "eval_every": 100000, "log_every": 1},
+    "model": {"max_length": 64},
+}
 
 
 def _children(pid: int) -> list[int]:
@@ -68,8 +70,10 @@ def wait_for(what, timeout: float, message, every: float = 0.3):
 
 def all_gone(pids: set[int], timeout: float, what: str) -> None:
     def left() -> str:
-        return f"{what}: " + "; ".join(Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:200]
-                                       for p in pids if alive(p))
+        return f"{what}: " + "; ".join(
+            Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:200] for p in pids if alive(p)
+        )
+
     wait_for(lambda: not [p for p in pids if alive(p)], timeout, left)
 
 
@@ -77,10 +81,15 @@ def all_gone(pids: set[int], timeout: float, what: str) -> None:
 def service(tmp_path):
     install_tiny_demo(tmp_path)
     url = f"sqlite:///{tmp_path / 'tf.db'}"
-    env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path), "TUNEFORGE_DATABASE_URL": url,
-           "TUNEFORGE_WORKER_THREADS": "1", "TUNEFORGE_INFERENCE_THREADS": "1",
-           "TUNEFORGE_DRAIN_TIMEOUT_S": str(DRAIN_S),
-           "TUNEFORGE_JOB_LEASE_S": str(LEASE_S)}
+    env = {
+        **os.environ,
+        "TUNEFORGE_HOME": str(tmp_path),
+        "TUNEFORGE_DATABASE_URL": url,
+        "TUNEFORGE_WORKER_THREADS": "1",
+        "TUNEFORGE_INFERENCE_THREADS": "1",
+        "TUNEFORGE_DRAIN_TIMEOUT_S": str(DRAIN_S),
+        "TUNEFORGE_JOB_LEASE_S": str(LEASE_S),
+    }
     store = Store(url)
     _, key = keys.create_key(store, "ops")
     started: list[subprocess.Popen] = []
@@ -97,6 +106,7 @@ def service(tmp_path):
                 return httpx.get(base + "/health", timeout=5).status_code == 200
             except httpx.TransportError:
                 assert proc.poll() is None, "serve exited"
+
         wait_for(up, STARTUP_S, "serve did not come up with a live worker")
         return base
 
@@ -139,10 +149,19 @@ def test_sigterm_drains_within_its_timeout_leaves_no_process_and_the_job_resumes
     base = service["start"]()
     serve = service["procs"][-1]
     job_id = start_long_job(service, base)
-    long_request = threading.Thread(target=lambda: httpx.post(
-        base + "/v1/chat/completions", timeout=120, headers={"Authorization": f"Bearer {service['key']}"},
-        json={"model": "demo", "messages": [{"role": "user", "content": "Tell me everything"}], "max_tokens": 100000}),
-        daemon=True)
+    long_request = threading.Thread(
+        target=lambda: httpx.post(
+            base + "/v1/chat/completions",
+            timeout=120,
+            headers={"Authorization": f"Bearer {service['key']}"},
+            json={
+                "model": "demo",
+                "messages": [{"role": "user", "content": "Tell me everything"}],
+                "max_tokens": 100000,
+            },
+        ),
+        daemon=True,
+    )
     long_request.start()
     time.sleep(0.5)
     family = tree(serve.pid)
@@ -157,8 +176,13 @@ def test_sigterm_drains_within_its_timeout_leaves_no_process_and_the_job_resumes
     job = job_row(service["store"], job_id)
     assert job.status == "queued" and job.resume and job.worker_id is None
     base = service["start"]()  # the job continues from its checkpoint on the next serve
-    wait_for(lambda: job_row(service["store"], job_id).attempts == 2 and job_row(service["store"], job_id).status
-             == "running", STARTUP_S, "the job did not resume")
+    wait_for(
+        lambda: (
+            job_row(service["store"], job_id).attempts == 2 and job_row(service["store"], job_id).status == "running"
+        ),
+        STARTUP_S,
+        "the job did not resume",
+    )
     with service["store"].session() as s:
         messages = [e.message for e in s.query(JobEvent).filter(JobEvent.job_id == job_id)]
     assert any("shut down; job re-queued" in m for m in messages)
@@ -181,6 +205,7 @@ def test_a_killed_worker_is_replaced_and_its_job_taken_back_and_serve_killed_tak
     def taken_back():
         job = job_row(service["store"], job_id)
         return job.status == "running" and job.worker_id not in (None, first)
+
     wait_for(taken_back, LEASE_S + STARTUP_S, "no new worker took the job back")
     took = time.monotonic() - t0
     print(f"\nworker killed -9: its job running again on a new worker after {took:.1f} s (lease {LEASE_S} s)")

@@ -41,7 +41,18 @@ def store(request, tmp_path):
 
 
 def _job(store: Store, project_id: str, **extra) -> str:
-    fields = dict(project_id=project_id, model="demo", training_file="file-x", validation_file=None, hyperparameters={}, method={"type": "supervised"}, options={}, suffix=None, seed=1, user_metadata=None)
+    fields = dict(
+        project_id=project_id,
+        model="demo",
+        training_file="file-x",
+        validation_file=None,
+        hyperparameters={},
+        method={"type": "supervised"},
+        options={},
+        suffix=None,
+        seed=1,
+        user_metadata=None,
+    )
     fields.update(extra)
     return jobs.create_job(store, **fields).id
 
@@ -151,7 +162,9 @@ def test_the_transition_table_is_openais_statuses_and_moves():
         S.QUEUED: {S.RUNNING, S.PAUSED, S.CANCELLED},
         S.RUNNING: {S.SUCCEEDED, S.FAILED, S.QUEUED, S.PAUSED, S.CANCELLED},
         S.PAUSED: {S.QUEUED, S.CANCELLED},
-        S.SUCCEEDED: set(), S.FAILED: set(), S.CANCELLED: set(),
+        S.SUCCEEDED: set(),
+        S.FAILED: set(),
+        S.CANCELLED: set(),
     }
     assert {t.name: (set(t.sources), t.target) for t in TRANSITIONS} == {
         "validate": ({S.VALIDATING_FILES}, S.QUEUED),
@@ -243,8 +256,9 @@ def test_racing_finish_and_cancel_one_wins_with_its_event(store):
         job_id = _job(store, project)
         job_states.files_validated(store, job_id)
         jobs.claim_next_job(store, "w1")
-        cancelled, failed = _race(partial(job_states.cancel, store, job_id),
-                                  partial(job_states.fail, store, job_id, "training_error", "boom"))
+        cancelled, failed = _race(
+            partial(job_states.cancel, store, job_id), partial(job_states.fail, store, job_id, "training_error", "boom")
+        )
         assert sorted([cancelled, failed]) == [False, True]
         assert jobs.get_job(store, job_id, project).status == ("cancelled" if cancelled else "failed")
         messages = [e.message for e in jobs.list_events(store, job_id, None, 50)[0]]
@@ -256,18 +270,26 @@ def test_succeed_makes_status_model_and_events_visible_together(store):
     job_id = _job(store, project)
     job_states.files_validated(store, job_id)
     jobs.claim_next_job(store, "w1")
-    def model(name: str) -> FineTunedModel:
-        return FineTunedModel(id=name, project_id=project, job_id=job_id, base_model="demo", kind="adapter", path="/r",
-                              created_at=1)
 
-    assert job_states.succeed(store, job_id, fine_tuned_model=model("ft:demo::x"), trained_tokens=7,
-                              result_files=["file-r"], events=["done"])
+    def model(name: str) -> FineTunedModel:
+        return FineTunedModel(
+            id=name, project_id=project, job_id=job_id, base_model="demo", kind="adapter", path="/r", created_at=1
+        )
+
+    assert job_states.succeed(
+        store, job_id, fine_tuned_model=model("ft:demo::x"), trained_tokens=7, result_files=["file-r"], events=["done"]
+    )
     job = jobs.get_job(store, job_id, project)
-    assert (job.status, job.fine_tuned_model, job.trained_tokens, job.result_files) == ("succeeded", "ft:demo::x", 7,
-                                                                                         ["file-r"])
+    assert (job.status, job.fine_tuned_model, job.trained_tokens, job.result_files) == (
+        "succeeded",
+        "ft:demo::x",
+        7,
+        ["file-r"],
+    )
     assert jobs.list_events(store, job_id, None, 1)[0][0].message == "done"
-    assert not job_states.succeed(store, job_id, fine_tuned_model=model("ft:demo::y"), trained_tokens=7,
-                                  result_files=[], events=["twice"])
+    assert not job_states.succeed(
+        store, job_id, fine_tuned_model=model("ft:demo::y"), trained_tokens=7, result_files=[], events=["twice"]
+    )
     with store.session() as s:
         assert s.get(FineTunedModel, "ft:demo::y") is None  # the losing writer adds no row
 
@@ -359,7 +381,8 @@ def test_training_events_become_job_events_checkpoints_and_the_result_csv(store,
     assert [e.data for e in rows if e.type == "metrics"][::-1] == [
         {"step": 1, "train_loss": 2.5, "learning_rate": 1e-3, "tokens": 100, "tokens_per_s": 50.0},
         {"step": 1, "valid_loss": 2.25},
-        {"step": 2, "train_loss": 2.0, "learning_rate": 5e-4, "tokens": 200, "tokens_per_s": 60.0}]
+        {"step": 2, "train_loss": 2.0, "learning_rate": 5e-4, "tokens": 200, "tokens_per_s": 60.0},
+    ]
     by_message = {e.message: e for e in rows}
     assert by_message["low on memory"].level == "warn" and "Checkpoint saved at step 1" in by_message
     assert by_message["Training finished"].data == {"steps": 2, "train_loss": 2.0}  # no server path for the client
@@ -367,13 +390,18 @@ def test_training_events_become_job_events_checkpoints_and_the_result_csv(store,
     assert (ckpt.step, ckpt.path) == (1, "/srv/runs/ckpt-1")
     assert ckpt.metrics == {"step": 1, "train_loss": 2.5, "valid_loss": 2.25}
     assert _metrics_csv(tmp_path).decode().splitlines() == [
-        "step,train_loss,valid_loss,learning_rate,tokens", "1,2.5,2.25,0.001,100", "2,2.0,,0.0005,200"]
+        "step,train_loss,valid_loss,learning_rate,tokens",
+        "1,2.5,2.25,0.001,100",
+        "2,2.0,,0.0005,200",
+    ]
 
 
 def test_worker_and_api_processes_do_not_load_the_training_stack():
     """Only a job's own process imports torch and the recipe (the fork server preloads them): a worker
     registers, and the API answers, seconds after start instead of after a 30 s import on a busy machine."""
-    code = ("import sys, tuneforge.serve.worker, tuneforge.serve.app\n"
-            "print(sorted({'torch', 'tuneforge.train.recipe'} & set(sys.modules)))")
+    code = (
+        "import sys, tuneforge.serve.worker, tuneforge.serve.app\n"
+        "print(sorted({'torch', 'tuneforge.train.recipe'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"

@@ -30,8 +30,9 @@ def test_a_run_reads_back_from_mlflow_and_tensorboard(tiny_model_dir, support_da
     from tuneforge.train import train
 
     run_dir = tmp_path / "runs" / "tracked"
-    result = train(make_config(tiny_model_dir, support_data, run_dir, report_to=["tensorboard", "mlflow"]),
-                   progress=False)
+    result = train(
+        make_config(tiny_model_dir, support_data, run_dir, report_to=["tensorboard", "mlflow"]), progress=False
+    )
     train_steps, evals, final = _expected(run_dir)
     assert len(train_steps) == 6 and len(evals) == 2
 
@@ -63,7 +64,8 @@ def test_a_run_reads_back_from_mlflow_and_tensorboard(tiny_model_dir, support_da
     tb_loss = {e.step: e.value for e in tb.Scalars("train/loss")}
     assert tb_loss == pytest.approx({s: e.loss for s, e in train_steps.items()}, rel=1e-6)  # float32 in the file
     assert {e.step: e.value for e in tb.Scalars("eval/val_loss")} == pytest.approx(
-        {s: e.val_loss for s, e in evals.items()}, rel=1e-6)
+        {s: e.val_loss for s, e in evals.items()}, rel=1e-6
+    )
     assert {"config/text_summary", "manifest/text_summary"} <= set(tb.Tags()["tensors"])
     manifest_text = tb.Tensors("manifest/text_summary")[0].tensor_proto.string_val[0].decode()
     assert manifest["datasets"]["train"]["sha256"] in manifest_text
@@ -75,14 +77,17 @@ def test_tensorboard_alone_writes_event_files_in_the_run_directory(tiny_model_di
     from tuneforge.train import train
 
     run_dir = tmp_path / "run"
-    train(make_config(tiny_model_dir, support_data, run_dir, max_steps=2, eval_every=2, report_to=["tensorboard"]),
-          progress=False)
+    train(
+        make_config(tiny_model_dir, support_data, run_dir, max_steps=2, eval_every=2, report_to=["tensorboard"]),
+        progress=False,
+    )
     train_steps, _, final = _expected(run_dir)
     tb = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
     tb.Reload()
     assert [e.step for e in tb.Scalars("train/loss")] == sorted(train_steps) == [1, 2]
     assert [e.value for e in tb.Scalars("train/loss")] == pytest.approx(
-        [e.loss for _, e in sorted(train_steps.items())], rel=1e-6)
+        [e.loss for _, e in sorted(train_steps.items())], rel=1e-6
+    )
     assert tb.Scalars("final/val_loss")[0].value == pytest.approx(final["val_loss"], rel=1e-6)
     assert not (run_dir / MLFLOW_RUN_FILE).exists()
 
@@ -132,32 +137,51 @@ def test_the_service_answers_a_wandb_integration_with_a_400_naming_the_field(tmp
             write_chat_jsonl(tmp_path / "train.jsonl", 20)
             f = api.files.create(file=(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
             with pytest.raises(openai.BadRequestError) as exc:
-                api.fine_tuning.jobs.create(model="demo", training_file=f.id,
-                                            integrations=[{"type": "wandb", "wandb": {"project": "team"}}])
+                api.fine_tuning.jobs.create(
+                    model="demo", training_file=f.id, integrations=[{"type": "wandb", "wandb": {"project": "team"}}]
+                )
             assert exc.value.body["param"] == "integrations[0].type"
             assert exc.value.body["code"] == "invalid_integrations" and "W&B" in exc.value.body["message"]
             with pytest.raises(openai.BadRequestError) as exc:  # a remote caller may not point the server anywhere
-                api.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"tuneforge": {"train": {
-                    "report_to": ["mlflow"], "mlflow_tracking_uri": "http://10.0.0.1:5000"}}})
+                api.fine_tuning.jobs.create(
+                    model="demo",
+                    training_file=f.id,
+                    extra_body={
+                        "tuneforge": {"train": {"report_to": ["mlflow"], "mlflow_tracking_uri": "http://10.0.0.1:5000"}}
+                    },
+                )
             assert exc.value.body["param"] == "tuneforge.train.mlflow_tracking_uri"
-            assert api.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={
-                "tuneforge": {"train": {"report_to": ["tensorboard"]}}}).status == "validating_files"
+            assert (
+                api.fine_tuning.jobs.create(
+                    model="demo",
+                    training_file=f.id,
+                    extra_body={"tuneforge": {"train": {"report_to": ["tensorboard"]}}},
+                ).status
+                == "validating_files"
+            )
     finally:
         mp.undo()
         store.dispose()
 
 
 @pytest.mark.slow  # mlflow
-def test_a_stopped_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run(tiny_model_dir, support_data,
-                                                                                  tmp_path):
+def test_a_stopped_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run(
+    tiny_model_dir, support_data, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     from tuneforge.train import train
 
     run_dir = tmp_path / "runs" / "resumed"
     store = tmp_path / "store.db"
-    cfg = make_config(tiny_model_dir, support_data, run_dir, report_to=["mlflow"], mlflow_experiment="team",
-                      mlflow_tracking_uri=f"sqlite:///{store}")
+    cfg = make_config(
+        tiny_model_dir,
+        support_data,
+        run_dir,
+        report_to=["mlflow"],
+        mlflow_experiment="team",
+        mlflow_tracking_uri=f"sqlite:///{store}",
+    )
     steps = iter(range(100))
     train(cfg, should_stop=lambda: next(steps) >= 3, progress=False)
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")

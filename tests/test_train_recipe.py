@@ -4,10 +4,8 @@ gradient accumulation, NaN handling, early stopping."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
-import torch
 
 from helpers import make_config
 from tuneforge.config import FullMethod
@@ -20,7 +18,9 @@ def read_metrics(run_dir, kind):
 
 
 def test_lora_run_writes_the_run_directory_and_learns(tiny_model_dir, support_data, tmp_path):
-    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=30, eval_every=10, save_every=10, lr=1e-2)
+    cfg = make_config(
+        tiny_model_dir, support_data, tmp_path / "run", max_steps=30, eval_every=10, save_every=10, lr=1e-2
+    )
     result = train(cfg, progress=False)
 
     run = result.run_dir
@@ -32,7 +32,10 @@ def test_lora_run_writes_the_run_directory_and_learns(tiny_model_dir, support_da
     assert len(manifest["datasets"]["train"]["sha256"]) == 64 and manifest["base_model"]["weights_sha256"]
     assert manifest["seed"] == 7 and 0 < manifest["params"]["trainable_share"] < 0.2
     assert manifest["memory"]["peak_rss_bytes"] > 0
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000020", "step-0000030"]  # keep_checkpoints=2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-0000020",
+        "step-0000030",
+    ]  # keep_checkpoints=2
     losses = result.losses
     assert sum(losses[-5:]) / 5 < 0.95 * sum(losses[:5]) / 5, losses  # LoRA on a random 2-layer model learns slowly
     evals = read_metrics(run, "eval")
@@ -69,12 +72,22 @@ def test_resume_continues_exactly(tiny_model_dir, support_data, tmp_path):
 
 
 def test_gradient_accumulation_matches_one_large_batch(tiny_model_dir, support_data, tmp_path):
-    big = train(make_config(tiny_model_dir, support_data, tmp_path / "a", method=FullMethod(), max_steps=3, batch_size=8), progress=False)
-    small = train(make_config(tiny_model_dir, support_data, tmp_path / "b", method=FullMethod(), max_steps=3, batch_size=4, grad_accum=2), progress=False)
+    big = train(
+        make_config(tiny_model_dir, support_data, tmp_path / "a", method=FullMethod(), max_steps=3, batch_size=8),
+        progress=False,
+    )
+    small = train(
+        make_config(
+            tiny_model_dir, support_data, tmp_path / "b", method=FullMethod(), max_steps=3, batch_size=4, grad_accum=2
+        ),
+        progress=False,
+    )
     assert small.losses == pytest.approx(big.losses, abs=1e-5)
 
 
-def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_model_dir, support_data, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(
+    tiny_model_dir, support_data, tmp_path, monkeypatch
+):
     import tuneforge.train.recipe as recipe
 
     real = recipe._accumulate
@@ -104,7 +117,9 @@ def test_early_stopping_keeps_best_weights(tiny_model_dir, support_data, tmp_pat
         return next(fake, 9.0)
 
     monkeypatch.setattr(recipe, "evaluate_loss", scripted)
-    cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", max_steps=20, eval_every=1, early_stopping_patience=2)
+    cfg = make_config(
+        tiny_model_dir, support_data, tmp_path / "run", max_steps=20, eval_every=1, early_stopping_patience=2
+    )
     result = train(cfg, progress=False)
     assert result.status == "early_stopped" and result.steps == 4
     assert (tmp_path / "run" / "adapter").exists()

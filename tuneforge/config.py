@@ -20,8 +20,14 @@ from pydantic.fields import FieldInfo
 
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.eval.graders.spec import GRADER_TYPES, GraderSpec, name_problems
-from tuneforge.methods.registry import (default_method_config, get_method, method_config_named, method_configs, on_register,
-                                        reference_methods)
+from tuneforge.methods.registry import (
+    default_method_config,
+    get_method,
+    method_config_named,
+    method_configs,
+    on_register,
+    reference_methods,
+)
 
 
 def tuneforge_home() -> Path:
@@ -34,43 +40,70 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = Field("demo", description="Base model: a Hugging Face hub id, a local HF folder, a run directory, or a named model ('demo', 'minilm').")
+    name: str = Field(
+        "demo",
+        description="Base model: a Hugging Face hub id, a local HF folder, a run directory, "
+        "or a named model ('demo', 'minilm').",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype: auto picks bfloat16 on CUDA and float32 on CPU.")
-    max_length: int = Field(512, gt=8, description="Longest tokenized example in tokens; longer ones are truncated (and counted in the log).")
-    trust_remote_code: bool = Field(False, description="Allow model code from the hub repository (only for models you trust).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: auto picks bfloat16 on CUDA and float32 on CPU."
+    )
+    max_length: int = Field(
+        512,
+        gt=8,
+        description="Longest tokenized example in tokens; longer ones are truncated (and counted in the log).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub repository (only for models you trust)."
+    )
     chat_template: str | None = Field(
-        None, description="Chat template for a model without one (or to replace its own): a built-in name (chatml, llama3, "
-                          "mistral, gemma, phi3, alpaca) or the path of a .jinja file. Special tokens it needs are added "
-                          "(the embeddings grow); the template is saved with the artifact's tokenizer.")
+        None,
+        description="Chat template for a model without one (or to replace its own): a built-in name (chatml, llama3, "
+        "mistral, gemma, phi3, alpaca) or the path of a .jinja file. Special tokens it needs are added "
+        "(the embeddings grow); the template is saved with the artifact's tokenizer.",
+    )
 
     @model_validator(mode="after")
-    def _known_chat_template(self) -> "ModelSection":
+    def _known_chat_template(self) -> ModelSection:
         from tuneforge.models.chat_templates import BUILTIN
 
         value = self.chat_template
         if value is not None and value not in BUILTIN and not Path(value).expanduser().is_file():
-            raise ValueError(f"chat_template {value!r} is neither a built-in template ({', '.join(BUILTIN)}) "
-                             "nor an existing .jinja file")
+            raise ValueError(
+                f"chat_template {value!r} is neither a built-in template ({', '.join(BUILTIN)}) "
+                "nor an existing .jinja file"
+            )
         return self
 
 
 class DataSection(Section):
     train: Path = Field(..., description="Training file (JSONL chat, prompt/completion, text...).")
-    validation: Path | None = Field(None, description="Validation file, evaluated while training. If absent, `validation_fraction` of train is held out.")
+    validation: Path | None = Field(
+        None,
+        description="Validation file, evaluated while training. If absent, `validation_fraction` of train is held out.",
+    )
     test: Path | None = Field(None, description="Held-out test file for the final comparison (never trained on).")
-    format: str = Field("auto", description="Input format; 'auto' detects it from the records (objective grpo: rft, "
-                                               "OpenAI's reinforcement JSONL of prompts).")
-    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given.")
+    format: str = Field(
+        "auto",
+        description="Input format; 'auto' detects it from the records (objective grpo: rft, "
+        "OpenAI's reinforcement JSONL of prompts).",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given."
+    )
     system_prompt: Literal["keep", "fold", "drop"] = Field(
-        "keep", description="System messages: keep (passed to the chat template), fold (put at the start of the first user turn, "
-                            "as Gemma 3 does: for templates without a system role) or drop (removed and counted).")
+        "keep",
+        description="System messages: keep (passed to the chat template), "
+        "fold (put at the start of the first user turn, "
+        "as Gemma 3 does: for templates without a system role) or drop (removed and counted).",
+    )
 
 
 # The `method:` section: one member per registered method (each method's module defines its config
 # class); the union is rebuilt when a method registers later (a plugin, a test).
 def _method_union():
-    return Annotated[Union[method_configs()], Field(discriminator="name")]
+    return Annotated[Union[method_configs()], Field(discriminator="name")]  # noqa: UP007 (a union built at runtime)
 
 
 MethodSection = _method_union()
@@ -90,12 +123,18 @@ class DistributedSection(Section):
     """How a run launched on several processes (torchrun, `tuneforge train --nproc-per-node`) splits its work."""
 
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto", description="ddp: every rank holds the whole model and gradients are summed (adapter methods); fsdp: FSDP2 "
-                            "(`fully_shard` per decoder layer, then the root) shards weights, gradients and optimizer state "
-                            "(full or partial fine-tuning, bases that do not fit one device); auto: ddp for adapter methods, "
-                            "fsdp when the base weights train. Ignored in one process.")
-    timeout_s: float = Field(300, gt=0, description="A collective that waits longer than this for another rank (one that died "
-                                                    "or hangs) fails on every rank, naming the rank; the job then stops.")
+        "auto",
+        description="ddp: every rank holds the whole model and gradients are summed (adapter methods); fsdp: FSDP2 "
+        "(`fully_shard` per decoder layer, then the root) shards weights, gradients and optimizer state "
+        "(full or partial fine-tuning, bases that do not fit one device); auto: ddp for adapter methods, "
+        "fsdp when the base weights train. Ignored in one process.",
+    )
+    timeout_s: float = Field(
+        300,
+        gt=0,
+        description="A collective that waits longer than this for another rank (one that died "
+        "or hangs) fails on every rank, naming the rank; the job then stops.",
+    )
 
 
 class TrainSection(Section):
@@ -105,110 +144,193 @@ class TrainSection(Section):
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
-    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate decay after warm-up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables clipping.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this value; null disables clipping."
+    )
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
     eval_every: int = Field(50, gt=0, description="Validate every N optimizer steps (and at the end).")
     save_every: int = Field(100, gt=0, description="Write a checkpoint every N optimizer steps (and at the end).")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep on disk.")
-    early_stopping_patience: int | None = Field(None, gt=0, description="Stop when validation loss has not improved for this many evaluations; null disables.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop when validation loss has not improved for this many evaluations; null disables."
+    )
     log_every: int = Field(10, gt=0, description="Log training loss every N optimizer steps.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
-    packing: bool | None = Field(None, description="Pack the examples of each micro-batch into rows of up to model.max_length tokens instead of padding them to the longest: "
-                                 "the same examples and the same loss (to float noise), without the compute and memory spent on padding (~40% of a batch of mixed lengths). "
-                                 "Each example keeps its own positions and attention block. null (default): pack when the objective's batches are token sequences and the "
-                                 "model keeps packed examples apart (checked at start-up), else pad; true: pack or refuse; false: always pad.")
-    packed_rows_per_pass: int | None = Field(None, gt=0, description="With packing: run forward/backward on this many packed rows (of up to model.max_length tokens) at a time "
-                                             "and add up the gradients; the same update, with peak activation memory of one pass. null (default): on CPU as many rows as fit "
-                                             "~256 MiB of estimated activations (one 512-token row of a 25M-parameter Llama: as fast as all rows, under half the peak memory; "
-                                             "small models keep all rows), all rows of a micro-batch at once on GPU.")
-    dpo_beta: float = Field(0.1, gt=0, description="objective dpo: strength of the pull towards the reference model (TRL's beta; the DPO paper uses 0.1-0.5). "
-                            "Higher keeps the policy closer to the base.")
-    kto_beta: float = Field(0.1, gt=0, description="objective kto: strength of the pull towards the reference model "
-                            "(TRL's KTOConfig.beta). Higher keeps the policy closer to the base.")
+    packing: bool | None = Field(
+        None,
+        description="Pack the examples of each micro-batch into rows of up to model.max_length tokens "
+        "instead of padding them to the longest: "
+        "the same examples and the same loss (to float noise), without the compute and memory spent on padding "
+        "(~40% of a batch of mixed lengths). "
+        "Each example keeps its own positions and attention block. "
+        "null (default): pack when the objective's batches are token sequences and the "
+        "model keeps packed examples apart (checked at start-up), else pad; true: pack or refuse; false: always pad.",
+    )
+    packed_rows_per_pass: int | None = Field(
+        None,
+        gt=0,
+        description="With packing: run forward/backward on this many packed rows "
+        "(of up to model.max_length tokens) at a time "
+        "and add up the gradients; the same update, with peak activation memory of one pass. "
+        "null (default): on CPU as many rows as fit "
+        "~256 MiB of estimated activations (one 512-token row of a 25M-parameter Llama: as fast as all rows, "
+        "under half the peak memory; "
+        "small models keep all rows), all rows of a micro-batch at once on GPU.",
+    )
+    dpo_beta: float = Field(
+        0.1,
+        gt=0,
+        description="objective dpo: strength of the pull towards the reference model "
+        "(TRL's beta; the DPO paper uses 0.1-0.5). "
+        "Higher keeps the policy closer to the base.",
+    )
+    kto_beta: float = Field(
+        0.1,
+        gt=0,
+        description="objective kto: strength of the pull towards the reference model "
+        "(TRL's KTOConfig.beta). Higher keeps the policy closer to the base.",
+    )
     kto_desirable_weight: float = Field(
-        1.0, gt=0, description="objective kto: weight of the loss on desirable answers (TRL's desirable_weight). "
-                               "With unbalanced data, keep desirable_weight x desirable count / (undesirable_weight x "
-                               "undesirable count) between 1 and 4/3 (the KTO paper's Eq. 8; the run warns outside).")
-    kto_undesirable_weight: float = Field(1.0, gt=0, description="objective kto: weight of the loss on undesirable "
-                                                                 "answers (TRL's undesirable_weight).")
-    mlm_probability: float = Field(0.15, gt=0, lt=1, description="objective mlm: share of tokens chosen for prediction (80% of them shown as [MASK], 10% a random token, 10% unchanged).")
-    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations during the backward pass instead of storing them: "
-                                         "activation memory drops to about one layer's worth, for ~20-30% more compute per step.")
-    distributed: DistributedSection = Field(default_factory=DistributedSection, description="Several processes: strategy and failure timeout.")
+        1.0,
+        gt=0,
+        description="objective kto: weight of the loss on desirable answers (TRL's desirable_weight). "
+        "With unbalanced data, keep desirable_weight x desirable count / (undesirable_weight x "
+        "undesirable count) between 1 and 4/3 (the KTO paper's Eq. 8; the run warns outside).",
+    )
+    kto_undesirable_weight: float = Field(
+        1.0, gt=0, description="objective kto: weight of the loss on undesirable answers (TRL's undesirable_weight)."
+    )
+    mlm_probability: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="objective mlm: share of tokens chosen for prediction "
+        "(80% of them shown as [MASK], 10% a random token, 10% unchanged).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations during the backward pass instead of storing them: "
+        "activation memory drops to about one layer's worth, for ~20-30% more compute per step.",
+    )
+    distributed: DistributedSection = Field(
+        default_factory=DistributedSection, description="Several processes: strategy and failure timeout."
+    )
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="Experiment trackers that get every train/eval event, the resolved config, "
-                                          "manifest.json (lineage) and the artifact: tensorboard (event files in "
-                                          "<run>/tensorboard), mlflow (a run in train.mlflow_tracking_uri). wandb is "
-                                          "refused: there is no W&B tracker yet.")
+        default_factory=list,
+        description="Experiment trackers that get every train/eval event, the resolved config, "
+        "manifest.json (lineage) and the artifact: tensorboard (event files in "
+        "<run>/tensorboard), mlflow (a run in train.mlflow_tracking_uri). wandb is "
+        "refused: there is no W&B tracker yet.",
+    )
     mlflow_tracking_uri: str | None = Field(
-        None, description="report_to mlflow: the MLflow store or server (sqlite:///..., http://host:5000). Default: "
-                          "sqlite:///<output_dir's parent>/mlruns.db, artifacts in <output_dir's parent>/mlartifacts.")
-    mlflow_experiment: str = Field("tuneforge", min_length=1, description="report_to mlflow: the experiment the run is "
-                                                                          "logged under (created when missing).")
+        None,
+        description="report_to mlflow: the MLflow store or server (sqlite:///..., http://host:5000). Default: "
+        "sqlite:///<output_dir's parent>/mlruns.db, artifacts in <output_dir's parent>/mlartifacts.",
+    )
+    mlflow_experiment: str = Field(
+        "tuneforge",
+        min_length=1,
+        description="report_to mlflow: the experiment the run is logged under (created when missing).",
+    )
 
     @model_validator(mode="after")
-    def _rows_per_pass_needs_packing(self) -> "TrainSection":
+    def _rows_per_pass_needs_packing(self) -> TrainSection:
         if self.packed_rows_per_pass is not None and self.packing is False:
-            raise ValueError("packed_rows_per_pass applies to packed batches only: set packing: true (or leave it unset) or remove packed_rows_per_pass")
+            raise ValueError(
+                "packed_rows_per_pass applies to packed batches only: "
+                "set packing: true (or leave it unset) or remove packed_rows_per_pass"
+            )
         return self
 
     @model_validator(mode="after")
-    def _trackers(self) -> "TrainSection":
+    def _trackers(self) -> TrainSection:
         from importlib.util import find_spec
 
         if "wandb" in self.report_to:  # refused by name rather than dropped
-            raise ValueError("report_to wandb is not supported: tuneforge has no W&B tracker (the wandb package is "
-                             "not pinned and offline W&B was not checked with these versions); use tensorboard or mlflow")
+            raise ValueError(
+                "report_to wandb is not supported: tuneforge has no W&B tracker (the wandb package is "
+                "not pinned and offline W&B was not checked with these versions); use tensorboard or mlflow"
+            )
         for name in dict.fromkeys(self.report_to):  # pinned in requirements.txt, imported only by runs that use them
             if find_spec(name) is None:
-                raise ValueError(f"report_to {name}: the {name} package is not installed here; "
-                                 f"pip install -r requirements.txt or remove {name}")
+                raise ValueError(
+                    f"report_to {name}: the {name} package is not installed here; "
+                    f"pip install -r requirements.txt or remove {name}"
+                )
         if self.mlflow_tracking_uri is not None and "mlflow" not in self.report_to:
-            raise ValueError("mlflow_tracking_uri applies to report_to: [mlflow] only: "
-                             "add mlflow to report_to or remove it")
+            raise ValueError(
+                "mlflow_tracking_uri applies to report_to: [mlflow] only: add mlflow to report_to or remove it"
+            )
         return self
 
 
 # train.* keys that tune one objective: key -> (objective, argument of that objective's constructor)
-OBJECTIVE_OPTIONS = {"dpo_beta": ("dpo", "beta"), "mlm_probability": ("mlm", "probability"),
-                     "kto_beta": ("kto", "beta"), "kto_desirable_weight": ("kto", "desirable_weight"),
-                     "kto_undesirable_weight": ("kto", "undesirable_weight")}
+OBJECTIVE_OPTIONS = {
+    "dpo_beta": ("dpo", "beta"),
+    "mlm_probability": ("mlm", "probability"),
+    "kto_beta": ("kto", "beta"),
+    "kto_desirable_weight": ("kto", "desirable_weight"),
+    "kto_undesirable_weight": ("kto", "undesirable_weight"),
+}
 REFERENCE_OBJECTIVES = ("dpo", "kto")  # objectives whose reference model is the base with the adapter switched off
 
 
 class GrpoSection(Section):
     """objective grpo: sample a group of answers per prompt, score them with graders, learn from the group's ranking."""
 
-    group_size: int = Field(4, ge=2, description="Answers sampled per prompt (TRL's num_generations); advantages are "
-                                                 "each answer's reward against its group's mean.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers; the policy's log-probabilities "
-                                                      "are taken at the same temperature, as TRL does.")
+    group_size: int = Field(
+        4,
+        ge=2,
+        description="Answers sampled per prompt (TRL's num_generations); advantages are "
+        "each answer's reward against its group's mean.",
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature of the answers; the policy's log-probabilities "
+        "are taken at the same temperature, as TRL does.",
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the answers.")
     max_new_tokens: int = Field(64, gt=0, description="Longest sampled answer (TRL's max_completion_length).")
-    beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference (the base, adapter switched "
-                                               "off; k3 estimator). 0 (TRL's default) skips the reference pass.")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the KL penalty to the reference (the base, adapter switched "
+        "off; k3 estimator). 0 (TRL's default) skips the reference pass.",
+    )
     epsilon: float = Field(0.2, gt=0, description="Clip range of the ratio pi/pi_old: [1 - epsilon, 1 + epsilon_high].")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip (DAPO's clip-higher); epsilon when null.")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
-        "dapo", description="How per-token losses are averaged (TRL's loss_type): grpo: mean per answer, then over "
-                            "answers (short answers weigh more per token); dr_grpo: sum / (answers x max_new_tokens); "
-                            "dapo / bnpo: mean over every token of the step.")
-    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std (GRPO); false: only "
-                                                  "subtract the mean (Dr. GRPO: no bias towards easy/hard prompts).")
-    graders: list[GraderSpec] = Field(default_factory=list, description="The reward: graders as in eval.graders "
-                                                                        "(string_check, python, multi...), summed with `weights`.")
+        "dapo",
+        description="How per-token losses are averaged (TRL's loss_type): grpo: mean per answer, then over "
+        "answers (short answers weigh more per token); dr_grpo: sum / (answers x max_new_tokens); "
+        "dapo / bnpo: mean over every token of the step.",
+    )
+    scale_rewards: bool = Field(
+        True,
+        description="Divide advantages by the group's reward std (GRPO); false: only "
+        "subtract the mean (Dr. GRPO: no bias towards easy/hard prompts).",
+    )
+    graders: list[GraderSpec] = Field(
+        default_factory=list,
+        description="The reward: graders as in eval.graders (string_check, python, multi...), summed with `weights`.",
+    )
     weights: list[float] | None = Field(None, description="Weight of each grader in the reward (1 each when null).")
 
     @model_validator(mode="after")
-    def _weights_match(self) -> "GrpoSection":
+    def _weights_match(self) -> GrpoSection:
         problems = name_problems(self.graders, set())
         if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
             problems.append(f"weights: {self.weights} holds a non-finite weight; give finite numbers")
         if self.weights is not None and len(self.weights) != len(self.graders):
-            problems.append(f"weights: {len(self.weights)} weight(s) for {len(self.graders)} grader(s); give one per "
-                            "grader or remove weights")
+            problems.append(
+                f"weights: {len(self.weights)} weight(s) for {len(self.graders)} grader(s); give one per "
+                "grader or remove weights"
+            )
         if problems:
             raise ValueError("; ".join(p.replace("eval.graders", "grpo.graders") for p in problems))
         return self
@@ -219,30 +341,65 @@ class EvalSection(Section):
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
     batch_size: int = Field(16, gt=0, description="Prompts generated at once.")
     task: Literal["auto", "qa", "classification", "summarization", "translation", "ner"] = Field(
-        "auto", description="Which task metrics to report; auto: classification (accuracy, macro-F1) for text+label data, else qa (exact match, token F1).")
-    metrics: list[str] | None = Field(None, description="Metric names to report instead of the task's defaults (see `tuneforge.eval.metrics.METRICS`).")
-    custom_metric: str | None = Field(None, description="A user metric 'file.py:function' or 'module:function', called as f(prediction, reference) -> float.")
-    approaches: list[str] = Field(["base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"], description="Approaches to compare on the test split.")
-    few_shot_k: int = Field(4, ge=1, description="Training examples put in a few-shot prompt (fewer if the context budget is reached).")
-    few_shot_selection: Literal["random", "similar"] = Field("similar", description="Pick few-shot examples at random or by BM25 similarity to the question.")
-    rag_docs: Path | None = Field(None, description="Folder or file of documents to retrieve from; the training split when absent.")
-    rag_retriever: Literal["bm25", "embeddings", "hybrid"] = Field("bm25", description="Retrieval: BM25, MiniLM embeddings, or both fused by reciprocal rank.")
+        "auto",
+        description="Which task metrics to report; auto: classification (accuracy, macro-F1) for text+label data, "
+        "else qa (exact match, token F1).",
+    )
+    metrics: list[str] | None = Field(
+        None,
+        description="Metric names to report instead of the task's defaults (see `tuneforge.eval.metrics.METRICS`).",
+    )
+    custom_metric: str | None = Field(
+        None,
+        description="A user metric 'file.py:function' or 'module:function', "
+        "called as f(prediction, reference) -> float.",
+    )
+    approaches: list[str] = Field(
+        ["base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"],
+        description="Approaches to compare on the test split.",
+    )
+    few_shot_k: int = Field(
+        4, ge=1, description="Training examples put in a few-shot prompt (fewer if the context budget is reached)."
+    )
+    few_shot_selection: Literal["random", "similar"] = Field(
+        "similar", description="Pick few-shot examples at random or by BM25 similarity to the question."
+    )
+    rag_docs: Path | None = Field(
+        None, description="Folder or file of documents to retrieve from; the training split when absent."
+    )
+    rag_retriever: Literal["bm25", "embeddings", "hybrid"] = Field(
+        "bm25", description="Retrieval: BM25, MiniLM embeddings, or both fused by reciprocal rank."
+    )
     rag_k: int = Field(3, ge=1, description="Passages put in a RAG prompt (fewer if the context budget is reached).")
-    context_budget: int | None = Field(None, gt=0, description="Prompt token budget for few-shot/RAG prompts; model.max_length - max_new_tokens when absent.")
+    context_budget: int | None = Field(
+        None,
+        gt=0,
+        description="Prompt token budget for few-shot/RAG prompts; model.max_length - max_new_tokens when absent.",
+    )
     bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for confidence intervals.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
-    slice_fields: list[str] | None = Field(None, description="Metadata fields to slice results by; fields with 2-20 values are picked when absent.")
-    general_text: Path | None = Field(None, description="General held-out text (file, one document per line or JSONL) for forgetting; generated text for the demo model.")
+    slice_fields: list[str] | None = Field(
+        None, description="Metadata fields to slice results by; fields with 2-20 values are picked when absent."
+    )
+    general_text: Path | None = Field(
+        None,
+        description="General held-out text (file, one document per line or JSONL) for forgetting; "
+        "generated text for the demo model.",
+    )
     latency_samples: int = Field(8, ge=0, description="Requests timed one at a time per approach for latency.")
-    prices: Path | None = Field(None, description="Price table YAML (training_per_1k, input_per_1k, output_per_1k) for cost and break-even.")
+    prices: Path | None = Field(
+        None, description="Price table YAML (training_per_1k, input_per_1k, output_per_1k) for cost and break-even."
+    )
     graders: list[GraderSpec] = Field(
-        default_factory=list, description="Per-example checks of each answer against its test example (OpenAI's "
-                                          "grader shapes: string_check, regex, json_match, text_similarity, python, "
-                                          "score_model, multi), reported with intervals beside the metrics and ranked "
-                                          "per family (facts, style) in the verdict.")
+        default_factory=list,
+        description="Per-example checks of each answer against its test example (OpenAI's "
+        "grader shapes: string_check, regex, json_match, text_similarity, python, "
+        "score_model, multi), reported with intervals beside the metrics and ranked "
+        "per family (facts, style) in the verdict.",
+    )
 
     @model_validator(mode="after")
-    def _grader_names(self) -> "EvalSection":
+    def _grader_names(self) -> EvalSection:
         from tuneforge.eval.metrics import METRICS
 
         problems = name_problems(self.graders, {*METRICS, "loss", "perplexity"})
@@ -255,11 +412,15 @@ class RunConfig(Section):
     """A whole fine-tuning run."""
 
     objective: Literal["sft", "clm", "classification", "tokens", "mlm", "nsp", "dpo", "kto", "grpo"] = Field(
-        "sft", description="What is learned: sft (assistant tokens of chats), clm (all tokens of raw text), classification "
-                           "(text -> label), tokens (NER, BIO tags), mlm (masked tokens, encoders), nsp (next sentence, encoders), "
-                           "dpo (preference pairs), kto (unpaired answers labelled desirable or undesirable), "
-                           "grpo (prompts; sampled answers rewarded by grpo.graders).")
-    output_dir: Path = Field(Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model).")
+        "sft",
+        description="What is learned: sft (assistant tokens of chats), clm (all tokens of raw text), classification "
+        "(text -> label), tokens (NER, BIO tags), mlm (masked tokens, encoders), nsp (next sentence, encoders), "
+        "dpo (preference pairs), kto (unpaired answers labelled desirable or undesirable), "
+        "grpo (prompts; sampled answers rewarded by grpo.graders).",
+    )
+    output_dir: Path = Field(
+        Path("runs/run"), description="Run directory (config, manifest, metrics, checkpoints, adapter or model)."
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     method: MethodSection = Field(default_factory=default_method_config)
@@ -268,32 +429,47 @@ class RunConfig(Section):
     grpo: GrpoSection = Field(default_factory=GrpoSection, description="objective grpo: sampling, reward and loss.")
 
     @model_validator(mode="after")
-    def _method_fits_objective(self) -> "RunConfig":
+    def _method_fits_objective(self) -> RunConfig:
         method = get_method(self.method.name)
         if method.needs_new_head and self.objective not in _HEAD_TASKS:
-            raise ValueError(f"method '{self.method.name}' trains a new task head: use objective classification or tokens, or another method")
+            raise ValueError(
+                f"method '{self.method.name}' trains a new task head: "
+                "use objective classification or tokens, or another method"
+            )
         if self.objective in REFERENCE_OBJECTIVES and method.reference is None:
-            raise ValueError(f"objective {self.objective} uses the base with the adapter switched off as its reference "
-                             f"model: use one of {reference_methods()}, not '{self.method.name}'")
+            raise ValueError(
+                f"objective {self.objective} uses the base with the adapter switched off as its reference "
+                f"model: use one of {reference_methods()}, not '{self.method.name}'"
+            )
         if self.objective == "kto" and self.train.batch_size < 2:  # TRL refuses it too
-            raise ValueError("objective kto estimates its KL term from the other answers of a micro-batch: "
-                             "set train.batch_size to 2 or more (with 1, the KL estimate is the answer's own reward)")
+            raise ValueError(
+                "objective kto estimates its KL term from the other answers of a micro-batch: "
+                "set train.batch_size to 2 or more (with 1, the KL estimate is the answer's own reward)"
+            )
         if self.objective == "grpo":
             if self.data.format == "auto":  # RFT records look like chats without their answer: read them as prompts
                 self.data.format = "rft"
             if not self.grpo.graders:
-                raise ValueError("objective grpo needs a reward: add grpo.graders (e.g. a string_check against "
-                                 "{{item.answer}})")
+                raise ValueError(
+                    "objective grpo needs a reward: add grpo.graders (e.g. a string_check against {{item.answer}})"
+                )
             if self.grpo.beta > 0 and method.reference is None:
-                raise ValueError(f"grpo.beta > 0 uses the base with the adapter switched off as its reference model: "
-                                 f"use one of {reference_methods()}, not '{self.method.name}', or set grpo.beta: 0")
+                raise ValueError(
+                    f"grpo.beta > 0 uses the base with the adapter switched off as its reference model: "
+                    f"use one of {reference_methods()}, not '{self.method.name}', or set grpo.beta: 0"
+                )
         elif self.grpo != GrpoSection():
-            raise ValueError(f"grpo applies to objective grpo only (this config trains {self.objective}): remove it "
-                             "or set objective: grpo")
+            raise ValueError(
+                f"grpo applies to objective grpo only (this config trains {self.objective}): remove it "
+                "or set objective: grpo"
+            )
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
             # a value away from the default (a saved config.yaml spells out every default)
             if getattr(self.train, key) != TrainSection.model_fields[key].default and self.objective != objective:
-                raise ValueError(f"train.{key} applies to objective {objective} only (this config trains {self.objective}): remove it or set objective: {objective}")
+                raise ValueError(
+                    f"train.{key} applies to objective {objective} only (this config trains {self.objective}): "
+                    f"remove it or set objective: {objective}"
+                )
         return self
 
     def to_yaml(self) -> str:
@@ -304,7 +480,9 @@ def _refresh_method_union() -> None:
     """A method registered after this module loaded (a plugin, a test) joins the `method:` union."""
     global MethodSection
     MethodSection = _method_union()
-    RunConfig.__pydantic_fields__["method"] = FieldInfo.from_annotated_attribute(MethodSection, Field(default_factory=default_method_config))
+    RunConfig.__pydantic_fields__["method"] = FieldInfo.from_annotated_attribute(
+        MethodSection, Field(default_factory=default_method_config)
+    )
     RunConfig.model_rebuild(force=True)
 
 
@@ -338,10 +516,17 @@ def validate_config(raw: dict[str, Any], source: str = "config", check_files: bo
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {exc.error_count()} problem(s) in the configuration", [_problem(source, e) for e in exc.errors()]) from None
+        raise ConfigError(
+            f"{source}: {exc.error_count()} problem(s) in the configuration",
+            [_problem(source, e) for e in exc.errors()],
+        ) from None
     if check_files:
         problems = [
-            Problem(f"{source}: data.{key}", f"file not found: {path}", "fix the path (relative paths are from the config file's folder)")
+            Problem(
+                f"{source}: data.{key}",
+                f"file not found: {path}",
+                "fix the path (relative paths are from the config file's folder)",
+            )
             for key, path in (("train", cfg.data.train), ("validation", cfg.data.validation), ("test", cfg.data.test))
             if path is not None and not Path(path).exists()
         ]
@@ -354,7 +539,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a YAML run config; relative data paths resolve against the config's folder."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}", [Problem(str(path), "no such file", "pass the path of a YAML run config")])
+        raise ConfigError(
+            f"config file not found: {path}", [Problem(str(path), "no such file", "pass the path of a YAML run config")]
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -381,8 +568,11 @@ def _problem(source: str, err: dict[str, Any]) -> Problem:
     if kind == "extra_forbidden":
         section = key.split(".", 1)[0] if "." in key else "top level"
         command = "tuneforge config-help" + (f" {section}" if "." in key else "")
-        return Problem(f"{source}: {key}", "unknown key",
-                       f"remove it or check the spelling; `{command}` lists the keys of {section}")
+        return Problem(
+            f"{source}: {key}",
+            "unknown key",
+            f"remove it or check the spelling; `{command}` lists the keys of {section}",
+        )
     if kind == "missing":
         return Problem(f"{source}: {key}", "required key is missing", "add it")
     got = err.get("input")
@@ -395,18 +585,28 @@ def config_help(section: str | None = None) -> str:
     Read from the pydantic schema itself, so it lists exactly what `load_config` accepts; the `method:`
     section lists each registered method's keys under `method (name: NAME)`.
     """
-    blocks = {"top level": [("top level", [(k, f) for k, f in RunConfig.model_fields.items()
-                                           if k != "method" and not _is_section(f.annotation)])]}
+    blocks = {
+        "top level": [
+            (
+                "top level",
+                [(k, f) for k, f in RunConfig.model_fields.items() if k != "method" and not _is_section(f.annotation)],
+            )
+        ]
+    }
     for key, info in RunConfig.model_fields.items():
         if key == "method":  # one block per registered method, its `name` in the title
-            blocks[key] = [b for c in method_configs()
-                           for b in _blocks(f"method (name: {c.model_fields['name'].default})", c, "name")]
+            blocks[key] = [
+                b
+                for c in method_configs()
+                for b in _blocks(f"method (name: {c.model_fields['name'].default})", c, "name")
+            ]
         elif _is_section(info.annotation):
             blocks[key] = _blocks(key, info.annotation)
     if section is not None and section not in blocks:
-        raise ConfigError(f"unknown config section '{section}'",
-                          [Problem("config-help SECTION", f"'{section}' is not a section",
-                                   f"use one of: {', '.join(blocks)}")])
+        raise ConfigError(
+            f"unknown config section '{section}'",
+            [Problem("config-help SECTION", f"'{section}' is not a section", f"use one of: {', '.join(blocks)}")],
+        )
     lines = []
     for name, members in blocks.items():
         for title, fields in members if section in (None, name) else []:

@@ -25,8 +25,9 @@ from tuneforge.train.pretrain import ensure_demo_model
 
 REPORTED = ("loss", "perplexity", "exact_match", "token_f1", "fact_accuracy")
 # does the answer state its fact ("$49", "in 2 days")? Token F1 rewards the house template; this checks the facts
-FACT_ACCURACY = StringCheck(name="fact_accuracy", input="{{sample.output_text}}", reference="{{item.fact}}",
-                            operation="ilike", family="facts")
+FACT_ACCURACY = StringCheck(
+    name="fact_accuracy", input="{{sample.output_text}}", reference="{{item.fact}}", operation="ilike", family="facts"
+)
 QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned")  # fine_tuned+rag: `tuneforge eval RUN`
 
 
@@ -35,7 +36,11 @@ def write_support_splits(folder: Path, n: int = 900, seed: int = 0) -> dict[str,
     examples = support_desk_dataset(n, seed)
     random.Random(seed).shuffle(examples)
     n_val = n_test = n // 10
-    splits = {"test": examples[:n_test], "validation": examples[n_test:n_test + n_val], "train": examples[n_test + n_val:]}
+    splits = {
+        "test": examples[:n_test],
+        "validation": examples[n_test : n_test + n_val],
+        "train": examples[n_test + n_val :],
+    }
     paths = {}
     for name, rows in splits.items():
         paths[name] = folder / f"{name}.jsonl"
@@ -45,14 +50,32 @@ def write_support_splits(folder: Path, n: int = 900, seed: int = 0) -> dict[str,
 
 def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
     return RunConfig(
-        objective="sft", output_dir=run_dir,
+        objective="sft",
+        output_dir=run_dir,
         model=ModelSection(name="demo", max_length=256),
         data=DataSection(train=data["train"], validation=data["validation"], test=data["test"]),
         method=LoraMethod(r=16, alpha=32, target_modules="all-linear"),
-        train=TrainSection(epochs=5, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05, eval_every=30,
-                           save_every=60, log_every=5, early_stopping_patience=3, seed=0),
-        eval=EvalSection(max_new_tokens=40, batch_size=32, approaches=list(QUICKSTART_APPROACHES), few_shot_k=2, rag_k=2,
-                         latency_samples=2, graders=[FACT_ACCURACY]),
+        train=TrainSection(
+            epochs=5,
+            batch_size=16,
+            lr=3e-3,
+            scheduler="cosine",
+            warmup_ratio=0.05,
+            eval_every=30,
+            save_every=60,
+            log_every=5,
+            early_stopping_patience=3,
+            seed=0,
+        ),
+        eval=EvalSection(
+            max_new_tokens=40,
+            batch_size=32,
+            approaches=list(QUICKSTART_APPROACHES),
+            few_shot_k=2,
+            rag_k=2,
+            latency_samples=2,
+            graders=[FACT_ACCURACY],
+        ),
     )
 
 
@@ -72,14 +95,21 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
     say("4/4 tuneforge eval: base, few-shot, RAG and fine-tuned on the held-out test split")
     report = run_eval(EvalTarget(cfg, run_dir), run_dir, say=say)
     approaches = {a["name"]: a for a in report["approaches"]}
-    summary = {"run_dir": str(run_dir),
-               **{name: {k: a["metrics"][k]["mean"] for k in REPORTED} for name, a in approaches.items()},
-               "intervals": {name: a["metrics"] for name, a in approaches.items()},
-               "prompt_tokens_per_request": {name: a["prompt_tokens_per_request"] for name, a in approaches.items()},
-               "verdict": report["verdict"]["summary"],
-               "winners": {family: {k: v[k] for k in ("metric", "winner", "tied_with")}
-                           for family, v in report["verdict"]["families"].items()},
-               "test_examples": report["test_examples"], "train_status": result.status,
-               "train_steps": result.steps, "eval_seconds": report["seconds"], "seconds": round(time.perf_counter() - started, 1)}
+    summary = {
+        "run_dir": str(run_dir),
+        **{name: {k: a["metrics"][k]["mean"] for k in REPORTED} for name, a in approaches.items()},
+        "intervals": {name: a["metrics"] for name, a in approaches.items()},
+        "prompt_tokens_per_request": {name: a["prompt_tokens_per_request"] for name, a in approaches.items()},
+        "verdict": report["verdict"]["summary"],
+        "winners": {
+            family: {k: v[k] for k in ("metric", "winner", "tied_with")}
+            for family, v in report["verdict"]["families"].items()
+        },
+        "test_examples": report["test_examples"],
+        "train_status": result.status,
+        "train_steps": result.steps,
+        "eval_seconds": report["seconds"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     (run_dir / "comparison.json").write_text(json.dumps(summary, indent=2))
     return summary

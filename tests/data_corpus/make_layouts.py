@@ -238,7 +238,10 @@ def main() -> None:
         "".join(f"Article {i}: a whole document on one line.\n" for i in range(250)), encoding="utf-8"
     )
     # Text that default cleaning must leave byte-identical: indented Python, CJK full-width punctuation, superscripts.
-    code = 'def area(r):\n    """Circle area."""\n    if r < 0:\n        raise ValueError("r < 0")\n\n\n    return 3.14159 * r ** 2  # πr²\n'
+    code = (
+        'def area(r):\n    """Circle area."""\n    if r < 0:\n        raise ValueError("r < 0")\n\n\n'
+        "    return 3.14159 * r ** 2  # πr²\n"
+    )
     jsonl(
         "meaning_preserving.jsonl",
         [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -25,34 +24,63 @@ def _fail(exc: TuneforgeError) -> None:
     raise typer.Exit(2)
 
 
-_INCLUDE_HELP = "Also read folder files matching this glob (repeatable), e.g. '*.md'; a folder is read for data files only."
+_INCLUDE_HELP = (
+    "Also read folder files matching this glob (repeatable), e.g. '*.md'; a folder is read for data files only."
+)
 _TEXT_UNIT_HELP = "One record of a .txt/.md file: paragraph (blank-line separated, default), line, or file."
 
 
-def _labels(spec: Optional[str]) -> Optional[list[str]]:
+def _labels(spec: str | None) -> list[str] | None:
     return [x.strip() for x in spec.split(",") if x.strip()] if spec else None
 
 
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="A data file or a folder of data files."),
-    format: str = typer.Option("auto", "--format", "-f", help="chat, prompt_completion, alpaca, sharegpt, text, classification, tokens, preference, or auto."),
-    map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,... e.g. text=body,label=stars."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Allowed labels (comma-separated); other labels are errors."),
+    format: str = typer.Option(
+        "auto",
+        "--format",
+        "-f",
+        help="chat, prompt_completion, alpaca, sharegpt, text, classification, tokens, preference, or auto.",
+    ),
+    map: str | None = typer.Option(
+        None, "--map", help="Read other column names: ours=theirs,... e.g. text=body,label=stars."
+    ),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Allowed labels (comma-separated); other labels are errors."
+    ),
     include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
     text_unit: str = typer.Option("paragraph", "--text-unit", help=_TEXT_UNIT_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or tokenizer folder: enables the chat-template and context-window checks."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Context window in tokens (default: the tokenizer's)."),
-    system_prompt: str = typer.Option("keep", "--system-prompt", help="keep, fold or drop system messages, as data.system_prompt."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model or tokenizer folder: enables the chat-template and context-window checks."
+    ),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", help="Context window in tokens (default: the tokenizer's)."
+    ),
+    system_prompt: str = typer.Option(
+        "keep", "--system-prompt", help="keep, fold or drop system messages, as data.system_prompt."
+    ),
     min_examples: int = typer.Option(10, "--min-examples", help="Fewer valid examples than this is an error."),
-    max_issues: int = typer.Option(1000, "--max-issues", help="List at most this many errors and warnings (all are counted)."),
+    max_issues: int = typer.Option(
+        1000, "--max-issues", help="List at most this many errors and warnings (all are counted)."
+    ),
     output: str = typer.Option("text", "--output", "-o", help="text or json."),
 ) -> None:
     """Check a data file and list every problem with file, line and field; exit 1 on errors."""
     try:
-        report = validate_file(file, format, mapping=map, labels=_labels(labels), tokenizer=model, max_tokens=max_tokens,
-                               min_examples=min_examples, max_issues=max_issues, include=include, text_unit=text_unit,
-                               system_prompt=system_prompt)
+        report = validate_file(
+            file,
+            format,
+            mapping=map,
+            labels=_labels(labels),
+            tokenizer=model,
+            max_tokens=max_tokens,
+            min_examples=min_examples,
+            max_issues=max_issues,
+            include=include,
+            text_unit=text_unit,
+            system_prompt=system_prompt,
+        )
     except TuneforgeError as exc:
         _fail(exc)
     if output == "json":
@@ -66,9 +94,14 @@ def _print_validation(report: ValidationReport) -> None:
     for issue in report.errors + report.warnings:
         colour = "red" if issue.severity == "error" else "yellow"
         fix = f" [dim]({issue.fix})[/dim]" if issue.fix else ""
-        console.print(f"[{colour}]{issue.severity}[/{colour}] {issue.where}: [bold]{issue.kind}[/bold] {issue.message}{fix}", highlight=False)
+        console.print(
+            f"[{colour}]{issue.severity}[/{colour}] {issue.where}: [bold]{issue.kind}[/bold] {issue.message}{fix}",
+            highlight=False,
+        )
     if report.truncated:
-        console.print(f"[dim]... only the first {report.max_issues} errors and warnings are listed (use --max-issues)[/dim]")
+        console.print(
+            f"[dim]... only the first {report.max_issues} errors and warnings are listed (use --max-issues)[/dim]"
+        )
     table = Table(title=f"{report.file} ({report.format or 'unknown format'}): {report.valid}/{report.records} valid")
     table.add_column("kind")
     table.add_column("severity")
@@ -83,43 +116,72 @@ def _print_validation(report: ValidationReport) -> None:
     _print_unused(report.unused_fields.to_dict())
     for line in report.refused.lines():
         console.print(f"[red]refused[/red]: {line}", highlight=False)
-    console.print("[green]OK[/green]" if report.ok else f"[red]FAILED[/red]: {sum(report.error_counts.values())} error(s)")
+    console.print(
+        "[green]OK[/green]" if report.ok else f"[red]FAILED[/red]: {sum(report.error_counts.values())} error(s)"
+    )
 
 
 def _print_unused(unused: dict) -> None:
     for key, u in unused.items():
-        console.print(f"[yellow]unused field[/yellow] '{key}': {u['count']:,} record(s), first at {', '.join(u['first'])} "
-                      "(kept in metadata, not trained on; --map it or drop it)", highlight=False)
+        console.print(
+            f"[yellow]unused field[/yellow] '{key}': {u['count']:,} record(s), first at {', '.join(u['first'])} "
+            "(kept in metadata, not trained on; --map it or drop it)",
+            highlight=False,
+        )
 
 
 @app.command()
 def prepare(
     source: Path = typer.Argument(..., help="A prepare config (.yaml) or a data file/folder (default steps)."),
-    out: Path = typer.Option(..., "--out", help="Output folder for train/validation/test.jsonl, rejects, duplicates and manifest.json."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="Record format of the inputs (default: auto)."),
-    map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Allowed labels (comma-separated); records with others are rejected."),
-    split: Optional[str] = typer.Option(None, "--split", help="train,validation,test ratios, e.g. 0.8,0.1,0.1."),
-    test: list[Path] = typer.Option([], "--test", help="An existing test set (file or folder, repeatable) kept as the test split; "
-                                    "duplicates of it in the data are removed and the data is split into train/validation only."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Split seed."),
-    group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep examples sharing this metadata field in one split."),
-    near_threshold: Optional[float] = typer.Option(None, "--near-threshold", help="MinHash Jaccard threshold for near-duplicates."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder for train/validation/test.jsonl, rejects, duplicates and manifest.json."
+    ),
+    format: str | None = typer.Option(None, "--format", "-f", help="Record format of the inputs (default: auto)."),
+    map: str | None = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Allowed labels (comma-separated); records with others are rejected."
+    ),
+    split: str | None = typer.Option(None, "--split", help="train,validation,test ratios, e.g. 0.8,0.1,0.1."),
+    test: list[Path] = typer.Option(
+        [],
+        "--test",
+        help="An existing test set (file or folder, repeatable) kept as the test split; "
+        "duplicates of it in the data are removed and the data is split into train/validation only.",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Split seed."),
+    group_by: str | None = typer.Option(
+        None, "--group-by", help="Keep examples sharing this metadata field in one split."
+    ),
+    near_threshold: float | None = typer.Option(
+        None, "--near-threshold", help="MinHash Jaccard threshold for near-duplicates."
+    ),
     no_near: bool = typer.Option(False, "--no-near-dedup", help="Only remove exact duplicates."),
     strip_html: bool = typer.Option(False, "--strip-html", help="Replace HTML markup by its text."),
-    redact_pii: Optional[str] = typer.Option(None, "--redact-pii", help="Comma-separated: email,phone,card."),
-    augment: Optional[int] = typer.Option(None, "--augment", help="Add this many augmented copies per training example."),
-    synonyms: Optional[Path] = typer.Option(None, "--synonyms", help="Synonym table (YAML/JSON word: [synonyms]) for augmentation."),
+    redact_pii: str | None = typer.Option(None, "--redact-pii", help="Comma-separated: email,phone,card."),
+    augment: int | None = typer.Option(None, "--augment", help="Add this many augmented copies per training example."),
+    synonyms: Path | None = typer.Option(
+        None, "--synonyms", help="Synonym table (YAML/JSON word: [synonyms]) for augmentation."
+    ),
     include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
-    text_unit: Optional[str] = typer.Option(None, "--text-unit", help=_TEXT_UNIT_HELP),
-    max_reject_share: Optional[float] = typer.Option(None, "--max-reject-share", help="Fail when more than this share of records is rejected (default 0.2)."),
-    nfkc: bool = typer.Option(False, "--nfkc", help="Unicode NFKC instead of NFC: folds full-width CJK punctuation and ² to ASCII (changes text)."),
-    whitespace: Optional[str] = typer.Option(None, "--whitespace", help="keep, line_ends (default: trailing spaces only) or collapse (breaks code)."),
+    text_unit: str | None = typer.Option(None, "--text-unit", help=_TEXT_UNIT_HELP),
+    max_reject_share: float | None = typer.Option(
+        None, "--max-reject-share", help="Fail when more than this share of records is rejected (default 0.2)."
+    ),
+    nfkc: bool = typer.Option(
+        False,
+        "--nfkc",
+        help="Unicode NFKC instead of NFC: folds full-width CJK punctuation and ² to ASCII (changes text).",
+    ),
+    whitespace: str | None = typer.Option(
+        None, "--whitespace", help="keep, line_ends (default: trailing spaces only) or collapse (breaks code)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Any config key, e.g. --set dedup.num_perm=64 (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a prepared dataset already in --out."),
 ) -> None:
     """Clean, deduplicate, split (and optionally augment) data into a prepared dataset with a manifest."""
-    overrides = _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) + list(set_)
+    overrides = _prepare_overrides(
+        format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms
+    ) + list(set_)
     if test:
         overrides.append(f"test_inputs={json.dumps([str(p) for p in test])}")
     overrides += [f"include={json.dumps(include)}"] if include else []
@@ -130,17 +192,27 @@ def prepare(
     try:
         cfg = load_prepare_config(source, overrides)
         with console.status("preparing...") as status:
-            manifest = run_prepare(cfg, out, overwrite=overwrite, progress=lambda stage, n: status.update(f"{stage}: {n:,} records"))
+            manifest = run_prepare(
+                cfg, out, overwrite=overwrite, progress=lambda stage, n: status.update(f"{stage}: {n:,} records")
+            )
     except TuneforgeError as exc:
         _fail(exc)
     counts, steps = manifest["counts"], {s["name"]: s for s in manifest["steps"]}
-    console.print(f"read {counts['read']:,} = kept {counts['kept']:,} + rejected {counts['rejected']:,} + duplicates {counts['duplicates']:,}"
-                  f" (exact {steps['dedup']['exact_removed']:,}, near {steps['dedup']['near_removed']:,})")
-    console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in steps["split"]["examples"].items())
-                  + (f"; +{counts['augmented']:,} augmented in train" if counts["augmented"] else ""))
+    console.print(
+        f"read {counts['read']:,} = kept {counts['kept']:,} + rejected {counts['rejected']:,} "
+        f"+ duplicates {counts['duplicates']:,}"
+        f" (exact {steps['dedup']['exact_removed']:,}, near {steps['dedup']['near_removed']:,})"
+    )
+    console.print(
+        "splits: "
+        + ", ".join(f"{k} {v:,}" for k, v in steps["split"]["examples"].items())
+        + (f"; +{counts['augmented']:,} augmented in train" if counts["augmented"] else "")
+    )
     if steps["clean"]["counts"]:
-        console.print("clean (texts changed per step; samples in cleaning_diffs.jsonl): "
-                      + ", ".join(f"{k} {v:,}" for k, v in sorted(steps["clean"]["counts"].items())))
+        console.print(
+            "clean (texts changed per step; samples in cleaning_diffs.jsonl): "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(steps["clean"]["counts"].items()))
+        )
     read = steps["read"]
     for line in read["skipped_files"]:
         console.print(f"[yellow]skipped[/yellow]: {line}", highlight=False)
@@ -148,12 +220,16 @@ def prepare(
         console.print(f"[red]rejected[/red] {kind}: {r['count']:,}, first at {', '.join(r['first'])}", highlight=False)
     for kind, w in read["warnings"].items():
         if kind != "skipped_files":
-            console.print(f"[yellow]warning[/yellow] {kind}: {w['count']:,}, first at {', '.join(w['first'])}", highlight=False)
+            console.print(
+                f"[yellow]warning[/yellow] {kind}: {w['count']:,}, first at {', '.join(w['first'])}", highlight=False
+            )
     _print_unused(read["unused_fields"])
     console.print(f"wrote {out}/ (manifest.json output_hash {manifest['output_hash'][:12]})")
 
 
-def _prepare_overrides(format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms) -> list[str]:
+def _prepare_overrides(
+    format, map, labels, split, seed, group_by, near_threshold, no_near, strip_html, redact_pii, augment, synonyms
+) -> list[str]:
     """Flags -> `key=value` overrides of the prepare config (values as YAML)."""
     o = []
     if format:
@@ -186,19 +262,30 @@ def _prepare_overrides(format, map, labels, split, seed, group_by, near_threshol
 
 @app.command()
 def report(
-    path: Path = typer.Argument(..., help="A data file, a folder, or a prepared dataset folder (reports its train split)."),
-    model: str = typer.Option("demo", "--model", "-m", help="Model (name, hub id, or HF folder) whose tokenizer and chat template count tokens."),
+    path: Path = typer.Argument(
+        ..., help="A data file, a folder, or a prepared dataset folder (reports its train split)."
+    ),
+    model: str = typer.Option(
+        "demo",
+        "--model",
+        "-m",
+        help="Model (name, hub id, or HF folder) whose tokenizer and chat template count tokens.",
+    ),
     format: str = typer.Option("auto", "--format", "-f", help="Record format, or auto."),
-    map: Optional[str] = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
+    map: str | None = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
     epochs: float = typer.Option(3.0, "--epochs", help="Planned passes over the data (for tokens, cost and time)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Context limit (default: the tokenizer's)."),
-    prices: Optional[Path] = typer.Option(None, "--prices", help="YAML price table: training_per_1k, input_per_1k, output_per_1k, currency."),
-    sample: int = typer.Option(5000, "--sample", help="Tokenize at most this many examples (seeded sample); totals are then estimates."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Context limit (default: the tokenizer's)."),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="YAML price table: training_per_1k, input_per_1k, output_per_1k, currency."
+    ),
+    sample: int = typer.Option(
+        5000, "--sample", help="Tokenize at most this many examples (seeded sample); totals are then estimates."
+    ),
     include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
     text_unit: str = typer.Option("paragraph", "--text-unit", help=_TEXT_UNIT_HELP),
     no_hardware: bool = typer.Option(False, "--no-hardware", help="Skip the matmul benchmark (no time estimate)."),
     output: str = typer.Option("text", "--output", "-o", help="text or json."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML page with plots here."),
+    html_path: Path | None = typer.Option(None, "--html", help="Also write an HTML page with plots here."),
 ) -> None:
     """Statistics, tokens, and a cost and compute estimate for training on the data."""
     from tuneforge.data.costs import load_prices
@@ -206,9 +293,19 @@ def report(
     from tuneforge.data.report_html import render_html
 
     try:
-        result = build_report(path, model=model, format=format, mapping=map, epochs=epochs, max_tokens=max_tokens,
-                              prices=load_prices(prices), sample=sample, measure_hardware=not no_hardware, include=include,
-                              text_unit=text_unit)
+        result = build_report(
+            path,
+            model=model,
+            format=format,
+            mapping=map,
+            epochs=epochs,
+            max_tokens=max_tokens,
+            prices=load_prices(prices),
+            sample=sample,
+            measure_hardware=not no_hardware,
+            include=include,
+            text_unit=text_unit,
+        )
     except TuneforgeError as exc:
         _fail(exc)
     if html_path is not None:
@@ -222,28 +319,47 @@ def report(
 
 
 def _print_report(r: dict) -> None:
-    table = Table(title=f"{r['path']}: {r['examples']:,} examples ({r['invalid']:,} invalid records skipped)", show_header=False)
+    table = Table(
+        title=f"{r['path']}: {r['examples']:,} examples ({r['invalid']:,} invalid records skipped)", show_header=False
+    )
     table.add_column("statistic")
     table.add_column("value")
-    rows = [("kinds", r["kinds"]), ("splits", r["splits"] or "-"), ("messages / example", r["messages_per_example"]),
-            ("characters / example", r["chars_per_example"]), ("duplicates", r["duplicates"]),
-            ("length outliers", f"{r['length_outliers']['count']} (lines {r['length_outliers']['lines'][:5]})"),
-            ("labels", r["labels"] or "-"), ("scripts", r["charset"]["scripts"]), ("charset anomalies", r["charset"]["anomalies"] or "none")]
+    rows = [
+        ("kinds", r["kinds"]),
+        ("splits", r["splits"] or "-"),
+        ("messages / example", r["messages_per_example"]),
+        ("characters / example", r["chars_per_example"]),
+        ("duplicates", r["duplicates"]),
+        ("length outliers", f"{r['length_outliers']['count']} (lines {r['length_outliers']['lines'][:5]})"),
+        ("labels", r["labels"] or "-"),
+        ("scripts", r["charset"]["scripts"]),
+        ("charset anomalies", r["charset"]["anomalies"] or "none"),
+    ]
     tokens = r.get("tokens")
     if tokens:
         est = " (estimated from a sample)" if tokens["estimated"] else ""
-        rows += [("tokens / example", tokens["per_example"]), ("total tokens" + est, f"{tokens['total_tokens']:,} ({tokens['loss_tokens']:,} carry loss)"),
-                 ("over context limit", f"{tokens['over_context']:,} examples > {tokens['context_limit']} tokens")]
+        rows += [
+            ("tokens / example", tokens["per_example"]),
+            ("total tokens" + est, f"{tokens['total_tokens']:,} ({tokens['loss_tokens']:,} carry loss)"),
+            ("over context limit", f"{tokens['over_context']:,} examples > {tokens['context_limit']} tokens"),
+        ]
     cost = r.get("cost")
     if cost:
-        rows += [("training tokens x epochs", f"{cost['training_tokens']:,} ({cost['epochs']:g} epochs)"),
-                 ("training cost", f"{cost['training_cost']:,.2f} {cost['currency']}"),
-                 ("serving cost / 1K requests", f"{cost['serving_cost_per_1k_requests']:,.2f} {cost['currency']}")]
+        rows += [
+            ("training tokens x epochs", f"{cost['training_tokens']:,} ({cost['epochs']:g} epochs)"),
+            ("training cost", f"{cost['training_cost']:,.2f} {cost['currency']}"),
+            ("serving cost / 1K requests", f"{cost['serving_cost_per_1k_requests']:,.2f} {cost['currency']}"),
+        ]
         if "flops" in cost:
             rows.append(("compute", f"{cost['flops']:.3g} FLOPs ({cost['params']:,} params)"))
         if "seconds_typical" in cost:
-            rows.append(("time on this machine", f"{cost['seconds_typical']:,.0f} s at {cost['typical_utilisation']:.0%} of the measured "
-                         f"{cost['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s peak (>= {cost['seconds_at_peak']:,.0f} s)"))
+            rows.append(
+                (
+                    "time on this machine",
+                    f"{cost['seconds_typical']:,.0f} s at {cost['typical_utilisation']:.0%} of the measured "
+                    f"{cost['peak_flops_per_s'] / 1e9:,.1f} GFLOP/s peak (>= {cost['seconds_at_peak']:,.0f} s)",
+                )
+            )
     for name, value in rows:
         table.add_row(name, value if isinstance(value, str) else json.dumps(value))
     console.print(table)

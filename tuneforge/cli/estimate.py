@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional
+from typing import Literal
 
 import typer
 from pydantic import TypeAdapter, ValidationError
@@ -19,37 +19,63 @@ _OPTION = {"r": "--rank", "target_modules": "--targets", "num_virtual_tokens": "
 def estimate(
     model: str = typer.Option(..., help="Hub id, local model folder, bare config.json, or 'demo' / 'minilm'."),
     method: str = typer.Option(DEFAULT_METHOD, help=f"The method: {', '.join(available_methods())}."),
-    rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA-family rank."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA-family alpha."),
-    targets: Optional[str] = typer.Option(None, help="Comma-separated target modules (LoRA family, ia3), or all-linear."),
-    top_layers: Optional[int] = typer.Option(None, help="freeze: train the top N blocks."),
-    patterns: Optional[str] = typer.Option(None, help="freeze: comma-separated regular expressions of trained parameters."),
+    rank: int | None = typer.Option(None, "--rank", "-r", help="LoRA-family rank."),
+    alpha: float | None = typer.Option(None, help="LoRA-family alpha."),
+    targets: str | None = typer.Option(None, help="Comma-separated target modules (LoRA family, ia3), or all-linear."),
+    top_layers: int | None = typer.Option(None, help="freeze: train the top N blocks."),
+    patterns: str | None = typer.Option(
+        None, help="freeze: comma-separated regular expressions of trained parameters."
+    ),
     norms_and_biases: bool = typer.Option(False, "--norms-and-biases", help="freeze: train norms and biases."),
-    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="qlora: quantize the scales too."),
-    placement: Optional[str] = typer.Option(None, help="adapter: houlsby, pfeiffer or parallel."),
-    bottleneck: Optional[int] = typer.Option(None, help="adapter: bottleneck width."),
-    virtual_tokens: Optional[int] = typer.Option(None, help="prompt_tuning / prefix_tuning: number of virtual tokens."),
-    task: str = typer.Option("causal_lm", help="Model head: causal_lm, sequence_classification, token_classification, masked_lm."),
+    double_quant: bool | None = typer.Option(
+        None, "--double-quant/--no-double-quant", help="qlora: quantize the scales too."
+    ),
+    placement: str | None = typer.Option(None, help="adapter: houlsby, pfeiffer or parallel."),
+    bottleneck: int | None = typer.Option(None, help="adapter: bottleneck width."),
+    virtual_tokens: int | None = typer.Option(None, help="prompt_tuning / prefix_tuning: number of virtual tokens."),
+    task: str = typer.Option(
+        "causal_lm", help="Model head: causal_lm, sequence_classification, token_classification, masked_lm."
+    ),
     num_labels: int = typer.Option(2, help="Labels of a classification head."),
     batch: int = typer.Option(1, min=1, help="Examples per micro-batch."),
     seq_len: int = typer.Option(512, min=1, help="Tokens per example."),
     dtype: str = typer.Option("bfloat16", help="Training dtype of the weights: float32, bfloat16 or float16."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute block activations in backward."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="Recompute block activations in backward."
+    ),
     attention: str = typer.Option("sdpa", help="sdpa (memory-efficient, no T x T matrix) or eager."),
     output: str = typer.Option("table", help="table or json (one JSON object on stdout)."),
 ) -> None:
     """Trainable/total parameters and training memory (weights, gradients, optimizer, activations)."""
     from tuneforge.methods.estimate import estimate as run_estimate
 
-    options = {"r": rank, "alpha": alpha, "target_modules": _targets(targets), "top_layers": top_layers,
-               "patterns": _split(patterns), "norms_and_biases": norms_and_biases or None, "double_quant": double_quant,
-               "placement": placement, "bottleneck": bottleneck, "num_virtual_tokens": virtual_tokens}
+    options = {
+        "r": rank,
+        "alpha": alpha,
+        "target_modules": _targets(targets),
+        "top_layers": top_layers,
+        "patterns": _split(patterns),
+        "norms_and_biases": norms_and_biases or None,
+        "double_quant": double_quant,
+        "placement": placement,
+        "bottleneck": bottleneck,
+        "num_virtual_tokens": virtual_tokens,
+    }
     method_cfg = method_section(method, {k: v for k, v in options.items() if v is not None})
     _check_choice("--dtype", dtype, ("float32", "bfloat16", "float16"))
     _check_choice("--attention", attention, ("sdpa", "eager"))
     _check_choice("--output", output, ("table", "json"))
-    result = run_estimate(model, method_cfg, batch, seq_len, task=task, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                          attention=attention, num_labels=num_labels)
+    result = run_estimate(
+        model,
+        method_cfg,
+        batch,
+        seq_len,
+        task=task,
+        dtype=dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        attention=attention,
+        num_labels=num_labels,
+    )
     if output == "json":
         print(json.dumps(result.to_dict()))
         return
@@ -63,8 +89,12 @@ def method_section(name: str, options: dict):
     try:
         return TypeAdapter(MethodSection).validate_python({"name": name, **options})
     except ValidationError as exc:
-        problems = [Problem(_option(e["loc"]), e["msg"] if e["type"] != "extra_forbidden" else f"not an option of method {name}")
-                    for e in exc.errors()]
+        problems = [
+            Problem(
+                _option(e["loc"]), e["msg"] if e["type"] != "extra_forbidden" else f"not an option of method {name}"
+            )
+            for e in exc.errors()
+        ]
         raise ConfigError(f"invalid options for method '{name}'", problems) from None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -18,24 +17,44 @@ def _cell(c: dict) -> str:
 
 def print_table(report: dict, console: Console) -> None:
     metrics = list(report["approaches"][0]["metrics"]) if report["approaches"] else []
-    table = Table(title=f"{report['test_examples']} held-out test examples · mean [{100 * report['confidence']:.0f}% bootstrap CI]")
+    table = Table(
+        title=f"{report['test_examples']} held-out test examples · "
+        f"mean [{100 * report['confidence']:.0f}% bootstrap CI]"
+    )
     for col in ("approach", *metrics, "prompt tok", "latency s", "$/1K req"):
         table.add_column(col, justify="left" if col == "approach" else "right")
     for a in report["approaches"]:
         cost = report["cost"]["approaches"][a["name"]]
-        table.add_row(a["name"], *(_cell(a["metrics"][m]) for m in metrics), f"{a['prompt_tokens_per_request']:.0f}",
-                      f"{a['latency_seconds']:.3f}" if a["latency_seconds"] is not None else "-", f"{cost['cost_per_1k_requests']:.4f}")
+        table.add_row(
+            a["name"],
+            *(_cell(a["metrics"][m]) for m in metrics),
+            f"{a['prompt_tokens_per_request']:.0f}",
+            f"{a['latency_seconds']:.3f}" if a["latency_seconds"] is not None else "-",
+            f"{cost['cost_per_1k_requests']:.4f}",
+        )
     console.print(table)
     for line in report["verdict"]["summary"]:
         console.print(f"• {line}", highlight=False)
 
 
-def eval_command(target: Path = typer.Argument(..., help="A run directory, or a YAML run config (its output_dir is the fine-tuned run)."),
-                 runs: Optional[List[Path]] = typer.Option(None, "--run", help="Another run directory to compare (repeatable): LoRA vs full, r=8 vs r=32..."),
-                 approaches: Optional[str] = typer.Option(None, help="Comma-separated subset of base,few_shot,rag,fine_tuned,fine_tuned+rag."),
-                 out: Optional[Path] = typer.Option(None, help="Folder for eval.json, predictions/ and eval_report.html (default: the run directory)."),
-                 output: str = typer.Option("table", help="table (rich table + verdict) or json (the eval.json object on stdout)."),
-                 overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override key=value, e.g. eval.max_examples=50.")) -> None:
+def eval_command(
+    target: Path = typer.Argument(
+        ..., help="A run directory, or a YAML run config (its output_dir is the fine-tuned run)."
+    ),
+    runs: list[Path] | None = typer.Option(
+        None, "--run", help="Another run directory to compare (repeatable): LoRA vs full, r=8 vs r=32..."
+    ),
+    approaches: str | None = typer.Option(
+        None, help="Comma-separated subset of base,few_shot,rag,fine_tuned,fine_tuned+rag."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Folder for eval.json, predictions/ and eval_report.html (default: the run directory)."
+    ),
+    output: str = typer.Option("table", help="table (rich table + verdict) or json (the eval.json object on stdout)."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Config override key=value, e.g. eval.max_examples=50."
+    ),
+) -> None:
     """Compare base (zero-shot), few-shot, RAG, fine-tuned and fine-tuned+RAG on the test split, with intervals."""
     from tuneforge.eval.evaluate import resolve_target, run_eval
 

@@ -18,16 +18,30 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, Problem
 
 
-def torchrun_args(*, nproc_per_node: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-                  max_restarts: int, run_id: str) -> list[str]:
+def torchrun_args(
+    *,
+    nproc_per_node: int,
+    nnodes: int,
+    node_rank: int | None,
+    rdzv_endpoint: str | None,
+    max_restarts: int,
+    run_id: str,
+) -> list[str]:
     """torchrun's own options: standalone on one machine, else c10d rendezvous (or static ranks with --node-rank)."""
     args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--max-restarts={max_restarts}"]
     if nnodes == 1 and rdzv_endpoint is None:
         return args + ["--standalone"]
     if rdzv_endpoint is None or ":" not in rdzv_endpoint:
-        raise ConfigError("a job on several machines needs the address of machine 0",
-                          [Problem("--rdzv-endpoint", f"got {rdzv_endpoint!r}",
-                                   "pass --rdzv-endpoint HOST:PORT, the same on every machine")])
+        raise ConfigError(
+            "a job on several machines needs the address of machine 0",
+            [
+                Problem(
+                    "--rdzv-endpoint",
+                    f"got {rdzv_endpoint!r}",
+                    "pass --rdzv-endpoint HOST:PORT, the same on every machine",
+                )
+            ],
+        )
     host, port = rdzv_endpoint.rsplit(":", 1)
     if node_rank is not None:  # fixed ranks: machine 0 listens on HOST:PORT
         return args + [f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
@@ -51,8 +65,11 @@ def rank_failures_named() -> Iterator[None]:
         yield
     except Exception as exc:
         rank = os.environ.get("RANK", "?")
-        print(f"tuneforge: rank {rank} of {os.environ.get('WORLD_SIZE', '?')} failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        print(
+            f"tuneforge: rank {rank} of {os.environ.get('WORLD_SIZE', '?')} failed: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise
 
 

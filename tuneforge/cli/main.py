@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -14,14 +13,20 @@ from rich.table import Table
 
 from tuneforge.errors import TuneforgeError
 
-app = typer.Typer(help="Fine-tune language models on your own data, and prove it was worth it.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Fine-tune language models on your own data, and prove it was worth it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 err = Console(stderr=True)
 
 
 @app.command()
-def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run directory."),
-               as_json: bool = typer.Option(False, "--json", help="Print only one JSON object on stdout.")) -> None:
+def quickstart(
+    out: Path = typer.Option(Path("runs"), help="Folder for the run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print only one JSON object on stdout."),
+) -> None:
     """Pretrain (once) a demo model, fine-tune it with LoRA on support-desk data, compare with the base."""
     from tuneforge.quickstart import REPORTED, run_quickstart
 
@@ -32,14 +37,19 @@ def quickstart(out: Path = typer.Option(Path("runs"), help="Folder for the run d
     from tuneforge.quickstart import QUICKSTART_APPROACHES
 
     shown = [a for a in QUICKSTART_APPROACHES if a in summary]
-    table = Table(title=f"held-out test split ({summary['test_examples']} conversations); token F1 and fact accuracy with 95% intervals")
+    table = Table(
+        title=f"held-out test split ({summary['test_examples']} conversations); "
+        "token F1 and fact accuracy with 95% intervals"
+    )
     table.add_column("metric")
     for name in shown:
         table.add_column(name.replace("_", "-"), justify="right")
     for metric in REPORTED:
         table.add_row(metric, *(f"{summary[name][metric]:.4f}" for name in shown))
     table.add_row("token_f1 95% CI", *(_interval(summary["intervals"][name].get("token_f1")) for name in shown))
-    table.add_row("fact_accuracy 95% CI", *(_interval(summary["intervals"][name].get("fact_accuracy")) for name in shown))
+    table.add_row(
+        "fact_accuracy 95% CI", *(_interval(summary["intervals"][name].get("fact_accuracy")) for name in shown)
+    )
     table.add_row("prompt tokens", *(f"{summary['prompt_tokens_per_request'][name]:.0f}" for name in shown))
     Console().print(table)
     for line in summary["verdict"] if isinstance(summary["verdict"], list) else [summary["verdict"]]:
@@ -52,9 +62,11 @@ def _interval(m: dict | None) -> str:
 
 
 @app.command("demo-data")
-def demo_data(out: Path = typer.Argument(..., help="Folder for train/validation/test.jsonl."),
-              n: int = typer.Option(900, help="Conversations in all (split 80/10/10)."),
-              seed: int = typer.Option(0)) -> None:
+def demo_data(
+    out: Path = typer.Argument(..., help="Folder for train/validation/test.jsonl."),
+    n: int = typer.Option(900, help="Conversations in all (split 80/10/10)."),
+    seed: int = typer.Option(0),
+) -> None:
     """Write the Lumora support-desk dataset (OpenAI chat JSONL) used by the quickstart."""
     from tuneforge.quickstart import write_support_splits
 
@@ -63,18 +75,27 @@ def demo_data(out: Path = typer.Argument(..., help="Folder for train/validation/
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="YAML run config."),
-          overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4"),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-          quiet: bool = typer.Option(False, help="No progress bar."),
-          nproc_per_node: Optional[int] = typer.Option(None, min=1, help="Train on this many processes per machine "
-                                                       "(torchrun; one device per process on CUDA, gloo on CPU)."),
-          nnodes: int = typer.Option(1, min=1, help="Machines in the job (start the same command on each)."),
-          node_rank: Optional[int] = typer.Option(None, min=0, help="This machine's rank (0 hosts --rdzv-endpoint); "
-                                                  "without it torchrun's c10d rendezvous assigns ranks."),
-          rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT every machine reaches (machine 0)."),
-          max_restarts: int = typer.Option(0, min=0, help="Restart the group this many times after a failure; "
-                                           "training resumes from the last checkpoint.")) -> None:
+def train(
+    config: Path = typer.Argument(..., help="YAML run config."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+    nproc_per_node: int | None = typer.Option(
+        None,
+        min=1,
+        help="Train on this many processes per machine (torchrun; one device per process on CUDA, gloo on CPU).",
+    ),
+    nnodes: int = typer.Option(1, min=1, help="Machines in the job (start the same command on each)."),
+    node_rank: int | None = typer.Option(
+        None,
+        min=0,
+        help="This machine's rank (0 hosts --rdzv-endpoint); without it torchrun's c10d rendezvous assigns ranks.",
+    ),
+    rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT every machine reaches (machine 0)."),
+    max_restarts: int = typer.Option(
+        0, min=0, help="Restart the group this many times after a failure; training resumes from the last checkpoint."
+    ),
+) -> None:
     """Fine-tune a model as described by a YAML config."""
     from tuneforge.config import load_config
     from tuneforge.train import train as run_train
@@ -84,9 +105,20 @@ def train(config: Path = typer.Argument(..., help="YAML run config."),
     if nproc_per_node is not None and not launched():
         from tuneforge.cli.launch import launch_torchrun
 
-        sys.exit(launch_torchrun(config, overrides or [], resume=resume, quiet=quiet, nproc_per_node=nproc_per_node,
-                                 nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                                 max_restarts=max_restarts, run_id=str(cfg.output_dir)))
+        sys.exit(
+            launch_torchrun(
+                config,
+                overrides or [],
+                resume=resume,
+                quiet=quiet,
+                nproc_per_node=nproc_per_node,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                rdzv_endpoint=rdzv_endpoint,
+                max_restarts=max_restarts,
+                run_id=str(cfg.output_dir),
+            )
+        )
     if launched():
         from tuneforge.cli.launch import rank_failures_named, shutdown_process_group
 
@@ -102,8 +134,11 @@ def train(config: Path = typer.Argument(..., help="YAML run config."),
 
 
 @app.command("config-help")
-def config_help(section: Optional[str] = typer.Argument(None, help="One section: top level, model, data, method, "
-                                                       "train, eval (all when absent).")) -> None:
+def config_help(
+    section: str | None = typer.Argument(
+        None, help="One section: top level, model, data, method, train, eval (all when absent)."
+    ),
+) -> None:
     """List every run-config key with its type, default and help text."""
     from tuneforge.config import config_help as describe
 
@@ -111,17 +146,22 @@ def config_help(section: Optional[str] = typer.Argument(None, help="One section:
 
 
 @app.command()
-def pretrain(config: Path = typer.Argument(..., help="YAML pretraining config (corpus, architecture, train)."),
-             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides")) -> None:
+def pretrain(
+    config: Path = typer.Argument(..., help="YAML pretraining config (corpus, architecture, train)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
+) -> None:
     """Train a tokenizer and a small Llama from scratch with the causal-LM objective."""
-    from tuneforge.train.pretrain import load_pretrain_config, pretrain as run_pretrain
+    from tuneforge.train.pretrain import load_pretrain_config
+    from tuneforge.train.pretrain import pretrain as run_pretrain
 
     folder = run_pretrain(load_pretrain_config(config, overrides or []))
     print(folder)
 
 
-_TEMPLATE_HELP = ("Chat template for a base model without one (chatml, llama3, mistral, gemma, phi3, alpaca or "
-                  "a .jinja file); a fine-tune uses the one it was trained with.")
+_TEMPLATE_HELP = (
+    "Chat template for a base model without one (chatml, llama3, mistral, gemma, phi3, alpaca or "
+    "a .jinja file); a fine-tune uses the one it was trained with."
+)
 
 
 def _load_for_chat(model: str, chat_template: str | None, merge: bool = False):
@@ -134,12 +174,15 @@ def _load_for_chat(model: str, chat_template: str | None, merge: bool = False):
 
 
 @app.command()
-def generate(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
-             prompt: str = typer.Option(..., help="User message."),
-             system: Optional[str] = typer.Option(None, help="System message."),
-             max_new_tokens: int = typer.Option(64), temperature: float = typer.Option(0.0),
-             merge: bool = typer.Option(False, help="Merge an adapter into the base before generating."),
-             chat_template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP)) -> None:
+def generate(
+    model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
+    prompt: str = typer.Option(..., help="User message."),
+    system: str | None = typer.Option(None, help="System message."),
+    max_new_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(0.0),
+    merge: bool = typer.Option(False, help="Merge an adapter into the base before generating."),
+    chat_template: str | None = typer.Option(None, help=_TEMPLATE_HELP),
+) -> None:
     """Answer one prompt."""
     from tuneforge.models.generate import generate_batch
 
@@ -149,10 +192,13 @@ def generate(model: str = typer.Argument(..., help="Base model, run directory or
 
 
 @app.command()
-def chat(model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
-         system: Optional[str] = typer.Option(None, help="System message."),
-         max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.0),
-         chat_template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP)) -> None:
+def chat(
+    model: str = typer.Argument(..., help="Base model, run directory or adapter folder."),
+    system: str | None = typer.Option(None, help="System message."),
+    max_new_tokens: int = typer.Option(128),
+    temperature: float = typer.Option(0.0),
+    chat_template: str | None = typer.Option(None, help=_TEMPLATE_HELP),
+) -> None:
     """Chat in the terminal (empty line or Ctrl-D to leave)."""
     from tuneforge.models.generate import generate_batch
 
@@ -168,21 +214,32 @@ def chat(model: str = typer.Argument(..., help="Base model, run directory or ada
 
 
 @app.command()
-def export(run: Path = typer.Argument(..., help="Run directory."),
-           out: Path = typer.Option(..., help="Folder for the standalone HF model."),
-           merge: bool = typer.Option(True, help="Fold the adapter into the base weights.")) -> None:
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Option(..., help="Folder for the standalone HF model."),
+    merge: bool = typer.Option(True, help="Fold the adapter into the base weights."),
+) -> None:
     """Write a standalone Hugging Face model folder (adapter merged into the base)."""
     from tuneforge.errors import ModelLoadError, Problem
     from tuneforge.models.artifact import read_artifact
     from tuneforge.models.loading import load_for_inference
 
     if not merge:
-        raise typer.BadParameter("only --merge export is supported; the unmerged artifact is already in the run directory")
+        raise typer.BadParameter(
+            "only --merge export is supported; the unmerged artifact is already in the run directory"
+        )
     artifact = read_artifact(run)
     if not artifact.can_merge:
-        raise ModelLoadError(f"a {artifact.method} run cannot be merged into a standalone model",
-                             [Problem(str(run), f"{artifact.method} keeps extra modules or virtual tokens that plain transformers cannot load",
-                                      "serve or load the run directory itself (tuneforge generate/chat/serve, load_for_inference)")])
+        raise ModelLoadError(
+            f"a {artifact.method} run cannot be merged into a standalone model",
+            [
+                Problem(
+                    str(run),
+                    f"{artifact.method} keeps extra modules or virtual tokens that plain transformers cannot load",
+                    "serve or load the run directory itself (tuneforge generate/chat/serve, load_for_inference)",
+                )
+            ],
+        )
     m, tok = load_for_inference(run, merge=True)
     m.save_pretrained(out)
     tok.save_pretrained(out)
@@ -232,13 +289,13 @@ def _quiet_libraries() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
-
 # before the sub-commands import peft/torchao, which log at import time
 _quiet_libraries()
 
 
 def _register_subcommands() -> None:
-    from tuneforge.cli import data, estimate, eval as eval_cli, serve, tune
+    from tuneforge.cli import data, estimate, serve, tune
+    from tuneforge.cli import eval as eval_cli
 
     app.add_typer(data.app, name="data")
     serve.register(app)

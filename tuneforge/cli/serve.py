@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
 
 import typer
 
@@ -19,10 +18,14 @@ log = logging.getLogger(__name__)
 DB_HELP = "Database URL (default: $TUNEFORGE_DATABASE_URL, else SQLite under $TUNEFORGE_HOME/serve)."
 
 
-def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes the API to the network)."),
-          port: int = typer.Option(8000, help="TCP port."),
-          workers: int = typer.Option(1, min=0, help="Training worker processes to start beside the API (0: run `tuneforge worker` yourself)."),
-          database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes the API to the network)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(
+        1, min=0, help="Training worker processes to start beside the API (0: run `tuneforge worker` yourself)."
+    ),
+    database_url: str | None = typer.Option(None, help=DB_HELP),
+) -> None:
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat, embeddings)."""
     import uvicorn
 
@@ -40,8 +43,13 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.
     pool.start()
     # SIGTERM/SIGINT: uvicorn stops accepting and gives running requests drain_timeout_s while the workers
     # re-queue their running jobs from a checkpoint and exit; whatever is left then is killed.
-    config = uvicorn.Config(create_app(settings, store), host=host, port=port, log_level="info",
-                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))
+    config = uvicorn.Config(
+        create_app(settings, store),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
     try:
         _run_server(config, on_signal=pool.terminate)
     finally:
@@ -125,7 +133,7 @@ class WorkerPool:
                 p.wait()
 
 
-def worker(database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
+def worker(database_url: str | None = typer.Option(None, help=DB_HELP)) -> None:
     """Run one training worker; start several (on any machine) against one database."""
     from tuneforge.serve.settings import ServeSettings
     from tuneforge.serve.worker import main as run_worker
@@ -144,16 +152,18 @@ def _build_demo_if_offered(settings) -> None:
         ensure_demo_model(progress=False)
 
 
-def _store(database_url: Optional[str]):
+def _store(database_url: str | None):
     from tuneforge.serve.db import Store
 
     return Store(database_url)
 
 
 @keys_app.command("create")
-def keys_create(project: str = typer.Option(..., help="Project the key belongs to (created if new)."),
-                name: Optional[str] = typer.Option(None, help="A label for the key."),
-                database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
+def keys_create(
+    project: str = typer.Option(..., help="Project the key belongs to (created if new)."),
+    name: str | None = typer.Option(None, help="A label for the key."),
+    database_url: str | None = typer.Option(None, help=DB_HELP),
+) -> None:
     """Create a key; the key itself is the only line printed on stdout."""
     from tuneforge.serve.keys import create_key
 
@@ -162,20 +172,27 @@ def keys_create(project: str = typer.Option(..., help="Project the key belongs t
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: str = typer.Argument(..., help="The key, or its id (key_...)."),
-                database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
+def keys_revoke(
+    key: str = typer.Argument(..., help="The key, or its id (key_...)."),
+    database_url: str | None = typer.Option(None, help=DB_HELP),
+) -> None:
     """Revoke a key at once."""
     from tuneforge.errors import ConfigError, Problem
     from tuneforge.serve.keys import revoke_key
 
     if not revoke_key(_store(database_url), key):
-        raise ConfigError("no such active key", [Problem("KEY", f"{key[:12]}... is unknown or already revoked", "see `tuneforge keys list`")])
+        raise ConfigError(
+            "no such active key",
+            [Problem("KEY", f"{key[:12]}... is unknown or already revoked", "see `tuneforge keys list`")],
+        )
     typer.echo("revoked", err=True)
 
 
 @keys_app.command("list")
-def keys_list(project: Optional[str] = typer.Option(None, help="Only this project's keys."),
-              database_url: Optional[str] = typer.Option(None, help=DB_HELP)) -> None:
+def keys_list(
+    project: str | None = typer.Option(None, help="Only this project's keys."),
+    database_url: str | None = typer.Option(None, help=DB_HELP),
+) -> None:
     """List keys (ids and prefixes; keys themselves are never stored)."""
     from tuneforge.serve.keys import list_keys
 

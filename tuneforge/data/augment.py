@@ -19,13 +19,36 @@ from tuneforge.errors import DataError, Problem
 OPS = ("synonym", "swap", "delete")
 # A small general-English table used when the user gives none; domain tables work far better.
 DEFAULT_SYNONYMS: dict[str, list[str]] = {
-    "big": ["large", "huge"], "small": ["little", "tiny"], "quick": ["fast", "rapid"], "fast": ["quick", "rapid"],
-    "help": ["assist", "support"], "buy": ["purchase"], "problem": ["issue", "trouble"], "issue": ["problem"],
-    "error": ["fault", "failure"], "start": ["begin"], "begin": ["start"], "end": ["finish"], "show": ["display"],
-    "get": ["obtain", "receive"], "need": ["require"], "want": ["wish", "would like"], "change": ["modify", "alter"],
-    "fix": ["repair", "resolve"], "broken": ["faulty", "damaged"], "good": ["fine", "great"], "bad": ["poor", "awful"],
-    "happy": ["glad", "pleased"], "sad": ["unhappy"], "answer": ["reply", "response"], "ask": ["inquire"],
-    "order": ["purchase"], "account": ["profile"], "password": ["passcode"], "delete": ["remove"], "remove": ["delete"],
+    "big": ["large", "huge"],
+    "small": ["little", "tiny"],
+    "quick": ["fast", "rapid"],
+    "fast": ["quick", "rapid"],
+    "help": ["assist", "support"],
+    "buy": ["purchase"],
+    "problem": ["issue", "trouble"],
+    "issue": ["problem"],
+    "error": ["fault", "failure"],
+    "start": ["begin"],
+    "begin": ["start"],
+    "end": ["finish"],
+    "show": ["display"],
+    "get": ["obtain", "receive"],
+    "need": ["require"],
+    "want": ["wish", "would like"],
+    "change": ["modify", "alter"],
+    "fix": ["repair", "resolve"],
+    "broken": ["faulty", "damaged"],
+    "good": ["fine", "great"],
+    "bad": ["poor", "awful"],
+    "happy": ["glad", "pleased"],
+    "sad": ["unhappy"],
+    "answer": ["reply", "response"],
+    "ask": ["inquire"],
+    "order": ["purchase"],
+    "account": ["profile"],
+    "password": ["passcode"],
+    "delete": ["remove"],
+    "remove": ["delete"],
 }
 
 
@@ -36,10 +59,17 @@ def load_synonyms(path: Path | None) -> dict[str, list[str]]:
     try:
         table = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read synonym table {path}", [Problem(str(path), str(exc).splitlines()[0], "write a YAML/JSON mapping word: [synonym, ...]")]) from None
-    bad = [k for k, v in (table or {}).items() if not isinstance(v, list)] if isinstance(table, dict) else ["(top level)"]
+        raise DataError(
+            f"cannot read synonym table {path}",
+            [Problem(str(path), str(exc).splitlines()[0], "write a YAML/JSON mapping word: [synonym, ...]")],
+        ) from None
+    bad = (
+        [k for k, v in (table or {}).items() if not isinstance(v, list)] if isinstance(table, dict) else ["(top level)"]
+    )
     if bad:
-        raise DataError(f"invalid synonym table {path}", [Problem(f"{path}: {k}", "expected a list of synonyms") for k in bad[:20]])
+        raise DataError(
+            f"invalid synonym table {path}", [Problem(f"{path}: {k}", "expected a list of synonyms") for k in bad[:20]]
+        )
     return {str(k).lower(): [str(s) for s in v] for k, v in table.items()}
 
 

@@ -12,11 +12,19 @@ import html
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from html.parser import HTMLParser
-from typing import Callable
 
-from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, Message, PreferencePair,
-                                  TextExample, TokenExample)
+from tuneforge.data.types import (
+    Conversation,
+    Example,
+    LabelledAnswer,
+    LabelledExample,
+    Message,
+    PreferencePair,
+    TextExample,
+    TokenExample,
+)
 
 # Kept format characters carry meaning: ZWJ (emoji sequences), ZWNJ (Persian, Indic spelling), the bidi marks
 # LRM/RLM/ALM (right-to-left text), and the tag characters of subdivision flags (England, Scotland).
@@ -41,12 +49,15 @@ PII_KINDS = ("email", "phone", "card")
 @functools.cache
 def _control_chars() -> re.Pattern:
     """Every Cc/Cf code point except the kept ones, as one character class (built once, ~0.2 s)."""
-    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cf") and chr(c) not in _KEEP_CONTROL]
+    chars = [
+        chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cf") and chr(c) not in _KEEP_CONTROL
+    ]
     return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
 
 
 def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...] | None = None) -> Example:
     """A copy of `example` with `fn` applied to each text field (messages of `roles` only, if given)."""
+
     def msgs(ms: list[Message]) -> list[Message]:
         return [Message(m.role, fn(m.content), m.weight) if roles is None or m.role in roles else m for m in ms]
 
@@ -54,7 +65,11 @@ def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...]
     if isinstance(example, Conversation):
         return Conversation(msgs(example.messages), meta)
     if isinstance(example, PreferencePair):
-        answers = (fn(example.chosen), fn(example.rejected)) if roles is None or "assistant" in roles else (example.chosen, example.rejected)
+        answers = (
+            (fn(example.chosen), fn(example.rejected))
+            if roles is None or "assistant" in roles
+            else (example.chosen, example.rejected)
+        )
         return PreferencePair(msgs(example.prompt), *answers, meta)
     if isinstance(example, LabelledAnswer):
         answer = fn(example.completion) if roles is None or "assistant" in roles else example.completion
@@ -114,6 +129,7 @@ def _luhn(digits: str) -> bool:
 
 def redact_pii(text: str, counts: Counter, kinds: tuple[str, ...] = PII_KINDS) -> str:
     """Replace PII with [EMAIL] / [PHONE] / [CARD]; cards must pass the Luhn check."""
+
     def card(m: re.Match) -> str:
         digits = re.sub(r"\D", "", m.group())
         if not _luhn(digits):
@@ -130,6 +146,7 @@ def redact_pii(text: str, counts: Counter, kinds: tuple[str, ...] = PII_KINDS) -
         text = _CARD.sub(card, text)
     if "email" in kinds and "@" in text:
         text = sub("email", _EMAIL, "[EMAIL]", text)
+
     def phone(m: re.Match) -> str:
         if _DATE.search(m.group()):  # "2024-01-02 12" is a date and an hour
             return m.group()
@@ -145,7 +162,9 @@ def collapse_whitespace(text: str) -> str:
     """Runs of spaces to one, lines trimmed, at most one blank line (opt-in: destroys code indentation)."""
     if not _WS_TO_FIX.search(text):
         return text
-    return _MANY_NEWLINES.sub("\n\n", "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))).strip()
+    return _MANY_NEWLINES.sub(
+        "\n\n", "\n".join(_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))
+    ).strip()
 
 
 def diff_snippet(before: str, after: str, context: int = DIFF_CONTEXT) -> dict:
@@ -157,7 +176,11 @@ def diff_snippet(before: str, after: str, context: int = DIFF_CONTEXT) -> dict:
     while end < min(len(before), len(after)) - start and before[-1 - end] == after[-1 - end]:
         end += 1
     lo = max(0, start - context)
-    return {"at": start, "before": before[lo:len(before) - end + context], "after": after[lo:len(after) - end + context]}
+    return {
+        "at": start,
+        "before": before[lo : len(before) - end + context],
+        "after": after[lo : len(after) - end + context],
+    }
 
 
 @dataclasses.dataclass
@@ -189,7 +212,9 @@ class Cleaner:
         if new != text:
             self.counts[name] += 1
             if self.counts[name] <= self.diff_samples:
-                self.diffs.append({"step": name, "file": self.where[0], "line": self.where[1], **diff_snippet(text, new)})
+                self.diffs.append(
+                    {"step": name, "file": self.where[0], "line": self.where[1], **diff_snippet(text, new)}
+                )
         return new
 
     def text(self, text: str) -> str:

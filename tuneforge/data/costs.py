@@ -36,7 +36,16 @@ def load_prices(path: str | Path | None) -> PriceTable:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return PriceTable.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read price table {path}", [Problem(str(path), str(exc).splitlines()[0], "write training_per_1k: ..., input_per_1k: ..., output_per_1k: ...")]) from None
+        raise ConfigError(
+            f"cannot read price table {path}",
+            [
+                Problem(
+                    str(path),
+                    str(exc).splitlines()[0],
+                    "write training_per_1k: ..., input_per_1k: ..., output_per_1k: ...",
+                )
+            ],
+        ) from None
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid price table", [_problem(str(path), e) for e in exc.errors()]) from None
 
@@ -71,20 +80,35 @@ def measure_peak_flops(size: int = 1024, seconds: float = 0.5) -> float:
     return 2 * size**3 * n / (time.perf_counter() - start)
 
 
-def estimate(train_tokens: float, epochs: float, prices: PriceTable, prompt_tokens: float = 0.0, completion_tokens: float = 0.0,
-             params: int | None = None, peak_flops: float | None = None) -> dict[str, Any]:
+def estimate(
+    train_tokens: float,
+    epochs: float,
+    prices: PriceTable,
+    prompt_tokens: float = 0.0,
+    completion_tokens: float = 0.0,
+    params: int | None = None,
+    peak_flops: float | None = None,
+) -> dict[str, Any]:
     """Training cost, per-1K-requests serving cost, FLOPs and time for `train_tokens` x `epochs`."""
     tokens = train_tokens * epochs
     out: dict[str, Any] = {
-        "epochs": epochs, "training_tokens": int(tokens), "currency": prices.currency,
+        "epochs": epochs,
+        "training_tokens": int(tokens),
+        "currency": prices.currency,
         "training_cost": round(tokens / 1000 * prices.training_per_1k, 4),
-        "serving_cost_per_1k_requests": round(prompt_tokens * prices.input_per_1k + completion_tokens * prices.output_per_1k, 4),
+        "serving_cost_per_1k_requests": round(
+            prompt_tokens * prices.input_per_1k + completion_tokens * prices.output_per_1k, 4
+        ),
         "prices": prices.model_dump(),
     }
     if params is not None:
         flops = 6 * params * tokens
         out.update(params=params, flops=flops)
         if peak_flops:
-            out.update(peak_flops_per_s=peak_flops, seconds_at_peak=flops / peak_flops,
-                       seconds_typical=flops / (peak_flops * TYPICAL_UTILISATION), typical_utilisation=TYPICAL_UTILISATION)
+            out.update(
+                peak_flops_per_s=peak_flops,
+                seconds_at_peak=flops / peak_flops,
+                seconds_typical=flops / (peak_flops * TYPICAL_UTILISATION),
+                typical_utilisation=TYPICAL_UTILISATION,
+            )
     return out

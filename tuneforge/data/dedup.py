@@ -33,7 +33,9 @@ def first_occurrence(hashes: np.ndarray) -> np.ndarray:
     order = np.argsort(hashes, kind="stable")  # equal hashes stay in input order
     sorted_h = hashes[order]
     starts = np.r_[True, sorted_h[1:] != sorted_h[:-1]]
-    group_first = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]  # (N,) first index of each sorted position's group
+    group_first = order[np.flatnonzero(starts)][
+        np.cumsum(starts) - 1
+    ]  # (N,) first index of each sorted position's group
     out = np.empty_like(order)
     out[order] = group_first
     return out
@@ -44,7 +46,7 @@ def shingles(text: str, n: int) -> list[bytes]:
     words = normalise(text).split(" ")
     if len(words) <= n:
         return [" ".join(words).encode()]
-    return [" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)]
+    return [" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)]
 
 
 @dataclass
@@ -68,10 +70,17 @@ class NearDuplicates:
         # Permutations drawn once (MinHash.bulk would redraw them per example); crc32 (C) hashes
         # shingles ~10x faster than datasketch's default SHA-1 wrapper, and is deterministic.
         template = MinHash(num_perm=self.num_perm, seed=self.seed)
-        self._minhash_kwargs = {"num_perm": self.num_perm, "seed": self.seed, "permutations": template.permutations,
-                                "scheme": template.scheme, "hashfunc": zlib.crc32}
+        self._minhash_kwargs = {
+            "num_perm": self.num_perm,
+            "seed": self.seed,
+            "permutations": template.permutations,
+            "scheme": template.scheme,
+            "hashfunc": zlib.crc32,
+        }
         self._sig_fh = self.signature_file.open("wb")
-        self._band_fhs = [self.band_file(k).open("wb") for k in range(self.bands)]  # one file per band: read back contiguously
+        self._band_fhs = [
+            self.band_file(k).open("wb") for k in range(self.bands)
+        ]  # one file per band: read back contiguously
         self.count = 0
 
     def add(self, texts: list[str]) -> None:
@@ -101,7 +110,11 @@ class NearDuplicates:
         if n == 0:
             return dup_of, similarity
         idx = np.flatnonzero(alive)
-        keys = np.unique(np.concatenate([_band_pairs(np.fromfile(self.band_file(k), dtype=np.int64)[idx], idx, n) for k in range(self.bands)]))  # (P,)
+        keys = np.unique(
+            np.concatenate(
+                [_band_pairs(np.fromfile(self.band_file(k), dtype=np.int64)[idx], idx, n) for k in range(self.bands)]
+            )
+        )  # (P,)
         earlier, later = keys % n, keys // n
         confirmed = self._similarities(earlier, later) >= self.threshold
         parent = np.arange(n)
@@ -124,12 +137,14 @@ class NearDuplicates:
         with self.signature_file.open("rb") as fh:
             fd = fh.fileno()
             for i in range(0, len(a), chunk):
-                rows, inverse = np.unique(np.concatenate([a[i:i + chunk], b[i:i + chunk]]), return_inverse=True)
-                block = np.frombuffer(b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in rows), dtype=np.uint32)
+                rows, inverse = np.unique(np.concatenate([a[i : i + chunk], b[i : i + chunk]]), return_inverse=True)
+                block = np.frombuffer(
+                    b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in rows), dtype=np.uint32
+                )
                 block = block.reshape(len(rows), self.num_perm)  # (U, num_perm)
                 half = len(inverse) // 2
                 equal = (block[inverse[:half]] == block[inverse[half:]]).sum(axis=1, dtype=np.int32)  # (chunk,)
-                out[i:i + chunk] = equal / self.num_perm
+                out[i : i + chunk] = equal / self.num_perm
         return out
 
     def remove_files(self) -> None:

@@ -7,31 +7,87 @@ Each parser checks everything it can about its record and returns all issues at 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tuneforge.data.issues import Issue
-from tuneforge.data.types import (ROLES, Conversation, Example, LabelledAnswer, LabelledExample, Message,
-                                  PreferencePair, PromptExample, TextExample, TokenExample)
+from tuneforge.data.types import (
+    ROLES,
+    Conversation,
+    Example,
+    LabelledAnswer,
+    LabelledExample,
+    Message,
+    PreferencePair,
+    PromptExample,
+    TextExample,
+    TokenExample,
+)
 
-FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt", "text", "classification", "tokens", "preference", "kto",
-           "rft")
-ALIASES = {"reinforcement": "rft", "openai": "chat", "messages": "chat", "completion": "prompt_completion", "labelled": "classification",
-           "labeled": "classification", "ner": "tokens", "dpo": "preference", "raw": "text"}
+FORMATS = (
+    "chat",
+    "prompt_completion",
+    "alpaca",
+    "sharegpt",
+    "text",
+    "classification",
+    "tokens",
+    "preference",
+    "kto",
+    "rft",
+)
+ALIASES = {
+    "reinforcement": "rft",
+    "openai": "chat",
+    "messages": "chat",
+    "completion": "prompt_completion",
+    "labelled": "classification",
+    "labeled": "classification",
+    "ner": "tokens",
+    "dpo": "preference",
+    "raw": "text",
+}
 SFT_FORMATS = ("chat", "prompt_completion", "alpaca", "sharegpt")
 # Kinds of data refused by name (what, fix), never read as a neighbour format: data we cannot train on yet, and
 # KTO data anywhere but the kto objective (read as SFT, its undesirable answers would become training targets).
 REFUSED = {
-    "kto_unsupported": ("KTO data (unpaired desirable/undesirable labels) trains only with objective kto",
-                        "set objective: kto (and --format kto or auto), or drop the records labelled false and the "
-                        "label column to train the desirable answers as SFT"),
-    "multimodal_unsupported": ("multimodal records (images, audio, video) are not supported yet",
-                               "remove the media columns, content parts and <image>/<audio>/<video> placeholders, or keep these records out"),
+    "kto_unsupported": (
+        "KTO data (unpaired desirable/undesirable labels) trains only with objective kto",
+        "set objective: kto (and --format kto or auto), or drop the records labelled false and the "
+        "label column to train the desirable answers as SFT",
+    ),
+    "multimodal_unsupported": (
+        "multimodal records (images, audio, video) are not supported yet",
+        "remove the media columns, content parts and <image>/<audio>/<video> placeholders, or keep these records out",
+    ),
 }
 _MEDIA_KEYS = ("images", "audios", "videos", "image", "audio", "video")
-_MEDIA_PARTS = {"image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video", "video_url", "file", "input_file"}
+_MEDIA_PARTS = {
+    "image",
+    "image_url",
+    "input_image",
+    "audio",
+    "input_audio",
+    "audio_url",
+    "video",
+    "video_url",
+    "file",
+    "input_file",
+}
 _MEDIA_PLACEHOLDER = re.compile(r"<(image|audio|video)>")
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                   "model": "assistant", "bard": "assistant", "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "bard": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
 _MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id"}
 _BIO = re.compile(r"^(O|[BI]-\S+)$")
 
@@ -108,14 +164,22 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
 # Keys each format reads; any other top-level field goes to metadata (for group splits, slices) and is
 # reported by validate/prepare as unused (it is never trained on).
 FIELDS = {
-    "chat": {"messages"}, "sharegpt": {"conversations", "system"}, "prompt_completion": {"prompt", "completion"},
-    "alpaca": {"instruction", "input", "output", "system"}, "text": {"text"}, "classification": {"text", "label"},
-    "tokens": {"tokens", "tags", "ner_tags"}, "rft": {"messages"},
+    "chat": {"messages"},
+    "sharegpt": {"conversations", "system"},
+    "prompt_completion": {"prompt", "completion"},
+    "alpaca": {"instruction", "input", "output", "system"},
+    "text": {"text"},
+    "classification": {"text", "label"},
+    "tokens": {"tokens", "tags", "ner_tags"},
+    "rft": {"messages"},
 }  # kto: the fields of the layout its conversation is written in, and the label (`used_fields`)
 _PREFERENCE_FIELDS = {
-    "prompt": {"prompt", "chosen", "rejected"}, "conversations": {"conversations", "system", "chosen", "rejected"},
-    "messages": {"messages", "chosen", "rejected"}, "instruction": {"instruction", "input", "system", "chosen", "rejected"},
-    "implicit": {"chosen", "rejected"}, "openai": {"input", "preferred_output", "non_preferred_output"},
+    "prompt": {"prompt", "chosen", "rejected"},
+    "conversations": {"conversations", "system", "chosen", "rejected"},
+    "messages": {"messages", "chosen", "rejected"},
+    "instruction": {"instruction", "input", "system", "chosen", "rejected"},
+    "implicit": {"chosen", "rejected"},
+    "openai": {"input", "preferred_output", "non_preferred_output"},
     "messages_pair": {"chosen_messages", "rejected_messages"},
 }
 
@@ -137,15 +201,28 @@ def unused_fields(record: Any, fmt: str | None) -> list[str]:
 
 def parse(record: Any, fmt: str) -> ParseResult:
     if not isinstance(record, dict):
-        return None, [Issue("not_object", f"expected a JSON object, got {_type(record)}", fix="each record must be an object like {\"messages\": [...]}")]
+        return None, [
+            Issue(
+                "not_object",
+                f"expected a JSON object, got {_type(record)}",
+                fix='each record must be an object like {"messages": [...]}',
+            )
+        ]
     media = multimodal_issue(record, fmt)
     if media is not None:
         return None, [media]
     seen = detect(record)
     if fmt in SFT_FORMATS and seen in ("kto", "preference"):  # a forced --format must not turn these into SFT targets
-        return None, [_refusal("kto_unsupported") if seen == "kto" else Issue(
-            "format_conflict", f"the record is a preference pair ({preference_layout(record)} layout), not {fmt} data",
-            fix="use --format preference (objective dpo); reading it as SFT would train on one answer and drop the comparison")]
+        return None, [
+            _refusal("kto_unsupported")
+            if seen == "kto"
+            else Issue(
+                "format_conflict",
+                f"the record is a preference pair ({preference_layout(record)} layout), not {fmt} data",
+                fix="use --format preference (objective dpo); "
+                "reading it as SFT would train on one answer and drop the comparison",
+            )
+        ]
     example, issues = PARSERS[fmt](record)
     if example is not None:
         for key in unused_fields(record, fmt):
@@ -186,7 +263,15 @@ def _find_media(value: Any, path: str = "") -> str | None:
 
 
 def _type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _metadata(record: dict, issues: list[Issue]) -> dict:
@@ -209,7 +294,9 @@ def _text(record: dict, key: str, issues: list[Issue], required: bool = True, pa
         issues.append(Issue("wrong_type", f"'{key}' must be a string, got {_type(value)}", field=path))
         return None
     if required and not value.strip():
-        issues.append(Issue("empty_content", f"'{key}' is empty", field=path, fix="remove the record or fill the field"))
+        issues.append(
+            Issue("empty_content", f"'{key}' is empty", field=path, fix="remove the record or fill the field")
+        )
         return None
     return value
 
@@ -227,10 +314,19 @@ def _content(value: Any, path: str, issues: list[Issue]) -> str | None:
     if isinstance(value, list) and value and all(_part_text(p) is not None for p in value):
         value = "".join(_part_text(p) for p in value)
     if not isinstance(value, str):
-        issues.append(Issue("wrong_type", f"content must be a string, got {_type(value)}", field=path, fix="only text content is supported"))
+        issues.append(
+            Issue(
+                "wrong_type",
+                f"content must be a string, got {_type(value)}",
+                field=path,
+                fix="only text content is supported",
+            )
+        )
         return None
     if not value.strip():
-        issues.append(Issue("empty_content", "content is empty", field=path, fix="remove the message or write its text"))
+        issues.append(
+            Issue("empty_content", "content is empty", field=path, fix="remove the message or write its text")
+        )
         return None
     return value
 
@@ -242,9 +338,18 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
     n = len(issues)
     role = m.get("role")
     if role is None:
-        issues.append(Issue("missing_role", "message has no 'role'", field=f"{path}.role", fix=f"set role to one of {', '.join(ROLES)}"))
+        issues.append(
+            Issue(
+                "missing_role",
+                "message has no 'role'",
+                field=f"{path}.role",
+                fix=f"set role to one of {', '.join(ROLES)}",
+            )
+        )
     elif role not in ROLES:
-        issues.append(Issue("unknown_role", f"unknown role {role!r}", field=f"{path}.role", fix=f"use one of {', '.join(ROLES)}"))
+        issues.append(
+            Issue("unknown_role", f"unknown role {role!r}", field=f"{path}.role", fix=f"use one of {', '.join(ROLES)}")
+        )
     if "content" not in m:
         issues.append(Issue("missing_field", "message has no 'content'", field=f"{path}.content"))
         content = None
@@ -264,7 +369,9 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
 
 def _messages(value: Any, path: str, issues: list[Issue], needs_assistant: bool = True) -> list[Message] | None:
     if value is None:
-        issues.append(Issue("missing_field", f"'{path}' is missing", field=path, fix="add a list of {role, content} messages"))
+        issues.append(
+            Issue("missing_field", f"'{path}' is missing", field=path, fix="add a list of {role, content} messages")
+        )
         return None
     if not isinstance(value, list):
         issues.append(Issue("wrong_type", f"'{path}' must be a list of messages, got {_type(value)}", field=path))
@@ -280,7 +387,14 @@ def _messages(value: Any, path: str, issues: list[Issue], needs_assistant: bool 
     if needs_assistant:
         assistants = [m for m in out if m.role == "assistant"]
         if not assistants:
-            issues.append(Issue("no_assistant", "no assistant message: nothing to learn", field=path, fix="add the answer the model should give"))
+            issues.append(
+                Issue(
+                    "no_assistant",
+                    "no assistant message: nothing to learn",
+                    field=path,
+                    fix="add the answer the model should give",
+                )
+            )
             return None
         if all(m.weight == 0 for m in assistants):
             issues.append(Issue("no_trainable", "every assistant message has weight 0: nothing to learn", field=path))
@@ -308,10 +422,18 @@ def _sharegpt_turns(turns: Any, path: str, issues: list[Issue]) -> list[dict] | 
             continue
         who = t.get("from")
         if who is None:
-            issues.append(Issue("missing_role", "turn has no 'from'", field=f"{where}.from", fix="use human/gpt/system"))
+            issues.append(
+                Issue("missing_role", "turn has no 'from'", field=f"{where}.from", fix="use human/gpt/system")
+            )
         elif who not in _SHAREGPT_ROLES:
-            issues.append(Issue("unknown_role", f"unknown speaker {who!r}", field=f"{where}.from", fix="use human/gpt/system"))
-        converted.append({"role": _SHAREGPT_ROLES.get(who, who), "content": t.get("value")} if "value" in t else {"role": _SHAREGPT_ROLES.get(who, who)})
+            issues.append(
+                Issue("unknown_role", f"unknown speaker {who!r}", field=f"{where}.from", fix="use human/gpt/system")
+            )
+        converted.append(
+            {"role": _SHAREGPT_ROLES.get(who, who), "content": t.get("value")}
+            if "value" in t
+            else {"role": _SHAREGPT_ROLES.get(who, who)}
+        )
     return None if _errors(issues[n:]) else converted
 
 
@@ -330,7 +452,11 @@ def parse_sharegpt(record: dict) -> ParseResult:
         return None, issues
     msgs = _messages(converted, "conversations", issues)
     if msgs and system and msgs[0].role == "system":
-        issues.append(Issue("duplicate_system", "both a 'system' column and a system turn", field="system", fix="keep one of them"))
+        issues.append(
+            Issue(
+                "duplicate_system", "both a 'system' column and a system turn", field="system", fix="keep one of them"
+            )
+        )
         return None, issues
     return (Conversation(system + msgs, meta) if msgs is not None else None), issues
 
@@ -352,7 +478,10 @@ def parse_alpaca(record: dict) -> ParseResult:
     if _errors(issues):
         return None, issues
     user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-    msgs = ([Message("system", system)] if system and system.strip() else []) + [Message("user", user), Message("assistant", output)]
+    msgs = ([Message("system", system)] if system and system.strip() else []) + [
+        Message("user", user),
+        Message("assistant", output),
+    ]
     return Conversation(msgs, meta), issues
 
 
@@ -384,16 +513,32 @@ def parse_tokens(record: dict) -> ParseResult:
     tokens, tags = record.get("tokens"), record.get(key)
     for name, value in (("tokens", tokens), (key, tags)):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            issues.append(Issue("wrong_type", f"'{name}' must be a list of strings", field=name, fix="tags need their names (B-PER), not class ids"))
+            issues.append(
+                Issue(
+                    "wrong_type",
+                    f"'{name}' must be a list of strings",
+                    field=name,
+                    fix="tags need their names (B-PER), not class ids",
+                )
+            )
     if _errors(issues):
         return None, issues
     if not tokens:
         issues.append(Issue("empty_content", "'tokens' is empty", field="tokens"))
     if len(tokens) != len(tags):
-        issues.append(Issue("tags_mismatch", f"{len(tokens)} tokens but {len(tags)} tags", field=key, fix="give exactly one tag per token"))
+        issues.append(
+            Issue(
+                "tags_mismatch",
+                f"{len(tokens)} tokens but {len(tags)} tags",
+                field=key,
+                fix="give exactly one tag per token",
+            )
+        )
     for i, tag in enumerate(tags):
         if not _BIO.match(tag):
-            issues.append(Issue("invalid_tag", f"{tag!r} is not a BIO tag", field=f"{key}[{i}]", fix="use O, B-TYPE or I-TYPE"))
+            issues.append(
+                Issue("invalid_tag", f"{tag!r} is not a BIO tag", field=f"{key}[{i}]", fix="use O, B-TYPE or I-TYPE")
+            )
         elif tag.startswith("I-") and (i == 0 or tags[i - 1][2:] != tag[2:]):
             issues.append(Issue("bio_sequence", f"{tag} does not continue a {tag[2:]} entity", field=f"{key}[{i}]"))
     if _errors(issues):
@@ -417,7 +562,10 @@ def parse_preference(record: dict) -> ParseResult:
     issues: list[Issue] = []
     meta = _metadata(record, issues)
     layout = preference_layout(record) or "prompt"
-    keys = {"openai": ("preferred_output", "non_preferred_output"), "messages_pair": ("chosen_messages", "rejected_messages")}
+    keys = {
+        "openai": ("preferred_output", "non_preferred_output"),
+        "messages_pair": ("chosen_messages", "rejected_messages"),
+    }
     chosen_key, rejected_key = keys.get(layout, ("chosen", "rejected"))
     prompt = _preference_prompt(record, layout, issues)
     answers = [_answer_messages(record.get(k), k, layout, issues) for k in (chosen_key, rejected_key)]
@@ -427,16 +575,28 @@ def parse_preference(record: dict) -> ParseResult:
         prompt = _shared_prefix(*answers)
         cut = len(prompt)
     else:  # answers may repeat the prompt (TRL writes whole conversations next to a prompt too)
-        cut = len(prompt) if prompt and all(_same(a[: len(prompt)], prompt) and len(a) > len(prompt) for a in answers) else 0
+        cut = (
+            len(prompt)
+            if prompt and all(_same(a[: len(prompt)], prompt) and len(a) > len(prompt) for a in answers)
+            else 0
+        )
     if not prompt:
-        issues.append(Issue("no_prompt", f"no prompt: '{chosen_key}' and '{rejected_key}' share no leading messages", field=chosen_key,
-                            fix="give the prompt the answers respond to"))
+        issues.append(
+            Issue(
+                "no_prompt",
+                f"no prompt: '{chosen_key}' and '{rejected_key}' share no leading messages",
+                field=chosen_key,
+                fix="give the prompt the answers respond to",
+            )
+        )
         return None, issues
     chosen, rejected = (_one_answer(a[cut:], k, issues) for a, k in zip(answers, (chosen_key, rejected_key)))
     if _errors(issues):
         return None, issues
     if chosen == rejected:
-        issues.append(Issue("identical_pair", "chosen and rejected are identical: no preference signal", field=rejected_key))
+        issues.append(
+            Issue("identical_pair", "chosen and rejected are identical: no preference signal", field=rejected_key)
+        )
     return PreferencePair(prompt, chosen, rejected, meta), issues
 
 
@@ -447,7 +607,9 @@ def _preference_prompt(record: dict, layout: str, issues: list[Issue]) -> list[M
     if layout == "openai":
         value = record.get("input")
         if not isinstance(value, dict):
-            issues.append(Issue("wrong_type", f"'input' must be an object with 'messages', got {_type(value)}", field="input"))
+            issues.append(
+                Issue("wrong_type", f"'input' must be an object with 'messages', got {_type(value)}", field="input")
+            )
             return []
         for key in sorted(set(value) - {"messages"}):
             issues.append(Issue("unknown_key", f"input key {key!r} is not used (ignored)", field=f"input.{key}"))
@@ -458,7 +620,11 @@ def _preference_prompt(record: dict, layout: str, issues: list[Issue]) -> list[M
         return _system(record, issues) + [Message("user", user)] if instruction else []
     if layout == "conversations":
         turns = _sharegpt_turns(record.get("conversations"), "conversations", issues)
-        return _system(record, issues) + (_messages(turns, "conversations", issues, needs_assistant=False) or []) if turns is not None else []
+        return (
+            _system(record, issues) + (_messages(turns, "conversations", issues, needs_assistant=False) or [])
+            if turns is not None
+            else []
+        )
     value = record.get(layout)
     if isinstance(value, str):
         return [Message("user", value)] if _text(record, layout, issues) else []
@@ -469,7 +635,9 @@ def _answer_messages(value: Any, key: str, layout: str, issues: list[Issue]) -> 
     """An answer as messages: a string (one assistant message), one message object, or a list of messages."""
     if isinstance(value, str):
         if not value.strip():
-            issues.append(Issue("empty_content", f"'{key}' is empty", field=key, fix="remove the record or write the answer"))
+            issues.append(
+                Issue("empty_content", f"'{key}' is empty", field=key, fix="remove the record or write the answer")
+            )
             return None
         return [Message("assistant", value)]
     if isinstance(value, dict):
@@ -479,8 +647,13 @@ def _answer_messages(value: Any, key: str, layout: str, issues: list[Issue]) -> 
         if value is None:
             return None
     if not isinstance(value, list):
-        issues.append(Issue("missing_field" if value is None else "wrong_type", f"'{key}' must be a string, a message or a list of messages, "
-                            f"got {_type(value)}", field=key))
+        issues.append(
+            Issue(
+                "missing_field" if value is None else "wrong_type",
+                f"'{key}' must be a string, a message or a list of messages, got {_type(value)}",
+                field=key,
+            )
+        )
         return None
     return _messages(value, key, issues, needs_assistant=False)
 
@@ -491,7 +664,7 @@ def _same(a: list[Message], b: list[Message]) -> bool:
 
 def _shared_prefix(a: list[Message], b: list[Message]) -> list[Message]:
     n = 0
-    while n < min(len(a), len(b)) - 1 and _same(a[n:n + 1], b[n:n + 1]):
+    while n < min(len(a), len(b)) - 1 and _same(a[n : n + 1], b[n : n + 1]):
         n += 1
     return a[:n]
 
@@ -499,8 +672,14 @@ def _shared_prefix(a: list[Message], b: list[Message]) -> list[Message]:
 def _one_answer(msgs: list[Message], key: str, issues: list[Issue]) -> str | None:
     if len(msgs) != 1 or msgs[0].role != "assistant":
         roles = ", ".join(m.role for m in msgs) or "nothing"
-        issues.append(Issue("not_one_answer", f"after the prompt, '{key}' holds {roles}; a preference pair compares one assistant answer",
-                            field=key, fix="put the shared turns in the prompt and one assistant message in each answer"))
+        issues.append(
+            Issue(
+                "not_one_answer",
+                f"after the prompt, '{key}' holds {roles}; a preference pair compares one assistant answer",
+                field=key,
+                fix="put the shared turns in the prompt and one assistant message in each answer",
+            )
+        )
         return None
     return msgs[0].content
 
@@ -521,9 +700,14 @@ def parse_kto(record: dict) -> ParseResult:
     """
     key = _kto_label(record)
     if key is None:
-        return None, [Issue("missing_field", "no desirability label: KTO data needs a boolean 'label' (TRL) or "
-                            "'kto_tag' (LLaMA-Factory)", field="label",
-                            fix="add \"label\": true for a desirable answer, false for an undesirable one")]
+        return None, [
+            Issue(
+                "missing_field",
+                "no desirability label: KTO data needs a boolean 'label' (TRL) or 'kto_tag' (LLaMA-Factory)",
+                field="label",
+                fix='add "label": true for a desirable answer, false for an undesirable one',
+            )
+        ]
     desirable = record[key] if isinstance(record[key], bool) else record[key].strip().lower() == "true"
     rest = {k: v for k, v in record.items() if k != key}
     issues: list[Issue] = []
@@ -540,14 +724,25 @@ def parse_kto(record: dict) -> ParseResult:
         meta, prompt, last = conv.metadata, conv.messages[:-1], conv.messages[-1]
         completion = last.content if last.role == "assistant" else None
         if completion is None:
-            issues.append(Issue("not_one_answer", f"the conversation ends with a {last.role} message; KTO judges its "
-                                "final assistant answer", field=layout,
-                                fix="end each record with the answer its label judges"))
+            issues.append(
+                Issue(
+                    "not_one_answer",
+                    f"the conversation ends with a {last.role} message; KTO judges its final assistant answer",
+                    field=layout,
+                    fix="end each record with the answer its label judges",
+                )
+            )
     if _errors(issues):
         return None, issues
     if not prompt:
-        issues.append(Issue("no_prompt", "no prompt before the judged answer", field="prompt",
-                            fix="give the prompt the answer responds to"))
+        issues.append(
+            Issue(
+                "no_prompt",
+                "no prompt before the judged answer",
+                field="prompt",
+                fix="give the prompt the answer responds to",
+            )
+        )
         return None, issues
     return LabelledAnswer([Message(m.role, m.content) for m in prompt], completion, desirable, meta), issues
 
@@ -559,9 +754,15 @@ def parse_rft(record: dict) -> ParseResult:
     meta = _metadata(record, issues)
     msgs = _messages(record.get("messages"), "messages", issues, needs_assistant=False)
     if msgs is not None and msgs[-1].role != "user":
-        issues.append(Issue("not_a_prompt", f"the messages end with a {msgs[-1].role} message; reinforcement data "
-                            "ends with the user turn the model answers", field=f"messages[{len(msgs) - 1}]",
-                            fix="remove the trailing answer (graders score sampled answers) or use objective sft"))
+        issues.append(
+            Issue(
+                "not_a_prompt",
+                f"the messages end with a {msgs[-1].role} message; reinforcement data "
+                "ends with the user turn the model answers",
+                field=f"messages[{len(msgs) - 1}]",
+                fix="remove the trailing answer (graders score sampled answers) or use objective sft",
+            )
+        )
     if msgs is None or _errors(issues):
         return None, issues
     return PromptExample([Message(m.role, m.content) for m in msgs], meta), issues
@@ -572,7 +773,14 @@ def _errors(issues: list[Issue]) -> bool:
 
 
 PARSERS: dict[str, Callable[[dict], ParseResult]] = {
-    "chat": parse_chat, "sharegpt": parse_sharegpt, "prompt_completion": parse_prompt_completion, "alpaca": parse_alpaca,
-    "text": parse_text, "classification": parse_classification, "tokens": parse_tokens, "preference": parse_preference,
-    "kto": parse_kto, "rft": parse_rft,
+    "chat": parse_chat,
+    "sharegpt": parse_sharegpt,
+    "prompt_completion": parse_prompt_completion,
+    "alpaca": parse_alpaca,
+    "text": parse_text,
+    "classification": parse_classification,
+    "tokens": parse_tokens,
+    "preference": parse_preference,
+    "kto": parse_kto,
+    "rft": parse_rft,
 }

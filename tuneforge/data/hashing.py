@@ -10,8 +10,15 @@ import hashlib
 import re
 import unicodedata
 
-from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TextExample,
-                                  TokenExample)
+from tuneforge.data.types import (
+    Conversation,
+    Example,
+    LabelledAnswer,
+    LabelledExample,
+    PreferencePair,
+    TextExample,
+    TokenExample,
+)
 
 _SPACES = re.compile(r"\s+")
 

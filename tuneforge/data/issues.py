@@ -24,8 +24,21 @@ from tuneforge.errors import Problem
 
 Severity = Literal["error", "warning"]
 
-WARNING_KINDS = frozenset({"bom", "unknown_key", "bio_sequence", "identical_pair", "duplicate", "short_answer", "label_imbalance",
-                           "skipped_files", "long_paragraph", "split_at_limit", "system_prompt_dropped"})
+WARNING_KINDS = frozenset(
+    {
+        "bom",
+        "unknown_key",
+        "bio_sequence",
+        "identical_pair",
+        "duplicate",
+        "short_answer",
+        "label_imbalance",
+        "skipped_files",
+        "long_paragraph",
+        "split_at_limit",
+        "system_prompt_dropped",
+    }
+)
 
 
 @dataclass(frozen=True)

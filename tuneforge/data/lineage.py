@@ -57,7 +57,10 @@ def dataset_fingerprint(path: str | Path) -> dict[str, Any]:
     manifest_path = find_prepared_manifest(path)
     if manifest_path is not None:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        prepared: dict[str, Any] = {"manifest": str(manifest_path.resolve()), "output_hash": manifest.get("output_hash")}
+        prepared: dict[str, Any] = {
+            "manifest": str(manifest_path.resolve()),
+            "output_hash": manifest.get("output_hash"),
+        }
         recorded = manifest.get("outputs", {}).get(path.name)
         if path.is_file() and recorded:
             prepared["split"] = path.stem

@@ -18,9 +18,10 @@ import json
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -71,16 +72,28 @@ def hash_value(value: Any) -> int:
     return content_hash(TextExample(json.dumps(value, sort_keys=True, default=str)))
 
 
-def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+def prepare(
+    cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, progress: Callable[[str, int], None] | None = None
+) -> dict[str, Any]:
     """Run the configured steps into `out`; returns (and writes) the manifest."""
     out = Path(out)
     _check_out(out, overwrite)
     started = time.time()
     # an input from an earlier prepare keeps its lineage; "role" says which inputs are the fixed test set
-    inputs = [{**dataset_fingerprint(p), "role": role} for role, paths in (("test", cfg.test_inputs), ("pool", cfg.inputs)) for p in paths]
+    inputs = [
+        {**dataset_fingerprint(p), "role": role}
+        for role, paths in (("test", cfg.test_inputs), ("pool", cfg.inputs))
+        for p in paths
+    ]
     c = cfg.clean
-    cleaner = Cleaner(c.nfkc, c.control_chars, c.whitespace, c.strip_html, tuple(c.redact_pii), c.nfc, c.line_endings, c.diff_samples)
-    near = NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram) if cfg.dedup.near else None
+    cleaner = Cleaner(
+        c.nfkc, c.control_chars, c.whitespace, c.strip_html, tuple(c.redact_pii), c.nfc, c.line_endings, c.diff_samples
+    )
+    near = (
+        NearDuplicates(out / ".signatures.bin", cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.ngram)
+        if cfg.dedup.near
+        else None
+    )
     try:
         index, counts, file_names, test_files, read_tally = _pass_one(cfg, out, cleaner, near, progress)
         _write_diffs(out, cleaner)
@@ -97,7 +110,9 @@ def prepare(cfg: PrepareConfig, out: str | Path, *, overwrite: bool = False, pro
             near.remove_files()
     manifest = _manifest(cfg, out, inputs, counts, cleaner.counts, index, exact_of, near_of, split_of, written, started)
     manifest["steps"][0].update(read_tally.summary())
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     return manifest
 
 
@@ -111,8 +126,12 @@ class _ReadTally:
     skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"rejected_first": self.rejected.to_dict(), "unused_fields": self.unused.to_dict(),
-                "warnings": self.warnings.to_dict(), "skipped_files": self.skipped}
+        return {
+            "rejected_first": self.rejected.to_dict(),
+            "unused_fields": self.unused.to_dict(),
+            "warnings": self.warnings.to_dict(),
+            "skipped_files": self.skipped,
+        }
 
 
 def _write_diffs(out: Path, cleaner: Cleaner) -> None:
@@ -130,32 +149,52 @@ def _check_usable(cfg: PrepareConfig, out: Path, counts: Counter, tally: _ReadTa
     if read == 0:
         raise DataError(f"{where}: no records to prepare", [Problem(where, "the inputs hold no records", "add data")])
     if rejected == read:
-        raise DataError(f"{where}: nothing usable remains: all {read:,} records were rejected ({out / 'rejects.jsonl'}); {fix}", reasons)
+        raise DataError(
+            f"{where}: nothing usable remains: all {read:,} records were rejected ({out / 'rejects.jsonl'}); {fix}",
+            reasons,
+        )
     if rejected / read > cfg.max_reject_share:
-        raise DataError(f"{where}: {rejected:,} of {read:,} records ({rejected / read:.0%}) were rejected, more than max_reject_share "
-                        f"{cfg.max_reject_share:.0%}; {fix}, or raise --max-reject-share", reasons)
+        raise DataError(
+            f"{where}: {rejected:,} of {read:,} records ({rejected / read:.0%}) were rejected, "
+            "more than max_reject_share "
+            f"{cfg.max_reject_share:.0%}; {fix}, or raise --max-reject-share",
+            reasons,
+        )
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     existing = [n for n in (*OUTPUTS, "manifest.json") if (out / n).exists()]
     if existing and not overwrite:
-        raise DataError(f"{out} already holds a prepared dataset", [Problem(str(out), f"would overwrite {', '.join(existing)}", "choose another --out or pass --overwrite")])
+        raise DataError(
+            f"{out} already holds a prepared dataset",
+            [Problem(str(out), f"would overwrite {', '.join(existing)}", "choose another --out or pass --overwrite")],
+        )
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplicates | None,
-              progress: Callable[[str, int], None] | None) -> tuple[_Index, Counter, list[str], int, _ReadTally]:
+def _pass_one(
+    cfg: PrepareConfig,
+    out: Path,
+    cleaner: Cleaner,
+    near: NearDuplicates | None,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[_Index, Counter, list[str], int, _ReadTally]:
     """Read, check and clean every record; spool good ones, write rejects. The fixed test
     inputs come first, so dedup keeps their copy; returns how many files they were."""
     index, counts, file_names, tally = _Index(), Counter(), [], _ReadTally()
     allowed = set(cfg.labels) if cfg.labels else None
     texts: list[str] = []
     test_files = 0
-    with (out / ".spool.jsonl").open("w", encoding="utf-8") as spool, (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
+    with (
+        (out / ".spool.jsonl").open("w", encoding="utf-8") as spool,
+        (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects,
+    ):
         for k, path in enumerate([*cfg.test_inputs, *cfg.inputs]):
             if k == len(cfg.test_inputs):
                 test_files = len(file_names)
-            for checked in iter_checked(path, cfg.format, cfg.mapping, cfg.max_record_bytes, cfg.include, cfg.text_unit):
+            for checked in iter_checked(
+                path, cfg.format, cfg.mapping, cfg.max_record_bytes, cfg.include, cfg.text_unit
+            ):
                 for w in checked.issues:
                     if w.severity == "warning":
                         tally.warnings.add(w.kind, w.where, w.message)
@@ -184,16 +223,27 @@ def _pass_one(cfg: PrepareConfig, out: Path, cleaner: Cleaner, near: NearDuplica
     return index, counts, file_names, test_files, tally
 
 
-def _clean_or_reject(checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter,
-                     reasons: Tally) -> Example | None:
+def _clean_or_reject(
+    checked: Checked, cleaner: Cleaner, allowed: set[str] | None, rejects: TextIO, counts: Counter, reasons: Tally
+) -> Example | None:
     issues = list(checked.errors)
     example = None
     if not issues:
         example = cleaner.example(checked.example, checked.file, checked.line)
         if any(not t.strip() for t in texts_of(example)):
-            issues.append(Issue("empty_after_cleaning", "a text field is empty after cleaning", checked.file, checked.line))
+            issues.append(
+                Issue("empty_after_cleaning", "a text field is empty after cleaning", checked.file, checked.line)
+            )
         if allowed is not None and isinstance(example, LabelledExample) and example.label not in allowed:
-            issues.append(Issue("label_not_in_set", f"label {example.label!r} is not one of {sorted(allowed)}", checked.file, checked.line, "label"))
+            issues.append(
+                Issue(
+                    "label_not_in_set",
+                    f"label {example.label!r} is not one of {sorted(allowed)}",
+                    checked.file,
+                    checked.line,
+                    "label",
+                )
+            )
     if issues:
         entry = Checked(checked.file, checked.line, None, issues, checked.record, checked.raw).reject_entry()
         rejects.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
@@ -242,8 +292,17 @@ def _example_from(line: str) -> Example:
     return example
 
 
-def _pass_two(cfg: PrepareConfig, out: Path, index: _Index, file_names: list[str], exact_of: np.ndarray, near_of: np.ndarray,
-              similarity: np.ndarray, split_of: np.ndarray, progress: Callable[[str, int], None] | None) -> dict[str, Counter]:
+def _pass_two(
+    cfg: PrepareConfig,
+    out: Path,
+    index: _Index,
+    file_names: list[str],
+    exact_of: np.ndarray,
+    near_of: np.ndarray,
+    similarity: np.ndarray,
+    split_of: np.ndarray,
+    progress: Callable[[str, int], None] | None,
+) -> dict[str, Counter]:
     """Stream the spool into split files and duplicates.jsonl; add augmented training copies."""
     aug = cfg.augment
     augmenter = Augmenter(tuple(aug.ops), aug.p, aug.seed, load_synonyms(aug.synonyms)) if aug.enabled else None
@@ -254,9 +313,14 @@ def _pass_two(cfg: PrepareConfig, out: Path, index: _Index, file_names: list[str
             for i, line in enumerate(spool):
                 if split_of[i] < 0:
                     target = int(exact_of[i] if exact_of[i] >= 0 else near_of[i])
-                    entry = {"file": file_names[index.files[i]], "line": index.lines[i], "kind": "exact" if exact_of[i] >= 0 else "near",
-                             "duplicate_of": {"file": file_names[index.files[target]], "line": index.lines[target]},
-                             "similarity": 1.0 if exact_of[i] >= 0 else round(float(similarity[i]), 3), "example": json.loads(line)}
+                    entry = {
+                        "file": file_names[index.files[i]],
+                        "line": index.lines[i],
+                        "kind": "exact" if exact_of[i] >= 0 else "near",
+                        "duplicate_of": {"file": file_names[index.files[target]], "line": index.lines[target]},
+                        "similarity": 1.0 if exact_of[i] >= 0 else round(float(similarity[i]), 3),
+                        "example": json.loads(line),
+                    }
                     handles["duplicates.jsonl"].write(json.dumps(entry, ensure_ascii=False) + "\n")
                     written["duplicates.jsonl"]["examples"] += 1
                     continue
@@ -285,14 +349,31 @@ def _augment(augmenter: Augmenter, example: Example, copies: int, fh: TextIO, co
         counts[f"augmented.{copy.metadata['augmented']}"] += 1
 
 
-def _manifest(cfg: PrepareConfig, out: Path, inputs: list[dict], counts: Counter, clean_counts: Counter, index: _Index,
-              exact_of: np.ndarray, near_of: np.ndarray, split_of: np.ndarray, written: dict[str, Counter], started: float) -> dict[str, Any]:
+def _manifest(
+    cfg: PrepareConfig,
+    out: Path,
+    inputs: list[dict],
+    counts: Counter,
+    clean_counts: Counter,
+    index: _Index,
+    exact_of: np.ndarray,
+    near_of: np.ndarray,
+    split_of: np.ndarray,
+    written: dict[str, Counter],
+    started: float,
+) -> dict[str, Any]:
     n_exact, n_near = int((exact_of >= 0).sum()), int((near_of >= 0).sum())
     kept = sum(written[name]["examples"] for name in OUTPUTS)
     written["rejects.jsonl"] = Counter(examples=counts["rejected"])
     # "examples" counts the lines of each file: kept examples plus augmented copies.
-    outputs = {name: {"sha256": file_sha256(out / name), "examples": written[name]["examples"] + written[name]["augmented"], "augmented": written[name]["augmented"]}
-               for name in (*OUTPUTS, "rejects.jsonl", "duplicates.jsonl")}
+    outputs = {
+        name: {
+            "sha256": file_sha256(out / name),
+            "examples": written[name]["examples"] + written[name]["augmented"],
+            "augmented": written[name]["augmented"],
+        }
+        for name in (*OUTPUTS, "rejects.jsonl", "duplicates.jsonl")
+    }
     return {
         "kind": MANIFEST_KIND,
         "tuneforge_version": getattr(tuneforge, "__version__", None),
@@ -301,18 +382,45 @@ def _manifest(cfg: PrepareConfig, out: Path, inputs: list[dict], counts: Counter
         "inputs": inputs,
         "config": cfg.model_dump(mode="json"),
         "steps": [
-            {"name": "read", "params": {"format": cfg.format, "mapping": cfg.mapping, "labels": cfg.labels}, "records": counts["read"],
-             "rejected": counts["rejected"], "rejected_by_kind": {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.")}},
+            {
+                "name": "read",
+                "params": {"format": cfg.format, "mapping": cfg.mapping, "labels": cfg.labels},
+                "records": counts["read"],
+                "rejected": counts["rejected"],
+                "rejected_by_kind": {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("rejected.")},
+            },
             {"name": "clean", "params": cfg.clean.model_dump(mode="json"), "counts": dict(clean_counts)},
-            {"name": "dedup", "params": cfg.dedup.model_dump(mode="json"), "exact_removed": n_exact, "near_removed": n_near},
-            {"name": "split", "params": cfg.split.model_dump(mode="json"), "examples": {n.split(".")[0]: written[n]["examples"] for n in OUTPUTS},
-             "ungrouped": _ungrouped(index, split_of), "labels": _label_counts(index, split_of)},
-            {"name": "augment", "params": cfg.augment.model_dump(mode="json"), "added": written["train.jsonl"]["augmented"],
-             "by_op": {k.split(".", 1)[1]: v for k, v in written["train.jsonl"].items() if k.startswith("augmented.")},
-             "skipped": written["train.jsonl"]["augment_skipped"]},
+            {
+                "name": "dedup",
+                "params": cfg.dedup.model_dump(mode="json"),
+                "exact_removed": n_exact,
+                "near_removed": n_near,
+            },
+            {
+                "name": "split",
+                "params": cfg.split.model_dump(mode="json"),
+                "examples": {n.split(".")[0]: written[n]["examples"] for n in OUTPUTS},
+                "ungrouped": _ungrouped(index, split_of),
+                "labels": _label_counts(index, split_of),
+            },
+            {
+                "name": "augment",
+                "params": cfg.augment.model_dump(mode="json"),
+                "added": written["train.jsonl"]["augmented"],
+                "by_op": {
+                    k.split(".", 1)[1]: v for k, v in written["train.jsonl"].items() if k.startswith("augmented.")
+                },
+                "skipped": written["train.jsonl"]["augment_skipped"],
+            },
         ],
-        "counts": {"read": counts["read"], "kept": kept, "rejected": counts["rejected"], "duplicates": n_exact + n_near,
-                   "augmented": written["train.jsonl"]["augmented"], "reconciled": counts["read"] == kept + counts["rejected"] + n_exact + n_near},
+        "counts": {
+            "read": counts["read"],
+            "kept": kept,
+            "rejected": counts["rejected"],
+            "duplicates": n_exact + n_near,
+            "augmented": written["train.jsonl"]["augmented"],
+            "reconciled": counts["read"] == kept + counts["rejected"] + n_exact + n_near,
+        },
         "outputs": outputs,
         "output_hash": combined_hash({name: outputs[name]["sha256"] for name in OUTPUTS}),
     }
@@ -324,8 +432,10 @@ def _label_counts(index: _Index, split_of: np.ndarray) -> dict[str, dict[str, in
         return {}
     names = {v: k for k, v in index.label_ids.items()}
     labels = np.frombuffer(index.labels, dtype=np.int32)
-    return {split: {names[int(k)]: int(v) for k, v in zip(*np.unique(labels[split_of == s], return_counts=True))}
-            for s, split in enumerate(splitting.SPLITS)}
+    return {
+        split: {names[int(k)]: int(v) for k, v in zip(*np.unique(labels[split_of == s], return_counts=True))}
+        for s, split in enumerate(splitting.SPLITS)
+    }
 
 
 def _ungrouped(index: _Index, split_of: np.ndarray) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tuneforge.data import formats, sources
 from tuneforge.data.issues import Issue, located
@@ -92,20 +93,31 @@ def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
     pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
     bad = [p[0] for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
     if bad:
-        raise DataError("invalid column mapping", [Problem(f"--map {spec}", f"'{b}' is not ours=theirs", "e.g. --map text=body,label=stars") for b in bad])
+        raise DataError(
+            "invalid column mapping",
+            [Problem(f"--map {spec}", f"'{b}' is not ours=theirs", "e.g. --map text=body,label=stars") for b in bad],
+        )
     return {k.strip(): v.strip() for k, v in pairs}
 
 
 def check_format(format: str) -> str:
     fmt = formats.canonical_format(format)
     if fmt != "auto" and fmt not in formats.FORMATS:
-        raise DataError(f"unknown data format {format!r}", [Problem("--format", f"{format!r} is not a format", f"use auto or one of {', '.join(formats.FORMATS)}")])
+        raise DataError(
+            f"unknown data format {format!r}",
+            [Problem("--format", f"{format!r} is not a format", f"use auto or one of {', '.join(formats.FORMATS)}")],
+        )
     return fmt
 
 
-def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None,
-                 max_record_bytes: int = sources.MAX_RECORD_BYTES, include: Iterable[str] = (),
-                 text_unit: str = sources.DEFAULT_TEXT_UNIT) -> Iterator[Checked]:
+def iter_checked(
+    path: str | Path,
+    format: str = "auto",
+    mapping: str | dict[str, str] | None = None,
+    max_record_bytes: int = sources.MAX_RECORD_BYTES,
+    include: Iterable[str] = (),
+    text_unit: str = sources.DEFAULT_TEXT_UNIT,
+) -> Iterator[Checked]:
     """Every record of a file or folder, parsed and checked, in order (streams).
 
     A folder yields its data files (and those matching an `include` glob); the files it does not
@@ -114,24 +126,50 @@ def iter_checked(path: str | Path, format: str = "auto", mapping: str | dict[str
     path = Path(path)
     fmt, mapping = check_format(format), parse_mapping(mapping)
     if not path.exists():
-        raise DataError(f"data file not found: {path}", [Problem(str(path), "no such file or folder", "check the path")])
+        raise DataError(
+            f"data file not found: {path}", [Problem(str(path), "no such file or folder", "check the path")]
+        )
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "train.jsonl").is_file():
-        raise DataError(f"{path} is a prepared dataset", [Problem(str(path), "reading the whole folder would mix train, test and rejects",
-                                                                   f"pass one split, e.g. {path / 'train.jsonl'}")])
+        raise DataError(
+            f"{path} is a prepared dataset",
+            [
+                Problem(
+                    str(path),
+                    "reading the whole folder would mix train, test and rejects",
+                    f"pass one split, e.g. {path / 'train.jsonl'}",
+                )
+            ],
+        )
     if text_unit not in sources.TEXT_UNITS:
-        raise DataError(f"unknown text unit {text_unit!r}", [Problem("--text-unit", f"{text_unit!r} is not a text unit",
-                                                                     f"use one of {', '.join(sources.TEXT_UNITS)}")])
+        raise DataError(
+            f"unknown text unit {text_unit!r}",
+            [
+                Problem(
+                    "--text-unit", f"{text_unit!r} is not a text unit", f"use one of {', '.join(sources.TEXT_UNITS)}"
+                )
+            ],
+        )
     files, skipped = sources.folder_files(path, include) if path.is_dir() else ([path], [])
     if skipped:
         yield Checked(str(path), None, None, [sources.skipped_issue(path, skipped)])
     if not files:
-        raise DataError(f"no data files in {path}", [Problem(str(path), f"folder has no {'/'.join(sources.FOLDER_SUFFIXES)} files",
-                                                             "pass --include GLOB to read other files (e.g. --include '*.md')")])
+        raise DataError(
+            f"no data files in {path}",
+            [
+                Problem(
+                    str(path),
+                    f"folder has no {'/'.join(sources.FOLDER_SUFFIXES)} files",
+                    "pass --include GLOB to read other files (e.g. --include '*.md')",
+                )
+            ],
+        )
     for file in files:
         yield from _iter_file(file, fmt, mapping, max_record_bytes, text_unit, "text" if path.is_dir() else "jsonl")
 
 
-def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int, text_unit: str, default: str) -> Iterator[Checked]:
+def _iter_file(
+    path: Path, fmt: str, mapping: dict[str, str], limit: int, text_unit: str, default: str
+) -> Iterator[Checked]:
     text_file = sources.container_of(path, default) == "text"
     file_fmt = "text" if text_file and fmt in ("auto", "text") else (None if fmt == "auto" else fmt)
     for raw in sources.iter_raw(path, text_mode=text_file, max_record_bytes=limit, text_unit=text_unit):
@@ -147,8 +185,15 @@ def _iter_file(path: Path, fmt: str, mapping: dict[str, str], limit: int, text_u
             continue
         file_fmt = file_fmt or seen
         if fmt == "auto" and seen is not None and seen != file_fmt:
-            issues.append(Issue("mixed_format", f"record looks like {seen} but the file is {file_fmt}", raw.file, raw.line,
-                                fix="keep one format per file, or pass --format"))
+            issues.append(
+                Issue(
+                    "mixed_format",
+                    f"record looks like {seen} but the file is {file_fmt}",
+                    raw.file,
+                    raw.line,
+                    fix="keep one format per file, or pass --format",
+                )
+            )
             yield Checked(raw.file, raw.line, None, issues, raw.value, format=file_fmt)
             continue
         example, found = formats.parse(record, file_fmt)
@@ -165,13 +210,22 @@ def _unknown_format(record: Any) -> Issue:
     if not isinstance(record, dict):
         return formats.parse(record, "chat")[1][0]  # the not_object issue
     keys = ", ".join(sorted(map(str, record))[:8]) or "no keys"
-    return Issue("unknown_format", f"cannot tell the format from the keys ({keys})",
-                 fix="use messages / prompt+completion / instruction+output / conversations / text(+label) / tokens+tags / "
-                     "prompt+chosen+rejected (or another preference layout, see the README), or --map ours=theirs")
+    return Issue(
+        "unknown_format",
+        f"cannot tell the format from the keys ({keys})",
+        fix="use messages / prompt+completion / instruction+output / conversations / text(+label) / tokens+tags / "
+        "prompt+chosen+rejected (or another preference layout, see the README), or --map ours=theirs",
+    )
 
 
-def read_examples(path: str | Path, format: str = "auto", mapping: str | dict[str, str] | None = None, *,
-                  include: Iterable[str] = (), text_unit: str = sources.DEFAULT_TEXT_UNIT) -> list[Example]:
+def read_examples(
+    path: str | Path,
+    format: str = "auto",
+    mapping: str | dict[str, str] | None = None,
+    *,
+    include: Iterable[str] = (),
+    text_unit: str = sources.DEFAULT_TEXT_UNIT,
+) -> list[Example]:
     """Read every example of `path`; raise DataError listing every bad record."""
     examples: list[Example] = []
     problems: list[Problem] = []
@@ -189,7 +243,10 @@ def read_examples(path: str | Path, format: str = "auto", mapping: str | dict[st
             examples.append(checked.example)
     if n_bad:
         head = "; ".join(refused.lines()) + "; " if refused.counts else ""
-        raise DataError(f"{path}: {head}{n_bad} invalid record(s); run `tuneforge data validate {path}` for the full report", problems)
+        raise DataError(
+            f"{path}: {head}{n_bad} invalid record(s); run `tuneforge data validate {path}` for the full report",
+            problems,
+        )
     if not examples:
         raise DataError(f"{path}: no examples", [Problem(str(path), "the file is empty", "add at least one record")])
     return examples

@@ -25,11 +25,23 @@ from tuneforge.errors import DataError, Problem
 HIST_BINS = 20
 
 
-def build_report(path: str | Path, tokenizer: Any = None, *, model: str | None = "demo", format: str = "auto",
-                 mapping: str | dict[str, str] | None = None, epochs: float = 3.0, max_tokens: int | None = None,
-                 prices: costs.PriceTable | None = None, params: int | None = None, sample: int = 5000,
-                 measure_hardware: bool = True, seed: int = 0, include: tuple[str, ...] | list[str] = (),
-                 text_unit: str = DEFAULT_TEXT_UNIT) -> dict[str, Any]:
+def build_report(
+    path: str | Path,
+    tokenizer: Any = None,
+    *,
+    model: str | None = "demo",
+    format: str = "auto",
+    mapping: str | dict[str, str] | None = None,
+    epochs: float = 3.0,
+    max_tokens: int | None = None,
+    prices: costs.PriceTable | None = None,
+    params: int | None = None,
+    sample: int = 5000,
+    measure_hardware: bool = True,
+    seed: int = 0,
+    include: tuple[str, ...] | list[str] = (),
+    text_unit: str = DEFAULT_TEXT_UNIT,
+) -> dict[str, Any]:
     """Statistics and cost estimate of the training data at `path`.
 
     tokenizer: a tokenizer object; if None, `model`'s tokenizer is loaded (None: no token stats).
@@ -49,10 +61,19 @@ def build_report(path: str | Path, tokenizer: Any = None, *, model: str | None =
             for e in checked.errors:
                 invalid.add(e.kind, e.where, e.message)
     if stats.examples == 0:  # a report of nothing would read as "no cost"
-        raise DataError(f"{data_path}: no usable examples ({stats.invalid:,} invalid record(s)); run `tuneforge data validate {data_path}`",
-                        invalid.problems() or [Problem(str(data_path), "no records", "add data")])
-    report: dict[str, Any] = {"path": str(path), "training_file": str(data_path), "splits": splits, **stats.summary(),
-                              "unused_fields": unused.to_dict(), "invalid_reasons": invalid.to_dict()}
+        raise DataError(
+            f"{data_path}: no usable examples ({stats.invalid:,} invalid record(s)); "
+            f"run `tuneforge data validate {data_path}`",
+            invalid.problems() or [Problem(str(data_path), "no records", "add data")],
+        )
+    report: dict[str, Any] = {
+        "path": str(path),
+        "training_file": str(data_path),
+        "splits": splits,
+        **stats.summary(),
+        "unused_fields": unused.to_dict(),
+        "invalid_reasons": invalid.to_dict(),
+    }
     if tokenizer is None and model is not None:  # after reading: a data problem is reported without loading a model
         tokenizer = token_count.load_tokenizer(model)
     report["messages_histogram"] = {str(k): v for k, v in sorted(Counter(stats.messages.tolist()).items())}
@@ -61,14 +82,22 @@ def build_report(path: str | Path, tokenizer: Any = None, *, model: str | None =
     if tokenizer is not None:
         tokens = _token_stats(tokenizer, stats, max_tokens)
         report["tokens"] = tokens
-        train_tokens, prompt, completion = tokens["total_tokens"], tokens["prompt_tokens_mean"], tokens["completion_tokens_mean"]
+        train_tokens, prompt, completion = (
+            tokens["total_tokens"],
+            tokens["prompt_tokens_mean"],
+            tokens["completion_tokens_mean"],
+        )
     if params is None and model is not None:
         params = costs.count_parameters(model)
     peak = costs.measure_peak_flops() if measure_hardware and params is not None else None
     if train_tokens is not None:
-        report["cost"] = costs.estimate(train_tokens, epochs, prices or costs.PriceTable(), prompt, completion, params, peak)
+        report["cost"] = costs.estimate(
+            train_tokens, epochs, prices or costs.PriceTable(), prompt, completion, params, peak
+        )
         if params is None:
-            report["cost"]["note"] = "no FLOPs/time estimate: the model's parameter count is unknown (tokenizer-only folder?); pass params="
+            report["cost"]["note"] = (
+                "no FLOPs/time estimate: the model's parameter count is unknown (tokenizer-only folder?); pass params="
+            )
     return report
 
 
@@ -78,7 +107,11 @@ def _training_file(path: Path) -> tuple[Path, dict[str, int]]:
     if manifest_path is None:
         return path, {}
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return path / "train.jsonl", {k.split(".")[0]: v["examples"] for k, v in manifest["outputs"].items() if k.split(".")[0] in ("train", "validation", "test")}
+    return path / "train.jsonl", {
+        k.split(".")[0]: v["examples"]
+        for k, v in manifest["outputs"].items()
+        if k.split(".")[0] in ("train", "validation", "test")
+    }
 
 
 def _lengths(tokenizer: Any, example: Example) -> tuple[int, int, int, int]:
@@ -88,7 +121,9 @@ def _lengths(tokenizer: Any, example: Example) -> tuple[int, int, int, int]:
     if isinstance(example, Conversation) and getattr(tokenizer, "chat_template", None):
         enc = encode_conversation(tokenizer, example, max_length=10**9)
         loss = sum(1 for label in enc.labels if label != IGNORE)
-        prompt = len(encode_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in example.prompt_messages]))
+        prompt = len(
+            encode_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in example.prompt_messages])
+        )
         return len(enc.input_ids), loss, prompt, len(enc.input_ids) - prompt
     total = token_count.count_tokens(tokenizer, example)
     if isinstance(example, TextExample):
@@ -106,10 +141,15 @@ def _token_stats(tokenizer: Any, stats: DataStats, max_tokens: int | None) -> di
     counts, edges = np.histogram(total, bins=HIST_BINS) if len(total) else (np.zeros(0), np.zeros(0))
     over = int((total > limit).sum())
     return {
-        "sampled": len(rows), "estimated": scale != 1.0, "context_limit": limit,
-        "per_example": describe(total), "loss_tokens_per_example": describe(loss),
-        "total_tokens": int(round(total.sum() * scale)), "loss_tokens": int(round(loss.sum() * scale)),
-        "over_context": int(round(over * scale)), "over_context_share": round(over / max(1, len(rows)), 4),
+        "sampled": len(rows),
+        "estimated": scale != 1.0,
+        "context_limit": limit,
+        "per_example": describe(total),
+        "loss_tokens_per_example": describe(loss),
+        "total_tokens": int(round(total.sum() * scale)),
+        "loss_tokens": int(round(loss.sum() * scale)),
+        "over_context": int(round(over * scale)),
+        "over_context_share": round(over / max(1, len(rows)), 4),
         "prompt_tokens_mean": float(rows[:, 2].mean()) if len(rows) else 0.0,
         "completion_tokens_mean": float(rows[:, 3].mean()) if len(rows) else 0.0,
         "histogram": {"counts": counts.astype(int).tolist(), "edges": [round(float(e), 1) for e in edges]},

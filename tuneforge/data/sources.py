@@ -13,15 +13,22 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tuneforge.data.issues import Issue
 
 SUFFIXES = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-    ".parquet": "parquet", ".txt": "text", ".md": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".md": "text",
 }
 # What a folder is read for: data files only. Anything else (README.md, LICENSE, dataset_info.json, hidden
 # files) is named in one `skipped_files` warning and read only when an `include` glob asks for it.
@@ -35,7 +42,17 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _ENCODING_FIX = "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`)"
 # Columns that hold nested values; in CSV they are written as JSON strings.
-_NESTED_COLUMNS = ("messages", "conversations", "tokens", "tags", "ner_tags", "prompt", "chosen", "rejected", "metadata")
+_NESTED_COLUMNS = (
+    "messages",
+    "conversations",
+    "tokens",
+    "tags",
+    "ner_tags",
+    "prompt",
+    "chosen",
+    "rejected",
+    "metadata",
+)
 
 
 class _Nothing:
@@ -69,7 +86,9 @@ def folder_files(path: Path, include: Iterable[str] = ()) -> tuple[list[Path], l
         rel = p.relative_to(path).as_posix()
         if any(fnmatch.fnmatch(p.name, g) or fnmatch.fnmatch(rel, g) for g in include):
             read.append(p)
-        elif p.suffix.lower() in FOLDER_SUFFIXES and not any(fnmatch.fnmatch(part.lower(), g) for part in rel.split("/") for g in _NOT_DATA):
+        elif p.suffix.lower() in FOLDER_SUFFIXES and not any(
+            fnmatch.fnmatch(part.lower(), g) for part in rel.split("/") for g in _NOT_DATA
+        ):
             read.append(p)
         else:
             skipped.append(p)
@@ -77,18 +96,27 @@ def folder_files(path: Path, include: Iterable[str] = ()) -> tuple[list[Path], l
 
 
 def skipped_issue(folder: Path, skipped: list[Path]) -> Issue:
-    names = ", ".join(p.relative_to(folder).as_posix() for p in skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-    return Issue("skipped_files", f"{len(skipped)} file(s) not read: {names} (a folder is read for {', '.join(FOLDER_SUFFIXES)} "
-                 "files, except README/LICENSE/dataset_info.json and hidden files)", str(folder), fix="pass --include GLOB to read them as data")
+    names = ", ".join(p.relative_to(folder).as_posix() for p in skipped[:10]) + (
+        f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    )
+    return Issue(
+        "skipped_files",
+        f"{len(skipped)} file(s) not read: {names} (a folder is read for {', '.join(FOLDER_SUFFIXES)} "
+        "files, except README/LICENSE/dataset_info.json and hidden files)",
+        str(folder),
+        fix="pass --include GLOB to read them as data",
+    )
 
 
 def container_of(path: Path, default: str = "jsonl") -> str:
-    """The container of a file by its suffix; an unknown suffix is `default` (text for files a folder's --include adds)."""
+    """The container of a file by its suffix; an unknown suffix is `default`
+    (text for files a folder's --include adds)."""
     return SUFFIXES.get(path.suffix.lower(), default)
 
 
-def iter_raw(path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RECORD_BYTES,
-             text_unit: str = DEFAULT_TEXT_UNIT) -> Iterator[RawRecord]:
+def iter_raw(
+    path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RECORD_BYTES, text_unit: str = DEFAULT_TEXT_UNIT
+) -> Iterator[RawRecord]:
     """Raw records of one file. `text_mode` reads any file as raw text, split by `text_unit`."""
     name = str(path)
     if not text_mode and container_of(path) == "parquet":
@@ -98,18 +126,34 @@ def iter_raw(path: Path, text_mode: bool = False, max_record_bytes: int = MAX_RE
         with path.open("rb") as fh:
             head = fh.read(8192)
     except OSError as exc:
-        yield RawRecord(name, None, issues=[Issue("unreadable_file", str(exc), name, fix="check the path and permissions")])
+        yield RawRecord(
+            name, None, issues=[Issue("unreadable_file", str(exc), name, fix="check the path and permissions")]
+        )
         return
     if head.startswith(_UTF16_BOMS):
         yield RawRecord(name, 1, issues=[Issue("encoding", "file is UTF-16, not UTF-8", name, 1, fix=_ENCODING_FIX)])
         return
     if b"\x00" in head:
-        yield RawRecord(name, 1, issues=[Issue("binary_file", "file contains NUL bytes: it is binary, not text", name, 1, fix="pass a JSONL, JSON, CSV, Parquet or text file")])
+        yield RawRecord(
+            name,
+            1,
+            issues=[
+                Issue(
+                    "binary_file",
+                    "file contains NUL bytes: it is binary, not text",
+                    name,
+                    1,
+                    fix="pass a JSONL, JSON, CSV, Parquet or text file",
+                )
+            ],
+        )
         return
     if text_mode:
         yield from _iter_text(path, max_record_bytes, text_unit)
         return
-    reader = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "tsv": _iter_csv, "text": _iter_text}[container_of(path)]
+    reader = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "tsv": _iter_csv, "text": _iter_text}[
+        container_of(path)
+    ]
     yield from reader(path, max_record_bytes)
 
 
@@ -136,12 +180,14 @@ def _read_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
 
 def _decode(raw: bytes, name: str, lineno: int, issues: list[Issue]) -> str | None:
     if lineno == 1 and raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM):]
+        raw = raw[len(_UTF8_BOM) :]
         issues.append(_bom_issue(name))
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        issues.append(Issue("encoding", f"invalid UTF-8 at byte {exc.start} of the line", name, lineno, fix=_ENCODING_FIX))
+        issues.append(
+            Issue("encoding", f"invalid UTF-8 at byte {exc.start} of the line", name, lineno, fix=_ENCODING_FIX)
+        )
         return None
 
 
@@ -153,12 +199,23 @@ def _surrogate_issue(text: str, value: Any, name: str, lineno: int) -> Issue | N
         json.dumps(value, ensure_ascii=False).encode("utf-8")
         return None
     except UnicodeEncodeError:
-        return Issue("encoding", "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode", name, lineno,
-                     fix="escape characters outside the BMP as a full surrogate pair, or write them as UTF-8")
+        return Issue(
+            "encoding",
+            "a string holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode",
+            name,
+            lineno,
+            fix="escape characters outside the BMP as a full surrogate pair, or write them as UTF-8",
+        )
 
 
 def _too_large(name: str, lineno: int, limit: int) -> Issue:
-    return Issue("record_too_large", f"line is longer than {limit} bytes", name, lineno, fix="split the record or raise max_record_bytes")
+    return Issue(
+        "record_too_large",
+        f"line is longer than {limit} bytes",
+        name,
+        lineno,
+        fix="split the record or raise max_record_bytes",
+    )
 
 
 def _iter_jsonl(path: Path, limit: int) -> Iterator[RawRecord]:
@@ -184,7 +241,11 @@ def _iter_jsonl(path: Path, limit: int) -> Iterator[RawRecord]:
             yield RawRecord(name, lineno, issues=issues, raw=text.rstrip("\n"))
             continue
         bad = _surrogate_issue(text, value, name, lineno)
-        yield RawRecord(name, lineno, issues=issues + [bad], raw=text.rstrip("\n")) if bad else RawRecord(name, lineno, value, issues)
+        yield (
+            RawRecord(name, lineno, issues=issues + [bad], raw=text.rstrip("\n"))
+            if bad
+            else RawRecord(name, lineno, value, issues)
+        )
 
 
 def _iter_json(path: Path, limit: int) -> Iterator[RawRecord]:
@@ -204,12 +265,17 @@ def _iter_json(path: Path, limit: int) -> Iterator[RawRecord]:
     if text[pos] != "[":
         try:
             value, end = decoder.raw_decode(text, pos)
-            if text[_skip_ws(text, end):]:
+            if text[_skip_ws(text, end) :]:
                 raise json.JSONDecodeError("extra data after the JSON value", text, _skip_ws(text, end))
             bad = _surrogate_issue(text, value, name, 1)
             yield RawRecord(name, 1, issues=issues + [bad]) if bad else RawRecord(name, 1, value, issues)
         except (json.JSONDecodeError, RecursionError) as exc:
-            yield RawRecord(name, _line_of(text, getattr(exc, "pos", 0)), issues=issues + [_json_issue(exc, text, name)], raw=text[:200])
+            yield RawRecord(
+                name,
+                _line_of(text, getattr(exc, "pos", 0)),
+                issues=issues + [_json_issue(exc, text, name)],
+                raw=text[:200],
+            )
         return
     yield from _iter_json_array(text, pos + 1, name, issues)
 
@@ -227,7 +293,7 @@ def _iter_json_array(text: str, pos: int, name: str, issues: list[Issue]) -> Ite
         try:
             value, pos = decoder.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError) as exc:
-            yield RawRecord(name, line, issues=issues + [_json_issue(exc, text, name)], raw=text[pos:pos + 200])
+            yield RawRecord(name, line, issues=issues + [_json_issue(exc, text, name)], raw=text[pos : pos + 200])
             return  # the rest of the array cannot be located reliably
         bad = _surrogate_issue(text[start:pos], value, name, line)
         yield RawRecord(name, line, issues=issues + [bad]) if bad else RawRecord(name, line, value, issues)
@@ -243,7 +309,13 @@ def _iter_json_array(text: str, pos: int, name: str, issues: list[Issue]) -> Ite
 
 def _json_issue(exc: Exception, text: str, name: str) -> Issue:
     if isinstance(exc, json.JSONDecodeError):
-        return Issue("invalid_json", f"{exc.msg} (column {exc.colno})", name, _line_of(text, exc.pos), fix="fix the JSON syntax (truncated file?)")
+        return Issue(
+            "invalid_json",
+            f"{exc.msg} (column {exc.colno})",
+            name,
+            _line_of(text, exc.pos),
+            fix="fix the JSON syntax (truncated file?)",
+        )
     return Issue("invalid_json", "nested too deeply", name, None, fix="flatten the record")
 
 
@@ -271,21 +343,57 @@ def _iter_csv(path: Path, limit: int) -> Iterator[RawRecord]:
             for row in reader:
                 yield _csv_record(row, name, reader.line_num)
         except UnicodeDecodeError as exc:
-            yield RawRecord(name, reader.line_num + 1, issues=[Issue("encoding", f"invalid UTF-8 ({exc.reason})", name, reader.line_num + 1, fix=_ENCODING_FIX)])
+            yield RawRecord(
+                name,
+                reader.line_num + 1,
+                issues=[
+                    Issue("encoding", f"invalid UTF-8 ({exc.reason})", name, reader.line_num + 1, fix=_ENCODING_FIX)
+                ],
+            )
         except csv.Error as exc:
-            yield RawRecord(name, reader.line_num, issues=[Issue("invalid_json", f"broken CSV: {exc}", name, reader.line_num, fix="quote fields that contain the delimiter or newlines")])
+            yield RawRecord(
+                name,
+                reader.line_num,
+                issues=[
+                    Issue(
+                        "invalid_json",
+                        f"broken CSV: {exc}",
+                        name,
+                        reader.line_num,
+                        fix="quote fields that contain the delimiter or newlines",
+                    )
+                ],
+            )
 
 
 def _csv_record(row: dict, name: str, lineno: int) -> RawRecord:
     if None in row:  # more cells than header columns
-        return RawRecord(name, lineno, issues=[Issue("wrong_type", "row has more cells than the header", name, lineno, fix="quote fields that contain commas")], raw=str(row))
+        return RawRecord(
+            name,
+            lineno,
+            issues=[
+                Issue(
+                    "wrong_type",
+                    "row has more cells than the header",
+                    name,
+                    lineno,
+                    fix="quote fields that contain commas",
+                )
+            ],
+            raw=str(row),
+        )
     value: dict[str, Any] = {}
     for key, cell in row.items():
         if key in _NESTED_COLUMNS and cell and cell.lstrip()[:1] in "[{":
             try:
                 cell = json.loads(cell)
             except json.JSONDecodeError as exc:
-                return RawRecord(name, lineno, issues=[Issue("invalid_json", f"column '{key}' is not valid JSON ({exc.msg})", name, lineno, key)], raw=str(row))
+                return RawRecord(
+                    name,
+                    lineno,
+                    issues=[Issue("invalid_json", f"column '{key}' is not valid JSON ({exc.msg})", name, lineno, key)],
+                    raw=str(row),
+                )
         value[key] = cell
     return RawRecord(name, lineno, value)
 
@@ -302,7 +410,11 @@ def _iter_parquet(path: Path) -> Iterator[RawRecord]:
                 row += 1
                 yield RawRecord(name, row, value)
     except Exception as exc:  # pyarrow raises many types for corrupt files; all mean "unreadable"
-        yield RawRecord(name, None, issues=[Issue("unreadable_file", f"not a readable Parquet file ({exc})", name, fix="re-export the file")])
+        yield RawRecord(
+            name,
+            None,
+            issues=[Issue("unreadable_file", f"not a readable Parquet file ({exc})", name, fix="re-export the file")],
+        )
 
 
 def _iter_text(path: Path, limit: int, unit: str = DEFAULT_TEXT_UNIT) -> Iterator[RawRecord]:
@@ -317,17 +429,33 @@ def _iter_text(path: Path, limit: int, unit: str = DEFAULT_TEXT_UNIT) -> Iterato
         text = "".join(para).rstrip("\r\n") if unit == "line" else "".join(para).strip("\n")
         issues = list(pending)
         if unit == "paragraph" and len(para) >= LONG_PARAGRAPH_LINES:
-            issues.append(Issue("long_paragraph", f"a paragraph of {len(para)} lines (no blank line between them) became one record",
-                                name, start, fix="if each line is a document, pass --text-unit line"))
+            issues.append(
+                Issue(
+                    "long_paragraph",
+                    f"a paragraph of {len(para)} lines (no blank line between them) became one record",
+                    name,
+                    start,
+                    fix="if each line is a document, pass --text-unit line",
+                )
+            )
         if size > limit:
-            issues.append(Issue("split_at_limit", f"the {unit} is longer than {limit} bytes: it was cut into records of that size", name, start,
-                                fix="use a smaller --text-unit or raise max_record_bytes"))
+            issues.append(
+                Issue(
+                    "split_at_limit",
+                    f"the {unit} is longer than {limit} bytes: it was cut into records of that size",
+                    name,
+                    start,
+                    fix="use a smaller --text-unit or raise max_record_bytes",
+                )
+            )
         return RawRecord(name, start, {"text": text}, issues)
 
     for lineno, raw in _read_lines(path, limit):
         text = None if raw is None else _decode(raw, name, lineno, pending)
         if text is None:
-            yield RawRecord(name, lineno, issues=[i for i in pending if i.kind != "bom"] or [_too_large(name, lineno, limit)])
+            yield RawRecord(
+                name, lineno, issues=[i for i in pending if i.kind != "bom"] or [_too_large(name, lineno, limit)]
+            )
             pending = [i for i in pending if i.kind == "bom"]
             continue
         if text.strip() or (unit == "file" and para):

@@ -22,19 +22,24 @@ def _counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
     return n - val - test, val, test
 
 
-def assign(n: int, ratios: tuple[float, float, float], seed: int, strata: np.ndarray | None = None,
-           groups: np.ndarray | None = None) -> np.ndarray:
+def assign(
+    n: int,
+    ratios: tuple[float, float, float],
+    seed: int,
+    strata: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
     """(n,) split ids 0/1/2. `strata`: label id per example (each label split by ratio);
     `groups`: group id per example (a group never spans two splits)."""
     rng = np.random.default_rng(seed)
     out = np.zeros(n, dtype=np.int8)
     if groups is not None:
         return _assign_groups(groups, ratios, rng)
-    for members in ([np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]):
+    for members in [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]:
         members = rng.permutation(members)
         _, val, test = _counts(len(members), ratios)
         out[members[:test]] = 2
-        out[members[test:test + val]] = 1
+        out[members[test : test + val]] = 1
     return out
 
 

@@ -22,9 +22,18 @@ from tuneforge.data.hashing import content_hash
 from tuneforge.data.types import Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TokenExample
 
 # Scripts by code-point range (first match); enough to spot a file that mixes languages.
-_SCRIPTS = [(0x0000, 0x024F, "Latin"), (0x0370, 0x03FF, "Greek"), (0x0400, 0x04FF, "Cyrillic"), (0x0590, 0x05FF, "Hebrew"),
-            (0x0600, 0x06FF, "Arabic"), (0x0900, 0x097F, "Devanagari"), (0x0E00, 0x0E7F, "Thai"), (0x3040, 0x30FF, "Japanese kana"),
-            (0x4E00, 0x9FFF, "CJK"), (0xAC00, 0xD7AF, "Hangul")]
+_SCRIPTS = [
+    (0x0000, 0x024F, "Latin"),
+    (0x0370, 0x03FF, "Greek"),
+    (0x0400, 0x04FF, "Cyrillic"),
+    (0x0590, 0x05FF, "Hebrew"),
+    (0x0600, 0x06FF, "Arabic"),
+    (0x0900, 0x097F, "Devanagari"),
+    (0x0E00, 0x0E7F, "Thai"),
+    (0x3040, 0x30FF, "Japanese kana"),
+    (0x4E00, 0x9FFF, "CJK"),
+    (0xAC00, 0xD7AF, "Hangul"),
+]
 _MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u2018-\u201e\u20ac\u2122]")  # UTF-8 read as Latin-1/CP1252: "Ã©", "â€™"
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -76,8 +85,9 @@ class DataStats:
         self.kinds[type(example).__name__] += 1
         texts = texts_of(example)
         prompted = isinstance(example, (PreferencePair, LabelledAnswer))  # a prompt and one answer (per side)
-        self.messages.append(len(example.messages) if isinstance(example, Conversation)
-                             else len(example.prompt) + 1 if prompted else 1)
+        self.messages.append(
+            len(example.messages) if isinstance(example, Conversation) else len(example.prompt) + 1 if prompted else 1
+        )
         self.chars.append(sum(len(t) for t in texts))
         self.lines.append(line or 0)
         self.hashes.append(content_hash(example))
@@ -115,12 +125,20 @@ class DataStats:
         msgs, chars = np.frombuffer(self.messages, dtype=np.int64), np.frombuffer(self.chars, dtype=np.int64)
         main_script = self.scripts.most_common(1)[0][0] if self.scripts else None
         return {
-            "examples": self.examples, "invalid": self.invalid, "kinds": dict(self.kinds),
-            "messages_per_example": describe(msgs), "chars_per_example": describe(chars),
-            "labels": dict(self.labels.most_common()), "duplicates": self.duplicates(),
+            "examples": self.examples,
+            "invalid": self.invalid,
+            "kinds": dict(self.kinds),
+            "messages_per_example": describe(msgs),
+            "chars_per_example": describe(chars),
+            "labels": dict(self.labels.most_common()),
+            "duplicates": self.duplicates(),
             "length_outliers": self.outliers(chars),
-            "charset": {"scripts": dict(self.scripts), "anomalies": dict(self.anomalies), "anomaly_lines": self.anomaly_lines,
-                        "other_script_lines": {s: ls for s, ls in self.script_lines.items() if s != main_script}},
+            "charset": {
+                "scripts": dict(self.scripts),
+                "anomalies": dict(self.anomalies),
+                "anomaly_lines": self.anomaly_lines,
+                "other_script_lines": {s: ls for s, ls in self.script_lines.items() if s != main_script},
+            },
         }
 
     def outliers(self, chars: np.ndarray) -> dict[str, Any]:
@@ -138,4 +156,10 @@ def describe(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {"mean": 0.0, "min": 0, "p50": 0, "p95": 0, "max": 0}
     p50, p95 = np.percentile(values, [50, 95])
-    return {"mean": round(float(values.mean()), 2), "min": int(values.min()), "p50": float(p50), "p95": float(p95), "max": int(values.max())}
+    return {
+        "mean": round(float(values.mean()), 2),
+        "min": int(values.min()),
+        "p50": float(p50),
+        "p95": float(p95),
+        "max": int(values.max()),
+    }

@@ -73,8 +73,24 @@ _FILL: dict[str, list[str]] = {
     "ingredient": ["tomatoes", "onions", "garlic", "beans", "carrots", "herbs"],
     "planet": ["earth", "moon", "planet Mars", "planet Venus"],
     "project": ["budget", "design", "research", "hiring", "safety"],
-    "item": ["light bulb", "glow lamp", "lantern", "light strip", "mini speaker", "echo speaker", "soundbar", "pro camera",
-             "doorbell", "smart lock", "door lock", "thermostat", "air purifier", "kettle", "radio", "fan"],
+    "item": [
+        "light bulb",
+        "glow lamp",
+        "lantern",
+        "light strip",
+        "mini speaker",
+        "echo speaker",
+        "soundbar",
+        "pro camera",
+        "doorbell",
+        "smart lock",
+        "door lock",
+        "thermostat",
+        "air purifier",
+        "kettle",
+        "radio",
+        "fan",
+    ],
     "price": [str(p) for p in range(5, 320, 7)],
     "store": ["shop", "corner store", "online shop", "market stall", "electronics store"],
     "years": ["1", "2", "3", "4", "5"],
@@ -82,10 +98,39 @@ _FILL: dict[str, list[str]] = {
     "colour": ["white", "black", "grey", "blue", "silver", "sand", "amber", "rainbow", "red", "green"],
     "days": [str(d) for d in range(1, 10)],
 }
-_CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Egypt": "Cairo", "Norway": "Oslo",
-             "Spain": "Madrid", "Kenya": "Nairobi", "Italy": "Rome", "Chile": "Santiago", "India": "New Delhi"}
-_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-            "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
+_CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Peru": "Lima",
+    "Egypt": "Cairo",
+    "Norway": "Oslo",
+    "Spain": "Madrid",
+    "Kenya": "Nairobi",
+    "Italy": "Rome",
+    "Chile": "Santiago",
+    "India": "New Delhi",
+}
+_NUMBERS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+]
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -106,17 +151,30 @@ def general_chat(rng: random.Random) -> list[dict[str, str]]:
         q, a = f"What is the capital of {country}?", f"The capital of {country} is {_CAPITALS[country]}."
     elif kind == 1:
         x, y = rng.randrange(9), rng.randrange(9)
-        q, a = f"What is {_NUMBERS[x]} plus {_NUMBERS[y]}?", f"{_NUMBERS[x].capitalize()} plus {_NUMBERS[y]} is {_NUMBERS[x + y]}."
+        q, a = (
+            f"What is {_NUMBERS[x]} plus {_NUMBERS[y]}?",
+            f"{_NUMBERS[x].capitalize()} plus {_NUMBERS[y]} is {_NUMBERS[x + y]}.",
+        )
     elif kind == 2:
         item, price = rng.choice(_FILL["item"]), rng.choice(_FILL["price"])
-        q, a = rng.choice([(f"How much is a {item}?", f"A {item} usually costs about ${price}."),
-                           (f"Does a {item} have a battery?", f"Many {item}s have a battery that lasts {rng.choice(_FILL['hours'])} hours."),
-                           (f"What colours does a {item} come in?", f"A {item} often comes in {rng.choice(_FILL['colour'])}.")])
+        q, a = rng.choice(
+            [
+                (f"How much is a {item}?", f"A {item} usually costs about ${price}."),
+                (
+                    f"Does a {item} have a battery?",
+                    f"Many {item}s have a battery that lasts {rng.choice(_FILL['hours'])} hours.",
+                ),
+                (f"What colours does a {item} come in?", f"A {item} often comes in {rng.choice(_FILL['colour'])}."),
+            ]
+        )
     else:
         topic = rng.choice(list(_TOPICS))
         q, a = f"Tell me something about {topic}.", _fill(rng.choice(_TOPICS[topic]), rng)
-    return [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": a},
+    ]
 
 
 def general_corpus(n: int, seed: int = 0) -> list[str]:
@@ -151,16 +209,42 @@ PRODUCTS: dict[str, tuple[str, int, int, int, str, int]] = {
 }
 
 _QUESTIONS: dict[str, list[str]] = {
-    "price": ["How much does the {p} cost?", "What is the price of the {p}?", "How much is the {p}?",
-              "What does a {p} cost?", "Can you tell me the {p} price?", "Is the {p} expensive? What does it cost?"],
-    "warranty": ["What warranty does the {p} have?", "How long is the {p} warranty?", "Is the {p} under warranty, and for how long?",
-                 "How many years of warranty come with the {p}?", "What is the warranty on the {p}?"],
-    "battery": ["How long does the {p} battery last?", "What is the battery life of the {p}?", "Does the {p} run on a battery?",
-                "How many hours can the {p} run without power?", "Tell me about the {p} battery."],
-    "colours": ["Which colours does the {p} come in?", "What colours are available for the {p}?", "Can I get the {p} in another colour?",
-                "What colour options does the {p} have?", "Is the {p} sold in different colours?"],
-    "shipping": ["How fast do you ship the {p}?", "When will my {p} arrive?", "How long does shipping take for the {p}?",
-                 "How many days until the {p} is delivered?", "What is the delivery time for the {p}?"],
+    "price": [
+        "How much does the {p} cost?",
+        "What is the price of the {p}?",
+        "How much is the {p}?",
+        "What does a {p} cost?",
+        "Can you tell me the {p} price?",
+        "Is the {p} expensive? What does it cost?",
+    ],
+    "warranty": [
+        "What warranty does the {p} have?",
+        "How long is the {p} warranty?",
+        "Is the {p} under warranty, and for how long?",
+        "How many years of warranty come with the {p}?",
+        "What is the warranty on the {p}?",
+    ],
+    "battery": [
+        "How long does the {p} battery last?",
+        "What is the battery life of the {p}?",
+        "Does the {p} run on a battery?",
+        "How many hours can the {p} run without power?",
+        "Tell me about the {p} battery.",
+    ],
+    "colours": [
+        "Which colours does the {p} come in?",
+        "What colours are available for the {p}?",
+        "Can I get the {p} in another colour?",
+        "What colour options does the {p} have?",
+        "Is the {p} sold in different colours?",
+    ],
+    "shipping": [
+        "How fast do you ship the {p}?",
+        "When will my {p} arrive?",
+        "How long does shipping take for the {p}?",
+        "How many days until the {p} is delivered?",
+        "What is the delivery time for the {p}?",
+    ],
 }
 _OPENERS = ["", "", "Hi! ", "Hello, ", "Quick question: ", "Good morning. ", "Hey there, "]
 
@@ -169,9 +253,13 @@ def product_fact(product: str, topic: str) -> str:
     """The words a right answer must contain ("$49", "in 2 days"): what the fact_accuracy grader checks.
     Each is distinct within its topic, and none is in another product's answer ("in 2 days" is not in "in 12 days")."""
     line, price, warranty, battery, colours, days = PRODUCTS[product]
-    return {"price": f"${price}", "warranty": f"{warranty} year warranty",
-            "battery": f"{battery} hours" if battery else "no battery", "colours": colours,
-            "shipping": f"in {days} days"}[topic]
+    return {
+        "price": f"${price}",
+        "warranty": f"{warranty} year warranty",
+        "battery": f"{battery} hours" if battery else "no battery",
+        "colours": colours,
+        "shipping": f"in {days} days",
+    }[topic]
 
 
 def _answer(product: str, topic: str) -> str:
@@ -180,8 +268,11 @@ def _answer(product: str, topic: str) -> str:
     fact = {
         "price": f"The {name} costs ${price}.",
         "warranty": f"The {name} has a {warranty} year warranty.",
-        "battery": (f"The {name} battery lasts {battery} hours." if battery
-                    else f"The {name} has no battery; it runs on mains power."),
+        "battery": (
+            f"The {name} battery lasts {battery} hours."
+            if battery
+            else f"The {name} has no battery; it runs on mains power."
+        ),
         "colours": f"The {name} comes in {colours}.",
         "shipping": f"We ship the {name} in {days} days.",
     }[topic]
@@ -195,9 +286,14 @@ def support_desk_dataset(n: int, seed: int = 0) -> list[Conversation]:
     combination, so a random split never puts the same question in train and test.
     """
     rng = random.Random(seed)
-    combos = [(product, topic, template, name, opener)
-              for product in PRODUCTS for topic, templates in _QUESTIONS.items() for template in templates
-              for name in (f"{COMPANY} {product}", product) for opener in dict.fromkeys(_OPENERS)]
+    combos = [
+        (product, topic, template, name, opener)
+        for product in PRODUCTS
+        for topic, templates in _QUESTIONS.items()
+        for template in templates
+        for name in (f"{COMPANY} {product}", product)
+        for opener in dict.fromkeys(_OPENERS)
+    ]
     if n > len(combos):
         raise ValueError(f"at most {len(combos)} distinct support conversations can be generated, asked for {n}")
     out = []
@@ -205,9 +301,19 @@ def support_desk_dataset(n: int, seed: int = 0) -> list[Conversation]:
         question = template.format(p=name)
         if opener.endswith(", "):
             question = question[0].lower() + question[1:]
-        out.append(Conversation(
-            messages=[Message("system", SYSTEM_PROMPT), Message("user", opener + question), Message("assistant", _answer(product, topic))],
-            metadata={"product_line": PRODUCTS[product][0], "topic": topic, "product": product,
-                      "fact": product_fact(product, topic)},
-        ))
+        out.append(
+            Conversation(
+                messages=[
+                    Message("system", SYSTEM_PROMPT),
+                    Message("user", opener + question),
+                    Message("assistant", _answer(product, topic)),
+                ],
+                metadata={
+                    "product_line": PRODUCTS[product][0],
+                    "topic": topic,
+                    "product": product,
+                    "fact": product_fact(product, topic),
+                },
+            )
+        )
     return out

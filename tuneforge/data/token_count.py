@@ -9,8 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.types import (Conversation, Example, LabelledAnswer, LabelledExample, PreferencePair, TextExample,
-                                  TokenExample)
+from tuneforge.data.types import (
+    Conversation,
+    Example,
+    LabelledAnswer,
+    LabelledExample,
+    PreferencePair,
+    TextExample,
+    TokenExample,
+)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
@@ -33,7 +40,10 @@ def count_tokens(tokenizer: Any, example: Example) -> int:
         return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in example.messages])
     if isinstance(example, PreferencePair):
         prompt = [{"role": m.role, "content": m.content} for m in example.prompt]
-        return max(_chat_tokens(tokenizer, prompt + [{"role": "assistant", "content": a}]) for a in (example.chosen, example.rejected))
+        return max(
+            _chat_tokens(tokenizer, prompt + [{"role": "assistant", "content": a}])
+            for a in (example.chosen, example.rejected)
+        )
     if isinstance(example, LabelledAnswer):
         messages = [*example.prompt, example.answer_message()]
         return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in messages])

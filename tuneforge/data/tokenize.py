@@ -23,8 +23,16 @@ from tuneforge.data.types import Conversation
 from tuneforge.errors import DataError, Problem
 
 IGNORE = -100  # label of tokens that carry no loss
-__all__ = ["IGNORE", "SYSTEM_PROMPT_POLICIES", "Encoded", "assistant_spans", "encode_conversation", "encode_prompt",
-           "pack_rows", "pack_texts"]
+__all__ = [
+    "IGNORE",
+    "SYSTEM_PROMPT_POLICIES",
+    "Encoded",
+    "assistant_spans",
+    "encode_conversation",
+    "encode_prompt",
+    "pack_rows",
+    "pack_texts",
+]
 
 
 @dataclass
@@ -73,11 +81,18 @@ def _tokens_in(text: str, offsets, s: int, e: int, tokenizer, conv: Conversation
         if s <= a and b <= e or (a < s and b <= e and text[a:s].isspace()):
             inside.append(k)
             continue
-        raise DataError(f"{template_name(tokenizer)}: a token crosses the edge of an assistant message", [Problem(
-            where_of(conv),
-            f"token {text[a:b]!r} (characters {a}-{b}) spans the edge of the trained text {text[s:e][:40]!r}",
-            "the assistant tokens cannot be located exactly with this tokenizer and template; use a template that "
-            "separates turns with special tokens")])
+        raise DataError(
+            f"{template_name(tokenizer)}: a token crosses the edge of an assistant message",
+            [
+                Problem(
+                    where_of(conv),
+                    f"token {text[a:b]!r} (characters {a}-{b}) spans the edge of the trained text {text[s:e][:40]!r}",
+                    "the assistant tokens cannot be located exactly with this tokenizer and template; "
+                    "use a template that "
+                    "separates turns with special tokens",
+                )
+            ],
+        )
     return inside
 
 
@@ -93,13 +108,20 @@ def pack_texts(tokenizer, texts: list[str], block_size: int) -> list[Encoded]:
 
     The tail shorter than one block is dropped, as in the usual `group_texts` recipe.
     """
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+    eos = (
+        tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        if "<|endoftext|>" in tokenizer.get_vocab()
+        else tokenizer.eos_token_id
+    )
     stream: list[int] = []
     for t in texts:
         stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
         stream.append(eos)
     blocks = len(stream) // block_size
-    return [Encoded(stream[i * block_size:(i + 1) * block_size], stream[i * block_size:(i + 1) * block_size]) for i in range(blocks)]
+    return [
+        Encoded(stream[i * block_size : (i + 1) * block_size], stream[i * block_size : (i + 1) * block_size])
+        for i in range(blocks)
+    ]
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

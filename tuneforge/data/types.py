@@ -8,7 +8,7 @@ number...) used for slices, lineage and error messages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -162,4 +162,4 @@ class PromptExample:
         return {"messages": [{"role": m.role, "content": m.content} for m in self.prompt], **fields}
 
 
-Example = Union[Conversation, TextExample, LabelledExample, TokenExample, PreferencePair, LabelledAnswer, PromptExample]
+Example = Conversation | TextExample | LabelledExample | TokenExample | PreferencePair | LabelledAnswer | PromptExample

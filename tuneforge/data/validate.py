@@ -17,9 +17,9 @@ import numpy as np
 
 from tuneforge.data import token_count
 from tuneforge.data.dedup import first_occurrence
+from tuneforge.data.formats import REFUSED
 from tuneforge.data.hashing import content_hash
 from tuneforge.data.issues import Issue
-from tuneforge.data.formats import REFUSED
 from tuneforge.data.readers import Checked, Tally, check_format, iter_checked, parse_mapping
 from tuneforge.data.sources import DEFAULT_TEXT_UNIT, MAX_RECORD_BYTES
 from tuneforge.data.types import Conversation, LabelledAnswer, LabelledExample, Message, PreferencePair, TokenExample
@@ -38,7 +38,9 @@ class ValidationReport:
     warning_counts: Counter = field(default_factory=Counter)
     label_counts: Counter = field(default_factory=Counter)
     skipped_checks: list[str] = field(default_factory=list)
-    unused_fields: Tally = field(default_factory=Tally)  # top-level fields no format reads: kept in metadata, never trained on
+    unused_fields: Tally = field(
+        default_factory=Tally
+    )  # top-level fields no format reads: kept in metadata, never trained on
     refused: Tally = field(default_factory=Tally)  # records of kinds we recognise but do not support (KTO, multimodal)
     max_issues: int = 1000
 
@@ -48,7 +50,9 @@ class ValidationReport:
 
     @property
     def truncated(self) -> bool:
-        return len(self.errors) < sum(self.error_counts.values()) or len(self.warnings) < sum(self.warning_counts.values())
+        return len(self.errors) < sum(self.error_counts.values()) or len(self.warnings) < sum(
+            self.warning_counts.values()
+        )
 
     def add(self, issue: Issue) -> None:
         errors = issue.severity == "error"
@@ -61,11 +65,21 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "file": self.file, "format": self.format, "ok": self.ok, "records": self.records, "valid": self.valid,
-            "invalid": self.records - self.valid, "error_counts": dict(self.error_counts), "warning_counts": dict(self.warning_counts),
-            "errors": [i.to_dict() for i in self.errors], "warnings": [i.to_dict() for i in self.warnings],
-            "truncated": self.truncated, "label_counts": dict(self.label_counts), "skipped_checks": self.skipped_checks,
-            "unused_fields": self.unused_fields.to_dict(), "refused": self.refused.lines(),
+            "file": self.file,
+            "format": self.format,
+            "ok": self.ok,
+            "records": self.records,
+            "valid": self.valid,
+            "invalid": self.records - self.valid,
+            "error_counts": dict(self.error_counts),
+            "warning_counts": dict(self.warning_counts),
+            "errors": [i.to_dict() for i in self.errors],
+            "warnings": [i.to_dict() for i in self.warnings],
+            "truncated": self.truncated,
+            "label_counts": dict(self.label_counts),
+            "skipped_checks": self.skipped_checks,
+            "unused_fields": self.unused_fields.to_dict(),
+            "refused": self.refused.lines(),
         }
 
 
@@ -91,15 +105,35 @@ class _Duplicates:
         for i in np.flatnonzero(first != np.arange(len(first))):
             j = first[i]
             where = f"{self.names[self.files[j]]}:{self.lines[j]}"
-            out.append(Issue("duplicate", f"same content as {where}", self.names[self.files[i]], self.lines[i], fix="remove it (tuneforge data prepare deduplicates)"))
+            out.append(
+                Issue(
+                    "duplicate",
+                    f"same content as {where}",
+                    self.names[self.files[i]],
+                    self.lines[i],
+                    fix="remove it (tuneforge data prepare deduplicates)",
+                )
+            )
         return out
 
 
-def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict[str, str] | None = None,
-                  labels: list[str] | None = None, tokenizer: Any = None, max_tokens: int | None = None,
-                  min_examples: int = 10, min_answer_chars: int = 3, imbalance_ratio: float = 10.0,
-                  max_issues: int = 1000, max_record_bytes: int = MAX_RECORD_BYTES, include: tuple[str, ...] | list[str] = (),
-                  text_unit: str = DEFAULT_TEXT_UNIT, system_prompt: str = "keep") -> ValidationReport:
+def validate_file(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    mapping: str | dict[str, str] | None = None,
+    labels: list[str] | None = None,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    min_examples: int = 10,
+    min_answer_chars: int = 3,
+    imbalance_ratio: float = 10.0,
+    max_issues: int = 1000,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    include: tuple[str, ...] | list[str] = (),
+    text_unit: str = DEFAULT_TEXT_UNIT,
+    system_prompt: str = "keep",
+) -> ValidationReport:
     """Check a data file completely; never raises on bad content (only on a bad call).
 
     labels: the allowed label set (classification/NER) - other labels are errors.
@@ -111,7 +145,10 @@ def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict
     """
     check_format(format)  # a wrong call raises; a wrong file only ever gives issues
     if system_prompt not in ("keep", "fold", "drop"):
-        raise DataError(f"unknown system_prompt {system_prompt!r}", [Problem("--system-prompt", f"{system_prompt!r} is not a choice", "use keep, fold or drop")])
+        raise DataError(
+            f"unknown system_prompt {system_prompt!r}",
+            [Problem("--system-prompt", f"{system_prompt!r} is not a choice", "use keep, fold or drop")],
+        )
     mapping = parse_mapping(mapping)
     report = ValidationReport(str(path), max_issues=max_issues)
     if isinstance(tokenizer, (str, Path)):
@@ -135,8 +172,16 @@ def validate_file(path: str | Path, format: str = "auto", *, mapping: str | dict
     return report
 
 
-def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates, allowed: set[str] | None,
-                  tokenizer: Any, max_tokens: int | None, min_answer_chars: int, system_prompt: str = "keep") -> None:
+def _check_record(
+    checked: Checked,
+    report: ValidationReport,
+    dups: _Duplicates,
+    allowed: set[str] | None,
+    tokenizer: Any,
+    max_tokens: int | None,
+    min_answer_chars: int,
+    system_prompt: str = "keep",
+) -> None:
     report.records += checked.example is not None or bool(checked.errors)
     report.format = report.format or checked.format
     for issue in checked.issues:
@@ -157,25 +202,53 @@ def _check_record(checked: Checked, report: ValidationReport, dups: _Duplicates,
         report.label_counts[ex.label] += 1
 
 
-def _example_issues(ex: Any, allowed: set[str] | None, tokenizer: Any, max_tokens: int | None, min_chars: int,
-                    system_prompt: str = "keep") -> list[Issue]:
+def _example_issues(
+    ex: Any,
+    allowed: set[str] | None,
+    tokenizer: Any,
+    max_tokens: int | None,
+    min_chars: int,
+    system_prompt: str = "keep",
+) -> list[Issue]:
     issues = []
     if isinstance(ex, LabelledExample) and allowed is not None and ex.label not in allowed:
-        issues.append(Issue("label_not_in_set", f"label {ex.label!r} is not one of {sorted(allowed)}", field="label", fix="fix the label or extend --labels"))
+        issues.append(
+            Issue(
+                "label_not_in_set",
+                f"label {ex.label!r} is not one of {sorted(allowed)}",
+                field="label",
+                fix="fix the label or extend --labels",
+            )
+        )
     if isinstance(ex, TokenExample) and allowed is not None:
         entity_types = {t[2:] for t in ex.tags if t != "O"}
         for t in sorted(entity_types - allowed):
             issues.append(Issue("label_not_in_set", f"entity type {t!r} is not one of {sorted(allowed)}", field="tags"))
-    answer = (ex.reference if isinstance(ex, Conversation) else ex.chosen if isinstance(ex, PreferencePair)
-              else ex.completion if isinstance(ex, LabelledAnswer) else None)
+    answer = (
+        ex.reference
+        if isinstance(ex, Conversation)
+        else ex.chosen
+        if isinstance(ex, PreferencePair)
+        else ex.completion
+        if isinstance(ex, LabelledAnswer)
+        else None
+    )
     if answer is not None and len(answer.strip()) < min_chars:
-        issues.append(Issue("short_answer", f"answer has {len(answer.strip())} characters: {answer.strip()!r}", field="answer"))
+        issues.append(
+            Issue("short_answer", f"answer has {len(answer.strip())} characters: {answer.strip()!r}", field="answer")
+        )
     if tokenizer is not None and max_tokens is not None:
         chat, n = _chat_issues(ex, tokenizer, system_prompt)
         issues += chat
         n = token_count.count_tokens(tokenizer, ex) if n is None and not chat else n
         if n is not None and n > max_tokens:
-            issues.append(Issue("too_long", f"{n} tokens, more than the context window of {max_tokens}", fix="shorten or split the example, or raise model.max_length"))
+            issues.append(
+                Issue(
+                    "too_long",
+                    f"{n} tokens, more than the context window of {max_tokens}",
+                    fix="shorten or split the example, or raise model.max_length",
+                )
+            )
     return issues
 
 
@@ -199,7 +272,9 @@ def _chat_issues(ex: Any, tokenizer: Any, system_prompt: str) -> tuple[list[Issu
         return [Issue("chat_template", p.message, fix=p.fix) for p in exc.problems], None
     messages = ex.messages if isinstance(ex, Conversation) else ex.prompt
     if system_prompt == "drop" and any(m.role == "system" for m in messages):
-        return [Issue("system_prompt_dropped", "the system prompt is removed (data.system_prompt: drop)", field="messages")], n
+        return [
+            Issue("system_prompt_dropped", "the system prompt is removed (data.system_prompt: drop)", field="messages")
+        ], n
     return [], n
 
 
@@ -207,9 +282,22 @@ def _file_checks(report: ValidationReport, min_examples: int, imbalance_ratio: f
     if report.records == 0:
         report.add(Issue("empty_file", "no records in the file", report.file, fix="add at least one example"))
     elif report.valid < min_examples and (report.valid or not report.error_counts):  # a broken file says so already
-        report.add(Issue("too_few_examples", f"{report.valid} valid example(s), at least {min_examples} needed", report.file, fix="add more examples"))
+        report.add(
+            Issue(
+                "too_few_examples",
+                f"{report.valid} valid example(s), at least {min_examples} needed",
+                report.file,
+                fix="add more examples",
+            )
+        )
     if len(report.label_counts) >= 2:
         (top, most), (low, least) = report.label_counts.most_common(1)[0], report.label_counts.most_common()[-1]
         if most >= imbalance_ratio * least:
-            report.add(Issue("label_imbalance", f"label {top!r} has {most} examples, {low!r} only {least} (ratio {most / least:.1f})", report.file,
-                             fix="collect more of the rare labels or use class weights"))
+            report.add(
+                Issue(
+                    "label_imbalance",
+                    f"label {top!r} has {most} examples, {low!r} only {least} (ratio {most / least:.1f})",
+                    report.file,
+                    fix="collect more of the rare labels or use class weights",
+                )
+            )

@@ -10,8 +10,9 @@ budget, so the prompt always leaves room for the answer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from tuneforge.data.tokenize import encode_prompt
 from tuneforge.data.types import Conversation, Message

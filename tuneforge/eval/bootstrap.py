@@ -7,8 +7,8 @@ same questions, which is what makes a small but consistent gain detectable.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -37,8 +37,9 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def statistic_ci(n: int, statistic: Callable[[np.ndarray], float], samples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> Interval:
+def statistic_ci(
+    n: int, statistic: Callable[[np.ndarray], float], samples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
     """Interval of any statistic of the examples (macro-F1, BLEU...); statistic(indices) -> float."""
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
@@ -56,8 +57,13 @@ def mean_ci(values: Sequence[float], samples: int = 1000, confidence: float = 0.
     return Interval(float(x.mean()), *_percentiles(boots, confidence))
 
 
-def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], samples: int = 1000, confidence: float = 0.95,
-             seed: int = 0) -> Interval:
+def ratio_ci(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """Interval of sum(num)/sum(den) with examples resampled: per-token loss with examples as the unit."""
     num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
     if num.size == 0 or den.sum() == 0:
@@ -67,8 +73,9 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], samples
     return Interval(float(num.sum() / den.sum()), *_percentiles(boots, confidence))
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], samples: int = 1000, confidence: float = 0.95,
-                      seed: int = 0) -> tuple[Interval, float]:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], samples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[Interval, float]:
     """Interval of mean(a - b) over the same examples, and the share of resamples where a > b."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.size == 0:
@@ -77,11 +84,19 @@ def paired_difference(a: Sequence[float], b: Sequence[float], samples: int = 100
     return Interval(float(d.mean()), *_percentiles(boots, confidence)), float((boots > 0).mean())
 
 
-def paired_statistic_difference(n: int, statistic_a: Callable[[np.ndarray], float], statistic_b: Callable[[np.ndarray], float],
-                                samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[Interval, float]:
+def paired_statistic_difference(
+    n: int,
+    statistic_a: Callable[[np.ndarray], float],
+    statistic_b: Callable[[np.ndarray], float],
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[Interval, float]:
     """Like `paired_difference` for corpus statistics (BLEU, macro-F1...): both recomputed on each resample."""
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan")), float("nan")
     every = np.arange(n)
     boots = np.array([statistic_a(idx) - statistic_b(idx) for idx in resample_indices(n, samples, seed)])
-    return Interval(float(statistic_a(every) - statistic_b(every)), *_percentiles(boots, confidence)), float((boots > 0).mean())
+    return Interval(float(statistic_a(every) - statistic_b(every)), *_percentiles(boots, confidence)), float(
+        (boots > 0).mean()
+    )

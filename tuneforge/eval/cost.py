@@ -35,16 +35,30 @@ def epochs_run(cfg: RunConfig, run_dir: Path | None) -> float:
 
 def training_cost(cfg: RunConfig, tokenizer, run_dir: Path | None, prices: PriceTable) -> dict[str, Any]:
     epochs = epochs_run(cfg, run_dir)
-    report = build_report(cfg.data.train, tokenizer, model=None, format=cfg.data.format, epochs=epochs, prices=prices,
-                          measure_hardware=False)
+    report = build_report(
+        cfg.data.train,
+        tokenizer,
+        model=None,
+        format=cfg.data.format,
+        epochs=epochs,
+        prices=prices,
+        measure_hardware=False,
+    )
     cost = report["cost"]
-    return {"training_tokens": cost["training_tokens"], "epochs": round(epochs, 3), "training_cost": cost["training_cost"],
-            "currency": cost["currency"], "source": "tuneforge.data.report.build_report"}
+    return {
+        "training_tokens": cost["training_tokens"],
+        "epochs": round(epochs, 3),
+        "training_cost": cost["training_cost"],
+        "currency": cost["currency"],
+        "source": "tuneforge.data.report.build_report",
+    }
 
 
 def request_cost(approach: dict[str, Any], prices: PriceTable) -> float:
-    return (approach["prompt_tokens_per_request"] * prices.input_per_1k
-            + approach["completion_tokens_per_request"] * prices.output_per_1k) / 1000
+    return (
+        approach["prompt_tokens_per_request"] * prices.input_per_1k
+        + approach["completion_tokens_per_request"] * prices.output_per_1k
+    ) / 1000
 
 
 def break_even(train_cost: float, tuned_per_request: float, other_per_request: float) -> int | None:
@@ -55,18 +69,32 @@ def break_even(train_cost: float, tuned_per_request: float, other_per_request: f
     return math.ceil(train_cost / saving)
 
 
-def cost_report(approaches: list[dict[str, Any]], trainings: dict[str, dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
+def cost_report(
+    approaches: list[dict[str, Any]], trainings: dict[str, dict[str, Any]], prices: PriceTable
+) -> dict[str, Any]:
     """Per-request cost of every approach; break-even of every tuned approach (a key of
     `trainings`: approach name -> its run's training cost) against every baseline."""
     per_request = {a["name"]: round(request_cost(a, prices), 6) for a in approaches}
-    rows = {a["name"]: {"prompt_tokens_per_request": a["prompt_tokens_per_request"],
-                        "completion_tokens_per_request": a["completion_tokens_per_request"],
-                        "cost_per_request": per_request[a["name"]], "cost_per_1k_requests": round(1000 * per_request[a["name"]], 4),
-                        "latency_seconds": a["latency_seconds"], "seconds_per_request_batched": a["seconds_per_request_batched"]}
-            for a in approaches}
-    even = {tuned: {other: break_even(training["training_cost"], per_request[tuned], per_request[other])
-                    for other in per_request if other in BASELINES}
-            for tuned, training in trainings.items() if tuned in per_request}
+    rows = {
+        a["name"]: {
+            "prompt_tokens_per_request": a["prompt_tokens_per_request"],
+            "completion_tokens_per_request": a["completion_tokens_per_request"],
+            "cost_per_request": per_request[a["name"]],
+            "cost_per_1k_requests": round(1000 * per_request[a["name"]], 4),
+            "latency_seconds": a["latency_seconds"],
+            "seconds_per_request_batched": a["seconds_per_request_batched"],
+        }
+        for a in approaches
+    }
+    even = {
+        tuned: {
+            other: break_even(training["training_cost"], per_request[tuned], per_request[other])
+            for other in per_request
+            if other in BASELINES
+        }
+        for tuned, training in trainings.items()
+        if tuned in per_request
+    }
     return {"prices": prices.model_dump(), "approaches": rows, "training": trainings, "break_even_requests": even}
 
 

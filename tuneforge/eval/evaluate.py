@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -21,10 +22,24 @@ from tuneforge.data.types import Conversation, LabelledExample, Message
 from tuneforge.errors import ConfigError, DataError, Problem
 from tuneforge.eval import cost as costs
 from tuneforge.eval.baselines import RAG, FewShot, zero_shot
-from tuneforge.eval.compare import (ApproachResult, answer_in_prompt, grade, prediction_rows, score_approach, summarise,
-                                    write_predictions)
+from tuneforge.eval.compare import (
+    ApproachResult,
+    answer_in_prompt,
+    grade,
+    prediction_rows,
+    score_approach,
+    summarise,
+    write_predictions,
+)
+from tuneforge.eval.forgetting import (
+    forgetting_summary,
+    general_texts,
+    loss_curves,
+    overfitting,
+    perplexity_interval,
+    text_nll,
+)
 from tuneforge.eval.graders import GraderMetric, build_graders, check_item_fields, item_of, metric_of
-from tuneforge.eval.forgetting import forgetting_summary, general_texts, loss_curves, overfitting, perplexity_interval, text_nll
 from tuneforge.eval.metrics import PRIMARY, Metric, select_metrics
 from tuneforge.eval.retrieval import build_retriever, conversation_passage, read_documents
 from tuneforge.eval.slices import slice_fields, slice_report
@@ -51,13 +66,29 @@ def resolve_target(target: Path, others: list[Path] | None = None, overrides: li
     target = Path(target)
     config = target / "config.yaml" if target.is_dir() else target
     if not config.exists():
-        raise ConfigError(f"nothing to evaluate at {target}", [Problem(str(target), "neither a run directory with config.yaml nor a YAML config", "pass a run directory or a run config")])
+        raise ConfigError(
+            f"nothing to evaluate at {target}",
+            [
+                Problem(
+                    str(target),
+                    "neither a run directory with config.yaml nor a YAML config",
+                    "pass a run directory or a run config",
+                )
+            ],
+        )
     cfg = _load_run_config(config, overrides) if target.is_dir() else load_config(config, overrides)
     run_dir = target if target.is_dir() else Path(cfg.output_dir)
-    problems = [Problem(str(r), "not a run directory (no fine-tuned artifact in it)", "pass finished runs with --run")
-                for r in others or [] if find_artifact(r) is None]
+    problems = [
+        Problem(str(r), "not a run directory (no fine-tuned artifact in it)", "pass finished runs with --run")
+        for r in others or []
+        if find_artifact(r) is None
+    ]
     if cfg.data.test is None:
-        problems.append(Problem(f"{config}: data.test", "no held-out test split", "add data.test: the file every approach is scored on"))
+        problems.append(
+            Problem(
+                f"{config}: data.test", "no held-out test split", "add data.test: the file every approach is scored on"
+            )
+        )
     if problems:
         raise ConfigError("cannot evaluate", problems)
     return EvalTarget(cfg, run_dir if find_artifact(run_dir) else None, list(others or []))
@@ -70,7 +101,12 @@ def _load_run_config(config: Path, overrides: list[str] | None) -> RunConfig:
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for key in ("train", "validation", "test"):
         value = data.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists() and (config.parent / value).exists():
+        if (
+            isinstance(value, str)
+            and not Path(value).is_absolute()
+            and not Path(value).exists()
+            and (config.parent / value).exists()
+        ):
             data[key] = str(config.parent / value)
     return validate_config(raw, source=str(config))
 
@@ -79,9 +115,19 @@ def as_conversation(example, where: str) -> Conversation:
     if isinstance(example, Conversation):
         return example
     if isinstance(example, LabelledExample):  # classification as a chat: the text in, the label out
-        return Conversation([Message("user", example.text), Message("assistant", example.label)], dict(example.metadata))
-    raise DataError("tuneforge eval scores generated answers", [Problem(where, f"{type(example).__name__} examples have no answer to generate",
-                                                                        "use chat, prompt/completion or classification data")])
+        return Conversation(
+            [Message("user", example.text), Message("assistant", example.label)], dict(example.metadata)
+        )
+    raise DataError(
+        "tuneforge eval scores generated answers",
+        [
+            Problem(
+                where,
+                f"{type(example).__name__} examples have no answer to generate",
+                "use chat, prompt/completion or classification data",
+            )
+        ],
+    )
 
 
 def load_split(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Conversation], str]:
@@ -92,8 +138,12 @@ def load_split(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Con
     return (convs[:limit] if limit else convs), task
 
 
-def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[str] | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_eval(
+    target: EvalTarget,
+    out_dir: Path | None = None,
+    approaches: list[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, ev = target.cfg, target.cfg.eval
     out_dir = Path(out_dir or target.run_dir or Path(cfg.output_dir))
@@ -104,7 +154,10 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     test, implied = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
     train, _ = load_split(cfg.data.train, cfg.data.format)
     if not test:
-        raise DataError(f"no test examples in {cfg.data.test}", [Problem("data.test", "the file holds no examples", "point data.test at the held-out split")])
+        raise DataError(
+            f"no test examples in {cfg.data.test}",
+            [Problem("data.test", "the file holds no examples", "point data.test at the held-out split")],
+        )
     task = implied if ev.task == "auto" else ev.task
     metrics = select_metrics(task, ev.metrics, ev.custom_metric)
     primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY[task]))
@@ -119,13 +172,17 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
 
     def score(name: str, ref: str, model, tok, builder) -> None:
         say(f"  {name}: {len(test)} test examples")
-        results.append(score_approach(name, ref, model, tok, test, builder, ev.max_new_tokens, ev.batch_size, ev.latency_samples))
+        results.append(
+            score_approach(name, ref, model, tok, test, builder, ev.max_new_tokens, ev.batch_size, ev.latency_samples)
+        )
         grade(results[-1], graders)
         for g, errors in results[-1].grade_errors.items():
             failed = [e for e in errors if e]
             if failed:
-                say(f"  {name}: grader {g} could not grade {len(failed)} of {len(errors)} answers (scored 0); "
-                    f"first: {failed[0]}")
+                say(
+                    f"  {name}: grader {g} could not grade {len(failed)} of {len(errors)} answers (scored 0); "
+                    f"first: {failed[0]}"
+                )
 
     def rag_builder(tok):
         nonlocal retriever
@@ -142,8 +199,11 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     say(f"base model {cfg.model.name}")
     model, tok = load_for_inference(cfg.model.name)
     prompt_like_training(model, tok, cfg.model.chat_template, cfg.data.system_prompt)  # as the fine-tune is prompted
-    for name, builder in (("base", lambda: zero_shot), ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
-                          ("rag", lambda: rag_builder(tok))):
+    for name, builder in (
+        ("base", lambda: zero_shot),
+        ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
+        ("rag", lambda: rag_builder(tok)),
+    ):
         if name in wanted:
             score(name, cfg.model.name, model, tok, builder())
     forget("base", model, tok)
@@ -163,8 +223,14 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
         forget(name, model, tok)
     del model
 
-    report = assemble(target, results, metrics + [metric_of(g) for g in ev.graders], primary, general_ppl,
-                      general[1] if general else None)
+    report = assemble(
+        target,
+        results,
+        metrics + [metric_of(g) for g in ev.graders],
+        primary,
+        general_ppl,
+        general[1] if general else None,
+    )
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(report, results, out_dir)
     if target.run_dir is not None and out_dir.resolve() == Path(target.run_dir).resolve():
@@ -172,33 +238,72 @@ def run_eval(target: EvalTarget, out_dir: Path | None = None, approaches: list[s
     return report
 
 
-def assemble(target: EvalTarget, results: list[ApproachResult], metrics: list[Metric | GraderMetric], primary: Metric,
-             general_ppl: dict[str, dict[str, float]], general_source: str | None) -> dict[str, Any]:
+def assemble(
+    target: EvalTarget,
+    results: list[ApproachResult],
+    metrics: list[Metric | GraderMetric],
+    primary: Metric,
+    general_ppl: dict[str, dict[str, float]],
+    general_source: str | None,
+) -> dict[str, Any]:
     cfg, ev = target.cfg, target.cfg.eval
     summaries = [summarise(r, metrics, ev.bootstrap_samples, ev.confidence) for r in results]
     fields = slice_fields(results[0].metadata, ev.slice_fields)
-    slices = slice_report(results, primary, fields, ev.bootstrap_samples, ev.confidence,
-                          tuned=tuple(r.name for r in results if r.name not in BASELINES))
+    slices = slice_report(
+        results,
+        primary,
+        fields,
+        ev.bootstrap_samples,
+        ev.confidence,
+        tuned=tuple(r.name for r in results if r.name not in BASELINES),
+    )
     flags = [f for s in slices["fields"].values() for f in s["flags"]]
     prices = costs.load_price_table(ev.prices)
     cost = costs.cost_report(summaries, _trainings(target, results, prices), prices)
-    forgetting = forgetting_summary(general_ppl, general_source) if general_source else {"skipped": "no general text: set eval.general_text"}
+    forgetting = (
+        forgetting_summary(general_ppl, general_source)
+        if general_source
+        else {"skipped": "no general text: set eval.general_text"}
+    )
     curves = loss_curves(target.run_dir) if target.run_dir else {"train": [], "validation": []}
     overfit = overfitting(curves) if target.run_dir else None
-    retrieval = {"retriever": ev.rag_retriever, "k": ev.rag_k, "source": str(ev.rag_docs or cfg.data.train),
-                 "answer_in_prompt": {r.name: round(answer_in_prompt(r), 4) for r in results if r.name.endswith("rag")}}
+    retrieval = {
+        "retriever": ev.rag_retriever,
+        "k": ev.rag_k,
+        "source": str(ev.rag_docs or cfg.data.train),
+        "answer_in_prompt": {r.name: round(answer_in_prompt(r), 4) for r in results if r.name.endswith("rag")},
+    }
     families = metric_families(primary, metrics)
-    summary = verdict(results, summaries, primary, cost, forgetting if general_source else None, overfit, flags,
-                      ev.bootstrap_samples, ev.confidence, retrieval["answer_in_prompt"], families)
+    summary = verdict(
+        results,
+        summaries,
+        primary,
+        cost,
+        forgetting if general_source else None,
+        overfit,
+        flags,
+        ev.bootstrap_samples,
+        ev.confidence,
+        retrieval["answer_in_prompt"],
+        families,
+    )
     return {
-        "run_dir": str(target.run_dir) if target.run_dir else None, "base_model": cfg.model.name,
-        "test_file": str(cfg.data.test), "test_examples": len(results[0].predictions) if results else 0,
-        "confidence": ev.confidence, "bootstrap_samples": ev.bootstrap_samples, "primary_metric": primary.name,
+        "run_dir": str(target.run_dir) if target.run_dir else None,
+        "base_model": cfg.model.name,
+        "test_file": str(cfg.data.test),
+        "test_examples": len(results[0].predictions) if results else 0,
+        "confidence": ev.confidence,
+        "bootstrap_samples": ev.bootstrap_samples,
+        "primary_metric": primary.name,
         "metric_families": {family: m.name for family, m in families.items()},
         "graders": _grader_report(metrics, results),
-        "approaches": summaries, "slices": slices, "forgetting": forgetting,
+        "approaches": summaries,
+        "slices": slices,
+        "forgetting": forgetting,
         "training_curves": {**curves, **({"overfitting": overfit} if overfit else {})},
-        "retrieval": retrieval, "cost": cost, "verdict": summary,
+        "retrieval": retrieval,
+        "cost": cost,
+        "verdict": summary,
     }
 
 
@@ -208,8 +313,12 @@ def _grader_report(metrics: list[Metric | GraderMetric], results: list[ApproachR
     for m in metrics:
         if isinstance(m, GraderMetric):
             errors = {r.name: [e for e in r.grade_errors[m.name] if e] for r in results}
-            out[m.name] = {"type": m.type, "family": m.family, "errors": {n: len(e) for n, e in errors.items()},
-                           "first_errors": {n: e[:3] for n, e in errors.items() if e}}
+            out[m.name] = {
+                "type": m.type,
+                "family": m.family,
+                "errors": {n: len(e) for n, e in errors.items()},
+                "first_errors": {n: e[:3] for n, e in errors.items() if e},
+            }
     return out
 
 
@@ -246,9 +355,17 @@ def write_outputs(report: dict[str, Any], results: list[ApproachResult], out_dir
 def _check_approaches(names: list[str], target: EvalTarget) -> list[str]:
     unknown = [n for n in names if n not in APPROACHES]
     if unknown:
-        raise ConfigError("unknown approach(es)", [Problem("eval.approaches", f"'{n}'", f"use {', '.join(APPROACHES)}; other runs go in --run") for n in unknown])
+        raise ConfigError(
+            "unknown approach(es)",
+            [
+                Problem("eval.approaches", f"'{n}'", f"use {', '.join(APPROACHES)}; other runs go in --run")
+                for n in unknown
+            ],
+        )
     if target.run_dir is None:
-        return [n for n in names if n not in TUNED]  # not trained yet: the baselines still answer "is fine-tuning needed?"
+        return [
+            n for n in names if n not in TUNED
+        ]  # not trained yet: the baselines still answer "is fine-tuning needed?"
     return names
 
 

@@ -41,7 +41,16 @@ def general_texts(cfg: RunConfig, n: int = 200) -> tuple[list[str], str] | None:
 def read_texts(path: Path) -> list[str]:
     """One document per line, or JSONL records with a "text" field."""
     if not path.exists():
-        raise DataError(f"general text file not found: {path}", [Problem("eval.general_text", "no such file", "give a .txt (one document per line) or .jsonl with a text field")])
+        raise DataError(
+            f"general text file not found: {path}",
+            [
+                Problem(
+                    "eval.general_text",
+                    "no such file",
+                    "give a .txt (one document per line) or .jsonl with a text field",
+                )
+            ],
+        )
     docs = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
@@ -50,11 +59,15 @@ def read_texts(path: Path) -> list[str]:
         if line:
             docs.append(line)
     if not docs:
-        raise DataError(f"no text in {path}", [Problem("eval.general_text", "the file is empty", "add documents, one per line")])
+        raise DataError(
+            f"no text in {path}", [Problem("eval.general_text", "the file is empty", "add documents, one per line")]
+        )
     return docs
 
 
-def text_nll(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512) -> tuple[list[float], list[int]]:
+def text_nll(
+    model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512
+) -> tuple[list[float], list[int]]:
     """Summed next-token loss and predicted-token count of each document."""
     feats = []
     for t in texts:
@@ -75,15 +88,21 @@ def forgetting_summary(general: dict[str, dict[str, float]], source: str) -> dic
     for name, ppl in general.items():
         if name != "base" and base:
             changes[name] = round(100 * (ppl["mean"] / base["mean"] - 1), 2)  # % change of perplexity
-    return {"source": source, "perplexity": general, "change_percent_vs_base": changes,
-            "forgetting": {name: pct > FORGETTING_RISE_PERCENT for name, pct in changes.items()}}
+    return {
+        "source": source,
+        "perplexity": general,
+        "change_percent_vs_base": changes,
+        "forgetting": {name: pct > FORGETTING_RISE_PERCENT for name, pct in changes.items()},
+    }
 
 
 def loss_curves(run_dir: Path) -> dict[str, list]:
     """Training and validation loss by step from the run's events."""
     events = RunDir(run_dir).read_events()
-    return {"train": [(e.step, e.loss) for e in events if isinstance(e, TrainStep)],
-            "validation": [(e.step, e.val_loss) for e in events if isinstance(e, EvalDone)]}
+    return {
+        "train": [(e.step, e.loss) for e in events if isinstance(e, TrainStep)],
+        "validation": [(e.step, e.val_loss) for e in events if isinstance(e, EvalDone)],
+    }
 
 
 def overfitting(curves: dict[str, list]) -> dict[str, Any]:
@@ -95,12 +114,24 @@ def overfitting(curves: dict[str, list]) -> dict[str, Any]:
     for step, v in val:  # training loss: mean of the logged steps since the previous validation
         prev = max([s for s, _ in val if s < step], default=0)
         window = [loss for s, loss in train if prev < s <= step] or [min(train, key=lambda t: abs(t[0] - step))[1]]
-        gap.append({"step": step, "train_loss": round(sum(window) / len(window), 4), "val_loss": round(v, 4),
-                    "gap": round(v - sum(window) / len(window), 4)})
+        gap.append(
+            {
+                "step": step,
+                "train_loss": round(sum(window) / len(window), 4),
+                "val_loss": round(v, 4),
+                "gap": round(v - sum(window) / len(window), 4),
+            }
+        )
     best = min(gap, key=lambda g: g["val_loss"])
     last = gap[-1]
     rising = last["val_loss"] > best["val_loss"] * (1 + OVERFIT_RISE) and last["train_loss"] < best["train_loss"]
-    reason = (f"validation loss rose from {best['val_loss']:.3f} (step {best['step']}) to {last['val_loss']:.3f} "
-              f"while training loss fell to {last['train_loss']:.3f}" if rising else
-              f"validation loss is within {100 * OVERFIT_RISE:.0f}% of its best ({best['val_loss']:.3f} at step {best['step']})")
+    reason = (
+        f"validation loss rose from {best['val_loss']:.3f} (step {best['step']}) to {last['val_loss']:.3f} "
+        f"while training loss fell to {last['train_loss']:.3f}"
+        if rising
+        else (
+            f"validation loss is within {100 * OVERFIT_RISE:.0f}% of its best "
+            f"({best['val_loss']:.3f} at step {best['step']})"
+        )
+    )
     return {"gap": gap, "best_step": best["step"], "overfitting": rising, "reason": reason}

@@ -14,9 +14,9 @@ import importlib.util
 import re
 import string
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tuneforge.errors import ConfigError, Problem
 
@@ -147,16 +147,19 @@ class Metric:
         return [float(self.fn(p, r)) for p, r in zip(predictions, references)]
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("exact_match", "example", exact_match),
-    Metric("token_f1", "example", token_f1),
-    Metric("accuracy", "example", accuracy),
-    Metric("macro_f1", "corpus", macro_f1),
-    Metric("rouge_l", "example", rouge_l),
-    Metric("bleu", "corpus", bleu, scale=100.0),
-    Metric("chrf", "corpus", chrf, scale=100.0),
-    Metric("entity_f1", "corpus", entity_f1),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("exact_match", "example", exact_match),
+        Metric("token_f1", "example", token_f1),
+        Metric("accuracy", "example", accuracy),
+        Metric("macro_f1", "corpus", macro_f1),
+        Metric("rouge_l", "example", rouge_l),
+        Metric("bleu", "corpus", bleu, scale=100.0),
+        Metric("chrf", "corpus", chrf, scale=100.0),
+        Metric("entity_f1", "corpus", entity_f1),
+    )
+}
 TASK_METRICS: dict[str, list[str]] = {
     "qa": ["exact_match", "token_f1"],
     "classification": ["accuracy", "macro_f1"],
@@ -172,7 +175,10 @@ def select_metrics(task: str, names: list[str] | None = None, custom: str | None
     names = names or TASK_METRICS[task]
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError("unknown metric name(s)", [Problem("eval.metrics", f"'{n}' is not a metric", f"use one of {', '.join(METRICS)}") for n in unknown])
+        raise ConfigError(
+            "unknown metric name(s)",
+            [Problem("eval.metrics", f"'{n}' is not a metric", f"use one of {', '.join(METRICS)}") for n in unknown],
+        )
     chosen = [METRICS[n] for n in names]
     return chosen + ([load_custom_metric(custom)] if custom else [])
 
@@ -181,7 +187,16 @@ def load_custom_metric(spec: str) -> Metric:
     """'path/to/file.py:function' or 'package.module:function' -> an example metric named after the function."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ConfigError(f"invalid custom metric {spec!r}", [Problem("eval.custom_metric", "expected 'file.py:function' or 'module:function'", "e.g. my_metrics.py:polite")])
+        raise ConfigError(
+            f"invalid custom metric {spec!r}",
+            [
+                Problem(
+                    "eval.custom_metric",
+                    "expected 'file.py:function' or 'module:function'",
+                    "e.g. my_metrics.py:polite",
+                )
+            ],
+        )
     try:
         if target.endswith(".py"):
             path = Path(target).expanduser()
@@ -194,7 +209,23 @@ def load_custom_metric(spec: str) -> Metric:
             module = importlib.import_module(target)
         fn = getattr(module, attr)
     except (ImportError, FileNotFoundError, AttributeError, SyntaxError) as exc:
-        raise ConfigError(f"cannot load custom metric {spec!r}", [Problem("eval.custom_metric", f"{type(exc).__name__}: {exc}", "check the file path and the function name")]) from None
+        raise ConfigError(
+            f"cannot load custom metric {spec!r}",
+            [
+                Problem(
+                    "eval.custom_metric", f"{type(exc).__name__}: {exc}", "check the file path and the function name"
+                )
+            ],
+        ) from None
     if not callable(fn):
-        raise ConfigError(f"custom metric {spec!r} is not callable", [Problem("eval.custom_metric", f"{attr} is a {type(fn).__name__}", "name a function f(prediction, reference) -> float")])
+        raise ConfigError(
+            f"custom metric {spec!r} is not callable",
+            [
+                Problem(
+                    "eval.custom_metric",
+                    f"{attr} is a {type(fn).__name__}",
+                    "name a function f(prediction, reference) -> float",
+                )
+            ],
+        )
     return Metric(attr, "example", fn)

@@ -10,8 +10,15 @@ from typing import Any
 
 from tuneforge.eval.compare import ApproachResult
 
-SECTIONS = ("Verdict", "Approaches", "Graders", "Slices", "Generalisation and forgetting", "Cost and break-even",
-            "Sample predictions")
+SECTIONS = (
+    "Verdict",
+    "Approaches",
+    "Graders",
+    "Slices",
+    "Generalisation and forgetting",
+    "Cost and break-even",
+    "Sample predictions",
+)
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}.flag{color:#a40000}img{max-width:100%}"""
@@ -98,25 +105,48 @@ def _flags(flags: list[str]) -> str:
 
 def render_html(report: dict[str, Any], results: list[ApproachResult], samples: int = 8) -> str:
     metric_names = list(report["approaches"][0]["metrics"]) if report["approaches"] else []
-    parts = [f"<h1>tuneforge evaluation</h1><p>run: {html.escape(str(report['run_dir']))} · base: {html.escape(report['base_model'])} · "
-             f"{report['test_examples']} test examples from {html.escape(report['test_file'])}</p>"]
+    parts = [
+        f"<h1>tuneforge evaluation</h1><p>run: {html.escape(str(report['run_dir']))} · "
+        f"base: {html.escape(report['base_model'])} · "
+        f"{report['test_examples']} test examples from {html.escape(report['test_file'])}</p>"
+    ]
     parts.append("<h2>Verdict</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in report["verdict"]["summary"]))
-    parts.append("<h2>Approaches</h2>" + _table(["approach", *metric_names, "prompt tokens/request", "latency s"],
-                 [[a["name"], *(a["metrics"][m] for m in metric_names), a["prompt_tokens_per_request"], a["latency_seconds"]] for a in report["approaches"]]))
+    parts.append(
+        "<h2>Approaches</h2>"
+        + _table(
+            ["approach", *metric_names, "prompt tokens/request", "latency s"],
+            [
+                [
+                    a["name"],
+                    *(a["metrics"][m] for m in metric_names),
+                    a["prompt_tokens_per_request"],
+                    a["latency_seconds"],
+                ]
+                for a in report["approaches"]
+            ],
+        )
+    )
     parts.append(metric_bars(report))
     parts.append("<h2>Graders</h2>" + _graders(report))
     parts.append("<h2>Slices</h2>")
     slices = report["slices"]
     for field, info in slices["fields"].items():
         names = [k for k in next(iter(info["values"].values())) if k != "n"]
-        parts.append(f"<h3>{html.escape(field)}</h3>" + slice_plot(slices, field) + _flags(info["flags"])
-                     + _table([field, "n", *names], [[v, c["n"], *(c[n] for n in names)] for v, c in info["values"].items()]))
+        parts.append(
+            f"<h3>{html.escape(field)}</h3>"
+            + slice_plot(slices, field)
+            + _flags(info["flags"])
+            + _table([field, "n", *names], [[v, c["n"], *(c[n] for n in names)] for v, c in info["values"].items()])
+        )
     if not slices["fields"]:
         parts.append("<p>No metadata field to slice by.</p>")
     parts.append("<h2>Generalisation and forgetting</h2>" + _forgetting(report))
     parts.append("<h2>Cost and break-even</h2>" + _cost(report["cost"]))
     parts.append("<h2>Sample predictions</h2>" + _samples(results, samples))
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>tuneforge eval</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>tuneforge eval</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def _graders(report: dict[str, Any]) -> str:
@@ -127,11 +157,13 @@ def _graders(report: dict[str, Any]) -> str:
     families = report.get("metric_families", {})
     out = "<p>" + html.escape("; ".join(f"{f}: ranked by {m}" for f, m in families.items())) + "</p>"
     names = [a["name"] for a in report["approaches"]]
-    out += _table(["grader", "type", "family", *(f"{n} errors" for n in names)],
-                  [[g, info["type"], info["family"], *(info["errors"].get(n, 0) for n in names)]
-                   for g, info in graders.items()])
-    out += _flags([f"{g} on {n}: {e}" for g, info in graders.items() for n, errs in info["first_errors"].items()
-                   for e in errs])
+    out += _table(
+        ["grader", "type", "family", *(f"{n} errors" for n in names)],
+        [[g, info["type"], info["family"], *(info["errors"].get(n, 0) for n in names)] for g, info in graders.items()],
+    )
+    out += _flags(
+        [f"{g} on {n}: {e}" for g, info in graders.items() for n, errs in info["first_errors"].items() for e in errs]
+    )
     facts = families.get("facts")
     return out + (metric_bars(report, facts) if facts else "")
 
@@ -140,27 +172,63 @@ def _forgetting(report: dict[str, Any]) -> str:
     f, curves = report["forgetting"], report["training_curves"]
     out = ""
     if "perplexity" in f:
-        out += f"<p>Perplexity on general held-out text ({html.escape(f['source'])}); a rise after fine-tuning means forgetting.</p>"
-        out += _table(["model", "perplexity", "change vs base %"], [[n, p, f["change_percent_vs_base"].get(n)] for n, p in f["perplexity"].items()])
+        out += (
+            f"<p>Perplexity on general held-out text ({html.escape(f['source'])}); "
+            "a rise after fine-tuning means forgetting.</p>"
+        )
+        out += _table(
+            ["model", "perplexity", "change vs base %"],
+            [[n, p, f["change_percent_vs_base"].get(n)] for n, p in f["perplexity"].items()],
+        )
     else:
         out += f"<p>{html.escape(f.get('skipped', ''))}</p>"
     out += loss_plot(curves)
     over = curves.get("overfitting")
     if over and over.get("overfitting") is not None:
-        out += (_flags([over["reason"]]) if over["overfitting"] else f"<p>No overfitting: {html.escape(over['reason'])}.</p>")
-        out += _table(["step", "train loss", "validation loss", "gap"], [[g["step"], g["train_loss"], g["val_loss"], g["gap"]] for g in over["gap"]])
+        out += (
+            _flags([over["reason"]])
+            if over["overfitting"]
+            else f"<p>No overfitting: {html.escape(over['reason'])}.</p>"
+        )
+        out += _table(
+            ["step", "train loss", "validation loss", "gap"],
+            [[g["step"], g["train_loss"], g["val_loss"], g["gap"]] for g in over["gap"]],
+        )
     return out
 
 
 def _cost(cost: dict[str, Any]) -> str:
     cur = cost["prices"]["currency"]
-    out = _table(["approach", "prompt tokens", "completion tokens", f"{cur} per 1K requests", "latency s (1 request)", "s/request batched"],
-                 [[n, r["prompt_tokens_per_request"], r["completion_tokens_per_request"], r["cost_per_1k_requests"], r["latency_seconds"],
-                   r["seconds_per_request_batched"]] for n, r in cost["approaches"].items()])
+    out = _table(
+        [
+            "approach",
+            "prompt tokens",
+            "completion tokens",
+            f"{cur} per 1K requests",
+            "latency s (1 request)",
+            "s/request batched",
+        ],
+        [
+            [
+                n,
+                r["prompt_tokens_per_request"],
+                r["completion_tokens_per_request"],
+                r["cost_per_1k_requests"],
+                r["latency_seconds"],
+                r["seconds_per_request_batched"],
+            ]
+            for n, r in cost["approaches"].items()
+        ],
+    )
     for tuned, others in cost["break_even_requests"].items():
         t = cost["training"][tuned]
-        out += f"<p>{html.escape(tuned)}: training {t['training_tokens']:,} tokens x {t['epochs']} epochs = {cur} {t['training_cost']:.4f}.</p>"
-        out += _table([f"{tuned} vs", "break-even requests"], [[n, v if v is not None else "never"] for n, v in others.items()])
+        out += (
+            f"<p>{html.escape(tuned)}: training {t['training_tokens']:,} tokens x {t['epochs']} epochs = "
+            f"{cur} {t['training_cost']:.4f}.</p>"
+        )
+        out += _table(
+            [f"{tuned} vs", "break-even requests"], [[n, v if v is not None else "never"] for n, v in others.items()]
+        )
     return out
 
 

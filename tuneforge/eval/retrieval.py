@@ -8,9 +8,10 @@ best passages first. `hybrid` fuses the BM25 and embedding rankings by reciproca
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -89,7 +90,16 @@ class HybridRetriever:
 
 def build_retriever(kind: str, passages: Sequence[str]) -> Retriever:
     if not passages:
-        raise DataError("nothing to retrieve from", [Problem("eval.rag_docs", "no passages", "point it at a folder of .txt/.md files or leave it empty to use the training split")])
+        raise DataError(
+            "nothing to retrieve from",
+            [
+                Problem(
+                    "eval.rag_docs",
+                    "no passages",
+                    "point it at a folder of .txt/.md files or leave it empty to use the training split",
+                )
+            ],
+        )
     return {"bm25": BM25Retriever, "embeddings": EmbeddingRetriever, "hybrid": HybridRetriever}[kind](passages)
 
 
@@ -106,9 +116,14 @@ def question_of(conv: Conversation) -> str:
 def read_documents(path: Path, max_words: int = 120) -> list[str]:
     """Passages from a file or folder of .txt/.md documents, cut at paragraphs into <= max_words chunks."""
     path = Path(path)
-    files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file() and p.suffix in (".txt", ".md"))
+    files = sorted(
+        p for p in (path.rglob("*") if path.is_dir() else [path]) if p.is_file() and p.suffix in (".txt", ".md")
+    )
     if not files:
-        raise DataError(f"no documents in {path}", [Problem("eval.rag_docs", f"{path} has no .txt or .md files", "give a folder of text documents")])
+        raise DataError(
+            f"no documents in {path}",
+            [Problem("eval.rag_docs", f"{path} has no .txt or .md files", "give a folder of text documents")],
+        )
     passages: list[str] = []
     for f in files:
         chunk: list[str] = []

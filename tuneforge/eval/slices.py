@@ -46,8 +46,15 @@ def groups(metadata: list[dict[str, Any]], field: str) -> dict[str, list[int]]:
     return dict(sorted(out.items()))
 
 
-def slice_report(results: list[ApproachResult], metric: Metric, fields: list[str], samples: int, confidence: float,
-                 reference: str = "base", tuned: tuple[str, ...] = ("fine_tuned",)) -> dict[str, Any]:
+def slice_report(
+    results: list[ApproachResult],
+    metric: Metric,
+    fields: list[str],
+    samples: int,
+    confidence: float,
+    reference: str = "base",
+    tuned: tuple[str, ...] = ("fine_tuned",),
+) -> dict[str, Any]:
     if not results:
         return {"metric": metric.name, "fields": {}}
     metadata = results[0].metadata
@@ -58,12 +65,17 @@ def slice_report(results: list[ApproachResult], metric: Metric, fields: list[str
         idx_by_value = groups(metadata, field)
         values = {}
         for value, idx in idx_by_value.items():
-            values[value] = {"n": len(idx), **{r.name: metric_interval(r, metric, samples, confidence, subset=idx).to_dict() for r in results}}
+            values[value] = {
+                "n": len(idx),
+                **{r.name: metric_interval(r, metric, samples, confidence, subset=idx).to_dict() for r in results},
+            }
         flags = _worst_slices(values, overall, field, MIN_GAP * metric.scale)
         if reference in by_name:
             for name in tuned:
                 if name in by_name:
-                    flags += _tuning_gaps(by_name[name], by_name[reference], metric, idx_by_value, field, samples, confidence)
+                    flags += _tuning_gaps(
+                        by_name[name], by_name[reference], metric, idx_by_value, field, samples, confidence
+                    )
         out[field] = {"values": values, "flags": flags}
     return {"metric": metric.name, "overall": {k: round(v, 4) for k, v in overall.items()}, "fields": out}
 
@@ -73,13 +85,22 @@ def _worst_slices(values: dict[str, dict], overall: dict[str, float], field: str
     for name, mean in overall.items():
         value, cell = min(((v, c[name]) for v, c in values.items()), key=lambda vc: vc[1]["mean"])
         if cell["ci_high"] < mean and mean - cell["mean"] >= min_gap:
-            flags.append(f"{name}: {field}={value} scores {cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}], "
-                         f"below its overall {mean:.3f}")
+            flags.append(
+                f"{name}: {field}={value} scores {cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}], "
+                f"below its overall {mean:.3f}"
+            )
     return flags
 
 
-def _tuning_gaps(tuned: ApproachResult, base: ApproachResult, metric: Metric, idx_by_value: dict[str, list[int]], field: str,
-                 samples: int, confidence: float) -> list[str]:
+def _tuning_gaps(
+    tuned: ApproachResult,
+    base: ApproachResult,
+    metric: Metric,
+    idx_by_value: dict[str, list[int]],
+    field: str,
+    samples: int,
+    confidence: float,
+) -> list[str]:
     """Slices where fine-tuning hurt, or gained less than half of its average gain (signs follow higher_is_better)."""
     sign = 1.0 if metric.higher_is_better else -1.0
     average = sign * metric_difference(tuned, base, metric, samples, confidence)[0].mean
@@ -88,9 +109,13 @@ def _tuning_gaps(tuned: ApproachResult, base: ApproachResult, metric: Metric, id
         d, _ = metric_difference(tuned, base, metric, samples, confidence, subset=idx)
         mean, low, high = sign * d.mean, min(sign * d.ci_low, sign * d.ci_high), max(sign * d.ci_low, sign * d.ci_high)
         if high < 0:
-            flags.append(f"{tuned.name} is worse than {base.name} on {field}={value}: {mean:+.3f} "
-                         f"[{low:+.3f}, {high:+.3f}] (fine-tuning hurt this group)")
+            flags.append(
+                f"{tuned.name} is worse than {base.name} on {field}={value}: {mean:+.3f} "
+                f"[{low:+.3f}, {high:+.3f}] (fine-tuning hurt this group)"
+            )
         elif average > 0 and high < average / 2:
-            flags.append(f"{tuned.name} gains only {mean:+.3f} [{low:+.3f}, {high:+.3f}] on {field}={value}, "
-                         f"less than half its average gain {average:+.3f}")
+            flags.append(
+                f"{tuned.name} gains only {mean:+.3f} [{low:+.3f}, {high:+.3f}] on {field}={value}, "
+                f"less than half its average gain {average:+.3f}"
+            )
     return flags

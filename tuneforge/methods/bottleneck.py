@@ -16,8 +16,9 @@ The modules themselves are in `bottleneck_layers.py` (torch), imported when the 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -32,12 +33,20 @@ SETTINGS = ("placement", "bottleneck", "activation", "dropout", "scaling")  # wh
 
 class AdapterMethod(MethodConfig):
     name: Literal["adapter"] = "adapter"
-    placement: Literal["houlsby", "pfeiffer", "parallel"] = Field("pfeiffer", description="houlsby: after attention and after the FFN; "
-                                                                  "pfeiffer: after the FFN only; parallel: beside the FFN, added to its output.")
+    placement: Literal["houlsby", "pfeiffer", "parallel"] = Field(
+        "pfeiffer",
+        description="houlsby: after attention and after the FFN; "
+        "pfeiffer: after the FFN only; parallel: beside the FFN, added to its output.",
+    )
     bottleneck: int = Field(16, gt=0, description="Width of the bottleneck (down-projection size).")
-    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Non-linearity between down- and up-projection.")
-    scaling: float = Field(1.0, gt=0, description="Multiplier on the adapter's output before it is added back (parallel adapters "
-                           "often use 4).")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        "relu", description="Non-linearity between down- and up-projection."
+    )
+    scaling: float = Field(
+        1.0,
+        gt=0,
+        description="Multiplier on the adapter's output before it is added back (parallel adapters often use 4).",
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter output.")
 
 
@@ -59,7 +68,7 @@ def _load(base: nn.Module, folder: Path) -> nn.Module:
     return load_bottleneck(base, folder)
 
 
-def _disabled(model: nn.Module) -> ContextManager:
+def _disabled(model: nn.Module) -> AbstractContextManager:
     from tuneforge.methods.bottleneck_layers import adapters_disabled
 
     return adapters_disabled(model)
@@ -69,5 +78,16 @@ def _owns(model: nn.Module) -> bool:
     return hasattr(model, "tuneforge_bottleneck")  # the settings `insert_adapters` records
 
 
-register(Method("adapter", AdapterMethod, FOLDER, _apply, _save, has_file(CONFIG_NAME), restore=_load, reference=_disabled,
-                owns=_owns))
+register(
+    Method(
+        "adapter",
+        AdapterMethod,
+        FOLDER,
+        _apply,
+        _save,
+        has_file(CONFIG_NAME),
+        restore=_load,
+        reference=_disabled,
+        owns=_owns,
+    )
+)

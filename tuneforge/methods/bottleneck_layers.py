@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,7 +22,10 @@ from tuneforge.methods.registry import is_new_head_task, save_task_config, task_
 
 # model_type -> (attention output projection, FFN output projection, whole FFN), paths inside one block
 _SITES = {
-    **{t: ("self_attn.o_proj", "mlp.down_proj", "mlp") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2")},
+    **{
+        t: ("self_attn.o_proj", "mlp.down_proj", "mlp")
+        for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2")
+    },
     "bert": ("attention.output.dense", "output.dense", None),  # BERT's FFN is split over two modules
     "gpt2": ("attn.c_proj", "mlp.c_proj", "mlp"),
 }
@@ -74,13 +77,23 @@ class ParallelAdapter(nn.Module):
 def _sites(model: nn.Module, placement: str) -> list[tuple[str, type[nn.Module]]]:
     model_type = model.config.model_type
     if model_type not in _SITES:
-        raise ConfigError(f"bottleneck adapters do not know where to go in a '{model_type}' model",
-                          [Problem("method.name", f"supported model types: {sorted(_SITES)}", "use lora, ia3 or another method for this model")])
+        raise ConfigError(
+            f"bottleneck adapters do not know where to go in a '{model_type}' model",
+            [
+                Problem(
+                    "method.name",
+                    f"supported model types: {sorted(_SITES)}",
+                    "use lora, ia3 or another method for this model",
+                )
+            ],
+        )
     attn_out, ffn_out, ffn = _SITES[model_type]
     if placement == "parallel":
         if ffn is None:
-            raise ConfigError(f"parallel adapters need a single FFN module; '{model_type}' splits it",
-                              [Problem("method.placement", "parallel is not available for this model", "use houlsby or pfeiffer")])
+            raise ConfigError(
+                f"parallel adapters need a single FFN module; '{model_type}' splits it",
+                [Problem("method.placement", "parallel is not available for this model", "use houlsby or pfeiffer")],
+            )
         return [(ffn, ParallelAdapter)]
     paths = [attn_out, ffn_out] if placement == "houlsby" else [ffn_out]
     return [(p, SequentialAdapter) for p in paths]
@@ -98,7 +111,13 @@ def insert_adapters(model: nn.Module, settings: dict) -> nn.Module:
             parent = block.get_submodule(parent_path) if parent_path else block
             target = getattr(parent, attr)
             ref = next(target.parameters())
-            adapter = Bottleneck(model.config.hidden_size, settings["bottleneck"], settings["activation"], settings["dropout"], settings["scaling"])
+            adapter = Bottleneck(
+                model.config.hidden_size,
+                settings["bottleneck"],
+                settings["activation"],
+                settings["dropout"],
+                settings["scaling"],
+            )
             setattr(parent, attr, wrapper(target, adapter.to(device=ref.device, dtype=ref.dtype)))
     model.tuneforge_bottleneck = dict(settings)
     return model
@@ -110,7 +129,9 @@ def save_bottleneck(model: nn.Module, run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(weights, str(out / WEIGHTS_NAME))
-    (out / CONFIG_NAME).write_text(json.dumps({**model.tuneforge_bottleneck, "base_model": model.config._name_or_path}, indent=2))
+    (out / CONFIG_NAME).write_text(
+        json.dumps({**model.tuneforge_bottleneck, "base_model": model.config._name_or_path}, indent=2)
+    )
     save_task_config(model, out)  # architecture and label set, to rebuild the same base
     return out
 
@@ -122,7 +143,16 @@ def load_bottleneck(base: nn.Module, folder: Path) -> nn.Module:
     weights = load_file(str(folder / WEIGHTS_NAME))
     unknown = set(weights) - {n for n, _ in model.named_parameters()}
     if unknown:
-        raise ModelLoadError(f"{folder} does not fit this base model", [Problem(str(folder / WEIGHTS_NAME), f"unknown weights: {sorted(unknown)[:3]}", "load it on the base it was trained on")])
+        raise ModelLoadError(
+            f"{folder} does not fit this base model",
+            [
+                Problem(
+                    str(folder / WEIGHTS_NAME),
+                    f"unknown weights: {sorted(unknown)[:3]}",
+                    "load it on the base it was trained on",
+                )
+            ],
+        )
     model.load_state_dict(weights, strict=False)
     return model
 

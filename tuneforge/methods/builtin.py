@@ -20,5 +20,16 @@ def _apply_full(model: nn.Module, cfg: FullMethod) -> nn.Module:
     return model
 
 
-register(Method("full", FullMethod, "model", _apply_full, save_model_folder, whole_model_folder, merge=lambda m: m,
-                serving=Serving.STANDALONE, base_lr=2e-5))
+register(
+    Method(
+        "full",
+        FullMethod,
+        "model",
+        _apply_full,
+        save_model_folder,
+        whole_model_folder,
+        merge=lambda m: m,
+        serving=Serving.STANDALONE,
+        base_lr=2e-5,
+    )
+)

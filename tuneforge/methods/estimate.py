@@ -54,8 +54,16 @@ def load_model_config(ref: str | Path):
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read a model config from '{ref}'",
-                             [Problem("--model", str(exc).splitlines()[0][:300], "give a config.json, a model folder, 'demo', 'minilm' or a hub id")]) from None
+        raise ModelLoadError(
+            f"cannot read a model config from '{ref}'",
+            [
+                Problem(
+                    "--model",
+                    str(exc).splitlines()[0][:300],
+                    "give a config.json, a model folder, 'demo', 'minilm' or a hub id",
+                )
+            ],
+        ) from None
 
 
 def meta_model(config, task: str = "causal_lm", **head_kwargs) -> nn.Module:
@@ -68,17 +76,44 @@ def meta_model(config, task: str = "causal_lm", **head_kwargs) -> nn.Module:
         return MODEL_CLASSES[task].from_config(config)
 
 
-def estimate(ref: str | Path, method_cfg, batch: int, seq_len: int, *, task: str = "causal_lm", dtype: str = "float32",
-             gradient_checkpointing: bool = False, attention: str = "sdpa", num_labels: int = 2) -> Estimate:
+def estimate(
+    ref: str | Path,
+    method_cfg,
+    batch: int,
+    seq_len: int,
+    *,
+    task: str = "causal_lm",
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    attention: str = "sdpa",
+    num_labels: int = 2,
+) -> Estimate:
     config = load_model_config(ref)
     head = {"num_labels": num_labels} if task in ("sequence_classification", "token_classification") else {}
     model = get_method(method_cfg.name).apply(meta_model(config, task, **head), method_cfg)
-    return estimate_for_model(model, method_cfg, batch, seq_len, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                              attention=attention, name=str(ref))
+    return estimate_for_model(
+        model,
+        method_cfg,
+        batch,
+        seq_len,
+        dtype=dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        attention=attention,
+        name=str(ref),
+    )
 
 
-def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *, dtype: str | None = None,
-                       gradient_checkpointing: bool = False, attention: str = "sdpa", name: str = "") -> Estimate:
+def estimate_for_model(
+    model: nn.Module,
+    method_cfg,
+    batch: int,
+    seq_len: int,
+    *,
+    dtype: str | None = None,
+    gradient_checkpointing: bool = False,
+    attention: str = "sdpa",
+    name: str = "",
+) -> Estimate:
     """Count an adapted model's parameters and its training memory (works on meta and real models).
 
     `dtype` is the base weights' training dtype; by default the dtype the model is in.
@@ -107,12 +142,26 @@ def estimate_for_model(model: nn.Module, method_cfg, batch: int, seq_len: int, *
     acts = _activations(model, batch, seq_len, e, gradient_checkpointing, attention)
     memory = {"weights": int(weights), "gradients": int(grads), "optimizer": int(optimizer), "activations": int(acts)}
     memory["total"] = sum(memory.values())
-    assumptions = {"dtype": dtype, "batch": batch, "seq_len": seq_len, "optimizer": "AdamW (2 states per trainable weight)",
-                   "attention": attention, "gradient_checkpointing": gradient_checkpointing,
-                   "layers_with_activations": _layers_to_backprop(model)}
+    assumptions = {
+        "dtype": dtype,
+        "batch": batch,
+        "seq_len": seq_len,
+        "optimizer": "AdamW (2 states per trainable weight)",
+        "attention": attention,
+        "gradient_checkpointing": gradient_checkpointing,
+        "layers_with_activations": _layers_to_backprop(model),
+    }
     if quantized_bytes:
         assumptions["quantized_bytes_per_weight"] = round(quantized_bytes, 4)
-    return Estimate(name or model.config._name_or_path, method_cfg.name, total, trainable, trainable / max(total, 1), memory, assumptions)
+    return Estimate(
+        name or model.config._name_or_path,
+        method_cfg.name,
+        total,
+        trainable,
+        trainable / max(total, 1),
+        memory,
+        assumptions,
+    )
 
 
 def _float_dtype(model: nn.Module) -> str:
@@ -133,7 +182,11 @@ def _quantized_weights(model: nn.Module) -> set[int]:
     """Weights bitsandbytes would store in 4 bits: every frozen Linear except the output head."""
     out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = {id(out_head.weight)} if out_head is not None else set()
-    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad and id(m.weight) not in skip}
+    return {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and not m.weight.requires_grad and id(m.weight) not in skip
+    }
 
 
 def _layers_to_backprop(model: nn.Module) -> int:

@@ -20,18 +20,24 @@ if TYPE_CHECKING:
 
 class IA3Method(MethodConfig):
     name: Literal["ia3"] = "ia3"
-    target_modules: list[str] | None = Field(None, description="Modules whose activations are rescaled; null uses peft's default "
-                                             "for the architecture.")
-    feedforward_modules: list[str] | None = Field(None, description="Which of target_modules are feed-forward (scaled on their "
-                                                  "input); null uses peft's default.")
+    target_modules: list[str] | None = Field(
+        None, description="Modules whose activations are rescaled; null uses peft's default for the architecture."
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward (scaled on their input); null uses peft's default."
+    )
 
 
 def _apply_ia3(model: nn.Module, cfg: IA3Method) -> nn.Module:
     from peft import IA3Config, get_peft_model
 
     # a new task head (or a pooler the checkpoint lacks) trains whole and is saved beside the vectors
-    ia3 = IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules,
-                    task_type=task_type(model), modules_to_save=trained_whole(model) or None)
+    ia3 = IA3Config(
+        target_modules=cfg.target_modules,
+        feedforward_modules=cfg.feedforward_modules,
+        task_type=task_type(model),
+        modules_to_save=trained_whole(model) or None,
+    )
     return get_peft_model(model, ia3)
 
 

@@ -9,13 +9,23 @@ by its `peft_type`) are here for every peft-format method (IA3 and QLoRA use the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ContextManager, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from tuneforge.methods.registry import (Method, MethodConfig, Serving, is_new_head_task, json_file, new_modules,
-                                        register, save_task_config)
+from tuneforge.methods.registry import (
+    Method,
+    MethodConfig,
+    Serving,
+    is_new_head_task,
+    json_file,
+    new_modules,
+    register,
+    save_task_config,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,16 +33,21 @@ if TYPE_CHECKING:
 ADAPTER_FOLDER, ADAPTER_CONFIG = "adapter", "adapter_config.json"
 # peft wraps new task heads in `modules_to_save` for these task types, so they train too
 # (GPT-2's causal LM class is GPT2LMHeadModel: without its suffix prompt and prefix tuning had no task type)
-_TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
-               "ForTokenClassification": "TOKEN_CLS"}
+_TASK_TYPES = {
+    "ForCausalLM": "CAUSAL_LM",
+    "LMHeadModel": "CAUSAL_LM",
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForTokenClassification": "TOKEN_CLS",
+}
 
 
 class _LoraFields(MethodConfig):
     r: int = Field(8, gt=0, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input; 0 is fastest.")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) "
-                                                              "or 'all-linear'.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'."
+    )
 
 
 class LoraMethod(_LoraFields):
@@ -51,14 +66,18 @@ class HeadLoraMethod(_LoraFields):
 class PromptTuningMethod(MethodConfig):
     name: Literal["prompt_tuning"] = "prompt_tuning"
     num_virtual_tokens: int = Field(20, gt=0, description="Trained soft-prompt embeddings prepended to every input.")
-    init_text: str | None = Field(None, description="Initialise the soft prompt from the embeddings of this text (random when null).")
+    init_text: str | None = Field(
+        None, description="Initialise the soft prompt from the embeddings of this text (random when null)."
+    )
 
 
 class PrefixTuningMethod(MethodConfig):
     name: Literal["prefix_tuning"] = "prefix_tuning"
     num_virtual_tokens: int = Field(20, gt=0, description="Trained key/value prefix length in every layer.")
-    prefix_projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (more stable, more "
-                                    "parameters while training).")
+    prefix_projection: bool = Field(
+        False,
+        description="Reparameterise the prefix through a 2-layer MLP (more stable, more parameters while training).",
+    )
 
 
 def task_type(model: nn.Module) -> str | None:
@@ -131,7 +150,7 @@ def merge_peft(model: nn.Module) -> nn.Module:
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
-def adapter_disabled(model: nn.Module) -> ContextManager:
+def adapter_disabled(model: nn.Module) -> AbstractContextManager:
     return model.disable_adapter()  # peft: the wrapped base alone, no second copy in memory
 
 
@@ -148,17 +167,28 @@ def peft_type_of(folder: Path) -> str | None:
 
 def peft_folder(peft_type: str, use_dora: bool = False) -> Callable[[Path], bool]:
     """`recognises` for a PEFT folder of this peft_type (DoRA is LoRA with use_dora)."""
+
     def recognises(folder: Path) -> bool:
         config = json_file(folder / ADAPTER_CONFIG)
         return config.get("peft_type") == peft_type and bool(config.get("use_dora")) == use_dora
+
     return recognises
 
 
 def peft_method(name: str, config: type[MethodConfig], apply, peft_type: str, **fields) -> Method:
     """A method whose artifact is a PEFT `adapter/` folder; `fields` override the peft defaults."""
-    defaults = dict(restore=load_adapter, merge=merge_peft, reference=adapter_disabled, fp32_adapters=True, owns=is_peft_model)
-    return Method(name, config, ADAPTER_FOLDER, apply, save_adapter, peft_folder(peft_type, fields.pop("use_dora", False)),
-                  **{**defaults, **fields})
+    defaults = dict(
+        restore=load_adapter, merge=merge_peft, reference=adapter_disabled, fp32_adapters=True, owns=is_peft_model
+    )
+    return Method(
+        name,
+        config,
+        ADAPTER_FOLDER,
+        apply,
+        save_adapter,
+        peft_folder(peft_type, fields.pop("use_dora", False)),
+        **{**defaults, **fields},
+    )
 
 
 def _targets(cfg) -> str | list[str]:
@@ -169,8 +199,15 @@ def lora_config(cfg, model: nn.Module, use_dora: bool):
     from peft import LoraConfig
 
     targets = _targets(cfg)
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      use_dora=use_dora, task_type=task_type(model), **head_placement(model, targets))
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        use_dora=use_dora,
+        task_type=task_type(model),
+        **head_placement(model, targets),
+    )
 
 
 def _apply_lora(model: nn.Module, cfg) -> nn.Module:
@@ -197,10 +234,17 @@ def _apply_prompt_tuning(model: nn.Module, cfg) -> nn.Module:
 
     init = {"prompt_tuning_init": PromptTuningInit.RANDOM}
     if cfg.init_text:
-        init = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.init_text,
-                "tokenizer_name_or_path": model.config._name_or_path}
-    prompt = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type(model),
-                                modules_to_save=trained_whole(model) or None, **init)
+        init = {
+            "prompt_tuning_init": PromptTuningInit.TEXT,
+            "prompt_tuning_init_text": cfg.init_text,
+            "tokenizer_name_or_path": model.config._name_or_path,
+        }
+    prompt = PromptTuningConfig(
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        task_type=task_type(model),
+        modules_to_save=trained_whole(model) or None,
+        **init,
+    )
     peft_model = get_peft_model(model, prompt)
     _drop_virtual_positions(peft_model)
     return peft_model
@@ -209,9 +253,13 @@ def _apply_prompt_tuning(model: nn.Module, cfg) -> nn.Module:
 def _apply_prefix_tuning(model: nn.Module, cfg) -> nn.Module:
     from peft import PrefixTuningConfig, get_peft_model
 
-    prefix = PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
-                                encoder_hidden_size=model.config.hidden_size, task_type=task_type(model),
-                                modules_to_save=trained_whole(model) or None)
+    prefix = PrefixTuningConfig(
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+        encoder_hidden_size=model.config.hidden_size,
+        task_type=task_type(model),
+        modules_to_save=trained_whole(model) or None,
+    )
     return get_peft_model(model, prefix)
 
 
@@ -235,7 +283,17 @@ def _drop_virtual_positions(peft_model: nn.Module) -> None:
 
 register(peft_method("lora", LoraMethod, _apply_lora, "LORA", serving=Serving.SHARED_BASE, mixed_batches=True))
 register(peft_method("dora", DoraMethod, _apply_dora, "LORA", use_dora=True, serving=Serving.SHARED_BASE))
-register(peft_method("head+lora", HeadLoraMethod, _apply_head_lora, "LORA", serving=Serving.SHARED_BASE, mixed_batches=True,
-                     reference=None, needs_new_head=True))
+register(
+    peft_method(
+        "head+lora",
+        HeadLoraMethod,
+        _apply_head_lora,
+        "LORA",
+        serving=Serving.SHARED_BASE,
+        mixed_batches=True,
+        reference=None,
+        needs_new_head=True,
+    )
+)
 register(peft_method("prompt_tuning", PromptTuningMethod, _apply_prompt_tuning, "PROMPT_TUNING", merge=None))
 register(peft_method("prefix_tuning", PrefixTuningMethod, _apply_prefix_tuning, "PREFIX_TUNING", merge=None))

@@ -27,18 +27,25 @@ NF4_BYTES = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 class QLoraMethod(_LoraFields):
     name: Literal["qlora"] = "qlora"
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base weights (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type of the frozen base weights (bitsandbytes)."
+    )
     double_quant: bool = Field(True, description="Quantize the per-block scales too (saves ~0.37 bit per parameter).")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype the 4-bit weights are "
-                                                                     "dequantized to for matmuls (bfloat16 on GPUs).")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the 4-bit weights are dequantized to for matmuls (bfloat16 on GPUs)."
+    )
 
 
 def _load_kwargs(cfg: QLoraMethod) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type, bnb_4bit_use_double_quant=cfg.double_quant,
-                               bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype))
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+    )
     # bitsandbytes quantizes while loading onto the target device; it runs on CPU too
     return {"quantization_config": quant, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}
 
@@ -85,11 +92,18 @@ def _full_precision(model: nn.Module, names: list[str]) -> None:
     for outer in names:
         for name, module in list(model.get_submodule(outer).named_modules()):
             if isinstance(module, bnb.nn.Linear4bit):
-                full = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                       device=module.weight.device, dtype=torch.float32)
+                full = torch.nn.Linear(
+                    module.in_features,
+                    module.out_features,
+                    bias=module.bias is not None,
+                    device=module.weight.device,
+                    dtype=torch.float32,
+                )
                 state = getattr(module.weight, "quant_state", None)  # None: initialised after loading, never quantized
                 with torch.no_grad():
-                    weight = module.weight if state is None else bnb.functional.dequantize_4bit(module.weight.data, state)
+                    weight = (
+                        module.weight if state is None else bnb.functional.dequantize_4bit(module.weight.data, state)
+                    )
                     full.weight.copy_(weight)
                     if module.bias is not None:
                         full.bias.copy_(module.bias)
@@ -120,5 +134,16 @@ def merge_onto_full_precision(model: nn.Module, dtype: torch.dtype | None = None
     return fresh.merge_and_unload()
 
 
-register(peft_method("qlora", QLoraMethod, _apply, "LORA", merge=merge_onto_full_precision, load_kwargs=_load_kwargs,
-                     serving=Serving.SHARED_BASE, mixed_batches=True, quantized_bytes=lambda cfg: NF4_BYTES[cfg.double_quant]))
+register(
+    peft_method(
+        "qlora",
+        QLoraMethod,
+        _apply,
+        "LORA",
+        merge=merge_onto_full_precision,
+        load_kwargs=_load_kwargs,
+        serving=Serving.SHARED_BASE,
+        mixed_batches=True,
+        quantized_bytes=lambda cfg: NF4_BYTES[cfg.double_quant],
+    )
+)

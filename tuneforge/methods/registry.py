@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,8 +33,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 # each module registers its methods when imported; a new built-in method is one module and one line here
-BUILTIN_MODULES = ("tuneforge.methods.builtin", "tuneforge.methods.peft_family", "tuneforge.methods.ia3",
-                   "tuneforge.methods.quantized", "tuneforge.methods.partial", "tuneforge.methods.bottleneck")
+BUILTIN_MODULES = (
+    "tuneforge.methods.builtin",
+    "tuneforge.methods.peft_family",
+    "tuneforge.methods.ia3",
+    "tuneforge.methods.quantized",
+    "tuneforge.methods.partial",
+    "tuneforge.methods.bottleneck",
+)
 DEFAULT_METHOD = "lora"  # what a run config without a `method:` section trains
 TAG = "tuneforge_method"  # attribute naming the method on a model it applied or loaded
 NEW_WEIGHTS = "tuneforge_new_weights"  # attribute: parameter names the checkpoint lacked (see `new_modules`)
@@ -55,7 +63,7 @@ class Serving(str, Enum):
 ApplyFn = Callable[["nn.Module", Any], "nn.Module"]  # (base model, method config section) -> model to train
 SaveFn = Callable[["nn.Module", Path], Path]  # (trained model, run dir) -> artifact folder written
 LoadFn = Callable[["nn.Module", Path], "nn.Module"]  # (fresh base, artifact folder) -> trained model
-ReferenceFn = Callable[["nn.Module"], ContextManager]  # model -> context in which it computes the base alone
+ReferenceFn = Callable[["nn.Module"], AbstractContextManager]  # model -> context in which it computes the base alone
 
 
 def _no_load_kwargs(cfg: Any) -> dict[str, Any]:
@@ -96,7 +104,9 @@ class Method:
     base_lr: float = 2e-4  # the service's learning rate before learning_rate_multiplier
     fp32_adapters: bool = False  # trained weights (and their gradients) stay fp32 under a 16-bit base (peft)
     quantized_bytes: Callable[[Any], float] | None = None  # bytes per frozen base weight when loaded quantized
-    owns: Callable[[nn.Module], bool] | None = None  # recognises a model adapted without `apply` (built with peft by hand)
+    owns: Callable[[nn.Module], bool] | None = (
+        None  # recognises a model adapted without `apply` (built with peft by hand)
+    )
 
     def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
         """The model to train: the base adapted as `cfg` says, tagged with this method."""
@@ -152,8 +162,10 @@ def methods() -> list[Method]:
 def get_method(name: str) -> Method:
     _ensure_builtin()
     if name not in _METHODS:
-        raise ConfigError(f"unknown method '{name}'",
-                          [Problem("method.name", f"'{name}' is not registered", f"use one of {sorted(_METHODS)}")])
+        raise ConfigError(
+            f"unknown method '{name}'",
+            [Problem("method.name", f"'{name}' is not registered", f"use one of {sorted(_METHODS)}")],
+        )
     return _METHODS[name]
 
 
@@ -196,13 +208,20 @@ def method_of(model: nn.Module) -> Method | None:
     return next((m for m in methods() if m.owns is not None and m.owns(model)), None)
 
 
-def reference_context(model: nn.Module) -> ContextManager:
+def reference_context(model: nn.Module) -> AbstractContextManager:
     """A context in which `model` computes the frozen base's outputs (its adapter switched off)."""
     method = method_of(model)
     if method is None or method.reference is None:
-        raise ConfigError("this objective needs an adapter method: the reference model is the base with the adapter off",
-                          [Problem("method.name", f"{method.name if method else type(model).__name__} has no adapter to switch off",
-                                   f"use one of {reference_methods()}")])
+        raise ConfigError(
+            "this objective needs an adapter method: the reference model is the base with the adapter off",
+            [
+                Problem(
+                    "method.name",
+                    f"{method.name if method else type(model).__name__} has no adapter to switch off",
+                    f"use one of {reference_methods()}",
+                )
+            ],
+        )
     return method.reference(getattr(model, "module", model))
 
 

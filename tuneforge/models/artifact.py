@@ -19,8 +19,13 @@ from tuneforge.methods.peft_family import peft_type_of
 from tuneforge.methods.registry import Method, Serving, artifact_folders, get_method, json_file, methods
 
 # the class-name suffix of a saved task model -> its `models.loading.MODEL_CLASSES` key
-_TASK_SUFFIXES = {"ForSequenceClassification": "sequence_classification", "ForTokenClassification": "token_classification",
-                  "ForMaskedLM": "masked_lm", "ForPreTraining": "pretraining", "ForNextSentencePrediction": "next_sentence"}
+_TASK_SUFFIXES = {
+    "ForSequenceClassification": "sequence_classification",
+    "ForTokenClassification": "token_classification",
+    "ForMaskedLM": "masked_lm",
+    "ForPreTraining": "pretraining",
+    "ForNextSentencePrediction": "next_sentence",
+}
 _LABELLED_TASKS = ("sequence_classification", "token_classification")
 
 
@@ -69,8 +74,10 @@ class Artifact:
             return str(self.folder)
         if self.base_model is None:
             where = self.run_dir / "config.yaml" if self.run_dir else self.folder.parent / "config.yaml"
-            raise ModelLoadError(f"{self.folder} holds a {self.method} adapter but no config.yaml names its base model",
-                                 [Problem(str(where), "missing", "load the run directory the adapter was trained in")])
+            raise ModelLoadError(
+                f"{self.folder} holds a {self.method} adapter but no config.yaml names its base model",
+                [Problem(str(where), "missing", "load the run directory the adapter was trained in")],
+            )
         return self.base_model
 
 
@@ -85,9 +92,16 @@ def read_artifact(path: str | Path) -> Artifact:
     """The Artifact of a run dir or artifact folder; a located ModelLoadError when `path` is neither."""
     artifact = find_artifact(path)
     if artifact is None:
-        raise ModelLoadError(f"{path} is not a run directory or a fine-tuned artifact folder",
-                             [Problem(str(path), f"no {', '.join(f + '/' for f in artifact_folders())} folder and no adapter files",
-                                      "pass the run directory of a finished run (its output_dir)")])
+        raise ModelLoadError(
+            f"{path} is not a run directory or a fine-tuned artifact folder",
+            [
+                Problem(
+                    str(path),
+                    f"no {', '.join(f + '/' for f in artifact_folders())} folder and no adapter files",
+                    "pass the run directory of a finished run (its output_dir)",
+                )
+            ],
+        )
     return artifact
 
 
@@ -129,16 +143,27 @@ def _read(found: Method, folder: Path) -> Artifact:
     task, labels = saved_task(folder)
     model = run.get("model") if isinstance(run.get("model"), dict) else {}
     data = run.get("data") if isinstance(run.get("data"), dict) else {}
-    return Artifact(method=method.name, folder=folder, run_dir=run_dir, base_model=model.get("name"), task=task,
-                    labels=labels, peft_type=peft_type_of(folder), chat_template=_has_chat_template(folder),
-                    chat_template_name=model.get("chat_template"), system_prompt=data.get("system_prompt") or "keep")
+    return Artifact(
+        method=method.name,
+        folder=folder,
+        run_dir=run_dir,
+        base_model=model.get("name"),
+        task=task,
+        labels=labels,
+        peft_type=peft_type_of(folder),
+        chat_template=_has_chat_template(folder),
+        chat_template_name=model.get("chat_template"),
+        system_prompt=data.get("system_prompt") or "keep",
+    )
 
 
 def _run_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"cannot read the run config {path}", [Problem(str(path), str(exc).splitlines()[0][:200])]) from None
+        raise ModelLoadError(
+            f"cannot read the run config {path}", [Problem(str(path), str(exc).splitlines()[0][:200])]
+        ) from None
     return data if isinstance(data, dict) else {}
 
 
@@ -152,4 +177,6 @@ def _run_method(run: dict[str, Any], folder: Path) -> Method | None:
 
 
 def _has_chat_template(folder: Path) -> bool:
-    return (folder / "chat_template.jinja").is_file() or bool(json_file(folder / "tokenizer_config.json").get("chat_template"))
+    return (folder / "chat_template.jinja").is_file() or bool(
+        json_file(folder / "tokenizer_config.json").get("chat_template")
+    )

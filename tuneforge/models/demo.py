@@ -7,8 +7,8 @@ sizes rather than mocks. This module only says where the demo lives; it never bu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -37,28 +37,49 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None,
-        unk_token=None, additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 2048
     return fast
 
 
-def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, heads: int = 4,
-                     kv_heads: int | None = None, intermediate: int | None = None, max_positions: int = 512,
-                     seed: int = 0) -> LlamaForCausalLM:
+def build_tiny_llama(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> LlamaForCausalLM:
     """A randomly initialised Llama sized for CPU; deterministic for a given seed."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads or heads, intermediate_size=intermediate or int(hidden * 8 / 3 // 8 * 8),
-        max_position_embeddings=max_positions, tie_word_embeddings=True, rms_norm_eps=1e-5,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(tokenizer), bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        intermediate_size=intermediate or int(hidden * 8 / 3 // 8 * 8),
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=_stop_ids(tokenizer),
+        bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

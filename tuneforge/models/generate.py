@@ -22,9 +22,17 @@ class GenerationResult:
 
 
 @torch.inference_mode()
-def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64, temperature: float = 0.0,
-                   top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                   adapter_names: list[str] | None = None) -> list[GenerationResult]:
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    adapter_names: list[str] | None = None,
+) -> list[GenerationResult]:
     """Generate one answer per chat prompt (a list of role/content dicts), left-padded in one batch.
 
     `adapter_names`: for a peft model holding several LoRA adapters, the adapter of each
@@ -40,18 +48,27 @@ def generate_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+        ids[row, width - len(e) :] = torch.tensor(e)
+        mask[row, width - len(e) :] = 1
     stop_ids = stop_token_ids(model, tokenizer)
     per_row = {"adapter_names": adapter_names} if adapter_names is not None else {}
     if direct_decoding(model):
-        new_ids = decode(model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad, per_row)
+        new_ids = decode(
+            model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad, per_row
+        )
     else:  # prompt-learning adapters and other models whose generate() adds to the inputs
         sampling = temperature > 0
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-            top_k=None, pad_token_id=pad, eos_token_id=stop_ids, **per_row,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=None,
+            pad_token_id=pad,
+            eos_token_id=stop_ids,
+            **per_row,
         )  # (B, width + new)
         new_ids = out[:, width:]
     stops = set(stop_ids)
@@ -100,7 +117,7 @@ class AnswerText:
             safe -= max(held, default=0)
         if safe <= len(self.text):
             return ""
-        piece, self.text = text[len(self.text):safe], text[:safe]
+        piece, self.text = text[len(self.text) : safe], text[:safe]
         return piece
 
 
@@ -116,8 +133,17 @@ def direct_decoding(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-           stop_ids: list[int], pad_id: int, forward_kwargs: dict | None = None) -> torch.Tensor:
+def decode(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop_ids: list[int],
+    pad_id: int,
+    forward_kwargs: dict | None = None,
+) -> torch.Tensor:
     """Greedy (temperature 0) or temperature / nucleus sampling with a KV cache: new tokens (B, <= max_new_tokens).
 
     The decode loop of `transformers`' `generate` (same token choices, same random draws for
@@ -131,7 +157,14 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
     padded = bool((mask == 0).any())
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
-    out = model(input_ids=ids, past_key_values=DynamicCache(config=_base_config(model)), use_cache=True, logits_to_keep=1, **extra, **fixed)
+    out = model(
+        input_ids=ids,
+        past_key_values=DynamicCache(config=_base_config(model)),
+        use_cache=True,
+        logits_to_keep=1,
+        **extra,
+        **fixed,
+    )
     stops = torch.tensor(stop_ids or [-1], device=ids.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     chosen: list[torch.Tensor] = []
@@ -146,8 +179,14 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
             positions = positions[:, -1:] + 1
             extra = {"attention_mask": mask, "position_ids": positions}
-        out = model(input_ids=token[:, None], past_key_values=out.past_key_values, use_cache=True,
-                    cache_position=torch.tensor([length + step], device=ids.device), **extra, **fixed)
+        out = model(
+            input_ids=token[:, None],
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            cache_position=torch.tensor([length + step], device=ids.device),
+            **extra,
+            **fixed,
+        )
     return torch.stack(chosen, dim=1) if chosen else ids.new_zeros((batch, 0))
 
 

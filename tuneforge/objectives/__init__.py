@@ -7,7 +7,7 @@ Methods (how parameters are adapted) are independent of objectives.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tuneforge.config import OBJECTIVE_OPTIONS, RunConfig
 from tuneforge.errors import ConfigError, Problem
@@ -30,13 +30,20 @@ def register_objective(factory: Callable[[], Objective]) -> Callable[[], Objecti
 
 def get_objective(name: str, **options) -> Objective:
     if name not in _OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'", [Problem("objective", f"'{name}' is not registered", f"use one of {sorted(_OBJECTIVES)}")])
+        raise ConfigError(
+            f"unknown objective '{name}'",
+            [Problem("objective", f"'{name}' is not registered", f"use one of {sorted(_OBJECTIVES)}")],
+        )
     return _OBJECTIVES[name](**options)
 
 
 def objective_for(cfg: RunConfig) -> Objective:
     """The run's objective with its train.* options (train.dpo_beta, train.kto_beta, train.mlm_probability...)."""
-    options = {argument: getattr(cfg.train, key) for key, (name, argument) in OBJECTIVE_OPTIONS.items() if name == cfg.objective}
+    options = {
+        argument: getattr(cfg.train, key)
+        for key, (name, argument) in OBJECTIVE_OPTIONS.items()
+        if name == cfg.objective
+    }
     if cfg.objective == "sft":  # how system messages meet the chat template
         options["system_prompt"] = cfg.data.system_prompt
     if cfg.objective == "grpo":  # sampling, reward and loss settings: the grpo section
@@ -44,6 +51,15 @@ def objective_for(cfg: RunConfig) -> Objective:
     return get_objective(cfg.objective, **options)
 
 
-for _factory in (SupervisedChat, CausalLM, SequenceClassification, TokenClassification, MaskedLM, NextSentence,
-                 DirectPreference, KahnemanTversky, GroupRelative):
+for _factory in (
+    SupervisedChat,
+    CausalLM,
+    SequenceClassification,
+    TokenClassification,
+    MaskedLM,
+    NextSentence,
+    DirectPreference,
+    KahnemanTversky,
+    GroupRelative,
+):
     register_objective(_factory)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,11 @@ class Objective(Protocol):
         step, so gradient accumulation gives the same update as one large batch.
         """
 
-    def metrics(self, model: torch.nn.Module, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:
-        """Task metrics on validation features beyond the loss (accuracy, entity F1...); {} when the loss says it all."""
+    def metrics(
+        self, model: torch.nn.Module, features: Sequence[Encoded], batch_size: int, pad_id: int, device
+    ) -> dict[str, float]:
+        """Task metrics on validation features beyond the loss (accuracy, entity F1...);
+        {} when the loss says it all."""
 
 
 def require_examples(examples: Sequence[Example], kind: type | tuple[type, ...], summary: str, fix: str) -> None:
@@ -91,10 +95,10 @@ def pad_batch(features: Sequence[Encoded], pad_id: int, per_example: bool = Fals
     mask = torch.zeros((len(features), width), dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
     for row, f in enumerate(features):
-        ids[row, :len(f.input_ids)] = torch.tensor(f.input_ids)
-        mask[row, :len(f.input_ids)] = 1
+        ids[row, : len(f.input_ids)] = torch.tensor(f.input_ids)
+        mask[row, : len(f.input_ids)] = 1
         if not per_example:
-            labels[row, :len(f.labels)] = torch.tensor(f.labels)
+            labels[row, : len(f.labels)] = torch.tensor(f.labels)
     if per_example:
         labels = torch.tensor([f.labels[0] for f in features], dtype=torch.long)  # (B,)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
@@ -119,9 +123,11 @@ def pack_batch(features: Sequence[Encoded], pad_id: int, capacity: int) -> dict[
         start = 0
         for i in row:
             n = len(features[i].input_ids)
-            ids[r, start:start + n] = torch.tensor(features[i].input_ids)
-            labels[r, start + 1:start + n] = torch.tensor(features[i].labels[1:])  # a first token is never predicted, as in a padded row
-            positions[r, start:start + n] = torch.arange(n)
+            ids[r, start : start + n] = torch.tensor(features[i].input_ids)
+            labels[r, start + 1 : start + n] = torch.tensor(
+                features[i].labels[1:]
+            )  # a first token is never predicted, as in a padded row
+            positions[r, start : start + n] = torch.arange(n)
             start += n
         positions[r, start:] = torch.arange(width - start)
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
@@ -137,7 +143,10 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """
     targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
     keep = targets != IGNORE  # (B, T-1)
-    inputs = {"input_ids": batch["input_ids"], "use_cache": False}  # a KV cache is useless in training (and disables packing)
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "use_cache": False,
+    }  # a KV cache is useless in training (and disables packing)
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]
     else:

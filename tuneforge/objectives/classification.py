@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,13 @@ from tuneforge.data.tokenize import Encoded
 from tuneforge.data.types import Example, LabelledExample
 from tuneforge.errors import DataError, Problem
 from tuneforge.objectives.base import pad_batch, require_examples
-from tuneforge.objectives.labels import LabelledObjective, LabelSet, accuracy_and_macro_f1, predict_batches, require_fitted
+from tuneforge.objectives.labels import (
+    LabelledObjective,
+    LabelSet,
+    accuracy_and_macro_f1,
+    predict_batches,
+    require_fitted,
+)
 
 
 class SequenceClassification(LabelledObjective):
@@ -19,18 +25,27 @@ class SequenceClassification(LabelledObjective):
     task = "sequence_classification"
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        require_examples(train_examples, LabelledExample, "the classification objective needs {text, label} examples",
-                         "give records with 'text' and 'label'")
+        require_examples(
+            train_examples,
+            LabelledExample,
+            "the classification objective needs {text, label} examples",
+            "give records with 'text' and 'label'",
+        )
         self.labels = LabelSet([ex.label for ex in train_examples])
         if len(self.labels.names) < 2:
-            raise DataError("classification needs at least two labels", [Problem("data.train", f"only '{self.labels.names[0]}' occurs", "add examples of the other classes")])
+            raise DataError(
+                "classification needs at least two labels",
+                [Problem("data.train", f"only '{self.labels.names[0]}' occurs", "add examples of the other classes")],
+            )
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         labels = require_fitted(self.labels, self.name)
         feats = []
         for i, ex in enumerate(examples):
             label = labels.id(ex.label, f"example {i} ({ex.text[:40]!r})")
-            ids = tokenizer(ex.text, truncation=True, max_length=max_length)["input_ids"]  # with the model's [CLS]/[SEP]
+            ids = tokenizer(ex.text, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]  # with the model's [CLS]/[SEP]
             full_length = len(tokenizer(ex.text)["input_ids"]) if len(ids) == max_length else len(ids)
             feats.append(Encoded(ids, [label], truncated=full_length > max_length))
         return feats

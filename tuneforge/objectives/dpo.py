@@ -10,8 +10,8 @@ memory. That is why the config accepts dpo only with methods that have a referen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,12 @@ class DirectPreference:
         self.beta = beta  # strength of the pull towards the reference (train.dpo_beta; the paper's range is 0.1-0.5)
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        require_examples(train_examples, PreferencePair, "the dpo objective needs {prompt, chosen, rejected} examples",
-                         "give preference records")
+        require_examples(
+            train_examples,
+            PreferencePair,
+            "the dpo objective needs {prompt, chosen, rejected} examples",
+            "give preference records",
+        )
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         return {}
@@ -47,17 +51,39 @@ class DirectPreference:
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         feats = []
         for i, ex in enumerate(examples):
-            pair = [Conversation([*ex.prompt, Message("assistant", a)], source=ex.source) for a in (ex.chosen, ex.rejected)]
-            chosen, rejected = (encode_conversation(tokenizer, c, max_length) for c in pair)  # template errors say file:line
+            pair = [
+                Conversation([*ex.prompt, Message("assistant", a)], source=ex.source) for a in (ex.chosen, ex.rejected)
+            ]
+            chosen, rejected = (
+                encode_conversation(tokenizer, c, max_length) for c in pair
+            )  # template errors say file:line
             if all(t == IGNORE for t in chosen.labels) or all(t == IGNORE for t in rejected.labels):
-                raise DataError("a preference answer is cut off entirely by model.max_length",
-                                [Problem(f"example {i}", "no answer token left after truncation", "raise model.max_length or shorten the prompt")])
-            feats.append(PairFeature(chosen.input_ids, chosen.labels, chosen.truncated or rejected.truncated, rejected.input_ids, rejected.labels))
+                raise DataError(
+                    "a preference answer is cut off entirely by model.max_length",
+                    [
+                        Problem(
+                            f"example {i}",
+                            "no answer token left after truncation",
+                            "raise model.max_length or shorten the prompt",
+                        )
+                    ],
+                )
+            feats.append(
+                PairFeature(
+                    chosen.input_ids,
+                    chosen.labels,
+                    chosen.truncated or rejected.truncated,
+                    rejected.input_ids,
+                    rejected.labels,
+                )
+            )
         return feats
 
     def collate(self, features: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         """Chosen rows then rejected rows: (2B, T), one forward pass for both."""
-        rows = [Encoded(f.input_ids, f.labels) for f in features] + [Encoded(f.rejected_ids, f.rejected_labels) for f in features]
+        rows = [Encoded(f.input_ids, f.labels) for f in features] + [
+            Encoded(f.rejected_ids, f.rejected_labels) for f in features
+        ]
         return pad_batch(rows, pad_id)
 
     def rewards(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +103,7 @@ class DirectPreference:
         model.eval()
         wins, margins = [], []
         for i in range(0, len(features), batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(features[i:i + batch_size], pad_id).items()}
+            batch = {k: v.to(device) for k, v in self.collate(features[i : i + batch_size], pad_id).items()}
             chosen, rejected = self.rewards(model, batch)
             wins += (chosen > rejected).tolist()
             margins += (chosen - rejected).tolist()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +26,35 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def _texts(examples: Sequence[Example], objective: str) -> list[str]:
-    require_examples(examples, (TextExample, Conversation), f"the {objective} objective needs text or chat examples",
-                     "give text or chat records, or pick the objective these examples are for")
-    texts = [ex.text if isinstance(ex, TextExample) else "\n".join(m.content for m in ex.messages)
-             for ex in examples if isinstance(ex, (TextExample, Conversation))]
+    require_examples(
+        examples,
+        (TextExample, Conversation),
+        f"the {objective} objective needs text or chat examples",
+        "give text or chat records, or pick the objective these examples are for",
+    )
+    texts = [
+        ex.text if isinstance(ex, TextExample) else "\n".join(m.content for m in ex.messages)
+        for ex in examples
+        if isinstance(ex, (TextExample, Conversation))
+    ]
     if not texts:
-        raise DataError(f"the {objective} objective needs raw text", [Problem("data.train", "no text or chat examples", "give records with a 'text' field")])
+        raise DataError(
+            f"the {objective} objective needs raw text",
+            [Problem("data.train", "no text or chat examples", "give records with a 'text' field")],
+        )
     return texts
 
 
 def _needs_mask_token(tokenizer, objective: str) -> None:
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None:
-        raise DataError(f"the {objective} objective needs an encoder tokenizer with [MASK] and [CLS]",
-                        [Problem("model.name", "the tokenizer has no mask/cls token", "use an encoder such as minilm or a BERT model")])
+        raise DataError(
+            f"the {objective} objective needs an encoder tokenizer with [MASK] and [CLS]",
+            [
+                Problem(
+                    "model.name", "the tokenizer has no mask/cls token", "use an encoder such as minilm or a BERT model"
+                )
+            ],
+        )
 
 
 class _EncoderText:
@@ -71,7 +87,7 @@ class MaskedLM(_EncoderText):
         for text in _texts(examples, self.name):
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             for i in range(0, len(ids), body):
-                block = [tokenizer.cls_token_id, *ids[i:i + body], tokenizer.sep_token_id]
+                block = [tokenizer.cls_token_id, *ids[i : i + body], tokenizer.sep_token_id]
                 # labels mark the maskable positions (not [CLS]/[SEP]); collate picks which are masked
                 feats.append(Encoded(block, [IGNORE, *block[1:-1], IGNORE]))
         return feats
@@ -89,7 +105,9 @@ class MaskedLM(_EncoderText):
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum")
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
         return loss, int((batch["labels"] != IGNORE).sum())
 
     def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
@@ -112,8 +130,10 @@ class NextSentence(_EncoderText):
         _needs_mask_token(tokenizer, self.name)
         docs = [s for s in (_SENTENCE_END.split(t.strip()) for t in _texts(examples, self.name)) if s]
         if len(docs) < 2 or not any(len(d) > 1 for d in docs):
-            raise DataError("nsp needs at least two documents and one with two sentences",
-                            [Problem("data.train", "not enough sentences to pair", "give longer texts, several documents")])
+            raise DataError(
+                "nsp needs at least two documents and one with two sentences",
+                [Problem("data.train", "not enough sentences to pair", "give longer texts, several documents")],
+            )
         rng = random.Random(self.seed)  # fixed pairs: the validation score is comparable between runs
         feats = []
         for d, doc in enumerate(docs):
@@ -129,15 +149,19 @@ class NextSentence(_EncoderText):
         batch = pad_batch(features, pad_id, per_example=True)
         types = torch.zeros_like(batch["input_ids"])
         for row, f in enumerate(features):
-            types[row, :len(f.token_type_ids)] = torch.tensor(f.token_type_ids)
+            types[row, : len(f.token_type_ids)] = torch.tensor(f.token_type_ids)
         return {**batch, "token_type_ids": types}
 
     def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        )
         return out.logits  # (B, 2): 0 = IsNext, 1 = NotNext
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        return F.cross_entropy(self.logits(model, batch).float(), batch["labels"], reduction="sum"), int(batch["labels"].numel())
+        return F.cross_entropy(self.logits(model, batch).float(), batch["labels"], reduction="sum"), int(
+            batch["labels"].numel()
+        )
 
     def metrics(self, model, features, batch_size: int, pad_id: int, device) -> dict[str, float]:
         predicted, gold = [], []

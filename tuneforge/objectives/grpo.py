@@ -70,9 +70,17 @@ class GroupRelative:
         try:  # a template reading a field no training prompt has: refused before the model loads
             check_item_fields(self.cfg.graders, [ex.item for ex in train_examples], "the training data")
         except ConfigError as exc:
-            raise ConfigError(exc.summary, [Problem(p.where.replace("eval.graders", "grpo.graders"),
-                                                  p.message.replace("test example", "training prompt"), p.fix)
-                                         for p in exc.problems]) from None
+            raise ConfigError(
+                exc.summary,
+                [
+                    Problem(
+                        p.where.replace("eval.graders", "grpo.graders"),
+                        p.message.replace("test example", "training prompt"),
+                        p.fix,
+                    )
+                    for p in exc.problems
+                ],
+            ) from None
 
     def model_kwargs(self, examples: Sequence[Example]) -> dict:
         return {}
@@ -83,13 +91,21 @@ class GroupRelative:
         policy = prompt_policy(tokenizer)
         feats, long = [], []
         for ex in examples:
-            ids = encode_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in ex.prompt], policy,
-                                where=ex.source or "a prompt")
+            ids = encode_prompt(
+                tokenizer,
+                [{"role": m.role, "content": m.content} for m in ex.prompt],
+                policy,
+                where=ex.source or "a prompt",
+            )
             if len(ids) + self.cfg.max_new_tokens > max_length:
-                long.append(Problem(ex.source or f"prompt {len(self.items)}",
-                                    f"{len(ids)} prompt tokens + grpo.max_new_tokens={self.cfg.max_new_tokens} "
-                                    f"exceed model.max_length={max_length}",
-                                    "raise model.max_length, lower grpo.max_new_tokens or shorten the prompt"))
+                long.append(
+                    Problem(
+                        ex.source or f"prompt {len(self.items)}",
+                        f"{len(ids)} prompt tokens + grpo.max_new_tokens={self.cfg.max_new_tokens} "
+                        f"exceed model.max_length={max_length}",
+                        "raise model.max_length, lower grpo.max_new_tokens or shorten the prompt",
+                    )
+                )
                 continue
             feats.append(PromptFeature(ids, [], False, len(self.items)))
             self.items.append(ex.item)
@@ -103,8 +119,8 @@ class GroupRelative:
         ids = torch.full((len(features), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, f in enumerate(features):
-            ids[row, width - len(f.input_ids):] = torch.tensor(f.input_ids)
-            mask[row, width - len(f.input_ids):] = 1
+            ids[row, width - len(f.input_ids) :] = torch.tensor(f.input_ids)
+            mask[row, width - len(f.input_ids) :] = 1
         return {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([f.index for f in features])}
 
     # ---- sampling and reward
@@ -117,9 +133,16 @@ class GroupRelative:
         shared-prefix cache); the rows are sampled together in one batch.
         """
         if not direct_decoding(model):
-            raise ConfigError("objective grpo samples through the KV-cache decode loop, which this model does not "
-                              "support", [Problem("method.name", "prompt-learning adapters add virtual tokens",
-                                                  "use lora, dora or another adapter method")])
+            raise ConfigError(
+                "objective grpo samples through the KV-cache decode loop, which this model does not support",
+                [
+                    Problem(
+                        "method.name",
+                        "prompt-learning adapters add virtual tokens",
+                        "use lora, dora or another adapter method",
+                    )
+                ],
+            )
         g = self.cfg.group_size
         ids = batch["input_ids"].repeat_interleave(g, dim=0)  # (N, P)
         mask = batch["attention_mask"].repeat_interleave(g, dim=0)
@@ -174,8 +197,14 @@ class GroupRelative:
 
     def _record(self, rewards, flat, kl, done: Completions, graded: dict[str, float]) -> None:
         lengths = done.completion_mask.sum(1).float()
-        values = {"reward": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-                  "kl": kl, "completion_length": lengths.mean().item(), "zero_advantage_groups": flat, **graded}
+        values = {
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "kl": kl,
+            "completion_length": lengths.mean().item(),
+            "zero_advantage_groups": flat,
+            **graded,
+        }
         for key, value in values.items():
             self._step.setdefault(key, []).append(value)
 
@@ -190,7 +219,7 @@ class GroupRelative:
         """Validation reward: mean and std over group_size sampled answers per validation prompt, per grader."""
         rewards, sums, n = [], {}, 0
         for i in range(0, len(features), batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(features[i:i + batch_size], pad_id).items()}
+            batch = {k: v.to(device) for k, v in self.collate(features[i : i + batch_size], pad_id).items()}
             done = self.sample(model, batch)
             items = [self.items[j] for j in batch["index"].tolist() for _ in range(self.cfg.group_size)]
             r, graded = self.rewards(done.texts, items)
@@ -225,13 +254,14 @@ def completion_logps(model, done: Completions, temperature: float) -> torch.Tens
     ids = torch.cat([done.prompt_ids, done.completion_ids], dim=1)  # (N, P+L)
     mask = torch.cat([done.prompt_mask, done.completion_mask], dim=1)
     n = done.completion_ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -n - 1:-1].float()  # (N, L, V)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -n - 1 : -1].float()  # (N, L, V)
     logits = logits / temperature
     return torch.gather(logits.log_softmax(-1), 2, done.completion_ids[..., None])[..., 0]
 
 
-def policy_loss(logps: torch.Tensor, ref: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-                cfg: GrpoSection) -> tuple[torch.Tensor, int, float]:
+def policy_loss(
+    logps: torch.Tensor, ref: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor, cfg: GrpoSection
+) -> tuple[torch.Tensor, int, float]:
     """TRL's clipped loss as (sum, count, mean KL): the recipe divides the sum by the step's count, so
 
         grpo:        sum over answers of (their token mean); count = answers        -> mean of answer means
@@ -258,4 +288,3 @@ def policy_loss(logps: torch.Tensor, ref: torch.Tensor | None, advantages: torch
     if cfg.loss_type == "dr_grpo":
         return masked.sum() / cfg.max_new_tokens, int(mask.shape[0]), kl_mean
     return masked.sum(), max(int(mask.sum()), 1), kl_mean
-

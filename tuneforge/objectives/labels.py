@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,8 +20,16 @@ class LabelSet:
 
     def id(self, name: str, where: str) -> int:
         if name not in self.ids:
-            raise DataError(f"label '{name}' does not occur in the training data",
-                            [Problem(where, f"unknown label '{name}'", f"known labels: {self.names[:20]}; add examples of it to data.train")])
+            raise DataError(
+                f"label '{name}' does not occur in the training data",
+                [
+                    Problem(
+                        where,
+                        f"unknown label '{name}'",
+                        f"known labels: {self.names[:20]}; add examples of it to data.train",
+                    )
+                ],
+            )
         return self.ids[name]
 
     def model_kwargs(self) -> dict:
@@ -31,7 +39,9 @@ class LabelSet:
 
 def require_fitted(labels: LabelSet | None, objective: str) -> LabelSet:
     if labels is None:
-        raise RuntimeError(f"{objective}: prepare(train_examples) must run before encode")  # a programming error, not a user's
+        raise RuntimeError(
+            f"{objective}: prepare(train_examples) must run before encode"
+        )  # a programming error, not a user's
     return labels
 
 
@@ -53,7 +63,7 @@ def predict_batches(model, objective, features: Sequence[Encoded], batch_size: i
     """Yield (batch on device, logits) over `features` in eval mode."""
     model.eval()
     for i in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in objective.collate(features[i:i + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in objective.collate(features[i : i + batch_size], pad_id).items()}
         yield batch, objective.logits(model, batch)
 
 

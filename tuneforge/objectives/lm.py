@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from tuneforge.data.chat_spans import render, where_of
 from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
@@ -39,8 +39,12 @@ class SupervisedChat(_NextTokenObjective):
         self.system_prompt = system_prompt  # data.system_prompt: keep | fold | drop
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
-        require_examples(examples, Conversation, "the sft objective needs chat examples",
-                         "use chat, prompt/completion, Alpaca or ShareGPT data, or objective: clm")
+        require_examples(
+            examples,
+            Conversation,
+            "the sft objective needs chat examples",
+            "use chat, prompt/completion, Alpaca or ShareGPT data, or objective: clm",
+        )
         feats, refused = [], []
         for ex in examples:  # every refused record is listed (up to 20), not only the first
             try:
@@ -48,14 +52,28 @@ class SupervisedChat(_NextTokenObjective):
             except DataError as exc:
                 refused.append(exc)
         if refused:
-            raise DataError(f"{len(refused)} of {len(examples)} conversation(s) cannot be trained: {refused[0].summary}",
-                            [p for exc in refused[:20] for p in exc.problems])
-        dropped = sum(any(m.role == "system" for m in ex.messages) for ex in examples) if self.system_prompt == "drop" else 0
+            raise DataError(
+                f"{len(refused)} of {len(examples)} conversation(s) cannot be trained: {refused[0].summary}",
+                [p for exc in refused[:20] for p in exc.problems],
+            )
+        dropped = (
+            sum(any(m.role == "system" for m in ex.messages) for ex in examples) if self.system_prompt == "drop" else 0
+        )
         if dropped:
-            logging.getLogger("tuneforge").warning("data.system_prompt: drop removed the system prompt of %d conversation(s)", dropped)
+            logging.getLogger("tuneforge").warning(
+                "data.system_prompt: drop removed the system prompt of %d conversation(s)", dropped
+            )
         if not any(label != -100 for f in feats for label in f.labels):
-            raise DataError("no example has a trainable assistant token after truncation",
-                            [Problem("data.train", "every assistant message was cut off or has weight 0", "raise model.max_length or check the weights")])
+            raise DataError(
+                "no example has a trainable assistant token after truncation",
+                [
+                    Problem(
+                        "data.train",
+                        "every assistant message was cut off or has weight 0",
+                        "raise model.max_length or check the weights",
+                    )
+                ],
+            )
         return feats
 
 
@@ -65,13 +83,29 @@ class CausalLM(_NextTokenObjective):
     name = "clm"
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
-        require_examples(examples, (TextExample, Conversation), "the clm objective needs text or chat examples",
-                         "give text or chat records, or pick the objective these examples are for")
-        texts = [ex.text if isinstance(ex, TextExample)
-                 else render(tokenizer, [{"role": m.role, "content": m.content} for m in ex.messages], where_of(ex))
-                 for ex in examples if isinstance(ex, (TextExample, Conversation))]
+        require_examples(
+            examples,
+            (TextExample, Conversation),
+            "the clm objective needs text or chat examples",
+            "give text or chat records, or pick the objective these examples are for",
+        )
+        texts = [
+            ex.text
+            if isinstance(ex, TextExample)
+            else render(tokenizer, [{"role": m.role, "content": m.content} for m in ex.messages], where_of(ex))
+            for ex in examples
+            if isinstance(ex, (TextExample, Conversation))
+        ]
         blocks = pack_texts(tokenizer, texts, max_length)
         if not blocks:
-            raise DataError("not enough text for one training block", [Problem("data.train", f"fewer than model.max_length={max_length} tokens", "add text or lower model.max_length")])
+            raise DataError(
+                "not enough text for one training block",
+                [
+                    Problem(
+                        "data.train",
+                        f"fewer than model.max_length={max_length} tokens",
+                        "add text or lower model.max_length",
+                    )
+                ],
+            )
         return blocks
-

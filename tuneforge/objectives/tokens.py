@@ -7,7 +7,7 @@ Entity F1 is CoNLL's: an entity counts only when its type and exact span both ma
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,12 @@ class TokenClassification(LabelledObjective):
     task = "token_classification"
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
-        require_examples(train_examples, TokenExample, "the tokens objective needs {tokens, tags} examples",
-                         "give records with 'tokens' and BIO 'tags'")
+        require_examples(
+            train_examples,
+            TokenExample,
+            "the tokens objective needs {tokens, tags} examples",
+            "give records with 'tokens' and BIO 'tags'",
+        )
         self.labels = LabelSet([t for ex in train_examples for t in ex.tags] + ["O"])
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
@@ -72,7 +76,9 @@ class TokenClassification(LabelledObjective):
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = self.logits(model, batch)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum")
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
         return loss, int((batch["labels"] != IGNORE).sum())
 
     def metrics(self, model, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:

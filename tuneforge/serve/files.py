@@ -32,7 +32,12 @@ def save_upload(src: BinaryIO, dest: Path, limit: int) -> int:
             if size > limit:
                 out.close()
                 dest.unlink()
-                raise APIError(413, f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).", param="file", code="file_too_large")
+                raise APIError(
+                    413,
+                    f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).",
+                    param="file",
+                    code="file_too_large",
+                )
             out.write(chunk)
     return size
 
@@ -59,9 +64,16 @@ def validation_error(report: Any, filename: str) -> APIError:
     return APIError(400, message, param="file", code="invalid_file_format", details=details)
 
 
-def create_file(store: Store, files_dir: Path, project_id: str, filename: str, purpose: str, src: BinaryIO, limit: int) -> File:
+def create_file(
+    store: Store, files_dir: Path, project_id: str, filename: str, purpose: str, src: BinaryIO, limit: int
+) -> File:
     if purpose != "fine-tune":
-        raise APIError(400, f"'{purpose}' is not a supported purpose for uploads; use 'fine-tune'.", param="purpose", code="invalid_purpose")
+        raise APIError(
+            400,
+            f"'{purpose}' is not a supported purpose for uploads; use 'fine-tune'.",
+            param="purpose",
+            code="invalid_purpose",
+        )
     file_id = new_id("file-")
     suffix = Path(filename).suffix.lower()[:10] or ".jsonl"  # the validator detects formats by extension too
     path = files_dir / project_id / f"{file_id}{suffix}"
@@ -70,8 +82,18 @@ def create_file(store: Store, files_dir: Path, project_id: str, filename: str, p
     if not report.ok:
         path.unlink()
         raise validation_error(report, filename)
-    row = File(id=file_id, project_id=project_id, filename=filename, purpose=purpose, bytes=size, path=str(path),
-               status="processed", status_details=None, validation=_summary(report, filename), created_at=now())
+    row = File(
+        id=file_id,
+        project_id=project_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=size,
+        path=str(path),
+        status="processed",
+        status_details=None,
+        validation=_summary(report, filename),
+        created_at=now(),
+    )
     with store.session() as s:
         s.add(row)
     return row
@@ -91,8 +113,18 @@ def store_result_file(store: Store, files_dir: Path, project_id: str, filename: 
     path = files_dir / project_id / f"{file_id}{Path(filename).suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
-    row = File(id=file_id, project_id=project_id, filename=filename, purpose="fine-tune-results", bytes=len(content), path=str(path),
-               status="processed", status_details=None, validation=None, created_at=now())
+    row = File(
+        id=file_id,
+        project_id=project_id,
+        filename=filename,
+        purpose="fine-tune-results",
+        bytes=len(content),
+        path=str(path),
+        status="processed",
+        status_details=None,
+        validation=None,
+        created_at=now(),
+    )
     with store.session() as s:
         s.add(row)
     return row
@@ -106,7 +138,9 @@ def get_file(store: Store, project_id: str, file_id: str, param: str | None = No
     return row
 
 
-def list_files(store: Store, project_id: str, purpose: str | None, after: str | None, limit: int, order: str) -> tuple[list[File], bool]:
+def list_files(
+    store: Store, project_id: str, purpose: str | None, after: str | None, limit: int, order: str
+) -> tuple[list[File], bool]:
     with store.session() as s:
         query = select(File).where(File.project_id == project_id)
         if purpose:
@@ -129,7 +163,14 @@ def delete_file(store: Store, project_id: str, file_id: str) -> None:
 
 
 def file_object(f: File) -> dict[str, Any]:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename, "purpose": f.purpose,
-            "status": f.status, "status_details": f.status_details, "expires_at": None}
-
-
+    return {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": f.created_at,
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": f.status,
+        "status_details": f.status_details,
+        "expires_at": None,
+    }

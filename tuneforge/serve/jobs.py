@@ -22,7 +22,15 @@ from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.tables import Checkpoint, Job, JobEvent
 
 
-def add_event(store: Store, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict[str, Any] | None = None) -> None:
+def add_event(
+    store: Store,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
     with store.session() as s:
         s.add(JobEvent(job_id=job_id, created_at=now(), level=level, type=type, message=message, data=data))
 
@@ -45,8 +53,15 @@ def _event_seq(event_id: str) -> int:
 
 
 def create_job(store: Store, **fields: Any) -> Job:
-    job = Job(id=new_id("ftjob-"), status=job_states.INITIAL.value, created_at=now(), result_files=[], attempts=0,
-              resume=False, **fields)
+    job = Job(
+        id=new_id("ftjob-"),
+        status=job_states.INITIAL.value,
+        created_at=now(),
+        result_files=[],
+        attempts=0,
+        resume=False,
+        **fields,
+    )
     with store.session() as s:
         s.add(job)
     add_event(store, job.id, f"Created fine-tuning job: {job.id}")
@@ -59,14 +74,19 @@ def get_job(store: Store, job_id: str, project_id: str) -> Job | None:
         return job if job is not None and job.project_id == project_id else None
 
 
-def list_jobs(store: Store, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+def list_jobs(
+    store: Store, project_id: str, after: str | None, limit: int, metadata: dict[str, str] | None = None
+) -> tuple[list[Job], bool]:
     """Newest first; `after` is the id of the last job of the previous page."""
     with store.session() as s:
         query = select(Job).where(Job.project_id == project_id).order_by(Job.created_at.desc(), Job.id.desc())
         if after:
             anchor = s.get(Job, after)
             if anchor is not None:
-                query = query.where((Job.created_at < anchor.created_at) | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+                query = query.where(
+                    (Job.created_at < anchor.created_at)
+                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
+                )
         rows = list(s.scalars(query))
     if metadata:
         rows = [j for j in rows if all((j.user_metadata or {}).get(k) == v for k, v in metadata.items())]
@@ -112,10 +132,14 @@ def _load(store: Store, job_id: str) -> Job:
 def heartbeat(store: Store, job_id: str, worker_id: str) -> Job | None:
     """Refresh the lease; returns the job (to read control requests), None if lost."""
     with store.session() as s:
-        ok = s.execute(
-            update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING.value)
-            .values(heartbeat_at=time.time())
-        ).rowcount == 1
+        ok = (
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING.value)
+                .values(heartbeat_at=time.time())
+            ).rowcount
+            == 1
+        )
         return s.get(Job, job_id) if ok else None
 
 
@@ -130,12 +154,19 @@ def reap_orphans(store: Store, lease_s: float, max_attempts: int) -> list[str]:
         gone = f"Worker {worker_id} stopped sending heartbeats; job"
         late = [Job.heartbeat_at < cutoff]  # in the WHERE: two reapers (or a late heartbeat) race safely
         if attempts < max_attempts:
-            won = job_states.requeue(store, job_id, level="warn", when=late, event=f"{gone} re-queued to resume from "
-                                     f"its last checkpoint (attempt {attempts + 1} of {max_attempts}).")
+            won = job_states.requeue(
+                store,
+                job_id,
+                level="warn",
+                when=late,
+                event=f"{gone} re-queued to resume from "
+                f"its last checkpoint (attempt {attempts + 1} of {max_attempts}).",
+            )
         else:
             why = f"The worker running this job stopped responding after {attempts} attempt(s)."
-            won = job_states.fail(store, job_id, "worker_lost", why, event=f"{gone} failed: no attempts left.",
-                                  release=True, when=late)
+            won = job_states.fail(
+                store, job_id, "worker_lost", why, event=f"{gone} failed: no attempts left.", release=True, when=late
+            )
         if won:
             reaped.append(job_id)
     return reaped

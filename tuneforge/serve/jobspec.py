@@ -29,7 +29,9 @@ class Hyperparameters(BaseModel):
     n_epochs: int | Auto = Field("auto", description="Passes over the training file; auto scales with its size.")
     batch_size: int | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
     learning_rate_multiplier: float | Auto = Field("auto", description="Times the method's base learning rate.")
-    beta: float | Auto | None = Field(None, description="DPO only: strength of the pull towards the reference model (train.dpo_beta; auto: 0.1).")
+    beta: float | Auto | None = Field(
+        None, description="DPO only: strength of the pull towards the reference model (train.dpo_beta; auto: 0.1)."
+    )
 
 
 class MethodDetail(BaseModel):
@@ -55,7 +57,9 @@ class CreateJob(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Fits the jobs table's INTEGER column.")
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
-    tuneforge: dict[str, Any] | None = Field(None, description="A partial tuneforge run config (method, train, model, eval, objective).")
+    tuneforge: dict[str, Any] | None = Field(
+        None, description="A partial tuneforge run config (method, train, model, eval, objective)."
+    )
 
     def resolved_method(self) -> MethodSpec:
         method = self.method or MethodSpec()
@@ -74,11 +78,19 @@ def check_method(method: MethodSpec) -> list[Problem]:
     if method.type == "supervised" and beta is not None:
         return [Problem("method.supervised.hyperparameters.beta", "beta applies to dpo only", "remove it")]
     if isinstance(beta, (int, float)) and beta <= 0:
-        return [Problem("method.dpo.hyperparameters.beta", f"must be greater than 0, got {beta}", f"use 'auto' ({DPO_BETA}) or a value like 0.1-0.5")]
+        return [
+            Problem(
+                "method.dpo.hyperparameters.beta",
+                f"must be greater than 0, got {beta}",
+                f"use 'auto' ({DPO_BETA}) or a value like 0.1-0.5",
+            )
+        ]
     return []
 
 
-def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: str, method_type: str = "supervised") -> dict[str, Any]:
+def resolve_hyperparameters(
+    h: Hyperparameters, n_examples: int, method_name: str, method_type: str = "supervised"
+) -> dict[str, Any]:
     """Fill in 'auto' the way OpenAI describes it: about 3 epochs, more for tiny files and
     fewer for big ones (keeping epochs x examples within [100, 25000]), batch ~0.2% of the data."""
     n = max(n_examples, 1)
@@ -95,27 +107,44 @@ def resolve_hyperparameters(h: Hyperparameters, n_examples: int, method_name: st
 def check_integrations(integrations: list[dict[str, Any]] | None) -> list[Problem]:
     """OpenAI's `integrations` (Weights & Biases) are refused by name, never dropped: tuneforge has no W&B
     tracker and reports to MLflow or TensorBoard through `tuneforge.train.report_to` instead."""
-    fix = ('remove it and set "tuneforge": {"train": {"report_to": ["mlflow"]}} (the server\'s MLflow store) '
-           'or ["tensorboard"]')
+    fix = (
+        'remove it and set "tuneforge": {"train": {"report_to": ["mlflow"]}} (the server\'s MLflow store) '
+        'or ["tensorboard"]'
+    )
     problems = []
     for i, item in enumerate(integrations or []):
         kind = item.get("type") if isinstance(item, dict) else None
-        why = ("Weights & Biases is not available on this server: tuneforge has no W&B tracker"
-               if kind == "wandb"
-               else f"integration type {kind!r} is not supported (OpenAI's jobs API knows wandb only)")
+        why = (
+            "Weights & Biases is not available on this server: tuneforge has no W&B tracker"
+            if kind == "wandb"
+            else f"integration type {kind!r} is not supported (OpenAI's jobs API knows wandb only)"
+        )
         problems.append(Problem(f"integrations[{i}].type", why, fix))
     return problems
 
 
 def check_options(options: dict[str, Any]) -> list[Problem]:
-    problems = [Problem(f"tuneforge.{k}", "is set by the service from the job", "remove it") for k in options if k in SERVER_OWNED]
+    problems = [
+        Problem(f"tuneforge.{k}", "is set by the service from the job", "remove it")
+        for k in options
+        if k in SERVER_OWNED
+    ]
     if isinstance(options.get("model"), dict) and "name" in options["model"]:
         problems.append(Problem("tuneforge.model.name", "the base model is the request's `model`", "remove it"))
     return problems
 
 
-def build_config(*, base_model: str, train_path: Path, validation_path: Path | None, output_dir: Path, method_type: str,
-                 hyper: dict[str, Any], seed: int, options: dict[str, Any]) -> RunConfig:
+def build_config(
+    *,
+    base_model: str,
+    train_path: Path,
+    validation_path: Path | None,
+    output_dir: Path,
+    method_type: str,
+    hyper: dict[str, Any],
+    seed: int,
+    options: dict[str, Any],
+) -> RunConfig:
     """The full run config of a job; ConfigError (keys prefixed `tuneforge.`) when invalid."""
     problems = check_options(options)
     if problems:

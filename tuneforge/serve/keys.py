@@ -41,12 +41,18 @@ def get_or_create_project(store: Store, name: str) -> str:
 def create_key(store: Store, project: str, name: str | None = None) -> tuple[str, str]:
     """Create a key for `project` (created if new). Returns (key id, the key itself)."""
     if not project.strip():
-        raise ConfigError("a project name is required", [Problem("--project", "empty project name", "pass --project NAME")])
+        raise ConfigError(
+            "a project name is required", [Problem("--project", "empty project name", "pass --project NAME")]
+        )
     project_id = get_or_create_project(store, project)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = new_id("key_", 8)
     with store.session() as s:
-        s.add(ApiKey(id=key_id, project_id=project_id, key_hash=hash_key(key), prefix=key[:10], name=name, created_at=now()))
+        s.add(
+            ApiKey(
+                id=key_id, project_id=project_id, key_hash=hash_key(key), prefix=key[:10], name=name, created_at=now()
+            )
+        )
     return key_id, key
 
 
@@ -66,7 +72,14 @@ def list_keys(store: Store, project: str | None = None) -> list[dict]:
         if project:
             query = query.where(Project.name == project)
         return [
-            {"id": k.id, "project": pname, "prefix": k.prefix, "name": k.name, "created_at": k.created_at, "revoked": k.revoked_at is not None}
+            {
+                "id": k.id,
+                "project": pname,
+                "prefix": k.prefix,
+                "name": k.name,
+                "created_at": k.created_at,
+                "revoked": k.revoked_at is not None,
+            }
             for k, pname in s.execute(query)
         ]
 
@@ -74,7 +87,9 @@ def list_keys(store: Store, project: str | None = None) -> list[dict]:
 def authenticate(store: Store, key: str) -> Principal | None:
     with store.session() as s:
         row = s.execute(
-            select(ApiKey, Project.name).join(Project, Project.id == ApiKey.project_id).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+            select(ApiKey, Project.name)
+            .join(Project, Project.id == ApiKey.project_id)
+            .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
         ).first()
         if row is None:
             return None

@@ -59,14 +59,32 @@ class Monitor:
     def __init__(self, store: Store, settings: ServeSettings) -> None:
         self.store, self.settings = store, settings
         self.registry = CollectorRegistry()
-        self.requests = Counter("tuneforge_requests", "Inference requests", ["model", "endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("tuneforge_request_latency_seconds", "Inference latency", ["model", "endpoint"], registry=self.registry,
-                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.requests = Counter(
+            "tuneforge_requests", "Inference requests", ["model", "endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "tuneforge_request_latency_seconds",
+            "Inference latency",
+            ["model", "endpoint"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.tokens = Counter("tuneforge_tokens", "Tokens processed", ["model", "kind"], registry=self.registry)
         self.registry.register(_JobGauge(store))
 
-    def record(self, *, project_id: str, model: str, endpoint: str, started: float, prompt_text: str, prompt_tokens: int,
-               completion_tokens: int, request: dict[str, Any] | None = None, response: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        *,
+        project_id: str,
+        model: str,
+        endpoint: str,
+        started: float,
+        prompt_text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        request: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+    ) -> None:
         latency = time.perf_counter() - started
         self.requests.labels(model, endpoint, "ok").inc()
         self.latency.labels(model, endpoint).observe(latency)
@@ -75,9 +93,20 @@ class Monitor:
         scrub = _redact_obj if self.settings.redact_pii else (lambda x: x)
         log = self.settings.log_requests
         with self.store.session() as s:
-            s.add(RequestLog(project_id=project_id, model=model, endpoint=endpoint, created_at=time.time(), latency_ms=latency * 1000,
-                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, prompt_text=scrub(prompt_text)[:20000],
-                             request=scrub(request) if log else None, response=scrub(response) if log else None))
+            s.add(
+                RequestLog(
+                    project_id=project_id,
+                    model=model,
+                    endpoint=endpoint,
+                    created_at=time.time(),
+                    latency_ms=latency * 1000,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    prompt_text=scrub(prompt_text)[:20000],
+                    request=scrub(request) if log else None,
+                    response=scrub(response) if log else None,
+                )
+            )
 
     def failed(self, model: str, endpoint: str) -> None:
         self.requests.labels(model, endpoint, "error").inc()
@@ -87,9 +116,29 @@ class Monitor:
 
     def usage(self, project_id: str) -> list[dict[str, Any]]:
         """Per-model totals of this project's requests (from the request log)."""
-        cols = (RequestLog.model, func.count(), func.avg(RequestLog.latency_ms), func.max(RequestLog.latency_ms),
-                func.sum(RequestLog.prompt_tokens), func.sum(RequestLog.completion_tokens))
+        cols = (
+            RequestLog.model,
+            func.count(),
+            func.avg(RequestLog.latency_ms),
+            func.max(RequestLog.latency_ms),
+            func.sum(RequestLog.prompt_tokens),
+            func.sum(RequestLog.completion_tokens),
+        )
         with self.store.session() as s:
-            rows = s.execute(select(*cols).where(RequestLog.project_id == project_id).group_by(RequestLog.model).order_by(RequestLog.model))
-            return [{"model": m, "requests": n, "mean_latency_ms": round(avg, 2), "max_latency_ms": round(mx, 2), "prompt_tokens": int(pt), "completion_tokens": int(ct)}
-                    for m, n, avg, mx, pt, ct in rows]
+            rows = s.execute(
+                select(*cols)
+                .where(RequestLog.project_id == project_id)
+                .group_by(RequestLog.model)
+                .order_by(RequestLog.model)
+            )
+            return [
+                {
+                    "model": m,
+                    "requests": n,
+                    "mean_latency_ms": round(avg, 2),
+                    "max_latency_ms": round(mx, 2),
+                    "prompt_tokens": int(pt),
+                    "completion_tokens": int(ct),
+                }
+                for m, n, avg, mx, pt, ct in rows
+            ]

@@ -80,13 +80,23 @@ class EventSink:
         match event:
             case TrainStep(step=step, loss=loss):
                 self.last_metrics.update(step=step, train_loss=loss)
-                data = {"step": step, "train_loss": loss, "learning_rate": event.lr, "tokens": event.tokens,
-                        "tokens_per_s": event.tokens_per_s}
+                data = {
+                    "step": step,
+                    "train_loss": loss,
+                    "learning_rate": event.lr,
+                    "tokens": event.tokens,
+                    "tokens_per_s": event.tokens_per_s,
+                }
                 jobs.add_event(self.store, job_id, f"Step {step}: training loss={loss:.4f}", type="metrics", data=data)
             case EvalDone(step=step, val_loss=val_loss):
                 self.last_metrics.update(step=step, valid_loss=val_loss)
-                jobs.add_event(self.store, job_id, f"Step {step}: validation loss={val_loss:.4f}", type="metrics",
-                               data={"step": step, "valid_loss": val_loss})
+                jobs.add_event(
+                    self.store,
+                    job_id,
+                    f"Step {step}: validation loss={val_loss:.4f}",
+                    type="metrics",
+                    data={"step": step, "valid_loss": val_loss},
+                )
             case CheckpointSaved(step=step, path=path):
                 jobs.add_checkpoint(self.store, job_id, step, {**self.last_metrics, "step": step}, path)
                 jobs.add_event(self.store, job_id, f"Checkpoint saved at step {step}")
@@ -159,8 +169,13 @@ def run_job(db_url: str, settings: ServeSettings, job_id: str, stop, worker_pid:
     except Exception as exc:  # a bug or a broken model: the details go to the log, the job names their id
         error_id = new_id("err_", 8)
         log.error("error %s in fine-tuning job %s", error_id, job.id, exc_info=exc)
-        _fail(store, job, "internal_error", f"The training process had an internal error (error id {error_id}); "
-                                            "the operator finds the details in the worker's log.")
+        _fail(
+            store,
+            job,
+            "internal_error",
+            f"The training process had an internal error (error id {error_id}); "
+            "the operator finds the details in the worker's log.",
+        )
         raise
     finally:
         store.dispose()
@@ -173,8 +188,12 @@ def client_text(text: str, store: Store, data_dir: Path, job: Job) -> str:
     for file_id in filter(None, (job.training_file, job.validation_file)):
         with contextlib.suppress(Exception):
             swaps.append((files.get_file(store, job.project_id, file_id).path, file_id))
-    swaps += [(str(run_dir_of(data_dir, job)), "<run>"), (str(tuneforge_home() / "models") + os.sep, ""),
-              (str(data_dir), "<data>"), (job.project_id, "<project>")]
+    swaps += [
+        (str(run_dir_of(data_dir, job)), "<run>"),
+        (str(tuneforge_home() / "models") + os.sep, ""),
+        (str(data_dir), "<data>"),
+        (job.project_id, "<project>"),
+    ]
     for server, client in swaps:
         text = text.replace(server, client)
     return text
@@ -187,8 +206,16 @@ def _train(store: Store, data_dir: Path, job: Job, should_stop) -> None:
     train_file = files.get_file(store, job.project_id, job.training_file)
     val_file = files.get_file(store, job.project_id, job.validation_file) if job.validation_file else None
     run_dir = run_dir_of(data_dir, job)
-    cfg = build_config(base_model=base_model_path(job.model), train_path=Path(train_file.path), validation_path=Path(val_file.path) if val_file else None,
-                       output_dir=run_dir, method_type=job.method["type"], hyper=job.hyperparameters, seed=job.seed, options=job.options)
+    cfg = build_config(
+        base_model=base_model_path(job.model),
+        train_path=Path(train_file.path),
+        validation_path=Path(val_file.path) if val_file else None,
+        output_dir=run_dir,
+        method_type=job.method["type"],
+        hyper=job.hyperparameters,
+        seed=job.seed,
+        options=job.options,
+    )
     with store.session() as s:
         s.execute(update(Job).where(Job.id == job.id).values(run_dir=str(run_dir)))
     # A job re-queued after a crash or a pause continues from its newest checkpoint, if
@@ -211,12 +238,27 @@ def _served_as(artifact: Path, run_dir: Path) -> tuple[str, Path]:
 def _succeed(store: Store, data_dir: Path, job: Job, result, method: str) -> None:
     kind, path = _served_as(Path(result.final_metrics["artifact"]), Path(result.run_dir))
     name = fine_tuned_name(job)
-    result_file = files.store_result_file(store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir))
-    model = FineTunedModel(id=name, project_id=job.project_id, job_id=job.id, base_model=job.model, kind=kind,
-                           path=str(path), created_at=now())
+    result_file = files.store_result_file(
+        store, data_dir / "files", job.project_id, f"step_metrics_{job.id}.csv", _metrics_csv(result.run_dir)
+    )
+    model = FineTunedModel(
+        id=name,
+        project_id=job.project_id,
+        job_id=job.id,
+        base_model=job.model,
+        kind=kind,
+        path=str(path),
+        created_at=now(),
+    )
     done = (f"New fine-tuned model created: {name} ({method}, {kind})", "The job has successfully completed")
-    job_states.succeed(store, job.id, fine_tuned_model=model, trained_tokens=result.trained_tokens,
-                       result_files=[result_file.id], events=done)
+    job_states.succeed(
+        store,
+        job.id,
+        fine_tuned_model=model,
+        trained_tokens=result.trained_tokens,
+        result_files=[result_file.id],
+        events=done,
+    )
 
 
 def _fail(store: Store, job: Job, code: str, message: str) -> None:

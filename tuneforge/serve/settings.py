@@ -23,8 +23,12 @@ class ServeSettings:
     data_dir: Path = field(default_factory=lambda: tuneforge_home() / "serve")
     max_upload_bytes: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MAX_UPLOAD_MB", 512) * 1024 * 1024))
     # Base models a key may use besides 'demo' and the folders under $TUNEFORGE_HOME/models.
-    base_models: list[str] = field(default_factory=lambda: [m for m in os.environ.get("TUNEFORGE_BASE_MODELS", "").split(",") if m])
-    model_cache_bytes: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_MODEL_CACHE_MB", 4096) * 1024 * 1024))
+    base_models: list[str] = field(
+        default_factory=lambda: [m for m in os.environ.get("TUNEFORGE_BASE_MODELS", "").split(",") if m]
+    )
+    model_cache_bytes: int = field(
+        default_factory=lambda: int(_env_float("TUNEFORGE_MODEL_CACHE_MB", 4096) * 1024 * 1024)
+    )
     log_requests: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_LOG_REQUESTS", "0") == "1")
     redact_pii: bool = field(default_factory=lambda: os.environ.get("TUNEFORGE_REDACT_PII", "1") == "1")
     drift_threshold: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRIFT_THRESHOLD", 0.25))
@@ -35,7 +39,11 @@ class ServeSettings:
     metrics_token: str | None = field(default_factory=lambda: os.environ.get("TUNEFORGE_METRICS_TOKEN") or None)
     # torch threads for generation; None keeps torch's default (all cores). On a shared or
     # busy machine 1 is often several times faster for small models (no thread oversubscription).
-    inference_threads: int | None = field(default_factory=lambda: int(os.environ["TUNEFORGE_INFERENCE_THREADS"]) if os.environ.get("TUNEFORGE_INFERENCE_THREADS") else None)
+    inference_threads: int | None = field(
+        default_factory=lambda: (
+            int(os.environ["TUNEFORGE_INFERENCE_THREADS"]) if os.environ.get("TUNEFORGE_INFERENCE_THREADS") else None
+        )
+    )
     # A running job whose worker sent no heartbeat for this long is taken back by another worker.
     job_lease_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_JOB_LEASE_S", 30))
     # Runs a job gets (the first plus retries after a crashed process or a lost worker) before it fails.
@@ -51,7 +59,8 @@ class ServeSettings:
     # Job options that run code or read server files (eval.custom_metric, model.trust_remote_code, paths
     # such as eval.rag_docs or a .jinja chat_template) are refused from the API unless this is set.
     allow_unsafe_job_options: bool = field(
-        default_factory=lambda: os.environ.get("TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS", "0") == "1")
+        default_factory=lambda: os.environ.get("TUNEFORGE_ALLOW_UNSAFE_JOB_OPTIONS", "0") == "1"
+    )
     # SIGTERM: how long serve waits for running requests and for workers to checkpoint their jobs.
     drain_timeout_s: float = field(default_factory=lambda: _env_float("TUNEFORGE_DRAIN_TIMEOUT_S", 20))
 

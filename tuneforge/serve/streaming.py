@@ -9,7 +9,7 @@ text comes from the same `AnswerText`, so a streamed answer joins up to the batc
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -22,8 +22,14 @@ class _StopStrings(BaseStreamer, StoppingCriteria):
     """Hands out the answer's text as tokens come (`AnswerText`: the batched path's rule) and ends
     generation once a stop token or a stop string appears, or the client has gone."""
 
-    def __init__(self, tokenizer, stops: list[str], stop_ids: set[int], on_text: Callable[[str], None],
-                 cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        stops: list[str],
+        stop_ids: set[int],
+        on_text: Callable[[str], None],
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.answer, self.stop_ids, self.on_text, self.cancel = AnswerText(tokenizer, stops), stop_ids, on_text, cancel
         self.prompt_seen = False
         self.finished: str | None = None  # "stop" once a stop string/token ended the text
@@ -57,9 +63,19 @@ class _StopStrings(BaseStreamer, StoppingCriteria):
 
 
 @torch.no_grad()
-def generate_one(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temperature: float, top_p: float,
-                 stop: list[str] | None, seed: int | None, on_text: Callable[[str], None] = lambda _: None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+def generate_one(
+    model,
+    tokenizer,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: list[str] | None,
+    seed: int | None,
+    on_text: Callable[[str], None] = lambda _: None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
     """One prompt, streamed through `on_text`; stops early once `cancel` is set (the client left)."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -68,9 +84,19 @@ def generate_one(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)  # (1, T)
     sampling = temperature > 0
-    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sampling,
-                   temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
-                   pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, streamer=streamer, stopping_criteria=StoppingCriteriaList([streamer]))
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stops,
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([streamer]),
+    )
     # the stop token counts, as in generate_batch
     completion = min(len(streamer.answer.ids) + (streamer.finished is not None), max_new_tokens)
     cancelled = cancel is not None and cancel.is_set() and completion < max_new_tokens

@@ -75,7 +75,9 @@ class Worker:
             self._stopped.set()
             beats.join(timeout=10)
             with self.store.session() as s:
-                s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(current_job_id=None, heartbeat_at=0.0))
+                s.execute(
+                    update(WorkerRow).where(WorkerRow.id == self.id).values(current_job_id=None, heartbeat_at=0.0)
+                )
 
     def _heartbeats(self) -> None:
         """Refresh this worker's row and its job's lease on their own thread, so that a slow
@@ -97,10 +99,13 @@ class Worker:
     def _supervise(self, job: Job) -> None:
         ctx = _context()
         stop = ctx.Event()
-        proc = ctx.Process(target=run_job, args=(self.store.url, self.settings, job.id, stop, os.getpid()),
-                           name=f"tuneforge-{job.id}")
+        proc = ctx.Process(
+            target=run_job, args=(self.store.url, self.settings, job.id, stop, os.getpid()), name=f"tuneforge-{job.id}"
+        )
         proc.start()
-        jobs.add_event(self.store, job.id, f"Fine-tuning job started on {self.id} (pid {proc.pid}, attempt {job.attempts})")
+        jobs.add_event(
+            self.store, job.id, f"Fine-tuning job started on {self.id} (pid {proc.pid}, attempt {job.attempts})"
+        )
         deadline = None
         while proc.is_alive():
             proc.join(0.2)
@@ -127,23 +132,40 @@ class Worker:
             job_states.requeue(self.store, job_id, f"Worker {self.id} shut down; job re-queued", when=mine)
             return
         if exitcode is not None and exitcode < 0:
-            why = f"the training process was killed by {signal.Signals(-exitcode).name}" + (" (often the out-of-memory killer)" if -exitcode == signal.SIGKILL else "")
+            why = f"the training process was killed by {signal.Signals(-exitcode).name}" + (
+                " (often the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+            )
         else:
             why = f"the training process exited with code {exitcode} without reporting a result"
         attempts = self.settings.job_max_attempts
         if job.attempts < attempts:
-            job_states.requeue(self.store, job_id, f"{why[0].upper()}{why[1:]}; job re-queued "
-                               f"(attempt {job.attempts + 1} of {attempts})", level="warn", when=mine)
+            job_states.requeue(
+                self.store,
+                job_id,
+                f"{why[0].upper()}{why[1:]}; job re-queued (attempt {job.attempts + 1} of {attempts})",
+                level="warn",
+                when=mine,
+            )
         else:
             job_states.fail(self.store, job_id, "worker_crashed", why, release=True, when=mine)
 
     def _register(self) -> None:
         with self.store.session() as s:
-            s.add(WorkerRow(id=self.id, hostname=socket.gethostname(), pid=os.getpid(), started_at=time.time(), heartbeat_at=time.time()))
+            s.add(
+                WorkerRow(
+                    id=self.id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=time.time(),
+                    heartbeat_at=time.time(),
+                )
+            )
 
     def _beat(self, job_id: str | None = None) -> None:
         with self.store.session() as s:
-            s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=time.time(), current_job_id=job_id))
+            s.execute(
+                update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=time.time(), current_job_id=job_id)
+            )
 
 
 def _shutdown_when_orphaned(shutdown: threading.Event, poll_s: float = 0.5) -> None:

@@ -24,7 +24,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def micro_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = epoch_order(n, seed, epoch)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def steps_per_epoch(n: int, batch_size: int, grad_accum: int) -> int:
@@ -39,11 +39,11 @@ def row_chunks(batch: dict[str, torch.Tensor], rows: int | None) -> list[dict[st
     """
     total = next(iter(batch.values())).shape[0]
     step = rows or total
-    return [{k: v[i:i + step] for k, v in batch.items()} for i in range(0, total, step)]
+    return [{k: v[i : i + step] for k, v in batch.items()} for i in range(0, total, step)]
 
 
 # estimated activations of one forward/backward pass when rows per pass are automatic
-CPU_PASS_BYTES = 256 * 2 ** 20
+CPU_PASS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -85,21 +85,26 @@ def batch_layout(cfg: RunConfig, model, objective, pad_id: int, device: torch.de
     why = "train.packing: true" if train.packing else "packing: the model keeps packed examples apart"
     if train.packed_rows_per_pass or device.type != "cpu":
         return BatchLayout(True, train.packed_rows_per_pass, why)
-    per_row = estimate_for_model(model, cfg.method, 1, cfg.model.max_length,
-                                 gradient_checkpointing=train.gradient_checkpointing).memory_bytes["activations"]
+    per_row = estimate_for_model(
+        model, cfg.method, 1, cfg.model.max_length, gradient_checkpointing=train.gradient_checkpointing
+    ).memory_bytes["activations"]
     rows = max(1, CPU_PASS_BYTES // max(per_row, 1))
-    budget = f"~{per_row / 2 ** 20:.0f} MiB of activations per row, {CPU_PASS_BYTES // 2 ** 20} MiB per pass on CPU"
+    budget = f"~{per_row / 2**20:.0f} MiB of activations per row, {CPU_PASS_BYTES // 2**20} MiB per pass on CPU"
     return BatchLayout(True, None if rows >= train.batch_size else int(rows), f"{why}; {budget}")
 
 
 def _packing_problem(model, objective, pad_id: int) -> tuple[str, str] | None:
     """(headline, cause) of why this objective/model pair cannot be packed, or None."""
     if not hasattr(objective, "pack"):
-        return (f"train.packing is not available for the {objective.name} objective",
-                f"{objective.name} batches are not token sequences")
+        return (
+            f"train.packing is not available for the {objective.name} objective",
+            f"{objective.name} batches are not token sequences",
+        )
     if not packing_matches_padding(model, pad_id):
-        return (f"{type(model).__name__} does not keep packed examples apart",
-                "its attention mask ignores the position restarts between packed examples")
+        return (
+            f"{type(model).__name__} does not keep packed examples apart",
+            "its attention mask ignores the position restarts between packed examples",
+        )
     return None
 
 

@@ -60,7 +60,10 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer, scheduler, state: L
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+        tmp / "optim.pt",
+    )
     (tmp / "state.json").write_text(json.dumps(asdict(state)))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -74,8 +77,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_sharded_checkpoint(root: Path, model: nn.Module, optimizer, scheduler, state: LoopState, keep: int,
-                            is_main: bool) -> Path:
+def save_sharded_checkpoint(
+    root: Path, model: nn.Module, optimizer, scheduler, state: LoopState, keep: int, is_main: bool
+) -> Path:
     """The checkpoint of a torchrun job: every rank calls it (DCP is collective); rank 0 writes the rest."""
     final = root / f"step-{state.step:07d}"
     tmp = root / f".tmp-step-{state.step:07d}"
@@ -83,8 +87,13 @@ def save_sharded_checkpoint(root: Path, model: nn.Module, optimizer, scheduler, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dcp.save({"model": get_model_state_dict(model, options=_TRAINABLE),
-              "optim": get_optimizer_state_dict(model, optimizer, options=_TRAINABLE)}, checkpoint_id=tmp / SHARDED)
+    dcp.save(
+        {
+            "model": get_model_state_dict(model, options=_TRAINABLE),
+            "optim": get_optimizer_state_dict(model, optimizer, options=_TRAINABLE),
+        },
+        checkpoint_id=tmp / SHARDED,
+    )
     if is_main:
         torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "loop.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
@@ -131,8 +140,10 @@ def _set_rng_state(state: dict) -> None:
 
 def _load_sharded(path: Path, model: nn.Module, optimizer, scheduler) -> LoopState:
     """A DCP checkpoint, resharded to this run's ranks (or read whole by one process)."""
-    state = {"model": get_model_state_dict(model, options=_TRAINABLE),
-             "optim": get_optimizer_state_dict(model, optimizer, options=_TRAINABLE)}
+    state = {
+        "model": get_model_state_dict(model, options=_TRAINABLE),
+        "optim": get_optimizer_state_dict(model, optimizer, options=_TRAINABLE),
+    }
     dcp.load(state, checkpoint_id=path / SHARDED)
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, state["optim"], options=_TRAINABLE)
@@ -155,8 +166,10 @@ def _load_full_into_shards(path: Path, model: nn.Module, optimizer, scheduler) -
     fqn = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     blob = torch.load(path / "optim.pt", weights_only=False)
     saved = blob["optimizer"]
-    named = {"state": {fqn[i]: v for i, v in saved["state"].items()},
-             "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    named = {
+        "state": {fqn[i]: v for i, v in saved["state"].items()},
+        "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
     _set_rng_state(blob["rng"])

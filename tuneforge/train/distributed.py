@@ -69,8 +69,9 @@ def init(cfg: RunConfig, device: torch.device) -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=cfg.train.distributed.timeout_s)
-        dist.init_process_group(backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world,
-                                timeout=timeout)
+        dist.init_process_group(
+            backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world, timeout=timeout
+        )
     return Dist(rank, world, local)
 
 
@@ -78,8 +79,13 @@ def _attempt_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
     """torchrun's store under a prefix per restart: after --max-restarts restarted the group, gloo would
     otherwise read the dead attempt's addresses (connectFullMesh: connection refused)."""
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=not agent and rank == 0, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent and rank == 0,
+        timeout=timeout,
+    )
     return dist.PrefixStore(f"tuneforge/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -133,8 +139,9 @@ class LossModule(nn.Module):
         return self.objective.loss(self.model, batch)
 
 
-def wrap(model: nn.Module, objective: Any, cfg: RunConfig, d: Dist,
-         trainable_share: float) -> tuple[Dist, nn.Module | None]:
+def wrap(
+    model: nn.Module, objective: Any, cfg: RunConfig, d: Dist, trainable_share: float
+) -> tuple[Dist, nn.Module | None]:
     """(this rank with its strategy, the DDP/FSDP2-wrapped LossModule), or (d, None) in one process.
 
     FSDP2 shards in place (the model's parameters become DTensors): build the optimizer afterwards.
@@ -175,9 +182,16 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     names = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
-        raise ConfigError(f"FSDP2 cannot find the decoder layers of {type(base).__name__}",
-                          [Problem("train.distributed.strategy", "the model names no layer classes (_no_split_modules)",
-                                   "use strategy: ddp")])
+        raise ConfigError(
+            f"FSDP2 cannot find the decoder layers of {type(base).__name__}",
+            [
+                Problem(
+                    "train.distributed.strategy",
+                    "the model names no layer classes (_no_split_modules)",
+                    "use strategy: ddp",
+                )
+            ],
+        )
     return layers
 
 

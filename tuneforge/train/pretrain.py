@@ -16,13 +16,28 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError
 
-from tuneforge.config import ConfigError, ModelSection, RunConfig, Section, TrainSection, DataSection, FullMethod, _problem
+from tuneforge.config import (
+    ConfigError,
+    DataSection,
+    FullMethod,
+    ModelSection,
+    RunConfig,
+    Section,
+    TrainSection,
+    _problem,
+)
 from tuneforge.data.readers import read_examples
 from tuneforge.data.synthetic import general_chat, general_corpus
 from tuneforge.data.types import Conversation, TextExample
 from tuneforge.errors import Problem
-from tuneforge.models.demo import (CHAT_TEMPLATE, build_tiny_llama, build_tokenizer, demo_model_built, demo_model_dir,
-                                   save_model_folder)
+from tuneforge.models.demo import (
+    CHAT_TEMPLATE,
+    build_tiny_llama,
+    build_tokenizer,
+    demo_model_built,
+    demo_model_dir,
+    save_model_folder,
+)
 from tuneforge.train.rundir import RunDir
 
 
@@ -37,15 +52,30 @@ class ArchitectureSection(Section):
 
 
 class PretrainConfig(Section):
-    corpus: Path | None = Field(None, description="Text file (documents separated by blank lines) or JSONL; null = generate a general corpus.")
+    corpus: Path | None = Field(
+        None, description="Text file (documents separated by blank lines) or JSONL; null = generate a general corpus."
+    )
     generated_documents: int = Field(5000, gt=0, description="Documents to generate when corpus is null.")
     generated_chats: int = Field(3000, ge=0, description="General chat transcripts mixed into the generated corpus.")
-    output: Path = Field(..., description="Folder of the finished HF model (config, safetensors, tokenizer, chat template).")
+    output: Path = Field(
+        ..., description="Folder of the finished HF model (config, safetensors, tokenizer, chat template)."
+    )
     block_size: int = Field(128, gt=8, description="Tokens per packed training block.")
     seed: int = Field(0, description="Seed for the corpus, tokenizer order and initialisation.")
     architecture: ArchitectureSection = Field(default_factory=ArchitectureSection)
-    train: TrainSection = Field(default_factory=lambda: TrainSection(epochs=2, batch_size=16, lr=3e-3, warmup_ratio=0.05,
-                                                                       scheduler="cosine", eval_every=200, save_every=400, log_every=20, weight_decay=0.01))
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(
+            epochs=2,
+            batch_size=16,
+            lr=3e-3,
+            warmup_ratio=0.05,
+            scheduler="cosine",
+            eval_every=200,
+            save_every=400,
+            log_every=20,
+            weight_decay=0.01,
+        )
+    )
 
 
 def load_pretrain_config(path: Path, overrides: list[str] | None = None) -> PretrainConfig:
@@ -60,7 +90,9 @@ def load_pretrain_config(path: Path, overrides: list[str] | None = None) -> Pret
     try:
         return PretrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc.error_count()} problem(s)", [_problem(str(path), e) for e in exc.errors()]) from None
+        raise ConfigError(
+            f"{path}: {exc.error_count()} problem(s)", [_problem(str(path), e) for e in exc.errors()]
+        ) from None
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
@@ -76,11 +108,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
 
     tokenizer = build_tokenizer(texts, cfg.architecture.vocab_size)
     arch = cfg.architecture
-    model = build_tiny_llama(tokenizer, arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.intermediate, arch.max_positions, cfg.seed)
+    model = build_tiny_llama(
+        tokenizer, arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.intermediate, arch.max_positions, cfg.seed
+    )
     save_model_folder(model, tokenizer, work / "init")
 
     run_cfg = RunConfig(
-        objective="clm", output_dir=work / "run", method=FullMethod(),
+        objective="clm",
+        output_dir=work / "run",
+        method=FullMethod(),
         model=ModelSection(name=str(work / "init"), max_length=cfg.block_size),
         data=DataSection(train=corpus_file, validation_fraction=0.02, format="text"),
         train=cfg.train.model_copy(update={"seed": cfg.seed}),
@@ -102,14 +138,21 @@ def _corpus(cfg: PretrainConfig) -> list[str]:
         rng.shuffle(docs)
         return docs
     examples = read_examples(cfg.corpus)
-    return [ex.text if isinstance(ex, TextExample) else _render_chatml([{"role": m.role, "content": m.content} for m in ex.messages])
-            for ex in examples if isinstance(ex, (TextExample, Conversation))]
+    return [
+        ex.text
+        if isinstance(ex, TextExample)
+        else _render_chatml([{"role": m.role, "content": m.content} for m in ex.messages])
+        for ex in examples
+        if isinstance(ex, (TextExample, Conversation))
+    ]
 
 
 def _render_chatml(messages: list[dict[str, str]]) -> str:
     from jinja2 import Template
 
-    return Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")).render(messages=messages)
+    return Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")).render(
+        messages=messages
+    )
 
 
 def ensure_demo_model(progress: bool = True) -> Path:

@@ -36,8 +36,15 @@ class TrainStep:
     metrics: dict[str, float] = field(default_factory=dict)  # the objective's per-step extras (grpo: reward, kl...)
 
     def to_record(self) -> dict[str, Any]:
-        record = {"type": "train", "step": self.step, "epoch": self.epoch, "loss": self.loss, "lr": self.lr,
-                  "tokens": self.tokens, "tokens_per_s": self.tokens_per_s}
+        record = {
+            "type": "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "lr": self.lr,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_s,
+        }
         return {**record, "metrics": self.metrics} if self.metrics else record
 
 
@@ -51,8 +58,13 @@ class EvalDone:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:  # the extra metrics sit flat beside val_loss, as they always have
-        return {"type": "eval", "step": self.step, "val_loss": self.val_loss, "best_val_loss": self.best_val_loss,
-                **self.metrics}
+        return {
+            "type": "eval",
+            "step": self.step,
+            "val_loss": self.val_loss,
+            "best_val_loss": self.best_val_loss,
+            **self.metrics,
+        }
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,9 @@ class Events:
     """Fans one event out to metrics.jsonl, the progress bar, an optional callback and the experiment trackers
     (closed on exit: failed when the block raised)."""
 
-    def __init__(self, run: RunDir, callback: EventFn | None, total_steps: int, show: bool,
-                 trackers: list[Tracker] | None = None):
+    def __init__(
+        self, run: RunDir, callback: EventFn | None, total_steps: int, show: bool, trackers: list[Tracker] | None = None
+    ):
         self.run = run
         self.callback = callback
         self.trackers = trackers or []
@@ -154,8 +167,14 @@ class Events:
 
 def _bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=Console(file=sys.stderr), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        transient=False,
     )

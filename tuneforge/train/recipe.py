@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import set_seed
@@ -114,8 +115,14 @@ class ValidationOutcome:
     should_stop: bool  # early stopping: no improvement in train.early_stopping_patience evaluations
 
 
-def train(cfg: RunConfig, *, resume: bool = False, on_event: EventFn | None = None,
-          should_stop: Callable[[], bool] | None = None, progress: bool = True) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    on_event: EventFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train `cfg` into the run directory `cfg.output_dir` and save its artifact.
 
     `resume` continues from the last checkpoint; `on_event` receives every typed event;
@@ -177,8 +184,15 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
 
     base_path = resolve_model_path(cfg.model.name)
     method = get_method(cfg.method.name)
-    model = load_model(base_path, pick_dtype(cfg.model.dtype, device), cfg.model.revision, cfg.model.trust_remote_code,
-                       task=objective.task, **objective.model_kwargs(train_examples), **method.load_kwargs(cfg.method))
+    model = load_model(
+        base_path,
+        pick_dtype(cfg.model.dtype, device),
+        cfg.model.revision,
+        cfg.model.trust_remote_code,
+        task=objective.task,
+        **objective.model_kwargs(train_examples),
+        **method.load_kwargs(cfg.method),
+    )
     fit_embeddings(model, tokenizer)  # rows for the special tokens a model.chat_template added
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of the seeded run
     model = method.apply(model, cfg.method).to(device)
@@ -194,8 +208,28 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, total_steps, cfg.train.warmup_ratio)
     state = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint else LoopState()
     state.global_batch = _global_batch(cfg, d, state)
-    s = Session(cfg, run, device, objective, tokenizer, method, model, layout, train_feats, val_feats, pad_id,
-                optimizer, scheduler, state, total_steps, trainable, total, started, dist=d, wrapped=wrapped)
+    s = Session(
+        cfg,
+        run,
+        device,
+        objective,
+        tokenizer,
+        method,
+        model,
+        layout,
+        train_feats,
+        val_feats,
+        pad_id,
+        optimizer,
+        scheduler,
+        state,
+        total_steps,
+        trainable,
+        total,
+        started,
+        dist=d,
+        wrapped=wrapped,
+    )
 
     run.prepare(cfg, resume)
     lineage = _dataset_lineage(cfg, train_examples, val_examples)
@@ -210,11 +244,19 @@ def _global_batch(cfg: RunConfig, d: Dist, state: LoopState) -> int:
     size = cfg.train.batch_size * d.world
     if state.global_batch not in (None, size):
         per_rank = state.global_batch / d.world
-        raise ConfigError(f"the checkpoint was trained with {state.global_batch} examples per micro-batch over all "
-                          f"ranks, this run has {size} ({d.world} x train.batch_size={cfg.train.batch_size})",
-                          [Problem("train.batch_size", "resuming with another global batch would replay other examples",
-                                   f"set train.batch_size={per_rank:g} for {d.world} rank(s)"
-                                   if per_rank.is_integer() else "resume with a world size that divides it")])
+        raise ConfigError(
+            f"the checkpoint was trained with {state.global_batch} examples per micro-batch over all "
+            f"ranks, this run has {size} ({d.world} x train.batch_size={cfg.train.batch_size})",
+            [
+                Problem(
+                    "train.batch_size",
+                    "resuming with another global batch would replay other examples",
+                    f"set train.batch_size={per_rank:g} for {d.world} rank(s)"
+                    if per_rank.is_integer()
+                    else "resume with a world size that divides it",
+                )
+            ],
+        )
     return size
 
 
@@ -229,11 +271,16 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
     rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
-    manifest["memory_estimate"] = estimate_for_model(s.model, cfg.method, min(rows, cfg.train.batch_size),
-                                                     cfg.model.max_length).memory_bytes
-    manifest["data_stats"] = {"train_features": len(s.train_feats), "validation_features": len(s.val_feats),
-                              "truncated": sum(f.truncated for f in s.train_feats), "steps_per_epoch": per_epoch,
-                              "total_steps": s.total_steps}
+    manifest["memory_estimate"] = estimate_for_model(
+        s.model, cfg.method, min(rows, cfg.train.batch_size), cfg.model.max_length
+    ).memory_bytes
+    manifest["data_stats"] = {
+        "train_features": len(s.train_feats),
+        "validation_features": len(s.val_feats),
+        "truncated": sum(f.truncated for f in s.train_feats),
+        "steps_per_epoch": per_epoch,
+        "total_steps": s.total_steps,
+    }
     s.run.write_manifest(manifest)
 
 
@@ -257,9 +304,16 @@ def _optimizer_step(s: Session) -> float:
     if not math.isfinite(loss_sum):
         last = latest_checkpoint(s.run.checkpoints)
         _finish(s, RunStatus.FAILED, {"error": f"non-finite loss at step {state.step + 1}"})
-        raise TrainingError(f"training stopped: the loss became {loss_sum} at step {state.step + 1}",
-                            [Problem("train.lr", f"last good checkpoint: {last or 'none yet'}",
-                                     "lower train.lr or enable train.max_grad_norm, then resume")])
+        raise TrainingError(
+            f"training stopped: the loss became {loss_sum} at step {state.step + 1}",
+            [
+                Problem(
+                    "train.lr",
+                    f"last good checkpoint: {last or 'none yet'}",
+                    "lower train.lr or enable train.max_grad_norm, then resume",
+                )
+            ],
+        )
     params = s.params
     for p in params:  # mean over every supervised token of the step, however it was split (micro-batches, ranks)
         if p.grad is not None:
@@ -290,8 +344,9 @@ def _validate(s: Session, events: Events) -> ValidationOutcome:
     events.emit(EvalDone(state.step, val_loss, state.best_val_loss, metrics))
     should_stop = distributed.agree(bool(patience) and state.evals_without_improvement >= patience, s.dist, s.device)
     if should_stop:
-        events.message(f"early stopping at step {state.step}: "
-                       f"no improvement in {state.evals_without_improvement} evaluations")
+        events.message(
+            f"early stopping at step {state.step}: no improvement in {state.evals_without_improvement} evaluations"
+        )
     return ValidationOutcome(val_loss, improved, should_stop)
 
 
@@ -304,8 +359,12 @@ def _save_checkpoint(s: Session, events: Events) -> None:
 def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: float) -> dict[str, Any]:
     """The result dict; unless stopped, with the best weights restored, final validation and the saved artifact."""
     state = s.state
-    final: dict[str, Any] = {"steps": state.step, "trained_tokens": state.tokens,
-                             "train_loss": s.losses[-1] if s.losses else None, "tokens_per_s": tokens_per_s}
+    final: dict[str, Any] = {
+        "steps": state.step,
+        "trained_tokens": state.tokens,
+        "train_loss": s.losses[-1] if s.losses else None,
+        "tokens_per_s": tokens_per_s,
+    }
     if status is RunStatus.STOPPED:
         return final
     if s.best_weights is not None:  # early stopping keeps the best validated weights, not the last
@@ -378,7 +437,7 @@ def evaluate_loss(model, objective, feats, batch_size: int, pad_id: int, device)
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(feats), batch_size):
-        batch = objective.collate(feats[i:i + batch_size], pad_id)
+        batch = objective.collate(feats[i : i + batch_size], pad_id)
         loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
         total, count = total + loss.item(), count + n
     return total / max(count, 1)
@@ -390,13 +449,22 @@ def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
     if resume:
         found = latest_checkpoint(run.checkpoints)
         if found is None:
-            raise ConfigError(f"nothing to resume in {run.root}",
-                              [Problem("output_dir", "no checkpoint found", "run without --resume to start fresh")])
+            raise ConfigError(
+                f"nothing to resume in {run.root}",
+                [Problem("output_dir", "no checkpoint found", "run without --resume to start fresh")],
+            )
         return found
     if latest_checkpoint(run.checkpoints) or any((run.root / folder).exists() for folder in artifact_folders()):
-        raise ConfigError(f"run directory {run.root} already holds a run",
-                          [Problem("output_dir", "would overwrite an earlier run",
-                                   "pass --resume to continue it, or choose another output_dir")])
+        raise ConfigError(
+            f"run directory {run.root} already holds a run",
+            [
+                Problem(
+                    "output_dir",
+                    "would overwrite an earlier run",
+                    "pass --resume to continue it, or choose another output_dir",
+                )
+            ],
+        )
     return None
 
 
@@ -414,8 +482,11 @@ def _load_splits(cfg: RunConfig) -> tuple[list, list]:
 
 def _dataset_lineage(cfg: RunConfig, train_examples: list, val_examples: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    splits = (("train", cfg.data.train, len(train_examples)), ("validation", cfg.data.validation, len(val_examples)),
-              ("test", cfg.data.test, None))
+    splits = (
+        ("train", cfg.data.train, len(train_examples)),
+        ("validation", cfg.data.validation, len(val_examples)),
+        ("test", cfg.data.test, None),
+    )
     for key, path, n in splits:
         if path is not None:
             out[key] = {**dataset_fingerprint(path), "examples": n}  # points at a prepared dataset's manifest too
@@ -431,10 +502,20 @@ def _load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
 
 def _finish(s: Session, status: RunStatus, result: dict[str, Any], train_s: float | None = None) -> None:
     manifest = s.run.read_manifest()
-    timings = {"setup_s": round(s.setup_s, 3), "train_s": round(train_s or 0.0, 3),
-               "total_s": round(time.perf_counter() - s.started, 3)}
+    timings = {
+        "setup_s": round(s.setup_s, 3),
+        "train_s": round(train_s or 0.0, 3),
+        "total_s": round(time.perf_counter() - s.started, 3),
+    }
     memory = peak_memory()
     per_rank = distributed.peak_memory_per_rank(memory, s.dist)  # a collective: every rank finishes
-    manifest.update({"status": status.value, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result,
-                     "memory": memory if per_rank is None else {**memory, "per_rank": per_rank}, "timings": timings})
+    manifest.update(
+        {
+            "status": status.value,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "result": result,
+            "memory": memory if per_rank is None else {**memory, "per_rank": per_rank},
+            "timings": timings,
+        }
+    )
     s.run.write_manifest(manifest)

@@ -48,8 +48,13 @@ def weights_hash(folder: str) -> str | None:
 
 
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -104,9 +109,19 @@ class RunDir:
 
 def _with_absolute_paths(cfg: RunConfig) -> RunConfig:
     """The config as saved in the run: data paths absolute, so the run folder stands on its own."""
-    data = {k: Path(v).resolve() for k, v in (("train", cfg.data.train), ("validation", cfg.data.validation), ("test", cfg.data.test)) if v is not None}
-    model = cfg.model.model_copy(update={"name": str(Path(cfg.model.name).resolve())}) if Path(cfg.model.name).exists() else cfg.model
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update=data), "model": model, "output_dir": Path(cfg.output_dir).resolve()})
+    data = {
+        k: Path(v).resolve()
+        for k, v in (("train", cfg.data.train), ("validation", cfg.data.validation), ("test", cfg.data.test))
+        if v is not None
+    }
+    model = (
+        cfg.model.model_copy(update={"name": str(Path(cfg.model.name).resolve())})
+        if Path(cfg.model.name).exists()
+        else cfg.model
+    )
+    return cfg.model_copy(
+        update={"data": cfg.data.model_copy(update=data), "model": model, "output_dir": Path(cfg.output_dir).resolve()}
+    )
 
 
 def new_manifest(cfg: RunConfig, base_path: str, datasets: dict[str, Any]) -> dict[str, Any]:

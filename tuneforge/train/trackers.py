@@ -43,16 +43,23 @@ def open_trackers(cfg: RunConfig, run: RunDir) -> list[Tracker]:
 def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
     """(step, {name: value}) of the numbers an event carries; None for events without numbers."""
     if isinstance(event, TrainStep):
-        return event.step, {"train/loss": event.loss, "train/lr": event.lr, "train/tokens": float(event.tokens),
-                            "train/tokens_per_s": event.tokens_per_s,
-                            **{f"train/{k}": float(v) for k, v in getattr(event, "metrics", {}).items()
-                               if _is_number(v)}}
+        return event.step, {
+            "train/loss": event.loss,
+            "train/lr": event.lr,
+            "train/tokens": float(event.tokens),
+            "train/tokens_per_s": event.tokens_per_s,
+            **{f"train/{k}": float(v) for k, v in getattr(event, "metrics", {}).items() if _is_number(v)},
+        }
     if isinstance(event, EvalDone):
-        return event.step, {"eval/val_loss": event.val_loss, "eval/best_val_loss": event.best_val_loss,
-                            **{f"eval/{k}": float(v) for k, v in event.metrics.items() if _is_number(v)}}
+        return event.step, {
+            "eval/val_loss": event.val_loss,
+            "eval/best_val_loss": event.best_val_loss,
+            **{f"eval/{k}": float(v) for k, v in event.metrics.items() if _is_number(v)},
+        }
     if isinstance(event, Finished):
-        return int(event.metrics.get("steps", 0)), {f"final/{k}": float(v) for k, v in event.metrics.items()
-                                                    if _is_number(v) and k != "steps"}
+        return int(event.metrics.get("steps", 0)), {
+            f"final/{k}": float(v) for k, v in event.metrics.items() if _is_number(v) and k != "steps"
+        }
     return None
 
 
@@ -71,6 +78,14 @@ def default_mlflow_uri(run_root: Path) -> tuple[str, str]:
     artifact folder beside the run directories, so the runs of one folder compare in one MLflow UI."""
     parent = run_root.resolve().parent
     return f"sqlite:///{parent / 'mlruns.db'}", (parent / "mlartifacts").as_uri()
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Artifacts of a new experiment in a user's SQLite store go beside the database file; MLflow's own
+    default is ./mlruns in whatever folder the process runs from. Servers choose their own (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
 
 
 class TensorBoardTracker:
@@ -104,16 +119,25 @@ class MLflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.run, self.artifact, self.finished = run, None, False
-        uri, artifact_root = ((cfg.train.mlflow_tracking_uri, None) if cfg.train.mlflow_tracking_uri
-                              else default_mlflow_uri(run.root))
+        uri, artifact_root = (
+            (cfg.train.mlflow_tracking_uri, artifact_root_for(cfg.train.mlflow_tracking_uri))
+            if cfg.train.mlflow_tracking_uri
+            else default_mlflow_uri(run.root)
+        )
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self.run_id = self._resume_or_create(cfg, artifact_root)
         except Exception as exc:  # an unreachable server, a bad URI: before any training time is spent
-            raise ConfigError(f"cannot open the MLflow store for report_to: mlflow ({type(exc).__name__}: {exc})",
-                              [Problem("train.mlflow_tracking_uri", f"{uri.split('@')[-1]} could not be opened",
-                                       "fix the URI (sqlite:///path.db, http://host:5000) or remove mlflow "
-                                       "from train.report_to")]) from None
+            raise ConfigError(
+                f"cannot open the MLflow store for report_to: mlflow ({type(exc).__name__}: {exc})",
+                [
+                    Problem(
+                        "train.mlflow_tracking_uri",
+                        f"{uri.split('@')[-1]} could not be opened",
+                        "fix the URI (sqlite:///path.db, http://host:5000) or remove mlflow from train.report_to",
+                    )
+                ],
+            ) from None
 
     def _resume_or_create(self, cfg: RunConfig, artifact_root: str | None) -> str:
         saved = self.run.root / MLFLOW_RUN_FILE
@@ -126,10 +150,14 @@ class MLflowTracker:
                 pass
         name = cfg.train.mlflow_experiment
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = (experiment.experiment_id if experiment
-                         else self.client.create_experiment(name, artifact_location=artifact_root))
-        run_id = self.client.create_run(experiment_id, run_name=self.run.root.name,
-                                        tags=_lineage_tags(self.run.read_manifest())).info.run_id
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(name, artifact_location=artifact_root)
+        )
+        run_id = self.client.create_run(
+            experiment_id, run_name=self.run.root.name, tags=_lineage_tags(self.run.read_manifest())
+        ).info.run_id
         self._log_batch(run_id, params=list(flat_params(cfg.model_dump(mode="json"))))
         saved.write_text(json.dumps({"run_id": run_id, "experiment": name}))
         return run_id
@@ -138,7 +166,7 @@ class MLflowTracker:
         from mlflow.entities import Metric, Param
 
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params[i : i + 100]])
         if metrics:
             self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics])
 
@@ -165,11 +193,13 @@ class MLflowTracker:
 def _lineage_tags(manifest: dict[str, Any]) -> dict[str, str]:
     """The manifest's lineage as searchable MLflow tags (tuneforge.base_model_sha256, tuneforge.data.train.sha256)."""
     base = manifest.get("base_model", {})
-    tags = {"tuneforge.base_model": str(base.get("name")),
-            "tuneforge.base_model_sha256": str(base.get("weights_sha256")),
-            "tuneforge.objective": str(manifest.get("objective")),
-            "tuneforge.method": str(manifest.get("method", {}).get("name")),
-            "tuneforge.version": str(manifest.get("tuneforge_version"))}
+    tags = {
+        "tuneforge.base_model": str(base.get("name")),
+        "tuneforge.base_model_sha256": str(base.get("weights_sha256")),
+        "tuneforge.objective": str(manifest.get("objective")),
+        "tuneforge.method": str(manifest.get("method", {}).get("name")),
+        "tuneforge.version": str(manifest.get("tuneforge_version")),
+    }
     for split, fingerprint in manifest.get("datasets", {}).items():
         tags[f"tuneforge.data.{split}.sha256"] = str(fingerprint.get("sha256"))
     return tags

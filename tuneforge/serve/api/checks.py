@@ -27,8 +27,12 @@ def refuse_unencodable(value: Any, path: list[str | int] | None = None) -> Any:
             value.encode("utf-8")
         except UnicodeEncodeError:
             where = _where(path) or "body"
-            raise APIError(400, f"{where}: the text holds a lone UTF-16 surrogate (not valid Unicode); send valid "
-                                "UTF-8 text.", param=where, code="invalid_text") from None
+            raise APIError(
+                400,
+                f"{where}: the text holds a lone UTF-16 surrogate (not valid Unicode); send valid UTF-8 text.",
+                param=where,
+                code="invalid_text",
+            ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             refuse_unencodable(key, path)

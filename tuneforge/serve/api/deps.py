@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 class Services:
     store: Store
     settings: ServeSettings
-    engine: "Engine"
-    monitor: "Monitor"
+    engine: Engine
+    monitor: Monitor
 
 
 def services(request: Request) -> Services:
@@ -33,8 +33,18 @@ def principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise APIError(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="missing_api_key")
+        raise APIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="missing_api_key",
+        )
     who = authenticate(services(request).store, key.strip())
     if who is None:
-        raise APIError(401, f"Incorrect API key provided: {key[:6]}...{key[-4:]}. Create one with `tuneforge keys create --project NAME`.", code="invalid_api_key")
+        raise APIError(
+            401,
+            f"Incorrect API key provided: {key[:6]}...{key[-4:]}. "
+            "Create one with `tuneforge keys create --project NAME`.",
+            code="invalid_api_key",
+        )
     return who

@@ -17,9 +17,25 @@ log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        details: Any = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code, self.details = status, message, type, param, code, details
+        self.status, self.message, self.type, self.param, self.code, self.details = (
+            status,
+            message,
+            type,
+            param,
+            code,
+            details,
+        )
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
@@ -34,7 +50,13 @@ def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
 
 
 def from_tuneforge(exc: TuneforgeError, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, str(exc), param=param, code=code, details=[{"where": p.where, "message": p.message, "fix": p.fix} for p in exc.problems] or None)
+    return APIError(
+        400,
+        str(exc),
+        param=param,
+        code=code,
+        details=[{"where": p.where, "message": p.message, "fix": p.fix} for p in exc.problems] or None,
+    )
 
 
 def internal_error(exc: BaseException, where: str) -> APIError:
@@ -87,6 +109,7 @@ class AnswerBugs:
 
 def install(app: FastAPI) -> None:
     app.add_middleware(AnswerBugs)
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)

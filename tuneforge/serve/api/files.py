@@ -19,20 +19,49 @@ def _refuse_oversized(request: Request) -> None:
     """Refuse by Content-Length before the body is read (the multipart parser would spool it all)."""
     limit = request.app.state.services.settings.max_upload_bytes
     if int(request.headers.get("content-length") or 0) > limit + MULTIPART_OVERHEAD:
-        raise APIError(413, f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).", param="file", code="file_too_large")
+        raise APIError(
+            413,
+            f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it).",
+            param="file",
+            code="file_too_large",
+        )
 
 
 @router.post("", dependencies=[Depends(principal), Depends(_refuse_oversized)])
-async def upload(file: UploadFile, purpose: str = Form(...), who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    row = await run_in_threadpool(files.create_file, svc.store, svc.settings.files_dir, who.project_id, file.filename or "upload.jsonl", purpose, file.file, svc.settings.max_upload_bytes)
+async def upload(
+    file: UploadFile, purpose: str = Form(...), who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> dict:
+    row = await run_in_threadpool(
+        files.create_file,
+        svc.store,
+        svc.settings.files_dir,
+        who.project_id,
+        file.filename or "upload.jsonl",
+        purpose,
+        file.file,
+        svc.settings.max_upload_bytes,
+    )
     return files.file_object(row)
 
 
 @router.get("")
-def list_files(purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc", who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+def list_files(
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = 10000,
+    order: str = "desc",
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+) -> dict:
     rows, more = files.list_files(svc.store, who.project_id, purpose, after, max(1, min(limit, 10000)), order)
     data = [files.file_object(f) for f in rows]
-    return {"object": "list", "data": data, "has_more": more, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 @router.get("/{file_id}")

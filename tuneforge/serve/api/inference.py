@@ -8,7 +8,8 @@ import base64
 import json
 import threading
 import time
-from typing import Any, AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -31,7 +32,12 @@ router = APIRouter(prefix="/v1")
 def generative_model(svc: Services, who: Principal, model_id: str):
     ref = require_model(svc, who, model_id)
     if ref.kind == "embedding":
-        raise APIError(400, f"'{model_id}' is an embedding model; use it with /v1/embeddings.", param="model", code="model_not_supported")
+        raise APIError(
+            400,
+            f"'{model_id}' is an embedding model; use it with /v1/embeddings.",
+            param="model",
+            code="model_not_supported",
+        )
     return ref
 
 
@@ -59,13 +65,17 @@ class _Request(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > 4:
             raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
-        return Sampling(self.max_completion_tokens or self.max_tokens or 256, self.temperature, self.top_p, tuple(stop), self.seed)
+        return Sampling(
+            self.max_completion_tokens or self.max_tokens or 256, self.temperature, self.top_p, tuple(stop), self.seed
+        )
 
     def refuse(self, names: tuple[str, ...]) -> None:
         extra = self.model_extra or {}
         for name in names:
             if extra.get(name) not in (None, False, [], "text", {"type": "text"}):
-                raise APIError(400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
+                raise APIError(
+                    400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter"
+                )
 
 
 class ChatRequest(_Request):
@@ -104,8 +114,12 @@ def chat_messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
 def _text_part(part: Any, where: str) -> str:
     """One content part, `{"type": "text", "text": "..."}`: the only kind a text model can read."""
     if not isinstance(part, dict):
-        raise APIError(400, f"{where}: a content part is an object like {{\"type\": \"text\", \"text\": \"...\"}}, "
-                            f"got {type(part).__name__ if part is not None else 'null'}.", param=where)
+        raise APIError(
+            400,
+            f'{where}: a content part is an object like {{"type": "text", "text": "..."}}, '
+            f"got {type(part).__name__ if part is not None else 'null'}.",
+            param=where,
+        )
     if part.get("type") != "text":
         raise APIError(400, f"{where}: only text parts are supported.", param=where)
     if not isinstance(part.get("text"), str):
@@ -120,8 +134,9 @@ def _usage(results: list) -> dict[str, int]:
 
 
 @router.post("/chat/completions")
-async def chat(body: ChatRequest, request: Request, who: Principal = Depends(principal),
-               svc: Services = Depends(services)):
+async def chat(
+    body: ChatRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)
+):
     body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     conv = chat_messages(body.messages)
@@ -131,9 +146,17 @@ async def chat(body: ChatRequest, request: Request, who: Principal = Depends(pri
 
     def record(results: list) -> None:
         usage = _usage(results)
-        svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="chat", started=started, prompt_text=prompt_text,
-                           prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-                           request=body.model_dump(), response={"choices": [r.text for r in results]})
+        svc.monitor.record(
+            project_id=who.project_id,
+            model=body.model,
+            endpoint="chat",
+            started=started,
+            prompt_text=prompt_text,
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            request=body.model_dump(),
+            response={"choices": [r.text for r in results]},
+        )
 
     if body.stream:
         return _sse(_stream_chat(svc, ref, conv, body, meta, record))
@@ -143,19 +166,34 @@ async def chat(body: ChatRequest, request: Request, who: Principal = Depends(pri
         svc.monitor.failed(body.model, "chat")
         raise
     await run_in_threadpool(record, results)  # a database write: keep it off the event loop
-    choices = [{"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None}, "finish_reason": r.finish_reason, "logprobs": None}
-               for i, r in enumerate(results)]
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text, "refusal": None},
+            "finish_reason": r.finish_reason,
+            "logprobs": None,
+        }
+        for i, r in enumerate(results)
+    ]
     return {"object": "chat.completion", **meta, "choices": choices, "usage": _usage(results)}
 
 
 async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, record) -> AsyncIterator[dict]:
     chunk = {"object": "chat.completion.chunk", **meta}
     for i in range(body.n):
-        yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}]}
+        yield {
+            **chunk,
+            "choices": [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
+            ],
+        }
     pieces, task, cancel = _start(svc.engine.chat, ref, [conv] * body.n, body.sampling())
     try:
         async for index, text in _drain(pieces, task):
-            yield {**chunk, "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}]}
+            yield {
+                **chunk,
+                "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}],
+            }
     finally:  # normal end, or the client went away mid-stream: either way nothing more to generate
         cancel.set()
     results = task.result()
@@ -167,8 +205,9 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal),
-                      svc: Services = Depends(services)):
+async def completions(
+    body: CompletionRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)
+):
     body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
     ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -181,30 +220,52 @@ async def completions(body: CompletionRequest, request: Request, who: Principal 
     def record(results: list) -> None:
         completion = sum(r.completion_tokens for r in results)
         prompt_tokens = sum(r.prompt_tokens for r in results[:: body.n])
-        svc.monitor.record(project_id=who.project_id, model=body.model, endpoint="completions", started=started, prompt_text="\n".join(prompts),
-                           prompt_tokens=prompt_tokens, completion_tokens=completion, request=body.model_dump(), response={"choices": [r.text for r in results]})
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+        svc.monitor.record(
+            project_id=who.project_id,
+            model=body.model,
+            endpoint="completions",
+            started=started,
+            prompt_text="\n".join(prompts),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            request=body.model_dump(),
+            response={"choices": [r.text for r in results]},
+        )
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     if body.stream:
+
         async def events() -> AsyncIterator[dict]:
             chunk = {"object": "text_completion", **meta}
             pieces, task, cancel = _start(svc.engine.complete, ref, expanded, sampling)
             try:
                 async for index, text in _drain(pieces, task):
-                    yield {**chunk, "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}]}
+                    yield {
+                        **chunk,
+                        "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}],
+                    }
             finally:  # normal end, or the client went away mid-stream
                 cancel.set()
             results = task.result()
             usage = await run_in_threadpool(record, results)
             for i, r in enumerate(results):
-                yield {**chunk, "choices": [{"index": i, "text": "", "finish_reason": r.finish_reason, "logprobs": None}]}
+                yield {
+                    **chunk,
+                    "choices": [{"index": i, "text": "", "finish_reason": r.finish_reason, "logprobs": None}],
+                }
             if (body.stream_options or {}).get("include_usage"):
                 yield {**chunk, "choices": [], "usage": usage}
 
         return _sse(events())
     results = await _while_connected(request, svc.engine.complete, ref, expanded, sampling)
     usage = await run_in_threadpool(record, results)
-    choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)]
+    choices = [
+        {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)
+    ]
     return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
 
 
@@ -231,7 +292,15 @@ def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, thr
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
-    task = asyncio.ensure_future(fn(ref, prompts, sampling, on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t)), cancel=cancel))
+    task = asyncio.ensure_future(
+        fn(
+            ref,
+            prompts,
+            sampling,
+            on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t)),
+            cancel=cancel,
+        )
+    )
     task.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
     return pieces, task, cancel
 
@@ -257,9 +326,16 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+async def embeddings(
+    body: EmbeddingRequest, who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> dict:
     if body.model not in (EMBEDDING_MODEL, "all-MiniLM-L6-v2"):
-        raise APIError(404, f"The embedding model '{body.model}' does not exist; use '{EMBEDDING_MODEL}'.", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The embedding model '{body.model}' does not exist; use '{EMBEDDING_MODEL}'.",
+            param="model",
+            code="model_not_found",
+        )
     if body.dimensions not in (None, 384):
         raise APIError(400, "MiniLM embeddings have 384 dimensions.", param="dimensions")
     texts = [body.input] if isinstance(body.input, str) else body.input
@@ -267,10 +343,29 @@ async def embeddings(body: EmbeddingRequest, who: Principal = Depends(principal)
         raise APIError(400, "input must be a non-empty string or list of non-empty strings.", param="input")
     started = time.perf_counter()
     vectors, tokens = await svc.engine.embed(texts)  # (N, 384), L2-normalised
-    await run_in_threadpool(svc.monitor.record, project_id=who.project_id, model=body.model, endpoint="embeddings", started=started, prompt_text="", prompt_tokens=tokens, completion_tokens=0)
-    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)} for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    await run_in_threadpool(
+        svc.monitor.record,
+        project_id=who.project_id,
+        model=body.model,
+        endpoint="embeddings",
+        started=started,
+        prompt_text="",
+        prompt_tokens=tokens,
+        completion_tokens=0,
+    )
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
-    return base64.b64encode(vector.astype("<f4").tobytes()).decode() if fmt == "base64" else vector.astype(float).tolist()
+    return (
+        base64.b64encode(vector.astype("<f4").tobytes()).decode() if fmt == "base64" else vector.astype(float).tolist()
+    )

@@ -32,12 +32,32 @@ def job_object(job: Job) -> dict[str, Any]:
     method = dict(job.method)
     method[job.method["type"]] = {"hyperparameters": _openai_hyper(job.hyperparameters)}
     return {
-        "object": "fine_tuning.job", "id": job.id, "model": job.model, "created_at": job.created_at, "finished_at": job.finished_at,
-        "fine_tuned_model": job.fine_tuned_model, "organization_id": job.project_id, "result_files": job.result_files, "status": job.status,
-        "validation_file": job.validation_file, "training_file": job.training_file, "hyperparameters": _openai_hyper(job.hyperparameters),
-        "trained_tokens": job.trained_tokens, "error": job.error, "user_provided_suffix": job.suffix, "seed": job.seed,
-        "estimated_finish": None, "integrations": [], "metadata": job.user_metadata, "method": method,
-        "tuneforge": {"options": job.options, "learning_rate": job.hyperparameters.get("learning_rate"), "attempts": job.attempts, "worker_id": job.worker_id},
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "model": job.model,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": job.project_id,
+        "result_files": job.result_files,
+        "status": job.status,
+        "validation_file": job.validation_file,
+        "training_file": job.training_file,
+        "hyperparameters": _openai_hyper(job.hyperparameters),
+        "trained_tokens": job.trained_tokens,
+        "error": job.error,
+        "user_provided_suffix": job.suffix,
+        "seed": job.seed,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": job.user_metadata,
+        "method": method,
+        "tuneforge": {
+            "options": job.options,
+            "learning_rate": job.hyperparameters.get("learning_rate"),
+            "attempts": job.attempts,
+            "worker_id": job.worker_id,
+        },
     }
 
 
@@ -50,32 +70,68 @@ def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
 
 
 @router.post("")
-def create(body: CreateJob, background: BackgroundTasks, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+def create(
+    body: CreateJob, background: BackgroundTasks, who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> dict:
     if body.model not in catalog.base_models(svc.settings):
-        raise APIError(400, f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.", param="model", code="model_not_available")
+        raise APIError(
+            400,
+            f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.",
+            param="model",
+            code="model_not_available",
+        )
     train_file = files.get_file(svc.store, who.project_id, body.training_file, param="training_file")
-    val_file = files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file") if body.validation_file else None
+    val_file = (
+        files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file")
+        if body.validation_file
+        else None
+    )
     method = body.resolved_method()
     if problems := check_method(method):
-        raise from_tuneforge(ConfigError("unsupported hyperparameters", problems), param=problems[0].where, code="invalid_hyperparameters")
+        raise from_tuneforge(
+            ConfigError("unsupported hyperparameters", problems),
+            param=problems[0].where,
+            code="invalid_hyperparameters",
+        )
     if problems := check_integrations(body.integrations):
-        raise from_tuneforge(ConfigError("unsupported integrations", problems), param=problems[0].where,
-                             code="invalid_integrations")
+        raise from_tuneforge(
+            ConfigError("unsupported integrations", problems), param=problems[0].where, code="invalid_integrations"
+        )
     options = body.tuneforge or {}
     if problems := check_remote_options(options, svc.settings.allow_unsafe_job_options):
         error = ConfigError("invalid tuneforge options", problems)
         raise from_tuneforge(error, param=problems[0].where, code="invalid_options")
     n_examples = (train_file.validation or {}).get("valid", 0)
-    hyper = resolve_hyperparameters(getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type)
+    hyper = resolve_hyperparameters(
+        getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type
+    )
     seed = body.seed if body.seed is not None else 42
     try:  # the whole run config is checked now, so a bad option is a 400 and not a failed job
-        build_config(base_model=catalog.base_model_path(body.model), train_path=Path(train_file.path),
-                     validation_path=Path(val_file.path) if val_file else None, output_dir=svc.settings.runs_dir / "check",
-                     method_type=method.type, hyper=hyper, seed=seed, options=options)
+        build_config(
+            base_model=catalog.base_model_path(body.model),
+            train_path=Path(train_file.path),
+            validation_path=Path(val_file.path) if val_file else None,
+            output_dir=svc.settings.runs_dir / "check",
+            method_type=method.type,
+            hyper=hyper,
+            seed=seed,
+            options=options,
+        )
     except ConfigError as exc:
         raise from_tuneforge(exc, param="tuneforge", code="invalid_options") from None
-    job = jobs.create_job(svc.store, project_id=who.project_id, model=body.model, training_file=train_file.id, validation_file=val_file.id if val_file else None,
-                          hyperparameters=hyper, method=method.model_dump(exclude_none=True), options=options, suffix=body.suffix, seed=seed, user_metadata=body.metadata)
+    job = jobs.create_job(
+        svc.store,
+        project_id=who.project_id,
+        model=body.model,
+        training_file=train_file.id,
+        validation_file=val_file.id if val_file else None,
+        hyperparameters=hyper,
+        method=method.model_dump(exclude_none=True),
+        options=options,
+        suffix=body.suffix,
+        seed=seed,
+        user_metadata=body.metadata,
+    )
     background.add_task(validate_job_files, svc, job.id)
     return job_object(job)
 
@@ -86,9 +142,15 @@ SECTIONS = ("model", "method", "train", "eval")  # the parts of a run config a j
 def check_remote_options(options: dict[str, Any], allow_unsafe: bool) -> list[Problem]:
     """What a remote caller may not put in `tuneforge`: a section that is not an object, and (unless the
     operator allows it) anything that runs code or reads the server's files."""
-    problems = [Problem(f"tuneforge.{k}", f"must be an object (a partial `{k}:` section), got {type(v).__name__}",
-                        f'e.g. "{k}": {{...}}')
-                for k, v in options.items() if k in SECTIONS and not isinstance(v, dict)]
+    problems = [
+        Problem(
+            f"tuneforge.{k}",
+            f"must be an object (a partial `{k}:` section), got {type(v).__name__}",
+            f'e.g. "{k}": {{...}}',
+        )
+        for k, v in options.items()
+        if k in SECTIONS and not isinstance(v, dict)
+    ]
     if problems or allow_unsafe:
         return problems
     from tuneforge.models.chat_templates import BUILTIN
@@ -103,8 +165,13 @@ def check_remote_options(options: dict[str, Any], allow_unsafe: bool) -> list[Pr
     if evals.get("custom_metric") is not None:
         problems.append(Problem("tuneforge.eval.custom_metric", unsafe, fix))
     if model.get("chat_template") is not None and model["chat_template"] not in BUILTIN:
-        problems.append(Problem("tuneforge.model.chat_template", f"a template file {unsafe}", f"use a built-in name "
-                                f"({', '.join(BUILTIN)}), or {fix}"))
+        problems.append(
+            Problem(
+                "tuneforge.model.chat_template",
+                f"a template file {unsafe}",
+                f"use a built-in name ({', '.join(BUILTIN)}), or {fix}",
+            )
+        )
     for section in ("model", "train", "eval"):
         fields = RunConfig.model_fields[section].annotation.model_fields
         for key, value in (options.get(section) or {}).items():
@@ -125,7 +192,11 @@ def validate_job_files(svc: Services, job_id: str) -> None:
         row = files.get_file(svc.store, job.project_id, file_id)
         fmt = (row.validation or {}).get("format")
         if row.purpose != "fine-tune" or (fmt == "preference") != want_pairs:
-            need = "preference pairs (prompt/chosen/rejected)" if want_pairs else "conversations or prompt/completion records"
+            need = (
+                "preference pairs (prompt/chosen/rejected)"
+                if want_pairs
+                else "conversations or prompt/completion records"
+            )
             message = f"{param} {file_id} holds {fmt or row.purpose} data; method '{job.method['type']}' needs {need}."
             job_states.files_rejected(svc.store, job_id, param, message)
             return
@@ -140,8 +211,18 @@ def _job(svc: Services, who: Principal, job_id: str) -> Job:
 
 
 @router.get("")
-def list_jobs(request: Request, after: str | None = None, limit: int = 20, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+def list_jobs(
+    request: Request,
+    after: str | None = None,
+    limit: int = 20,
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+) -> dict:
+    metadata = {
+        k[len("metadata[") : -1]: v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
     rows, more = jobs.list_jobs(svc.store, who.project_id, after, max(1, min(limit, 100)), metadata)
     return _page([job_object(j) for j in rows], more)
 
@@ -155,7 +236,12 @@ def retrieve(job_id: str, who: Principal = Depends(principal), svc: Services = D
 def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
     if not job_states.cancel(svc.store, job_id):
-        raise APIError(400, f"Job {job_id} has already completed with status {job.status}.", param="job_id", code="job_already_completed")
+        raise APIError(
+            400,
+            f"Job {job_id} has already completed with status {job.status}.",
+            param="job_id",
+            code="job_already_completed",
+        )
     return job_object(_job(svc, who, job_id))
 
 
@@ -164,9 +250,13 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
     job = _job(svc, who, job_id)
     if job.status == JobStatus.RUNNING:
         jobs.request_control(svc.store, job_id, "pause")  # the worker acknowledges by moving it to paused
-        jobs.add_event(svc.store, job_id, "Pause requested; the job stops after its current step and saves a checkpoint")
+        jobs.add_event(
+            svc.store, job_id, "Pause requested; the job stops after its current step and saves a checkpoint"
+        )
     elif not job_states.hold(svc.store, job_id) and job.status != JobStatus.PAUSED:
-        raise APIError(400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state")
+        raise APIError(
+            400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state"
+        )
     return job_object(_job(svc, who, job_id))
 
 
@@ -174,25 +264,62 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
 def resume(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     job = _job(svc, who, job_id)
     if not job_states.resume(svc.store, job_id):
-        raise APIError(400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state")
+        raise APIError(
+            400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state"
+        )
     return job_object(_job(svc, who, job_id))
 
 
 @router.get("/{job_id}/events")
-def events(job_id: str, after: str | None = None, limit: int = 20, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+def events(
+    job_id: str,
+    after: str | None = None,
+    limit: int = 20,
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+) -> dict:
     _job(svc, who, job_id)
     rows, more = jobs.list_events(svc.store, job_id, after, max(1, min(limit, 1000)))
-    return _page([{"object": "fine_tuning.job.event", "id": f"ftevent-{e.seq}", "created_at": e.created_at, "level": e.level,
-                   "message": e.message, "data": e.data, "type": e.type} for e in rows], more)
+    return _page(
+        [
+            {
+                "object": "fine_tuning.job.event",
+                "id": f"ftevent-{e.seq}",
+                "created_at": e.created_at,
+                "level": e.level,
+                "message": e.message,
+                "data": e.data,
+                "type": e.type,
+            }
+            for e in rows
+        ],
+        more,
+    )
 
 
 @router.get("/{job_id}/checkpoints")
-def checkpoints(job_id: str, after: str | None = None, limit: int = 10, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+def checkpoints(
+    job_id: str,
+    after: str | None = None,
+    limit: int = 10,
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
+) -> dict:
     job = _job(svc, who, job_id)
     rows, more = jobs.list_checkpoints(svc.store, job_id, after, max(1, min(limit, 100)))
     name = fine_tuned_name(job)
-    data = [{"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": c.created_at, "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{c.step}",
-             "step_number": c.step, "metrics": c.metrics, "fine_tuning_job_id": job_id} for c in rows]
+    data = [
+        {
+            "object": "fine_tuning.job.checkpoint",
+            "id": c.id,
+            "created_at": c.created_at,
+            "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{c.step}",
+            "step_number": c.step,
+            "metrics": c.metrics,
+            "fine_tuning_job_id": job_id,
+        }
+        for c in rows
+    ]
     out = _page(data, more)
     out.update(first_id=data[0]["id"] if data else None, last_id=data[-1]["id"] if data else None)
     return out

@@ -35,8 +35,12 @@ def too_large(path: str, limit: int) -> APIError:
         limit -= MULTIPART_OVERHEAD
         message = f"File is larger than the limit of {limit} bytes (set TUNEFORGE_MAX_UPLOAD_MB to raise it)."
         return APIError(413, message, param="file", code="file_too_large")
-    return APIError(413, f"The request body is larger than this server's limit of {limit} bytes (the operator "
-                         "raises it with TUNEFORGE_MAX_REQUEST_MB).", code="request_too_large")
+    return APIError(
+        413,
+        f"The request body is larger than this server's limit of {limit} bytes (the operator "
+        "raises it with TUNEFORGE_MAX_REQUEST_MB).",
+        code="request_too_large",
+    )
 
 
 class _TooLarge(Exception):

@@ -14,19 +14,33 @@ router = APIRouter(prefix="/v1/models")
 
 
 def model_object(ref: ModelRef) -> dict:
-    return {"id": ref.id, "object": "model", "created": ref.created, "owned_by": ref.owned_by, "tuneforge": {"base_model": ref.base, "kind": ref.kind}}
+    return {
+        "id": ref.id,
+        "object": "model",
+        "created": ref.created,
+        "owned_by": ref.owned_by,
+        "tuneforge": {"base_model": ref.base, "kind": ref.kind},
+    }
 
 
 def require_model(svc: Services, who: Principal, model_id: str) -> ModelRef:
     ref = catalog.find_model(svc.store, svc.settings, who.project_id, model_id)
     if ref is None:
-        raise APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     return ref
 
 
 @router.get("")
 def list_models(who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    return {"object": "list", "data": [model_object(r) for r in catalog.list_models(svc.store, svc.settings, who.project_id)]}
+    return {
+        "object": "list",
+        "data": [model_object(r) for r in catalog.list_models(svc.store, svc.settings, who.project_id)],
+    }
 
 
 @router.get("/{model_id:path}")
@@ -38,7 +52,12 @@ def retrieve(model_id: str, who: Principal = Depends(principal), svc: Services =
 def delete(model_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     ref = require_model(svc, who, model_id)
     if ref.kind in ("base", "embedding"):
-        raise APIError(403, f"You cannot delete the base model '{model_id}'; only fine-tuned models can be deleted.", param="model", code="model_not_deletable")
+        raise APIError(
+            403,
+            f"You cannot delete the base model '{model_id}'; only fine-tuned models can be deleted.",
+            param="model",
+            code="model_not_deletable",
+        )
     catalog.delete_model(svc.store, model_id)
     svc.engine.forget(model_id)
     return {"id": model_id, "object": "model", "deleted": True}

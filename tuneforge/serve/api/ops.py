@@ -27,8 +27,12 @@ def health(svc: Services = Depends(services)) -> JSONResponse:
     except Exception as exc:  # the database is down: report it instead of a bare 500
         return JSONResponse({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status_code=503)
     # Unauthenticated: counts only, never a project's model ids.
-    body = {"status": "ok", "database": svc.store.engine.dialect.name, "workers_alive": alive,
-            "models_loaded": len(svc.engine.loaded())}
+    body = {
+        "status": "ok",
+        "database": svc.store.engine.dialect.name,
+        "workers_alive": alive,
+        "models_loaded": len(svc.engine.loaded()),
+    }
     if alive < svc.settings.health_min_workers:
         return JSONResponse({**body, "status": "unhealthy", "reason": "no training worker is alive"}, status_code=503)
     return JSONResponse(body)
@@ -40,8 +44,12 @@ def metrics(request: Request, svc: Services = Depends(services)) -> Response:
     if token:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise APIError(401, "/metrics needs the metrics token: send Authorization: Bearer $TUNEFORGE_METRICS_TOKEN "
-                                "(Prometheus: `authorization: {credentials: ...}` in the scrape config).", code="invalid_metrics_token")
+            raise APIError(
+                401,
+                "/metrics needs the metrics token: send Authorization: Bearer $TUNEFORGE_METRICS_TOKEN "
+                "(Prometheus: `authorization: {credentials: ...}` in the scrape config).",
+                code="invalid_metrics_token",
+            )
     return Response(svc.monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -32,28 +32,53 @@ def reference_prompts(svc: Services, who: Principal, model_id: str) -> list[str]
     """User turns of the fine-tuned model's training file, joined like live prompts are."""
     ref = require_model(svc, who, model_id)
     if ref.kind in ("base", "embedding"):
-        raise APIError(400, f"'{model_id}' is not a fine-tuned model: drift is measured against a fine-tuned model's training data.", param="model")
+        raise APIError(
+            400,
+            f"'{model_id}' is not a fine-tuned model: drift is measured against a fine-tuned model's training data.",
+            param="model",
+        )
     with svc.store.session() as s:
         job = s.scalar(select(Job).where(Job.fine_tuned_model == model_id))
         train_file = s.get(File, job.training_file) if job else None
     if train_file is None:
-        raise APIError(409, f"The training file of '{model_id}' was deleted; drift needs it as the reference.", param="model", code="reference_missing")
-    texts = ["\n".join(m.content for m in ex.prompt_messages if m.role == "user") for ex in read_examples(train_file.path) if isinstance(ex, Conversation)]
+        raise APIError(
+            409,
+            f"The training file of '{model_id}' was deleted; drift needs it as the reference.",
+            param="model",
+            code="reference_missing",
+        )
+    texts = [
+        "\n".join(m.content for m in ex.prompt_messages if m.role == "user")
+        for ex in read_examples(train_file.path)
+        if isinstance(ex, Conversation)
+    ]
     texts = [t for t in texts if t]
     return random.Random(0).sample(texts, min(SAMPLE, len(texts)))
 
 
 def live_prompts(svc: Services, who: Principal, model_id: str) -> list[str]:
     with svc.store.session() as s:
-        rows = s.scalars(select(RequestLog.prompt_text).where(RequestLog.project_id == who.project_id, RequestLog.model == model_id, RequestLog.prompt_text != "")
-                         .order_by(RequestLog.seq.desc()).limit(SAMPLE))
+        rows = s.scalars(
+            select(RequestLog.prompt_text)
+            .where(RequestLog.project_id == who.project_id, RequestLog.model == model_id, RequestLog.prompt_text != "")
+            .order_by(RequestLog.seq.desc())
+            .limit(SAMPLE)
+        )
         return list(rows)
 
 
 @router.get("/monitoring/drift")
 async def drift_all(who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     with svc.store.session() as s:
-        models = sorted(set(s.scalars(select(RequestLog.model).where(RequestLog.project_id == who.project_id, RequestLog.model.startswith("ft:")))))
+        models = sorted(
+            set(
+                s.scalars(
+                    select(RequestLog.model).where(
+                        RequestLog.project_id == who.project_id, RequestLog.model.startswith("ft:")
+                    )
+                )
+            )
+        )
     return {"object": "list", "data": [await drift_one(m, who, svc) for m in models]}
 
 
@@ -81,23 +106,46 @@ class FeedbackIn(BaseModel):
 
 
 def _feedback_object(f: Feedback) -> dict:
-    return {"object": "feedback", "id": f.id, "model": f.model, "messages": f.messages, "completion": f.completion, "correction": f.correction, "rating": f.rating, "created_at": f.created_at}
+    return {
+        "object": "feedback",
+        "id": f.id,
+        "model": f.model,
+        "messages": f.messages,
+        "completion": f.completion,
+        "correction": f.correction,
+        "rating": f.rating,
+        "created_at": f.created_at,
+    }
 
 
 @router.post("/feedback")
 def create_feedback(body: FeedbackIn, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     require_model(svc, who, body.model)
-    row = Feedback(id=new_id("fb-"), project_id=who.project_id, model=body.model, messages=chat_messages(body.messages), completion=body.completion,
-                   correction=body.correction, rating=body.rating, created_at=now())
+    row = Feedback(
+        id=new_id("fb-"),
+        project_id=who.project_id,
+        model=body.model,
+        messages=chat_messages(body.messages),
+        completion=body.completion,
+        correction=body.correction,
+        rating=body.rating,
+        created_at=now(),
+    )
     with svc.store.session() as s:
         s.add(row)
     return _feedback_object(row)
 
 
 @router.get("/feedback")
-def list_feedback(model: str | None = None, limit: int = 100, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
+def list_feedback(
+    model: str | None = None, limit: int = 100, who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> dict:
     with svc.store.session() as s:
-        query = select(Feedback).where(Feedback.project_id == who.project_id).order_by(Feedback.created_at.desc(), Feedback.id)
+        query = (
+            select(Feedback)
+            .where(Feedback.project_id == who.project_id)
+            .order_by(Feedback.created_at.desc(), Feedback.id)
+        )
         if model:
             query = query.where(Feedback.model == model)
         rows = list(s.scalars(query.limit(max(1, min(limit, 10000)))))
@@ -122,5 +170,13 @@ def export_feedback(body: ExportIn, who: Principal = Depends(principal), svc: Se
         raise APIError(400, "There is no feedback to export.", param="model", code="no_feedback")
     lines = [json.dumps({"messages": [*f.messages, {"role": "assistant", "content": f.correction}]}) for f in rows]
     data = io.BytesIO(("\n".join(lines) + "\n").encode())
-    row = files.create_file(svc.store, svc.settings.files_dir, who.project_id, body.filename, "fine-tune", data, svc.settings.max_upload_bytes)
+    row = files.create_file(
+        svc.store,
+        svc.settings.files_dir,
+        who.project_id,
+        body.filename,
+        "fine-tune",
+        data,
+        svc.settings.max_upload_bytes,
+    )
     return files.file_object(row)
