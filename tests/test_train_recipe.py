@@ -44,14 +44,16 @@ def test_lora_run_writes_the_run_directory_and_learns(tiny_model_dir, support_da
 
 # Losses of a fixed tiny run (full fine-tuning, seed 7, fp32, 2 threads); they pin the
 # numerics of tokenization, label masking, loss normalisation and the optimizer step.
-# (Since issue 12 the "\n" the ChatML template writes after <|im_end|> is no longer trained.)
-GOLDEN_LOSSES = [6.282685, 6.098363, 5.930882, 5.892142]
+# (Since issue 12 the "\n" the ChatML template writes after <|im_end|> is no longer trained; since
+# issue 14 the support-desk data changed four product facts so that every answer's fact is unique,
+# which changes the tokenizer and the examples: with the old data these values still hold the old ones.)
+GOLDEN_LOSSES = [6.274532, 6.096475, 5.928073, 5.899241]
 
 
 def test_golden_losses(tiny_model_dir, support_data, tmp_path):
     cfg = make_config(tiny_model_dir, support_data, tmp_path / "run", method=FullMethod(), max_steps=4, lr=1e-3)
     losses = train(cfg, progress=False).losses
-    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4)
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-4), losses
 
 
 def test_resume_continues_exactly(tiny_model_dir, support_data, tmp_path):
