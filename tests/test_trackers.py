@@ -196,3 +196,5 @@ def test_a_stopped_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run
     train_steps, _, _ = _expected(run_dir)
     assert history == {s: e.loss for s, e in train_steps.items()} and sorted(history) == [1, 2, 3, 4, 5, 6]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+    # artifacts of a user's SQLite store land beside it, not in ./mlruns of the working folder
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
