@@ -78,6 +78,32 @@ def install_tiny_demo(home) -> None:
     (folder / ".complete").write_text("ok\n")
 
 
+@contextmanager
+def tiny_service(home, **settings_kw) -> Iterator[tuple[str, object, object, object]]:
+    """The HTTP service on the tiny demo model under `home`, in a thread: (url, store, app, settings).
+    `settings_kw` overrides ServeSettings (limits, sizes); one inference thread keeps tests steady."""
+    import pytest
+
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.db import Store
+    from tuneforge.serve.settings import ServeSettings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNEFORGE_HOME", str(home))
+    install_tiny_demo(home)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{home / 'tf.db'}", data_dir=home / "serve", inference_threads=1, **settings_kw
+    )
+    store = Store(settings.database_url)
+    app = create_app(settings, store)
+    try:
+        with serve_in_thread(app) as url:
+            yield url, store, app, settings
+    finally:
+        mp.undo()
+        store.dispose()
+
+
 def write_chat_jsonl(path, n: int, seed: int = 0) -> None:
     from tuneforge.data.synthetic import support_desk_dataset
 

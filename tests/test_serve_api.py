@@ -10,34 +10,18 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from helpers import install_tiny_demo, serve_in_thread, write_chat_jsonl
+from helpers import tiny_service, write_chat_jsonl
 from tuneforge.data.synthetic import support_desk_dataset
 from tuneforge.serve import keys
-from tuneforge.serve.app import create_app
-from tuneforge.serve.db import Store
-from tuneforge.serve.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNEFORGE_HOME", str(home))
-    install_tiny_demo(home)
-    settings = ServeSettings(
-        database_url=f"sqlite:///{home / 'tf.db'}",
-        data_dir=home / "serve",
-        inference_threads=1,
-        max_upload_bytes=200_000,
-    )
-    store = Store(settings.database_url)
-    app = create_app(settings, store)
-    with serve_in_thread(app) as url:
+    with tiny_service(home, max_upload_bytes=200_000) as (url, store, app, _):
         _, key_a = keys.create_key(store, "alpha")
         _, key_b = keys.create_key(store, "beta")
         yield {"url": url, "a": key_a, "b": key_b, "home": home, "store": store, "app": app}
-    mp.undo()
-    store.dispose()
 
 
 def client(server, key: str) -> openai.OpenAI:

@@ -14,10 +14,9 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from helpers import install_tiny_demo, serve_in_thread, write_chat_jsonl
+from helpers import serve_in_thread, tiny_service, write_chat_jsonl
 from tuneforge.serve import job_states, jobs, keys, runner
 from tuneforge.serve.app import create_app
-from tuneforge.serve.db import Store
 from tuneforge.serve.engine import Sampling, _cost, _Item, _within_tokens
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import JobEvent
@@ -28,19 +27,7 @@ CONTEXT = 512  # the tiny demo model's max_position_embeddings
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNEFORGE_HOME", str(home))
-    install_tiny_demo(home)
-    settings = ServeSettings(
-        database_url=f"sqlite:///{home / 'tf.db'}",
-        data_dir=home / "serve",
-        inference_threads=1,
-        max_request_bytes=64_000,
-        health_min_workers=0,
-    )
-    store = Store(settings.database_url)
-    app = create_app(settings, store)
-    with serve_in_thread(app) as url:
+    with tiny_service(home, max_request_bytes=64_000, health_min_workers=0) as (url, store, app, settings):
         _, key = keys.create_key(store, "alpha")
         project = keys.authenticate(store, key).project_id
         yield {
@@ -52,8 +39,6 @@ def server(tmp_path_factory):
             "settings": settings,
             "project": project,
         }
-    mp.undo()
-    store.dispose()
 
 
 def post(server, path: str, body, **kw) -> httpx.Response:
