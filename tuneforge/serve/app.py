@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from tuneforge import __version__
-from tuneforge.serve.api import errors, files, inference, jobs, models, ops, quality
+from tuneforge.serve import console
+from tuneforge.serve.api import console_support, errors, files, inference, jobs, models, ops, quality
 from tuneforge.serve.api.deps import Services
 from tuneforge.serve.api.limits import BodyLimit, body_limit
 from tuneforge.serve.db import Store
@@ -40,8 +41,9 @@ def create_app(settings: ServeSettings | None = None, store: Store | None = None
     app.state.services = services
     errors.install(app)
     app.add_middleware(BodyLimit, limit_for=body_limit(settings))  # outermost: before anything reads the body
-    for module in (files, jobs, models, inference, quality, ops):
+    for module in (files, jobs, models, inference, quality, ops, console_support):
         app.include_router(module.router)
+    console.install(app)  # the web console at /: static files that call the routers above
     return app
 
 
