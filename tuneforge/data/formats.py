@@ -88,7 +88,7 @@ _SHAREGPT_ROLES = {
     "function": "tool",
     "observation": "tool",
 }
-_MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id"}
+_MESSAGE_KEYS = {"role", "content", "weight", "loss_weight", "name", "tool_calls", "tool_call_id"}
 _BIO = re.compile(r"^(O|[BI]-\S+)$")
 
 ParseResult = tuple["Example | None", list[Issue]]
@@ -151,14 +151,10 @@ def _kto_label(record: dict) -> str | None:
 
 
 def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
-    """Rename user columns to ours: mapping {"text": "body"} reads record["body"] as text."""
-    if not mapping or not isinstance(record, dict):
-        return record
-    out = {k: v for k, v in record.items() if k not in mapping.values()}
-    for ours, theirs in mapping.items():
-        if theirs in record:
-            out[ours] = record[theirs]
-    return out
+    """Rename user columns to ours: {"text": "body"} reads record["body"] as text; nested paths in data/mapping.py."""
+    from tuneforge.data.mapping import apply_mapping as apply
+
+    return apply(record, mapping)
 
 
 # Keys each format reads; any other top-level field goes to metadata (for group splits, slices) and is
@@ -355,16 +351,45 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
         content = None
     else:
         content = _content(m["content"], f"{path}.content", issues)
-    weight = m.get("weight")
-    if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
-        issues.append(Issue("invalid_weight", f"weight must be 0 or 1, got {weight!r}", field=f"{path}.weight"))
-    elif weight is not None and role != "assistant":
-        issues.append(Issue("invalid_weight", "weight is only allowed on assistant messages", field=f"{path}.weight"))
+    weight = _weight(m, role, path, issues)
     for key in sorted(set(m) - _MESSAGE_KEYS):
         issues.append(Issue("unknown_key", f"unknown message key {key!r} (ignored)", field=f"{path}.{key}"))
     if any(i.severity == "error" for i in issues[n:]):
         return None
     return Message(role, content, None if weight is None else float(weight))
+
+
+def _weight(m: dict, role: Any, path: str, issues: list[Issue]) -> Any:
+    """OpenAI's `weight` or LLaMA-Factory v1's `loss_weight`: 0 (not trained) or 1 on an assistant message.
+    A user/system/tool message with loss_weight 0 says what tuneforge does anyway; any other value is refused,
+    never rounded (fractional loss weights are not supported)."""
+    key = "loss_weight" if "loss_weight" in m and "weight" not in m else "weight"
+    if "loss_weight" in m and "weight" in m:
+        issues.append(
+            Issue("invalid_weight", "both 'weight' and 'loss_weight'", field=f"{path}.weight", fix="keep one")
+        )
+    weight = m.get(key)
+    if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
+        issues.append(
+            Issue(
+                "invalid_weight",
+                f"{key} must be 0 or 1, got {weight!r}",
+                field=f"{path}.{key}",
+                fix="0 leaves the message untrained, 1 trains it; fractional loss weights are not supported",
+            )
+        )
+    elif weight is not None and role != "assistant" and not (key == "loss_weight" and weight == 0):
+        issues.append(
+            Issue(
+                "invalid_weight",
+                f"{key} is only allowed on assistant messages",
+                field=f"{path}.{key}",
+                fix="only assistant messages are trained; remove it",
+            )
+        )
+    elif weight is not None and role != "assistant":
+        return None
+    return weight
 
 
 def _messages(value: Any, path: str, issues: list[Issue], needs_assistant: bool = True) -> list[Message] | None:

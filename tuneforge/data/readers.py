@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data import formats, sources
+from tuneforge.data import mapping as mapping_module
 from tuneforge.data.issues import Issue, located
 from tuneforge.data.types import Example
 from tuneforge.errors import DataError, Problem
@@ -85,19 +86,8 @@ class Tally:
 
 
 def parse_mapping(spec: str | dict[str, str] | None) -> dict[str, str]:
-    """`text=body,label=stars` -> {"text": "body", "label": "stars"} (ours=theirs)."""
-    if not spec:
-        return {}
-    if isinstance(spec, dict):
-        return dict(spec)
-    pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
-    bad = [p[0] for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
-    if bad:
-        raise DataError(
-            "invalid column mapping",
-            [Problem(f"--map {spec}", f"'{b}' is not ours=theirs", "e.g. --map text=body,label=stars") for b in bad],
-        )
-    return {k.strip(): v.strip() for k, v in pairs}
+    """`text=body,label=meta.stars` -> {"text": "body", "label": "meta.stars"} (ours=theirs; see data/mapping.py)."""
+    return mapping_module.parse_mapping(spec)
 
 
 def check_format(format: str) -> str:
