@@ -7,6 +7,7 @@ number...) used for slices, lineage and error messages.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,11 +16,39 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 
 @dataclass
+class ToolCall:
+    """One function call an assistant message makes: the name and the arguments as parsed JSON (an object)."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str | None = None  # the call id results answer with (OpenAI's tool_call_id); None when the data has none
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's layout (arguments as a JSON string), what the readers read back."""
+        d: dict[str, Any] = {"id": self.id} if self.id is not None else {}
+        args = json.dumps(self.arguments, ensure_ascii=False)
+        return {**d, "type": "function", "function": {"name": self.name, "arguments": args}}
+
+
+@dataclass
 class Message:
     role: str
-    content: str
+    content: str  # "" for an assistant message that only calls tools
     # OpenAI's per-message weight: 0 turns the loss off for this assistant message.
     weight: float | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the functions it calls
+    tool_call_id: str | None = None  # tool: the call this message is the result of
+    name: str | None = None  # tool: the function whose result this is
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            d["content"] = self.content or None
+            d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        for key in ("tool_call_id", "name", "weight"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
 
 
 @dataclass
@@ -29,15 +58,15 @@ class Conversation:
     messages: list[Message]
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="", compare=False, repr=False)  # "file:line" it was read from; not written out
+    tools: list[dict[str, Any]] | None = None  # the functions offered, OpenAI's {"type": "function", "function"}
+    parallel_tool_calls: bool | None = None  # OpenAI's flag: False = at most one call per assistant message
 
     def to_dict(self) -> dict[str, Any]:
-        msgs = []
-        for m in self.messages:
-            d: dict[str, Any] = {"role": m.role, "content": m.content}
-            if m.weight is not None:
-                d["weight"] = m.weight
-            msgs.append(d)
-        out: dict[str, Any] = {"messages": msgs}
+        out: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages]}
+        if self.tools is not None:
+            out["tools"] = self.tools
+        if self.parallel_tool_calls is not None:
+            out["parallel_tool_calls"] = self.parallel_tool_calls
         if self.metadata:
             out["metadata"] = self.metadata
         return out
