@@ -37,6 +37,7 @@ WARNING_KINDS = frozenset(
         "long_paragraph",
         "split_at_limit",
         "system_prompt_dropped",
+        "system_overridden",
     }
 )
 

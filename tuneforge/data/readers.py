@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data import formats, sources
+from tuneforge.data import dataset_info, formats, sources
 from tuneforge.data import mapping as mapping_module
 from tuneforge.data.issues import Issue, located
 from tuneforge.data.types import Example
@@ -113,8 +113,12 @@ def iter_checked(
     A folder yields its data files (and those matching an `include` glob); the files it does not
     read come first, as one `skipped_files` warning without a record. `text_unit` splits .txt files.
     """
-    path = Path(path)
     fmt, mapping = check_format(format), parse_mapping(mapping)
+    described = dataset_info.match(path)
+    if described is not None:  # LLaMA-Factory's dataset_info.json[#names]: its columns are the mapping
+        yield from _iter_described(*described, fmt, mapping, max_record_bytes, text_unit)
+        return
+    path = Path(path)
     if not path.exists():
         raise DataError(
             f"data file not found: {path}", [Problem(str(path), "no such file or folder", "check the path")]
@@ -157,18 +161,36 @@ def iter_checked(
         yield from _iter_file(file, fmt, mapping, max_record_bytes, text_unit, "text" if path.is_dir() else "jsonl")
 
 
-def _iter_file(
-    path: Path, fmt: str, mapping: dict[str, str], limit: int, text_unit: str, default: str
+def _iter_described(
+    info: Path, names: list[str], fmt: str, mapping: dict[str, str], limit: int, text_unit: str
 ) -> Iterator[Checked]:
+    if mapping:
+        raise DataError(
+            "--map does not apply to a dataset_info.json",
+            [Problem(str(info), "the description's columns and tags already name the fields", "edit its columns")],
+        )
+    for desc in dataset_info.load(info, names):
+        files = sources.folder_files(desc.file)[0] if desc.file.is_dir() else [desc.file]
+        for file in files:
+            yield from _iter_file(file, fmt, desc.convert, limit, text_unit, "jsonl")
+
+
+def _iter_file(
+    path: Path, fmt: str, mapping: dict[str, str] | Callable, limit: int, text_unit: str, default: str
+) -> Iterator[Checked]:
+    """`mapping` renames columns, or is a converter record -> (record, issues) (a dataset description)."""
     text_file = sources.container_of(path, default) == "text"
     file_fmt = "text" if text_file and fmt in ("auto", "text") else (None if fmt == "auto" else fmt)
     for raw in sources.iter_raw(path, text_mode=text_file, max_record_bytes=limit, text_unit=text_unit):
         if raw.value is sources.NOTHING:
             yield Checked(raw.file, raw.line, None, raw.issues, raw=raw.raw, format=file_fmt)
             continue
-        record = formats.apply_mapping(raw.value, mapping)
+        record, found = mapping(raw.value) if callable(mapping) else (formats.apply_mapping(raw.value, mapping), [])
         seen = formats.detect(record)
-        issues = list(raw.issues)
+        issues = list(raw.issues) + located(found, raw.file, raw.line)
+        if any(i.severity == "error" for i in found):
+            yield Checked(raw.file, raw.line, None, issues, raw.value, format=file_fmt or seen)
+            continue
         if file_fmt is None and seen is None:
             issues += located([_unknown_format(record)], raw.file, raw.line)
             yield Checked(raw.file, raw.line, None, issues, raw.value)
