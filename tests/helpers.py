@@ -65,6 +65,23 @@ def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@contextmanager
+def moto_s3(bucket: str = "tuneforge-test") -> Iterator[tuple[str, dict]]:
+    """moto's S3 server on 127.0.0.1 with one bucket; yields (s3://BUCKET, s3fs options) for S3Storage."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    try:
+        s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(bucket)
+        yield f"s3://{bucket}", options
+    finally:
+        server.stop()
+
+
 def install_tiny_demo(home) -> None:
     """A 2-layer hidden-64 Llama as $TUNEFORGE_HOME/models/demo, so 'demo' needs no pretraining."""
     from tuneforge.data.synthetic import support_desk_dataset

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tuneforge.config import tuneforge_home
 
@@ -66,6 +68,31 @@ class ServeSettings:
 
     # /health answers 503 while fewer training workers than this are alive (serve with --workers N sets 1).
     health_min_workers: int = field(default_factory=lambda: int(_env_float("TUNEFORGE_HEALTH_MIN_WORKERS", 0)))
+
+    # Where uploads and run artifacts live (keys in the database): file:///folder (a folder every machine
+    # mounts: NFS) or s3://bucket/prefix; unset, the data_dir folder of this home (one machine).
+    storage_url: str | None = field(default_factory=lambda: os.environ.get("TUNEFORGE_STORAGE_URL") or None)
+    # s3:// only: keyword arguments of s3fs.S3FileSystem, as JSON ('{"endpoint_url": "http://minio:9000"}').
+    storage_options: dict[str, Any] = field(
+        default_factory=lambda: json.loads(os.environ.get("TUNEFORGE_STORAGE_OPTIONS") or "{}")
+    )
+
+    def storage(self):
+        """The shared storage (`tuneforge.serve.storage`), one instance per process."""
+        from tuneforge.serve.storage import open_storage
+
+        url = self.storage_url or Path(self.data_dir).expanduser().resolve().as_uri()
+        return open_storage(url, self.storage_options)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of stored objects (models, training files) when the storage is not a local folder."""
+        return self.data_dir / "cache"
+
+    @property
+    def work_dir(self) -> Path:
+        """Run directories being written, synced to the storage, when the storage is not a local folder."""
+        return self.data_dir / "work"
 
     @property
     def files_dir(self) -> Path:
