@@ -3,8 +3,13 @@ the rendering with the model's own template (or the fallback), the labels, and t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from tuneforge.data import formats
+from tuneforge.data.readers import iter_checked, read_examples
 from tuneforge.data.tool_calls import (
     ParsedToolCalls,
     fallback_messages,
@@ -13,6 +18,7 @@ from tuneforge.data.tool_calls import (
     tool_format,
 )
 from tuneforge.data.types import Message, ToolCall
+from tuneforge.errors import DataError
 
 WEATHER = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"})
 
@@ -99,3 +105,77 @@ def test_fallback_round_trip():
     )
     parsed = parse_tool_calls(out[2]["content"], None)
     assert isinstance(parsed, ParsedToolCalls) and parsed.content == "Checking." and parsed.calls == msgs[1].tool_calls
+
+
+# --- readers ----------------------------------------------------------------------------------------------
+
+CORPUS = Path(__file__).parent / "data_corpus" / "tools"
+
+
+def test_openai_tool_calls_read():
+    convs = read_examples(CORPUS / "openai_tools.jsonl")
+    assert len(convs) == 3
+    first = convs[0]
+    assert first.messages[1].content == "" and first.messages[1].tool_calls == [
+        ToolCall("get_current_weather", {"location": "San Francisco, USA", "format": "celsius"}, "call_id")
+    ]
+    assert [t["function"]["name"] for t in first.tools] == ["get_current_weather"]
+    exchange = convs[1]
+    assert exchange.parallel_tool_calls is False
+    result = exchange.messages[3]
+    assert (result.role, result.tool_call_id, result.name) == ("tool", "call_1", "get_current_weather")
+    parallel = convs[2].messages  # results answered by id, in another order than the calls
+    assert [(m.tool_call_id, m.name) for m in parallel[2:4]] == [
+        ("call_b", "get_local_time"),
+        ("call_a", "get_current_weather"),
+    ]
+    again = formats.parse(json.loads(json.dumps(convs[2].to_dict())), "chat")[0]  # what prepare writes reads back
+    assert again.messages == convs[2].messages and again.tools == convs[2].tools
+
+
+def test_legacy_functions_read():
+    (conv,) = read_examples(CORPUS / "openai_functions.jsonl")
+    assert conv.messages[1].tool_calls == [
+        ToolCall("get_current_weather", {"location": "Rome, Italy", "format": "celsius"})
+    ]
+    assert (conv.messages[2].role, conv.messages[2].name) == ("tool", "get_current_weather")
+    assert conv.tools[0] == {
+        "type": "function",
+        "function": json.loads((CORPUS / "openai_functions.jsonl").read_text())["functions"][0],
+    }
+
+
+def test_glaive_toolcall_read():
+    calls, plain = read_examples(CORPUS / "glaive_toolcall.json")
+    assert [m.role for m in calls.messages] == ["user", "assistant", "tool", "assistant"]
+    assert calls.messages[1].tool_calls == [ToolCall("generate_password", {"length": 12})]
+    assert calls.messages[2].name == "generate_password"
+    assert calls.tools[0]["type"] == "function" and calls.tools[0]["function"]["name"] == "generate_password"
+    assert plain.tools is None  # "[]": no tools
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "bad_tools.jsonl",
+            [
+                (1, "invalid_arguments", "messages[1].tool_calls[0].function.arguments"),
+                (2, "unknown_tool", "messages[1].tool_calls[0]"),
+                (3, "orphan_tool_result", "messages[1]"),
+                (4, "parallel_tool_calls", "messages[1].tool_calls"),
+                (5, "unanswered_tool_call", "messages[1].tool_calls"),
+            ],
+        ),
+        (
+            "bad_glaive.json",
+            [(2, "invalid_arguments", "conversations[1].value"), (23, "orphan_tool_result", "conversations[1]")],
+        ),
+    ],
+)
+def test_tool_mistakes_are_located_errors(name, expected):
+    checked = [c for c in iter_checked(CORPUS / name) if c.errors]
+    assert [(c.line, e.kind, e.field) for c in checked for e in c.errors] == expected
+    assert all(c.example is None and e.fix for c in checked for e in c.errors)
+    with pytest.raises(DataError, match=f"{len(expected)} invalid record"):
+        read_examples(CORPUS / name)

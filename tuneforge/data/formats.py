@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from tuneforge.data import tool_calls
 from tuneforge.data.issues import Issue
 from tuneforge.data.types import (
     ROLES,
@@ -22,6 +23,7 @@ from tuneforge.data.types import (
     PromptExample,
     TextExample,
     TokenExample,
+    ToolCall,
 )
 
 FORMATS = (
@@ -87,8 +89,9 @@ _SHAREGPT_ROLES = {
     "tool": "tool",
     "function": "tool",
     "observation": "tool",
+    "function_call": "assistant",  # LLaMA-Factory: the value is the call's JSON
 }
-_MESSAGE_KEYS = {"role", "content", "weight", "loss_weight", "name", "tool_calls", "tool_call_id"}
+_MESSAGE_KEYS = {"role", "content", "weight", "loss_weight", "name", "tool_calls", "tool_call_id", "function_call"}
 _BIO = re.compile(r"^(O|[BI]-\S+)$")
 
 ParseResult = tuple["Example | None", list[Issue]]
@@ -160,8 +163,8 @@ def apply_mapping(record: Any, mapping: dict[str, str]) -> Any:
 # Keys each format reads; any other top-level field goes to metadata (for group splits, slices) and is
 # reported by validate/prepare as unused (it is never trained on).
 FIELDS = {
-    "chat": {"messages"},
-    "sharegpt": {"conversations", "system"},
+    "chat": {"messages", "tools", "functions", "parallel_tool_calls"},
+    "sharegpt": {"conversations", "system", "tools"},
     "prompt_completion": {"prompt", "completion"},
     "alpaca": {"instruction", "input", "output", "system"},
     "text": {"text"},
@@ -333,6 +336,8 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
         return None
     n = len(issues)
     role = m.get("role")
+    if role == "function":  # OpenAI's legacy function result: a tool message named after its function
+        role = "tool"
     if role is None:
         issues.append(
             Issue(
@@ -346,7 +351,11 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
         issues.append(
             Issue("unknown_role", f"unknown role {role!r}", field=f"{path}.role", fix=f"use one of {', '.join(ROLES)}")
         )
-    if "content" not in m:
+    calls = _tool_calls(m, role, path, issues)
+    calling = role == "assistant" and (m.get("tool_calls") is not None or m.get("function_call") is not None)
+    if calling and m.get("content") in (None, ""):  # an assistant message that only calls tools
+        content = ""
+    elif "content" not in m:
         issues.append(Issue("missing_field", "message has no 'content'", field=f"{path}.content"))
         content = None
     else:
@@ -356,7 +365,39 @@ def _message(m: Any, path: str, issues: list[Issue]) -> Message | None:
         issues.append(Issue("unknown_key", f"unknown message key {key!r} (ignored)", field=f"{path}.{key}"))
     if any(i.severity == "error" for i in issues[n:]):
         return None
-    return Message(role, content, None if weight is None else float(weight))
+    result = {k: m.get(k) for k in ("tool_call_id", "name")} if role == "tool" else {}
+    result = {k: str(v) for k, v in result.items() if v is not None}
+    return Message(role, content, None if weight is None else float(weight), tool_calls=calls, **result)
+
+
+def _tool_calls(m: dict, role: Any, path: str, issues: list[Issue]) -> list[ToolCall] | None:
+    """An assistant's `tool_calls` (or OpenAI's legacy `function_call`), read by `tool_calls.read_tool_calls`."""
+    key = "tool_calls" if m.get("tool_calls") is not None else "function_call"
+    if m.get(key) is None:
+        return None
+    if role != "assistant":
+        issues.append(Issue("wrong_type", f"only assistant messages make tool calls ({role})", field=f"{path}.{key}"))
+        return None
+    if key == "tool_calls":
+        return tool_calls.read_tool_calls(m[key], f"{path}.tool_calls", issues)
+    if not isinstance(m[key], dict):
+        issues.append(Issue("wrong_type", "function_call must be an object", field=f"{path}.function_call"))
+        return None
+    call = tool_calls.read_call(m[key], f"{path}.function_call", issues)
+    return [call] if call else None
+
+
+def _tools(record: dict, issues: list[Issue]) -> tuple[list[dict] | None, bool | None]:
+    """The record's tools (OpenAI `tools` or legacy `functions`; LLaMA-Factory's `tools` JSON) and OpenAI's
+    `parallel_tool_calls`."""
+    if record.get("tools") is not None and record.get("functions") is not None:
+        issues.append(Issue("invalid_tools", "both 'tools' and 'functions'", field="functions", fix="keep one"))
+    key = "tools" if record.get("tools") is not None else "functions"
+    parallel = record.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        issues.append(Issue("wrong_type", "parallel_tool_calls must be true or false", field="parallel_tool_calls"))
+        parallel = None
+    return tool_calls.read_tools(record.get(key), key, issues), parallel
 
 
 def _weight(m: dict, role: Any, path: str, issues: list[Issue]) -> Any:
@@ -430,8 +471,13 @@ def _messages(value: Any, path: str, issues: list[Issue], needs_assistant: bool 
 def parse_chat(record: dict) -> ParseResult:
     issues: list[Issue] = []
     meta = _metadata(record, issues)
+    tools, parallel = _tools(record, issues)
     msgs = _messages(record.get("messages"), "messages", issues)
-    return (Conversation(msgs, meta) if msgs is not None and not _errors(issues) else None), issues
+    if msgs is not None:
+        tool_calls.check_tool_use(msgs, tools, parallel, "messages", issues)
+    if msgs is None or _errors(issues):
+        return None, issues
+    return Conversation(msgs, meta, tools=tools, parallel_tool_calls=parallel), issues
 
 
 def _sharegpt_turns(turns: Any, path: str, issues: list[Issue]) -> list[dict] | None:
@@ -454,6 +500,10 @@ def _sharegpt_turns(turns: Any, path: str, issues: list[Issue]) -> list[dict] | 
             issues.append(
                 Issue("unknown_role", f"unknown speaker {who!r}", field=f"{where}.from", fix="use human/gpt/system")
             )
+        if who == "function_call":  # the value is the call itself: {"name", "arguments"} or a list of them
+            calls = tool_calls.sharegpt_calls(t.get("value"), f"{where}.value", issues)
+            converted.append({"role": "assistant", "content": None, "tool_calls": calls})
+            continue
         converted.append(
             {"role": _SHAREGPT_ROLES.get(who, who), "content": t.get("value")}
             if "value" in t
@@ -472,10 +522,15 @@ def parse_sharegpt(record: dict) -> ParseResult:
     issues: list[Issue] = []
     meta = _metadata(record, issues)
     system = _system(record, issues)
+    tools, _ = _tools({"tools": record.get("tools")}, issues)
     converted = _sharegpt_turns(record.get("conversations"), "conversations", issues)
     if converted is None or _errors(issues):
         return None, issues
     msgs = _messages(converted, "conversations", issues)
+    if msgs is not None:
+        tool_calls.check_tool_use(msgs, tools, None, "conversations", issues)
+        if _errors(issues):
+            return None, issues
     if msgs and system and msgs[0].role == "system":
         issues.append(
             Issue(
@@ -483,7 +538,7 @@ def parse_sharegpt(record: dict) -> ParseResult:
             )
         )
         return None, issues
-    return (Conversation(system + msgs, meta) if msgs is not None else None), issues
+    return (Conversation(system + msgs, meta, tools=tools) if msgs is not None else None), issues
 
 
 def parse_prompt_completion(record: dict) -> ParseResult:

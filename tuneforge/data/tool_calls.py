@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.data.issues import Issue
 from tuneforge.data.types import Message, ToolCall
 
 TOOL_FORMATS = ("hermes", "llama3", "mistral")
@@ -235,3 +236,190 @@ def fallback_messages(messages: list[Message], tools: list[dict] | None) -> list
 def same_calls(a: list[ToolCall], b: list[ToolCall]) -> bool:
     """Same functions with the same arguments as parsed JSON, in order (ids aside)."""
     return [(c.name, c.arguments) for c in a] == [(c.name, c.arguments) for c in b]
+
+
+# --- reading (formats.py calls these; issues carry field paths, the caller stamps file:line) ---------------
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # OpenAI's function names (written verbatim by templates)
+_TOOLS_FIX = 'give "tools": [{"type": "function", "function": {"name", "description", "parameters"}}, ...]'
+
+
+def read_tools(value: Any, path: str, issues: list[Issue]) -> list[dict] | None:
+    """OpenAI's `tools` (or legacy `functions`, or LLaMA-Factory's bare function list, as a list or a JSON
+    string) -> [{"type": "function", "function": {...}}]; None when absent."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            issues.append(Issue("invalid_tools", f"tools are not valid JSON ({exc.msg})", field=path, fix=_TOOLS_FIX))
+            return None
+    if isinstance(value, dict):
+        value = [value]
+    if value == []:  # LLaMA-Factory writes "[]" for records without tools
+        return None
+    if not isinstance(value, list):
+        issues.append(Issue("invalid_tools", "tools must be a list of function schemas", field=path, fix=_TOOLS_FIX))
+        return None
+    out = []
+    for i, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else tool
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not _NAME.match(name):
+            issues.append(Issue("invalid_tools", f"tool {i} has no valid 'name'", field=f"{path}[{i}]", fix=_TOOLS_FIX))
+            continue
+        params = function.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            issues.append(
+                Issue(
+                    "invalid_tools", f"tool {name!r}: 'parameters' must be a JSON schema object", field=f"{path}[{i}]"
+                )
+            )
+            continue
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def read_tool_calls(value: Any, path: str, issues: list[Issue]) -> list[ToolCall] | None:
+    """An assistant's `tool_calls` (OpenAI: arguments a JSON string; HF / LLaMA-Factory: an object)."""
+    if not isinstance(value, list) or not value:
+        issues.append(Issue("wrong_type", "tool_calls must be a non-empty list of calls", field=path))
+        return None
+    calls = []
+    for i, raw in enumerate(value):
+        where = f"{path}[{i}]"
+        function = raw.get("function", raw) if isinstance(raw, dict) else None
+        if not isinstance(function, dict):
+            issues.append(Issue("wrong_type", "a tool call must be an object with 'function'", field=where))
+            continue
+        call = read_call(function, f"{where}.function" if "function" in raw else where, issues)
+        if call is not None:
+            call_id = raw.get("id")
+            calls.append(ToolCall(call.name, call.arguments, str(call_id) if call_id is not None else None))
+    return calls if len(calls) == len(value) else None
+
+
+def read_call(function: dict, path: str, issues: list[Issue]) -> ToolCall | None:
+    """{"name", "arguments": JSON string | object} -> a ToolCall; bad JSON is a located error, never dropped."""
+    name, args = function.get("name"), function.get("arguments", function.get("parameters"))
+    if not isinstance(name, str) or not _NAME.match(name):
+        issues.append(Issue("wrong_type", f"the call's name {name!r} is not a function name", field=f"{path}.name"))
+        return None
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as exc:
+            issues.append(
+                Issue(
+                    "invalid_arguments",
+                    f"arguments of {name!r} are not valid JSON ({exc.msg} at character {exc.pos}): {args[:60]!r}",
+                    field=f"{path}.arguments",
+                    fix='write the arguments as a JSON object, e.g. "{\\"city\\": \\"Paris\\"}"',
+                )
+            )
+            return None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        issues.append(
+            Issue(
+                "invalid_arguments",
+                f"arguments of {name!r} must be a JSON object, got {type(args).__name__}",
+                field=f"{path}.arguments",
+                fix="give the arguments as an object of parameter names and values",
+            )
+        )
+        return None
+    return ToolCall(name, args)
+
+
+def sharegpt_calls(value: Any, path: str, issues: list[Issue]) -> list[dict] | None:
+    """A ShareGPT `function_call` turn's value (a JSON object or list of {"name", "arguments"}, as a string
+    or already parsed) -> tool_calls in OpenAI's layout for the message reader."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            issues.append(
+                Issue(
+                    "invalid_arguments",
+                    f"the function_call turn is not valid JSON ({exc.msg} at character {exc.pos}): {value[:60]!r}",
+                    field=path,
+                    fix='write {"name": "...", "arguments": {...}} (or a list of them)',
+                )
+            )
+            return None
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, dict) for v in items):
+        issues.append(Issue("wrong_type", "a function_call turn holds {name, arguments} object(s)", field=path))
+        return None
+    return [{"type": "function", "function": v} for v in items]
+
+
+def check_tool_use(
+    messages: list[Message], tools: list[dict] | None, parallel: bool | None, path: str, issues: list[Issue]
+) -> None:
+    """Every call names an offered tool; every result answers a pending call (by tool_call_id, else the next
+    unanswered one, whose name it takes); every call is answered before the conversation moves on."""
+    names = {t["function"]["name"] for t in tools or []}
+    pending: list[tuple[int, ToolCall]] = []
+    for i, m in enumerate(messages):
+        where = f"{path}[{i}]"
+        if m.role != "tool" and pending and (m.tool_calls or m.role in ("user", "assistant")):
+            k, call = pending[0]
+            issues.append(
+                Issue(
+                    "unanswered_tool_call",
+                    f"the call to {call.name!r} in {path}[{k}] has no tool result before {where} ({m.role})",
+                    field=f"{path}[{k}].tool_calls",
+                    fix="add the tool message with its result right after the call",
+                )
+            )
+            pending = []
+        if m.tool_calls:
+            if parallel is False and len(m.tool_calls) > 1:
+                issues.append(
+                    Issue(
+                        "parallel_tool_calls",
+                        f"{len(m.tool_calls)} calls in one message but parallel_tool_calls is false",
+                        field=f"{where}.tool_calls",
+                        fix="split the calls into turns or set parallel_tool_calls: true",
+                    )
+                )
+            for j, call in enumerate(m.tool_calls):
+                if call.name not in names:
+                    offered = ", ".join(sorted(names)) or "none: the record has no tools"
+                    issues.append(
+                        Issue(
+                            "unknown_tool",
+                            f"calls {call.name!r}, which is not among the record's tools ({offered})",
+                            field=f"{where}.tool_calls[{j}]",
+                            fix="add its schema to the record's tools, or fix the name",
+                        )
+                    )
+            pending = [(i, c) for c in m.tool_calls]
+        elif m.role == "tool":
+            match = next((p for p in pending if m.tool_call_id is None or p[1].id == m.tool_call_id), None)
+            if match is None:
+                which = f"tool_call_id {m.tool_call_id!r}" if m.tool_call_id else "a result"
+                issues.append(
+                    Issue(
+                        "orphan_tool_result",
+                        f"{which} answers no pending tool call",
+                        field=where,
+                        fix="put each tool result right after the assistant message that calls it, with its id",
+                    )
+                )
+                continue
+            pending.remove(match)
+            if m.name is not None and m.name != match[1].name:
+                issues.append(
+                    Issue(
+                        "orphan_tool_result",
+                        f"the result is named {m.name!r} but answers the call to {match[1].name!r}",
+                        field=f"{where}.name",
+                    )
+                )
+            m.name = m.name or match[1].name
+            m.tool_call_id = m.tool_call_id or match[1].id
