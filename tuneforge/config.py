@@ -15,7 +15,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from tuneforge.errors import ConfigError, Problem
@@ -92,6 +92,16 @@ class DataSection(Section):
     validation_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given."
     )
+    mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Read other field names as ours: {ours: theirs}, theirs may be a nested path "
+        "(prompt: data.question, text: pages.0.body), as `--map` does.",
+    )
+    overlength: Literal["truncate", "drop", "error"] = Field(
+        "truncate",
+        description="Examples longer than model.max_length tokens: truncate (cut, and counted loudly with the "
+        "first file:line), drop (left out, listed in the manifest) or error (refused with every file:line).",
+    )
     system_prompt: Literal["keep", "fold", "drop"] = Field(
         "keep",
         description="System messages: keep (passed to the chat template), "
@@ -138,7 +148,19 @@ class DistributedSection(Section):
 
 
 class TrainSection(Section):
-    epochs: float = Field(3, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    epochs: float | Literal["auto"] = Field(
+        3,
+        description="Passes over the training data (ignored when max_steps is set); auto: OpenAI's rule, 3 unless "
+        "examples x epochs would leave 100..25,000 (then the nearest epochs within 1..25).",
+    )
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, v: float | str) -> float | str:
+        if v != "auto" and v <= 0:
+            raise ValueError("epochs must be greater than 0 (or auto)")
+        return v
+
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")

@@ -10,6 +10,7 @@ memory. That is why the config accepts dpo only with methods that have a referen
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,7 +50,9 @@ class DirectPreference:
         return {}
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
-        feats = []
+        """Pairs whose prompt leaves no answer token within max_length are dropped by name (count, file:line),
+        as TRL drops them; the run stops only when no pair is left."""
+        feats, cut = [], []
         for i, ex in enumerate(examples):
             pair = [
                 Conversation([*ex.prompt, Message("assistant", a)], source=ex.source) for a in (ex.chosen, ex.rejected)
@@ -58,16 +61,8 @@ class DirectPreference:
                 encode_conversation(tokenizer, c, max_length) for c in pair
             )  # template errors say file:line
             if all(t == IGNORE for t in chosen.labels) or all(t == IGNORE for t in rejected.labels):
-                raise DataError(
-                    "a preference answer is cut off entirely by model.max_length",
-                    [
-                        Problem(
-                            f"example {i}",
-                            "no answer token left after truncation",
-                            "raise model.max_length or shorten the prompt",
-                        )
-                    ],
-                )
+                cut.append(ex.source or f"example {i}")
+                continue
             feats.append(
                 PairFeature(
                     chosen.input_ids,
@@ -76,6 +71,22 @@ class DirectPreference:
                     rejected.input_ids,
                     rejected.labels,
                 )
+            )
+        fix = "raise model.max_length or shorten the prompts"
+        if cut and not feats:
+            raise DataError(
+                "every preference pair is cut off entirely by model.max_length",
+                [Problem(w, f"no answer token left within {max_length} tokens", fix) for w in cut[:20]],
+            )
+        if cut:
+            logging.getLogger("tuneforge").warning(
+                "objective dpo: %d of %d preference pair(s) cut off entirely by model.max_length=%d, dropped; "
+                "first at %s; %s",
+                len(cut),
+                len(examples),
+                max_length,
+                ", ".join(cut[:3]),
+                fix,
             )
         return feats
 

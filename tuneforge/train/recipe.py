@@ -19,6 +19,7 @@ import torch
 from transformers import set_seed
 
 from tuneforge.config import RunConfig
+from tuneforge.data import length
 from tuneforge.data.lineage import dataset_fingerprint
 from tuneforge.data.readers import read_examples
 from tuneforge.errors import ConfigError, Problem, TrainingError
@@ -92,6 +93,7 @@ class Session:
     started: float  # perf_counter at the start of train()
     setup_s: float = 0.0
     losses: list[float] = field(default_factory=list)
+    overlength: dict[str, Any] = field(default_factory=dict)  # train examples over model.max_length (data.overlength)
     best_weights: dict[str, torch.Tensor] | None = None  # kept when early stopping may need them
     dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job (Dist(): one process)
     wrapped: torch.nn.Module | None = None  # the DDP / FSDP2 module training forwards go through, None in one process
@@ -180,6 +182,11 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
     objective.prepare(train_examples)  # fixes the label set of labelled objectives from the training data
     train_feats = objective.encode(train_examples, tokenizer, cfg.model.max_length)
     val_feats = objective.encode(val_examples, tokenizer, cfg.model.max_length) if val_examples else []
+    # data.overlength: truncate (said loudly), drop or error - before any heavy work
+    train_feats, over = length.enforce(train_examples, train_feats, cfg.model.max_length, cfg.data.overlength)
+    val_feats, _ = length.enforce(val_examples, val_feats, cfg.model.max_length, cfg.data.overlength, "validation")
+    if cfg.train.epochs == "auto":  # OpenAI's rule; config.yaml records the number used
+        cfg.train.epochs = length.resolve_epochs("auto", len(train_feats))
     pad_id = tokenizer.pad_token_id
 
     base_path = resolve_model_path(cfg.model.name)
@@ -231,6 +238,8 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         wrapped=wrapped,
     )
 
+    dropped = {"dropped": over.places} if cfg.data.overlength == "drop" else {}
+    s.overlength = over.to_dict(cfg.data.overlength) | dropped
     run.prepare(cfg, resume)
     lineage = _dataset_lineage(cfg, train_examples, val_examples)
     _write_start_manifest(s, resume, new_manifest(cfg, base_path, lineage), per_epoch)
@@ -278,6 +287,7 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
         "train_features": len(s.train_feats),
         "validation_features": len(s.val_feats),
         "truncated": sum(f.truncated for f in s.train_feats),
+        "overlength": s.overlength,
         "steps_per_epoch": per_epoch,
         "total_steps": s.total_steps,
     }
@@ -469,9 +479,9 @@ def _checkpoint_to_resume(run: RunDir, resume: bool) -> Path | None:
 
 
 def _load_splits(cfg: RunConfig) -> tuple[list, list]:
-    train_examples = read_examples(cfg.data.train, cfg.data.format)
+    train_examples = read_examples(cfg.data.train, cfg.data.format, cfg.data.mapping)
     if cfg.data.validation is not None:
-        return train_examples, read_examples(cfg.data.validation, cfg.data.format)
+        return train_examples, read_examples(cfg.data.validation, cfg.data.format, cfg.data.mapping)
     if cfg.data.validation_fraction == 0:
         return train_examples, []
     n_val = max(1, int(len(train_examples) * cfg.data.validation_fraction))
