@@ -47,7 +47,10 @@ class ModelSection(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype: auto picks bfloat16 on CUDA and float32 on CPU."
+        "auto",
+        description="Dtype the base weights are loaded in. auto: float32 when they train (full, partial: the fp32 "
+        "master weights of train.precision) or when train.precision is fp32, else the 16-bit compute dtype "
+        "(a frozen base under adapters). A 16-bit dtype for trained weights drops the fp32 master copy.",
     )
     max_length: int = Field(
         512,
@@ -237,6 +240,13 @@ class TrainSection(Section):
         False,
         description="Recompute each layer's activations during the backward pass instead of storing them: "
         "activation memory drops to about one layer's worth, for ~20-30% more compute per step.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Compute precision: bf16/fp16 run forward and backward under torch.autocast while trained "
+        "weights and AdamW states stay fp32 (master weights; fp16 adds loss scaling); with model.dtype auto a "
+        "frozen base (adapter methods) is loaded in the 16-bit dtype. auto: bf16 on CUDA with bf16 support, "
+        "fp32 on CPU.",
     )
     distributed: DistributedSection = Field(
         default_factory=DistributedSection, description="Several processes: strategy and failure timeout."

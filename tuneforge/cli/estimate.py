@@ -39,14 +39,23 @@ def estimate(
     num_labels: int = typer.Option(2, help="Labels of a classification head."),
     batch: int = typer.Option(1, min=1, help="Examples per micro-batch."),
     seq_len: int = typer.Option(512, min=1, help="Tokens per example."),
-    dtype: str = typer.Option("bfloat16", help="Training dtype of the weights: float32, bfloat16 or float16."),
+    precision: str = typer.Option(
+        "bf16",
+        help="train.precision: bf16 or fp16 (autocast; trained weights and AdamW states stay fp32) or fp32.",
+    ),
+    dtype: str = typer.Option(
+        "auto",
+        help="model.dtype of the base: auto (what train loads: fp32 when the base trains or under fp32, else the "
+        "16-bit compute dtype), float32, bfloat16 or float16 (16-bit trained weights: no fp32 master copy).",
+    ),
     gradient_checkpointing: bool = typer.Option(
         False, "--gradient-checkpointing", help="Recompute block activations in backward."
     ),
     attention: str = typer.Option("sdpa", help="sdpa (memory-efficient, no T x T matrix) or eager."),
     output: str = typer.Option("table", help="table or json (one JSON object on stdout)."),
 ) -> None:
-    """Trainable/total parameters and training memory (weights, gradients, optimizer, activations)."""
+    """Trainable/total parameters and training memory as `train` holds it (weights, autocast copies, gradients,
+    optimizer states, activations)."""
     from tuneforge.methods.estimate import estimate as run_estimate
 
     options = {
@@ -62,7 +71,8 @@ def estimate(
         "num_virtual_tokens": virtual_tokens,
     }
     method_cfg = method_section(method, {k: v for k, v in options.items() if v is not None})
-    _check_choice("--dtype", dtype, ("float32", "bfloat16", "float16"))
+    _check_choice("--precision", precision, ("bf16", "fp16", "fp32"))
+    _check_choice("--dtype", dtype, ("auto", "float32", "bfloat16", "float16"))
     _check_choice("--attention", attention, ("sdpa", "eager"))
     _check_choice("--output", output, ("table", "json"))
     result = run_estimate(
@@ -72,6 +82,7 @@ def estimate(
         seq_len,
         task=task,
         dtype=dtype,
+        precision=precision,
         gradient_checkpointing=gradient_checkpointing,
         attention=attention,
         num_labels=num_labels,

@@ -2,8 +2,14 @@
 
 The model is built from its config on the meta device (shapes only, no storage), the method
 is applied to it exactly as in training, and memory is counted from the resulting
-parameters: weights, gradients (trainable only), AdamW state (two moments per trainable
-weight) and activations kept for the backward pass. A 70B config takes seconds and no RAM.
+parameters as the trainer holds them (tuneforge/train/precision.py): weights in their storage
+dtype (fp32 master weights when the base trains under bf16/fp16 autocast, a 16-bit or 4-bit
+frozen base under adapters, fp32 adapters), autocast's 16-bit copies of the trained fp32
+matrices (cached from the forward to the backward), gradients in the dtype of their parameter,
+AdamW's two moments in the dtype of their parameter (torch's AdamW; no 8-bit optimizer is
+offered), and activations kept for the backward pass in the compute dtype. A 70B config takes
+seconds and no RAM. Full fine-tuning under bf16 is 4 + 2 + 4 + 8 = 18 bytes per parameter;
+pure bf16 weights (model.dtype: bfloat16, no master) 2 + 2 + 4 = 8.
 
 Activations follow the usual per-layer accounting (Korthikanti et al. 2022) for a
 pre-norm block with memory-efficient attention (SDPA/flash: no T x T matrix kept); eager
@@ -38,7 +44,7 @@ class Estimate:
     total_params: int
     trainable_params: int
     trainable_share: float
-    memory_bytes: dict[str, int]  # weights, gradients, optimizer, activations, total
+    memory_bytes: dict[str, int]  # weights, autocast_copies, gradients, optimizer, activations, total
     assumptions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,20 +89,30 @@ def estimate(
     seq_len: int,
     *,
     task: str = "causal_lm",
-    dtype: str = "float32",
+    dtype: str = "auto",
+    precision: str = "fp32",
     gradient_checkpointing: bool = False,
     attention: str = "sdpa",
     num_labels: int = 2,
 ) -> Estimate:
+    """`dtype` is model.dtype ('auto': what the trainer loads under `precision`), `precision` train.precision
+    resolved (fp32, bf16 or fp16)."""
+    from tuneforge.train.precision import resolve_precision
+
+    trains_base = not get_method(method_cfg.name).fp32_adapters
+    weights = resolve_precision(precision, dtype, torch.device("cuda"), trains_base).weights
+    dtype = str(weights).removeprefix("torch.")
     config = load_model_config(ref)
     head = {"num_labels": num_labels} if task in ("sequence_classification", "token_classification") else {}
-    model = get_method(method_cfg.name).apply(meta_model(config, task, **head), method_cfg)
+    with torch.device("meta"):  # the method's new weights (800M LoRA weights for a 65B base) get no storage either
+        model = get_method(method_cfg.name).apply(meta_model(config, task, **head), method_cfg)
     return estimate_for_model(
         model,
         method_cfg,
         batch,
         seq_len,
         dtype=dtype,
+        precision=precision,
         gradient_checkpointing=gradient_checkpointing,
         attention=attention,
         name=str(ref),
@@ -110,16 +126,19 @@ def estimate_for_model(
     seq_len: int,
     *,
     dtype: str | None = None,
+    precision: str | None = None,
     gradient_checkpointing: bool = False,
     attention: str = "sdpa",
     name: str = "",
 ) -> Estimate:
     """Count an adapted model's parameters and its training memory (works on meta and real models).
 
-    `dtype` is the base weights' training dtype; by default the dtype the model is in.
+    `dtype` is the base weights' storage dtype (by default the dtype the model is in); `precision` the
+    resolved train.precision (fp32, bf16, fp16; None: compute in the weights' dtype, no autocast).
     """
     dtype = dtype or _float_dtype(model)
     e = _BYTES[dtype]
+    compute = 2 if precision in ("bf16", "fp16") else e  # bytes per activation element (no autocast: weights')
     method = get_method(method_cfg.name)
     fp32_adapters = method.fp32_adapters  # peft upcasts its adapter weights
     quantized_bytes = method.quantized_bytes(method_cfg) if method.quantized_bytes else None
@@ -130,23 +149,33 @@ def estimate_for_model(
         n = _numel(p)
         total += n
         if id(p) in quantized or hasattr(p, "quant_state"):
-            weights += n * (quantized_bytes or NF4_BYTES[False])
+            stored = quantized_bytes or NF4_BYTES[False]
         elif p.requires_grad and fp32_adapters:
-            weights += n * 4  # peft keeps adapter weights in fp32 under a 16-bit base
+            stored = 4  # peft keeps adapter weights in fp32 under a 16-bit base
         else:
-            weights += n * e
+            stored = e
+        weights += n * stored
         if p.requires_grad:
             trainable += n
-            grads += n * (4 if fp32_adapters else e)
-    optimizer = 2 * grads  # AdamW: exp_avg and exp_avg_sq, each the size of the gradient
-    acts = _activations(model, batch, seq_len, e, gradient_checkpointing, attention)
-    memory = {"weights": int(weights), "gradients": int(grads), "optimizer": int(optimizer), "activations": int(acts)}
+            grads += n * stored  # a gradient has its parameter's dtype
+    optimizer = 2 * grads  # AdamW: exp_avg and exp_avg_sq in the parameter's dtype (fp32 for fp32 weights)
+    copies = _autocast_copies(model, e, fp32_adapters) if precision in ("bf16", "fp16") else 0
+    acts = _activations(model, batch, seq_len, compute, gradient_checkpointing, attention)
+    memory = {
+        "weights": int(weights),
+        "autocast_copies": int(copies),
+        "gradients": int(grads),
+        "optimizer": int(optimizer),
+        "activations": int(acts),
+    }
     memory["total"] = sum(memory.values())
     assumptions = {
         "dtype": dtype,
+        "precision": precision or "no autocast",
+        "master_weights": e == 4 or fp32_adapters,  # are the trained weights fp32 (updates applied in fp32)?
         "batch": batch,
         "seq_len": seq_len,
-        "optimizer": "AdamW (2 states per trainable weight)",
+        "optimizer": "AdamW (2 states per trainable weight, in its dtype)",
         "attention": attention,
         "gradient_checkpointing": gradient_checkpointing,
         "layers_with_activations": _layers_to_backprop(model),
@@ -167,6 +196,17 @@ def estimate_for_model(
 def _float_dtype(model: nn.Module) -> str:
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     return str(max(set(dtypes), key=dtypes.count)).removeprefix("torch.") if dtypes else "float32"
+
+
+def _autocast_copies(model: nn.Module, e: int, fp32_adapters: bool) -> int:
+    """Bytes of autocast's cached 16-bit casts: every trained fp32 matrix of a Linear (the lm_head too) is cast
+    once per forward and the copy lives until its backward has run."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Linear) and w is not None and w.requires_grad and (fp32_adapters or e == 4):
+            seen[id(w)] = w.numel()
+    return 2 * sum(seen.values())
 
 
 def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:

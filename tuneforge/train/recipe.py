@@ -28,7 +28,7 @@ from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.methods.registry import artifact_folders
 from tuneforge.models.chat_templates import fit_embeddings, set_prompt_policy
-from tuneforge.models.loading import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from tuneforge.models.loading import load_model, load_tokenizer, pick_device, resolve_model_path
 from tuneforge.objectives import objective_for
 from tuneforge.train import distributed
 from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, rank_shard, row_chunks, steps_per_epoch
@@ -42,6 +42,7 @@ from tuneforge.train.checkpoint import (
 )
 from tuneforge.train.distributed import Dist
 from tuneforge.train.optim import build_optimizer, build_scheduler
+from tuneforge.train.precision import Precision, resolve_precision
 from tuneforge.train.progress import CheckpointSaved, EvalDone, EventFn, Events, Finished, TrainStep
 from tuneforge.train.rundir import RunDir, new_manifest, peak_memory
 from tuneforge.train.trackers import open_trackers
@@ -97,6 +98,8 @@ class Session:
     best_weights: dict[str, torch.Tensor] | None = None  # kept when early stopping may need them
     dist: Dist = field(default_factory=Dist)  # this process's rank in a torchrun job (Dist(): one process)
     wrapped: torch.nn.Module | None = None  # the DDP / FSDP2 module training forwards go through, None in one process
+    precision: Precision = field(default_factory=Precision.fp32)  # train.precision resolved: autocast, master weights
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scale that keeps small gradients from underflowing
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -191,9 +194,11 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
 
     base_path = resolve_model_path(cfg.model.name)
     method = get_method(cfg.method.name)
+    # trained base weights stay fp32 under bf16/fp16 autocast; a frozen base (adapters) may be 16-bit
+    prec = resolve_precision(cfg.train.precision, cfg.model.dtype, device, trains_base=not method.fp32_adapters)
     model = load_model(
         base_path,
-        pick_dtype(cfg.model.dtype, device),
+        prec.weights,
         cfg.model.revision,
         cfg.model.trust_remote_code,
         task=objective.task,
@@ -236,6 +241,8 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         started,
         dist=d,
         wrapped=wrapped,
+        precision=prec,
+        scaler=prec.scaler(),
     )
 
     dropped = {"dropped": over.places} if cfg.data.overlength == "drop" else {}
@@ -277,11 +284,17 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
     manifest["batch_layout"] = {"packing": layout.packing, "rows_per_pass": layout.rows_per_pass, "why": layout.why}
     manifest["params"] = {"trainable": s.trainable, "total": s.total, "trainable_share": s.trainable / s.total}
     manifest["distributed"] = {"world_size": s.dist.world, "strategy": s.dist.strategy}
+    manifest["precision"] = s.precision.describe()
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
     rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
     manifest["memory_estimate"] = estimate_for_model(
-        s.model, cfg.method, min(rows, cfg.train.batch_size), cfg.model.max_length
+        s.model,
+        cfg.method,
+        min(rows, cfg.train.batch_size),
+        cfg.model.max_length,
+        precision=s.precision.name,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
     ).memory_bytes
     manifest["data_stats"] = {
         "train_features": len(s.train_feats),
@@ -300,6 +313,8 @@ def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
     events.message(f"batches: {s.layout.describe()}")
     share = 100 * s.trainable / s.total
     events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
+    if s.precision.warning():
+        events.message(s.precision.warning())
 
 
 def _due(step: int, every: int, total_steps: int) -> bool:
@@ -325,12 +340,18 @@ def _optimizer_step(s: Session) -> float:
             ],
         )
     params = s.params
+    if s.scaler is not None:  # fp16: true gradients before dividing and clipping; inf/nan are noted for step()
+        s.scaler.unscale_(s.optimizer)
     for p in params:  # mean over every supervised token of the step, however it was split (micro-batches, ranks)
         if p.grad is not None:
             p.grad.div_(max(n_tokens, 1))
     if cfg.train.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-    s.optimizer.step()
+    if s.scaler is not None:  # skips the update when a gradient overflowed, then adapts the scale
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+    else:
+        s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -343,14 +364,16 @@ def _optimizer_step(s: Session) -> float:
 def _validate(s: Session, events: Events) -> ValidationOutcome:
     """Validation loss and metrics; tracks the best loss (and weights, when early stopping may restore them)."""
     train_cfg, state = s.cfg.train, s.state
-    val_loss = evaluate_loss(s.model, s.eval_objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
+    with s.precision.autocast():  # validated as it trains
+        val_loss = evaluate_loss(s.model, s.eval_objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     improved = val_loss < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, val_loss)
     state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
     patience = train_cfg.early_stopping_patience
     if improved and patience:
         s.best_weights = trainable_state(s.model)
-    metrics = s.objective.metrics(s.model, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
+    with s.precision.autocast():
+        metrics = s.objective.metrics(s.model, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     events.emit(EvalDone(state.step, val_loss, state.best_val_loss, metrics))
     should_stop = distributed.agree(bool(patience) and state.evals_without_improvement >= patience, s.dist, s.device)
     if should_stop:
@@ -381,8 +404,9 @@ def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: f
         _load_trainable(s.model, s.best_weights)
     if s.val_feats:
         batch_size = s.cfg.train.batch_size
-        final["val_loss"] = evaluate_loss(s.model, s.eval_objective, s.val_feats, batch_size, s.pad_id, s.device)
-        final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
+        with s.precision.autocast():
+            final["val_loss"] = evaluate_loss(s.model, s.eval_objective, s.val_feats, batch_size, s.pad_id, s.device)
+            final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
     artifact = s.run.root / s.method.folder
     with distributed.full_weights(s.model, s.dist):  # FSDP2: every rank gathers the weights rank 0 writes
         if s.dist.is_main:
@@ -405,8 +429,10 @@ def _accumulate(s: Session) -> tuple[float, int]:
     loss_total, n_total = 0.0, 0
     for i, (part, weight) in enumerate(parts):
         with distributed.gradient_sync(s.wrapped, sync=i == len(parts) - 1):  # one reduction per step
-            loss, n = s.loss({k: v.to(s.device) for k, v in part.items()})
-            (loss * weight).backward()
+            with s.precision.autocast():  # forward in bf16/fp16; backward follows the forward's dtypes
+                loss, n = s.loss({k: v.to(s.device) for k, v in part.items()})
+            scaled = loss * weight
+            (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
         loss_total += loss.item() * weight
         n_total += n * weight
     return loss_total, n_total
