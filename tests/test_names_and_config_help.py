@@ -29,14 +29,14 @@ from tuneforge.serve.tables import Job
     ],
 )
 def test_fine_tuned_ids_name_the_base_model_not_its_folder(model, base):
-    name = fine_tuned_name(Job(model=model, suffix="support", id="ftjob-0123456789ab"))
-    assert name == f"ft:{base}:support:01234567"
+    name = fine_tuned_name(Job(model=model, suffix="support", id="ftjob-0123456789ab"), "team:a")
+    assert name == f"ft:{base}:team-a:support:01234567"  # OpenAI's ft:BASE:ORG:SUFFIX:ID, the project as ORG
 
 
 def test_a_local_folder_given_relatively_is_named_by_its_folder(tmp_path, monkeypatch):
     (tmp_path / "bases" / "my-llama").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert fine_tuned_name(Job(model="bases/my-llama", suffix=None, id="ftjob-x")) == "ft:my-llama::x"
+    assert fine_tuned_name(Job(model="bases/my-llama", suffix=None, id="ftjob-x"), "p") == "ft:my-llama:p::x"
 
 
 def _unknown_key_fix(tmp_path, section: dict) -> str:

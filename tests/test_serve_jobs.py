@@ -88,26 +88,34 @@ def test_job_to_fine_tuned_model_and_chat(env):
         extra_body={"tuneforge": {**FAST, "train": {**FAST["train"], "max_steps": 20}}},
     )
     seen: list[str] = []
+    finishes: list[int] = []
     while (cur := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         seen.append(cur.status)
+        if cur.estimated_finish is not None:
+            finishes.append(cur.estimated_finish)
         time.sleep(0.1)
         assert time.time() - started < 180
     print(f"\njob time (create -> succeeded): {time.time() - started:.1f} s")
     assert cur.status == "succeeded", cur.error
     assert "running" in seen and cur.trained_tokens > 0 and cur.finished_at >= cur.created_at
-    assert cur.fine_tuned_model == f"ft:demo:support:{job.id.removeprefix('ftjob-')[:8]}"
+    assert cur.fine_tuned_model == f"ft:demo:team:support:{job.id.removeprefix('ftjob-')[:8]}"  # BASE:PROJECT:SUFFIX
+    assert finishes and all(started - 5 < t < time.time() + 300 for t in finishes)  # estimated while running
+    assert cur.estimated_finish is None
     events = list(c.fine_tuning.jobs.list_events(job.id, limit=200))
     messages = [e.message for e in events]
     assert messages[0] == "The job has successfully completed" and messages[-1].startswith("Created fine-tuning job")
+    assert all(isinstance(e.data, dict) for e in events)  # OpenAI's event data: an object, never null
     metrics = [e.data for e in events if e.type == "metrics" and e.data and "train_loss" in e.data]
-    assert sorted(m["step"] for m in metrics) == list(range(1, 21))
+    assert sorted(m["step"] for m in metrics) == list(range(1, 21)) and {m["total_steps"] for m in metrics} == {20}
+    valid = [e.data for e in events if e.type == "metrics" and "valid_loss" in e.data]
+    assert valid and all(v["full_valid_loss"] == v["valid_loss"] for v in valid)
     losses = {m["step"]: m["train_loss"] for m in metrics}
     assert losses[20] < losses[1]  # it learned something
     ckpts = list(c.fine_tuning.jobs.checkpoints.list(job.id))
     assert [k.step_number for k in ckpts] == [20, 15, 10, 5] and ckpts[0].metrics.valid_loss is not None
     assert ckpts[0].fine_tuned_model_checkpoint == f"{cur.fine_tuned_model}:ckpt-step-20"
     csv = c.files.content(cur.result_files[0]).read().decode().splitlines()
-    assert csv[0].startswith("step,train_loss,valid_loss") and len(csv) == 21
+    assert csv[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(csv) == 21
     assert cur.fine_tuned_model in [m.id for m in c.models.list()]
 
     msgs = [{"role": "user", "content": "How long is the warranty on my router?"}]
@@ -122,8 +130,7 @@ def test_job_to_fine_tuned_model_and_chat(env):
     from tuneforge.models.generate import generate_batch
     from tuneforge.models.loading import load_for_inference
 
-    run_dir = Path(env["home"]) / "serve" / "runs"
-    run = next(run_dir.glob(f"*/{job.id}"))
+    run = Path(env["home"]) / "serve" / "runs" / job.id  # the storage key runs/<job id>, in place in the home
     model, tok = load_for_inference(run)
     assert ft.choices[0].message.content == generate_batch(model, tok, [msgs], 24)[0].text
     base_model, base_tok = load_for_inference(env["home"] / "models" / "demo")
@@ -226,6 +233,28 @@ def test_dpo_job_on_preference_pairs_and_format_checks(env):
     wrong = c.fine_tuning.jobs.create(model="demo", training_file=f.id)  # supervised on pairs
     wrong = wait_for(c, wrong.id, {"failed"}, timeout=30)
     assert wrong.error.code == "invalid_training_file" and wrong.error.param == "training_file"
+    # The job trains on OpenAI's DPO layout (input / preferred_output / non_preferred_output).
+    openai_pairs = env["home"] / "openai_pairs.jsonl"
+    openai_pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "input": {"messages": [{"role": "user", "content": f"What warranty does the {p} have? ({k})"}]},
+                    "preferred_output": [
+                        {
+                            "role": "assistant",
+                            "content": f"Thanks for asking! The Lumora {p} has a {k + 1} year warranty.",
+                        }
+                    ],
+                    "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+                }
+            )
+            + "\n"
+            for p in products
+            for k in range(2)
+        )
+    )
+    f = c.files.create(file=openai_pairs.open("rb"), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(
         model="demo",
         training_file=f.id,

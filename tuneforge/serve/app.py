@@ -13,9 +13,10 @@ from sqlalchemy import select
 
 from tuneforge import __version__
 from tuneforge.serve import console
-from tuneforge.serve.api import console_support, errors, files, inference, jobs, models, ops, quality
+from tuneforge.serve.api import batches, console_support, errors, files, inference, jobs, models, ops, quality, uploads
 from tuneforge.serve.api.deps import Services
 from tuneforge.serve.api.limits import BodyLimit, body_limit
+from tuneforge.serve.batches import BatchRunner
 from tuneforge.serve.db import Store
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.job_states import JobStatus
@@ -34,14 +35,17 @@ def create_app(settings: ServeSettings | None = None, store: Store | None = None
     async def lifespan(app: FastAPI):
         _revalidate_pending(services)
         engine.start()
+        app.state.batch_runner = BatchRunner(services)
+        app.state.batch_runner.start()  # batches run beside online requests on this process's engine
         yield
+        await app.state.batch_runner.stop()
         engine.stop()
 
     app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan)
     app.state.services = services
     errors.install(app)
     app.add_middleware(BodyLimit, limit_for=body_limit(settings))  # outermost: before anything reads the body
-    for module in (files, jobs, models, inference, quality, ops, console_support):
+    for module in (files, uploads, jobs, models, inference, batches, quality, ops, console_support):
         app.include_router(module.router)
     console.install(app)  # the web console at /: static files that call the routers above
     return app

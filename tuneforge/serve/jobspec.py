@@ -26,8 +26,10 @@ SERVER_OWNED = {"data", "output_dir"}  # the service fills these in from the job
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Auto = Field("auto", description="Passes over the training file; auto scales with its size.")
-    batch_size: int | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
+    n_epochs: int | float | Auto = Field(
+        "auto", description="Passes over the training file; auto scales with its size."
+    )
+    batch_size: int | float | Auto = Field("auto", description="Examples per step; auto scales with the file size.")
     learning_rate_multiplier: float | Auto = Field("auto", description="Times the method's base learning rate.")
     beta: float | Auto | None = Field(
         None, description="DPO only: strength of the pull towards the reference model (train.dpo_beta; auto: 0.1)."
@@ -72,20 +74,39 @@ class CreateJob(BaseModel):
 DPO_BETA = TrainSection.model_fields["dpo_beta"].default  # what beta "auto" means
 
 
-def check_method(method: MethodSpec) -> list[Problem]:
+# OpenAI's documented ranges: (low, high, low is exclusive, what "auto" means here).
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "n_epochs": (1, 50, False, "about 3, scaled to the file's size"),
+    "batch_size": (1, 256, False, "about 0.2% of the examples, at most 32"),
+    "learning_rate_multiplier": (0, 10, True, "1.0 (the method's base learning rate)"),
+    "beta": (0, 2, True, f"{DPO_BETA}"),
+}
+
+
+def check_method(method: MethodSpec, top_level: bool = False) -> list[Problem]:
+    """OpenAI's hyperparameter ranges, each problem at OpenAI's field (`method.TYPE.hyperparameters.X`, or
+    `hyperparameters.X` for the older top-level form)."""
     detail = getattr(method, method.type)
-    beta = detail.hyperparameters.beta if detail else None
-    if method.type == "supervised" and beta is not None:
-        return [Problem("method.supervised.hyperparameters.beta", "beta applies to dpo only", "remove it")]
-    if isinstance(beta, (int, float)) and beta <= 0:
-        return [
-            Problem(
-                "method.dpo.hyperparameters.beta",
-                f"must be greater than 0, got {beta}",
-                f"use 'auto' ({DPO_BETA}) or a value like 0.1-0.5",
+    hyper = detail.hyperparameters if detail else Hyperparameters()
+    prefix = "hyperparameters" if top_level else f"method.{method.type}.hyperparameters"
+    if method.type == "supervised" and hyper.beta is not None:
+        return [Problem(f"{prefix}.beta", "beta applies to dpo only", "remove it")]
+    problems = []
+    for name, (low, high, open_low, auto) in RANGES.items():
+        value = getattr(hyper, name)
+        if value is None or value == "auto":
+            continue
+        bad_type = isinstance(value, bool) or (name in ("n_epochs", "batch_size") and not float(value).is_integer())
+        too_low = value <= low if open_low else value < low
+        if bad_type or too_low or value > high:
+            bounds = f"{'greater than' if open_low else 'at least'} {low} and at most {high}"
+            kind = "an integer" if name in ("n_epochs", "batch_size") else "a number"
+            problems.append(
+                Problem(
+                    f"{prefix}.{name}", f"must be {kind} {bounds}, got {value!r}", f'use {bounds} or "auto" ({auto})'
+                )
             )
-        ]
-    return []
+    return problems
 
 
 def resolve_hyperparameters(
@@ -94,8 +115,10 @@ def resolve_hyperparameters(
     """Fill in 'auto' the way OpenAI describes it: about 3 epochs, more for tiny files and
     fewer for big ones (keeping epochs x examples within [100, 25000]), batch ~0.2% of the data."""
     n = max(n_examples, 1)
-    epochs = h.n_epochs if h.n_epochs != "auto" else int(min(25, max(1, min(max(3, math.ceil(100 / n)), 25000 // n))))
-    batch = h.batch_size if h.batch_size != "auto" else int(min(32, max(1, round(n * 0.002))))
+    epochs = (
+        int(h.n_epochs) if h.n_epochs != "auto" else int(min(25, max(1, min(max(3, math.ceil(100 / n)), 25000 // n))))
+    )
+    batch = int(h.batch_size) if h.batch_size != "auto" else int(min(32, max(1, round(n * 0.002))))
     mult = h.learning_rate_multiplier if h.learning_rate_multiplier != "auto" else 1.0
     out: dict[str, Any] = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}
     if method_type == "dpo":
@@ -134,6 +157,49 @@ def check_options(options: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+DISTRIBUTED_KEYS = {
+    "nproc_per_node": "training processes (torchrun ranks) on the worker's machine",
+    "max_restarts": "times torchrun restarts the group after a failure (it resumes from a checkpoint)",
+}
+
+
+def check_distributed(options: dict[str, Any]) -> list[Problem]:
+    """`tuneforge.distributed`: {"nproc_per_node": N, "max_restarts": K}, run by the worker under torchrun."""
+    given = options.get("distributed")
+    if given is None:
+        return []
+    if not isinstance(given, dict):
+        return [
+            Problem(
+                "tuneforge.distributed",
+                f"must be an object, got {type(given).__name__}",
+                'e.g. "distributed": {"nproc_per_node": 2}',
+            )
+        ]
+    problems = [
+        Problem(f"tuneforge.distributed.{k}", "is not a distributed option", f"use {' or '.join(DISTRIBUTED_KEYS)}")
+        for k in given
+        if k not in DISTRIBUTED_KEYS
+    ]
+    for key, low in (("nproc_per_node", 1), ("max_restarts", 0)):
+        value = given.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(
+                Problem(
+                    f"tuneforge.distributed.{key}",
+                    f"must be an integer >= {low}, got {value!r}",
+                    f"the number of {DISTRIBUTED_KEYS[key]}",
+                )
+            )
+    return problems
+
+
+def distributed_of(options: dict[str, Any]) -> tuple[int, int]:
+    """(nproc_per_node, max_restarts) of a job: (1, 0) for a one-process job."""
+    given = options.get("distributed") or {}
+    return int(given.get("nproc_per_node", 1)), int(given.get("max_restarts", 0))
+
+
 def build_config(
     *,
     base_model: str,
@@ -146,10 +212,11 @@ def build_config(
     options: dict[str, Any],
 ) -> RunConfig:
     """The full run config of a job; ConfigError (keys prefixed `tuneforge.`) when invalid."""
-    problems = check_options(options)
+    problems = check_options(options) + check_distributed(options)
     if problems:
         raise ConfigError("invalid tuneforge options", problems)
     raw: dict[str, Any] = copy.deepcopy(options)
+    raw.pop("distributed", None)  # how the worker launches the run, not part of it
     raw.setdefault("objective", "dpo" if method_type == "dpo" else "sft")
     raw["output_dir"] = str(output_dir)
     raw["data"] = {"train": str(train_path), "validation": str(validation_path) if validation_path else None}

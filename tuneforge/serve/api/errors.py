@@ -7,7 +7,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.errors import TuneforgeError
@@ -42,6 +45,100 @@ class APIError(Exception):
         if self.details is not None:
             error["details"] = self.details
         return {"error": error}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers: OpenAI's `{"error": {...}}`."""
+
+    error: ErrorDetail
+
+
+ERROR_TEXT = {
+    400: "Invalid request: a field named by `param` is wrong (validation errors are 400s too, never 422)",
+    401: "Missing or invalid API key",
+    403: "Not allowed for this object",
+    404: "No such object in the caller's project",
+    409: "The object is not in a state that allows this",
+    413: "The request body or file is over the server's limit",
+    503: "The service is not ready",
+}
+
+
+def declared(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error statuses it sends, each with the error model."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in statuses}
+
+
+def _statuses(route: APIRoute) -> set[int]:
+    """What any route sends by its shape: 400 for bad input (the app maps validation errors to 400),
+    401 when it needs a key, 404 when it names an object (path ids, or a body naming models and files),
+    413 when it has a body (BodyLimit caps every body)."""
+
+    def calls(dep, fn) -> bool:
+        return dep.call is fn or any(calls(d, fn) for d in dep.dependencies)
+
+    from tuneforge.serve.api.deps import principal
+
+    has_input = bool(route.dependant.path_params or route.dependant.query_params or route.body_field)
+    has_body = bool(route.methods & {"POST", "PUT", "PATCH"})
+    out = {400} if has_input or has_body else set()
+    if calls(route.dependant, principal):
+        out |= {400, 401}
+    if route.dependant.path_params or (route.body_field and "POST" in route.methods):
+        out.add(404)
+    if has_body:
+        out.add(413)
+    return out
+
+
+def _api_routes(routes):
+    """The app's APIRoutes, also inside included routers (FastAPI keeps those as a lazy wrapper)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):
+            yield from _api_routes(route.original_router.routes)
+
+
+def openapi_with_errors(app: FastAPI):
+    """The app's OpenAPI without FastAPI's 422 (never sent: validation errors are 400s) and with the error
+    statuses every route really sends, in OpenAI's error shape."""
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        doc.setdefault("components", {}).setdefault("schemas", {})
+        for name, model in (("ErrorResponse", ErrorResponse), ("ErrorDetail", ErrorDetail)):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            model_schema.pop("$defs", None)
+            doc["components"]["schemas"].setdefault(name, model_schema)
+        by_id = {route.unique_id: route for route in _api_routes(app.routes)}
+        for ops in doc["paths"].values():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                route = by_id.get(op.get("operationId"))
+                for code in sorted(_statuses(route) if route is not None else ()):
+                    responses.setdefault(
+                        str(code),
+                        {"description": ERROR_TEXT[code], "content": {"application/json": {"schema": ref}}},
+                    )
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc["components"]["schemas"].pop(name, None)
+        app.openapi_schema = doc
+        return doc
+
+    return schema
 
 
 def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
@@ -109,6 +206,7 @@ class AnswerBugs:
 
 def install(app: FastAPI) -> None:
     app.add_middleware(AnswerBugs)
+    app.openapi = openapi_with_errors(app)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:

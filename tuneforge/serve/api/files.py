@@ -29,8 +29,18 @@ def _refuse_oversized(request: Request) -> None:
 
 @router.post("", dependencies=[Depends(principal), Depends(_refuse_oversized)])
 async def upload(
-    file: UploadFile, purpose: str = Form(...), who: Principal = Depends(principal), svc: Services = Depends(services)
+    file: UploadFile,
+    purpose: str = Form(...),
+    expires_anchor: str | None = Form(None, alias="expires_after[anchor]"),
+    expires_seconds: str | None = Form(None, alias="expires_after[seconds]"),
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
 ) -> dict:
+    files.check_purpose(purpose)  # before the file is stored
+    given = None if expires_anchor is None and expires_seconds is None else {"anchor": expires_anchor}
+    if given is not None:
+        given["seconds"] = expires_seconds
+    expires_after_s = files.expires_seconds(given, purpose)
     row = await run_in_threadpool(
         files.create_file,
         svc.store,
@@ -40,6 +50,8 @@ async def upload(
         purpose,
         file.file,
         svc.settings.max_upload_bytes,
+        expires_after_s,
+        storage=svc.settings.storage(),
     )
     return files.file_object(row)
 
@@ -59,8 +71,8 @@ def list_files(
         "object": "list",
         "data": data,
         "has_more": more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else "",  # OpenAI's list requires strings: empty, not null
+        "last_id": data[-1]["id"] if data else "",
     }
 
 
@@ -72,10 +84,11 @@ def retrieve(file_id: str, who: Principal = Depends(principal), svc: Services = 
 @router.get("/{file_id}/content")
 def content(file_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> FileResponse:
     row = files.get_file(svc.store, who.project_id, file_id)
-    return FileResponse(row.path, media_type="application/octet-stream", filename=row.filename)
+    path = files.local_copy(svc.settings, row)  # from the shared storage
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
 @router.delete("/{file_id}")
 def delete(file_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    files.delete_file(svc.store, who.project_id, file_id)
+    files.delete_file(svc.store, who.project_id, file_id, storage=svc.settings.storage())
     return {"id": file_id, "object": "file", "deleted": True}

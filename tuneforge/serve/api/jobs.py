@@ -28,7 +28,10 @@ from tuneforge.serve.tables import Job
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
 
-def job_object(job: Job) -> dict[str, Any]:
+def job_object(job: Job, store=None) -> dict[str, Any]:
+    """OpenAI's fine-tuning job. `paused` is tuneforge's extension (OpenAI's API has no pause): strict clients
+    that know only OpenAI's statuses see it in `status`; `tuneforge.openai_status` maps it to `queued`
+    (a paused job waits, like a queued one, and goes back to queued when resumed)."""
     method = dict(job.method)
     method[job.method["type"]] = {"hyperparameters": _openai_hyper(job.hyperparameters)}
     return {
@@ -48,7 +51,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "error": job.error,
         "user_provided_suffix": job.suffix,
         "seed": job.seed,
-        "estimated_finish": None,
+        "estimated_finish": estimated_finish(store, job) if store is not None else None,
         "integrations": [],
         "metadata": job.user_metadata,
         "method": method,
@@ -57,8 +60,27 @@ def job_object(job: Job) -> dict[str, Any]:
             "learning_rate": job.hyperparameters.get("learning_rate"),
             "attempts": job.attempts,
             "worker_id": job.worker_id,
+            "openai_status": "queued" if job.status == JobStatus.PAUSED else job.status,
         },
     }
+
+
+def estimated_finish(store, job: Job) -> int | None:
+    """While running: the time the job's last step should end, extrapolated from the steps this attempt
+    has logged (their times and the run's total_steps); None before two steps are logged."""
+    if job.status != JobStatus.RUNNING:
+        return None
+    rows, _ = jobs.list_events(store, job.id, None, 200)
+    steps = [(e.created_at, e.data) for e in rows if e.type == "metrics" and (e.data or {}).get("total_steps")]
+    steps = [(t, d) for t, d in steps if "train_loss" in d]
+    if len(steps) < 2:
+        return None
+    (t_last, last), (t_first, first) = steps[0], steps[-1]  # newest first
+    done = last["step"] - first["step"]
+    if done <= 0 or t_last <= t_first:
+        return None
+    per_step = (t_last - t_first) / done
+    return int(t_last + per_step * max(0, last["total_steps"] - last["step"]))
 
 
 def _openai_hyper(h: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +109,7 @@ def create(
         else None
     )
     method = body.resolved_method()
-    if problems := check_method(method):
+    if problems := check_method(method, top_level=body.hyperparameters is not None):
         raise from_tuneforge(
             ConfigError("unsupported hyperparameters", problems),
             param=problems[0].where,
@@ -102,6 +124,14 @@ def create(
         error = ConfigError("invalid tuneforge options", problems)
         raise from_tuneforge(error, param=problems[0].where, code="invalid_options")
     n_examples = (train_file.validation or {}).get("valid", 0)
+    if train_file.purpose == "fine-tune" and n_examples < MIN_TRAINING_EXAMPLES:  # a validation file may be smaller
+        raise APIError(
+            400,
+            f"Training file {train_file.id} has {n_examples} example(s); a training file needs at least "
+            f"{MIN_TRAINING_EXAMPLES} (a validation file may have fewer).",
+            param="training_file",
+            code="invalid_training_file",
+        )
     hyper = resolve_hyperparameters(
         getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type
     )
@@ -133,9 +163,10 @@ def create(
         user_metadata=body.metadata,
     )
     background.add_task(validate_job_files, svc, job.id)
-    return job_object(job)
+    return job_object(job, svc.store)
 
 
+MIN_TRAINING_EXAMPLES = 10  # OpenAI's minimum
 SECTIONS = ("model", "method", "train", "eval")  # the parts of a run config a job may set
 
 
@@ -224,12 +255,12 @@ def list_jobs(
         if k.startswith("metadata[") and k.endswith("]")
     }
     rows, more = jobs.list_jobs(svc.store, who.project_id, after, max(1, min(limit, 100)), metadata)
-    return _page([job_object(j) for j in rows], more)
+    return _page([job_object(j, svc.store) for j in rows], more)
 
 
 @router.get("/{job_id}")
 def retrieve(job_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    return job_object(_job(svc, who, job_id))
+    return job_object(_job(svc, who, job_id), svc.store)
 
 
 @router.post("/{job_id}/cancel")
@@ -242,7 +273,7 @@ def cancel(job_id: str, who: Principal = Depends(principal), svc: Services = Dep
             param="job_id",
             code="job_already_completed",
         )
-    return job_object(_job(svc, who, job_id))
+    return job_object(_job(svc, who, job_id), svc.store)
 
 
 @router.post("/{job_id}/pause")
@@ -257,7 +288,7 @@ def pause(job_id: str, who: Principal = Depends(principal), svc: Services = Depe
         raise APIError(
             400, f"Job {job_id} cannot be paused: its status is {job.status}.", param="job_id", code="invalid_state"
         )
-    return job_object(_job(svc, who, job_id))
+    return job_object(_job(svc, who, job_id), svc.store)
 
 
 @router.post("/{job_id}/resume")
@@ -267,7 +298,7 @@ def resume(job_id: str, who: Principal = Depends(principal), svc: Services = Dep
         raise APIError(
             400, f"Job {job_id} cannot be resumed: its status is {job.status}.", param="job_id", code="invalid_state"
         )
-    return job_object(_job(svc, who, job_id))
+    return job_object(_job(svc, who, job_id), svc.store)
 
 
 @router.get("/{job_id}/events")
@@ -288,7 +319,7 @@ def events(
                 "created_at": e.created_at,
                 "level": e.level,
                 "message": e.message,
-                "data": e.data,
+                "data": e.data or {},  # OpenAI's event data is an object, never null
                 "type": e.type,
             }
             for e in rows
@@ -307,7 +338,7 @@ def checkpoints(
 ) -> dict:
     job = _job(svc, who, job_id)
     rows, more = jobs.list_checkpoints(svc.store, job_id, after, max(1, min(limit, 100)))
-    name = fine_tuned_name(job)
+    name = job.fine_tuned_model or fine_tuned_name(job, who.project_name)
     data = [
         {
             "object": "fine_tuning.job.checkpoint",
@@ -321,5 +352,6 @@ def checkpoints(
         for c in rows
     ]
     out = _page(data, more)
-    out.update(first_id=data[0]["id"] if data else None, last_id=data[-1]["id"] if data else None)
+    if data:  # optional in OpenAI's list: left out, never null, on an empty page
+        out.update(first_id=data[0]["id"], last_id=data[-1]["id"])
     return out

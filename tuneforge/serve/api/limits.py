@@ -27,7 +27,8 @@ def body_limit(settings: ServeSettings) -> Callable[[str], int]:
 
 
 def _upload(path: str) -> bool:
-    return path.rstrip("/") == "/v1/files"
+    path = path.rstrip("/")
+    return path == "/v1/files" or (path.startswith("/v1/uploads/") and path.endswith("/parts"))  # parts: 64 MB each
 
 
 def too_large(path: str, limit: int) -> APIError:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends
 
 from tuneforge.serve import catalog
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError
+from tuneforge.serve.api.errors import APIError, declared
 from tuneforge.serve.catalog import ModelRef
 from tuneforge.serve.keys import Principal
 
@@ -23,8 +25,21 @@ def model_object(ref: ModelRef) -> dict:
     }
 
 
+CHECKPOINT = re.compile(r"^(ft:.+):ckpt-step-(\d+)$")
+
+
 def require_model(svc: Services, who: Principal, model_id: str) -> ModelRef:
     ref = catalog.find_model(svc.store, svc.settings, who.project_id, model_id)
+    checkpoint = CHECKPOINT.match(model_id) if ref is None else None
+    if checkpoint and catalog.find_model(svc.store, svc.settings, who.project_id, checkpoint[1]) is not None:
+        # A job's checkpoints hold training state (trainable weights, optimizer), not a model folder to serve.
+        raise APIError(
+            400,
+            f"'{model_id}' is a training checkpoint; tuneforge serves a job's final model only: use "
+            f"'{checkpoint[1]}', or train with a smaller tuneforge.train.max_steps to serve an earlier state.",
+            param="model",
+            code="checkpoint_not_served",
+        )
     if ref is None:
         raise APIError(
             404,
@@ -48,7 +63,7 @@ def retrieve(model_id: str, who: Principal = Depends(principal), svc: Services =
     return model_object(require_model(svc, who, model_id))
 
 
-@router.delete("/{model_id:path}")
+@router.delete("/{model_id:path}", responses=declared(403))
 def delete(model_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     ref = require_model(svc, who, model_id)
     if ref.kind in ("base", "embedding"):
