@@ -290,12 +290,18 @@ class BatchRunner:
         async def worker() -> None:
             while queue and not stopped.is_set():
                 i, line = queue.pop(0)
-                results[i] = await self._answer(line, who, stopped)
-                counts["completed" if results[i]["response"]["status_code"] == 200 else "failed"] += 1
+                answer = await self._answer(line, who, stopped)
+                if stopped.is_set():  # cut short by the cancel or the expiry: not an answer
+                    return
+                results[i] = answer
+                counts["completed" if answer["response"]["status_code"] == 200 else "failed"] += 1
 
-        async def watch() -> None:
-            while not stopped.is_set():
-                await asyncio.sleep(0.5)
+        finished = asyncio.Event()
+
+        async def watch() -> None:  # progress to the row; cancel and expiry from it
+            while not finished.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), timeout=0.5)
                 status = await asyncio.to_thread(self._status, batch_id)
                 await asyncio.to_thread(self._set, batch_id, request_counts=dict(counts))
                 if status == "cancelling" or now() >= batch.expires_at:
@@ -303,11 +309,10 @@ class BatchRunner:
 
         watcher = asyncio.create_task(watch())
         await asyncio.gather(*(worker() for _ in range(min(CONCURRENCY, len(lines)) or 1)))
+        finished.set()
+        await watcher  # its last write is done before the final counts are
         cancelled = stopped.is_set()
         stopped.set()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
         final = await asyncio.to_thread(self._status, batch_id)
         if not cancelled:
             await asyncio.to_thread(self._set, batch_id, status="finalizing", finalizing_at=now())
