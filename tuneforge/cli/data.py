@@ -12,7 +12,7 @@ from rich.table import Table
 from tuneforge.data.prepare import prepare as run_prepare
 from tuneforge.data.prepare_config import load_prepare_config
 from tuneforge.data.validate import ValidationReport, validate_file
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import DataError, Problem, TuneforgeError
 
 app = typer.Typer(help="Validate, prepare and report on training data.", no_args_is_help=True)
 console = Console(soft_wrap=True)
@@ -28,6 +28,23 @@ _INCLUDE_HELP = (
     "Also read folder files matching this glob (repeatable), e.g. '*.md'; a folder is read for data files only."
 )
 _TEXT_UNIT_HELP = "One record of a .txt/.md file: paragraph (blank-line separated, default), line, or file."
+
+
+_DATASET_HELP = "With a LLaMA-Factory dataset_info.json: read this dataset (repeatable; default: all it describes)."
+_CONFIG_HELP = "A run config: its model (tokenizer), model.max_length, data.overlength, mapping and format apply."
+
+
+def _source(path: Path, datasets: list[str]) -> Path | str:
+    """A dataset_info.json with --dataset names -> its source string (`dataset_info.json#a,b`)."""
+    from tuneforge.data.dataset_info import source
+
+    return source(path, datasets) if datasets else path
+
+
+def _run_config(path: Path | None):
+    from tuneforge.config import load_config
+
+    return load_config(path) if path is not None else None
 
 
 def _labels(spec: str | None) -> list[str] | None:
@@ -57,6 +74,14 @@ def validate(
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", help="Context window in tokens (default: the tokenizer's)."
     ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="The run's model.max_length: longer examples are counted (with --overlength)."
+    ),
+    overlength: str | None = typer.Option(
+        None, "--overlength", help="truncate (default), drop or error, as data.overlength, with --max-length."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    dataset: list[str] = typer.Option([], "--dataset", help=_DATASET_HELP),
     system_prompt: str = typer.Option(
         "keep", "--system-prompt", help="keep, fold or drop system messages, as data.system_prompt."
     ),
@@ -68,13 +93,24 @@ def validate(
 ) -> None:
     """Check a data file and list every problem with file, line and field; exit 1 on errors."""
     try:
+        cfg = _run_config(config)
+        if cfg is not None:
+            model, max_length = model or cfg.model.name, max_length or cfg.model.max_length
+            overlength, map = overlength or cfg.data.overlength, map or (cfg.data.mapping or None)
+            format = cfg.data.format if format == "auto" else format
+        if overlength is not None and overlength not in ("truncate", "drop", "error"):
+            raise DataError(
+                f"unknown overlength {overlength!r}",
+                [Problem("--overlength", f"{overlength!r} is not a choice", "use truncate, drop or error")],
+            )
         report = validate_file(
-            file,
+            _source(file, dataset),
             format,
             mapping=map,
             labels=_labels(labels),
             tokenizer=model,
-            max_tokens=max_tokens,
+            max_tokens=max_length or max_tokens,
+            overlength=(overlength or "truncate") if max_length else None,
             min_examples=min_examples,
             max_issues=max_issues,
             include=include,
@@ -116,6 +152,14 @@ def _print_validation(report: ValidationReport) -> None:
     _print_unused(report.unused_fields.to_dict())
     for line in report.refused.lines():
         console.print(f"[red]refused[/red]: {line}", highlight=False)
+    if report.length is not None and report.overlength:
+        colour = "red" if report.overlength == "error" and report.length.count else "yellow"
+        verb = {"truncate": "truncated", "drop": "dropped", "error": "refused"}[report.overlength]
+        console.print(
+            f"[{colour}]length[/{colour}]: {report.length.line()}; training: {verb} (data.overlength: "
+            f"{report.overlength})",
+            highlight=False,
+        )
     console.print(
         "[green]OK[/green]" if report.ok else f"[red]FAILED[/red]: {sum(report.error_counts.values())} error(s)"
     )
@@ -163,6 +207,7 @@ def prepare(
         None, "--synonyms", help="Synonym table (YAML/JSON word: [synonyms]) for augmentation."
     ),
     include: list[str] = typer.Option([], "--include", help=_INCLUDE_HELP),
+    dataset: list[str] = typer.Option([], "--dataset", help=_DATASET_HELP),
     text_unit: str | None = typer.Option(None, "--text-unit", help=_TEXT_UNIT_HELP),
     max_reject_share: float | None = typer.Option(
         None, "--max-reject-share", help="Fail when more than this share of records is rejected (default 0.2)."
@@ -190,7 +235,7 @@ def prepare(
     overrides += ["clean.nfkc=true"] if nfkc else []
     overrides += [f"clean.whitespace={whitespace}"] if whitespace else []
     try:
-        cfg = load_prepare_config(source, overrides)
+        cfg = load_prepare_config(_source(source, dataset), overrides)
         with console.status("preparing...") as status:
             manifest = run_prepare(
                 cfg, out, overwrite=overwrite, progress=lambda stage, n: status.update(f"{stage}: {n:,} records")
@@ -273,8 +318,16 @@ def report(
     ),
     format: str = typer.Option("auto", "--format", "-f", help="Record format, or auto."),
     map: str | None = typer.Option(None, "--map", help="Read other column names: ours=theirs,..."),
-    epochs: float = typer.Option(3.0, "--epochs", help="Planned passes over the data (for tokens, cost and time)."),
+    epochs: str = typer.Option(
+        "3", "--epochs", help="Planned passes over the data (for tokens, cost and time); auto: the epochs rule."
+    ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Context limit (default: the tokenizer's)."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="The run's model.max_length: tokens over it are counted and not costed."
+    ),
+    overlength: str = typer.Option("truncate", "--overlength", help="truncate, drop or error, as data.overlength."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    dataset: list[str] = typer.Option([], "--dataset", help=_DATASET_HELP),
     prices: Path | None = typer.Option(
         None, "--prices", help="YAML price table: training_per_1k, input_per_1k, output_per_1k, currency."
     ),
@@ -293,13 +346,19 @@ def report(
     from tuneforge.data.report_html import render_html
 
     try:
+        cfg = _run_config(config)
+        if cfg is not None:
+            model, max_length, overlength = cfg.model.name, max_length or cfg.model.max_length, cfg.data.overlength
+            map, format = map or (cfg.data.mapping or None), cfg.data.format if format == "auto" else format
+            epochs = str(cfg.train.epochs)
         result = build_report(
-            path,
+            _source(path, dataset),
             model=model,
             format=format,
             mapping=map,
-            epochs=epochs,
-            max_tokens=max_tokens,
+            epochs=_epochs(epochs),
+            max_tokens=max_length or max_tokens,
+            overlength=overlength if max_length else None,
             prices=load_prices(prices),
             sample=sample,
             measure_hardware=not no_hardware,
@@ -316,6 +375,17 @@ def report(
     _print_report(result)
     if html_path is not None:
         console.print(f"HTML report: {html_path}")
+
+
+def _epochs(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(
+            f"--epochs {value!r} is not a number", [Problem("--epochs", "not a number", "give e.g. 3, or auto")]
+        ) from None
 
 
 def _print_report(r: dict) -> None:
@@ -342,7 +412,22 @@ def _print_report(r: dict) -> None:
             ("tokens / example", tokens["per_example"]),
             ("total tokens" + est, f"{tokens['total_tokens']:,} ({tokens['loss_tokens']:,} carry loss)"),
             ("over context limit", f"{tokens['over_context']:,} examples > {tokens['context_limit']} tokens"),
+            ("assistant tokens / example", tokens["loss_tokens_per_example"]),
         ]
+        if tokens.get("over_max_length"):
+            o = tokens["over_max_length"]
+            rows.append(
+                (
+                    "over model.max_length",
+                    f"{o['count']:,} ({o['share']:.1%}) > {o['limit']} tokens, "
+                    f"first at {', '.join(o['first']) or '-'}; data.overlength: {o['policy']}; "
+                    f"cost counts {tokens['trained_tokens']:,} tokens",
+                )
+            )
+    rows.append(("without a user or system message", f"{r.get('no_user_or_system', 0):,} examples"))
+    if "epochs_rule" in r:
+        e = r["epochs_rule"]
+        rows.append(("epochs", f"{e['epochs']:g} ({e['source']}); auto would be {e['auto']} ({e['rule']})"))
     cost = r.get("cost")
     if cost:
         rows += [

@@ -39,6 +39,7 @@ WARNING_KINDS = frozenset(
         "split_at_limit",
         "system_prompt_dropped",
         "system_overridden",
+        "over_max_length",
     }
 )
 

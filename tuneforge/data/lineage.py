@@ -44,7 +44,21 @@ def find_prepared_manifest(path: Path) -> Path | None:
 
 
 def dataset_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Hash, size and prepared-dataset lineage of a data file or folder."""
+    """Hash, size and prepared-dataset lineage of a data file or folder (or dataset_info.json#names)."""
+    from tuneforge.data import dataset_info
+
+    described = dataset_info.match(path)
+    if described is not None:  # the description and the files it names
+        info, names = described
+        files = [info] + [f for d in dataset_info.load(info, names) for f in list_files(d.file)]
+        hashes = {str(f.relative_to(info.parent)): file_sha256(f) for f in files}
+        size = sum(f.stat().st_size for f in files)
+        return {
+            "path": f"{str(path).replace(str(info), str(info.resolve()), 1)}",
+            "sha256": combined_hash(hashes),
+            "bytes": size,
+            "files": len(files),
+        }
     path = Path(path)
     files = list_files(path)
     hashes = {str(f.relative_to(path)) if path.is_dir() else f.name: file_sha256(f) for f in files}

@@ -191,7 +191,7 @@ def load_prepare_config(config_or_data: str | Path, overrides: list[str] | None 
         Problem(f"{source}: {key}", f"not found: {p}", "fix the path")
         for key, paths in (("inputs", cfg.inputs), ("test_inputs", cfg.test_inputs))
         for p in paths
-        if not p.exists()
+        if not Path(str(p).partition("#")[0]).exists()  # dataset_info.json#names: the description's file
     ]
     if missing:
         raise ConfigError(f"{source}: {len(missing)} missing input(s)", missing)

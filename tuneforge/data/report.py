@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.data import costs, token_count
+from tuneforge.data import costs, length, token_count
 from tuneforge.data.lineage import find_prepared_manifest
 from tuneforge.data.readers import Tally, iter_checked
 from tuneforge.data.sources import DEFAULT_TEXT_UNIT
@@ -32,8 +32,9 @@ def build_report(
     model: str | None = "demo",
     format: str = "auto",
     mapping: str | dict[str, str] | None = None,
-    epochs: float = 3.0,
+    epochs: float | str = 3.0,
     max_tokens: int | None = None,
+    overlength: str | None = None,
     prices: costs.PriceTable | None = None,
     params: int | None = None,
     sample: int = 5000,
@@ -47,13 +48,19 @@ def build_report(
     tokenizer: a tokenizer object; if None, `model`'s tokenizer is loaded (None: no token stats).
     model: model name or folder, also used to count parameters for the FLOPs estimate.
     sample: examples tokenized (a seeded reservoir); larger files get estimated totals.
+    epochs: passes for the cost; "auto": the epochs rule (`length.default_epochs`), shown as `epochs_rule`.
+    overlength: data.overlength - then `max_tokens` is the run's model.max_length; examples over it are counted
+    (`tokens.over_max_length`) and the cost is counted on the tokens training keeps (`tokens.trained_tokens`:
+    capped at max_length for truncate, without the longer examples for drop).
     """
     path = Path(path)
     data_path, splits = _training_file(path)
     stats, unused, invalid = DataStats(sample=sample, seed=seed), Tally(), Tally()
+    no_user = 0
     for checked in iter_checked(data_path, format, mapping, include=include, text_unit=text_unit):
         if checked.example is not None:
             stats.add(checked.example, checked.line)
+            no_user += _no_user_or_system(checked.example)
             for key in checked.unused:
                 unused.add(key, f"{checked.file}:{checked.line}")
         elif checked.errors:
@@ -73,17 +80,27 @@ def build_report(
         **stats.summary(),
         "unused_fields": unused.to_dict(),
         "invalid_reasons": invalid.to_dict(),
+        "no_user_or_system": no_user,
     }
+    used = length.resolve_epochs(epochs, stats.examples)
+    report["epochs_rule"] = {
+        "epochs": used,
+        "source": "auto" if epochs == "auto" else "given",
+        "auto": length.default_epochs(stats.examples),
+        "rule": f"3, kept so that {stats.examples:,} examples x epochs stays within "
+        f"{length.MIN_TARGET_EXAMPLES}..{length.MAX_TARGET_EXAMPLES:,}",
+    }
+    epochs = used
     if tokenizer is None and model is not None:  # after reading: a data problem is reported without loading a model
         tokenizer = token_count.load_tokenizer(model)
     report["messages_histogram"] = {str(k): v for k, v in sorted(Counter(stats.messages.tolist()).items())}
     prompt = completion = 0.0
     train_tokens = None
     if tokenizer is not None:
-        tokens = _token_stats(tokenizer, stats, max_tokens)
+        tokens = _token_stats(tokenizer, stats, max_tokens, overlength, str(data_path))
         report["tokens"] = tokens
         train_tokens, prompt, completion = (
-            tokens["total_tokens"],
+            tokens["trained_tokens"],
             tokens["prompt_tokens_mean"],
             tokens["completion_tokens_mean"],
         )
@@ -121,9 +138,8 @@ def _lengths(tokenizer: Any, example: Example) -> tuple[int, int, int, int]:
     if isinstance(example, Conversation) and getattr(tokenizer, "chat_template", None):
         enc = encode_conversation(tokenizer, example, max_length=10**9)
         loss = sum(1 for label in enc.labels if label != IGNORE)
-        prompt = len(
-            encode_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in example.prompt_messages])
-        )
+        asked = [{"role": m.role, "content": m.content} for m in example.prompt_messages]
+        prompt = len(encode_prompt(tokenizer, asked)) if asked else 0  # an answer with no prompt before it
         return len(enc.input_ids), loss, prompt, len(enc.input_ids) - prompt
     total = token_count.count_tokens(tokenizer, example)
     if isinstance(example, TextExample):
@@ -133,14 +149,35 @@ def _lengths(tokenizer: Any, example: Example) -> tuple[int, int, int, int]:
     return total, 0, total, 0  # classification / NER: the loss is on labels, not tokens
 
 
-def _token_stats(tokenizer: Any, stats: DataStats, max_tokens: int | None) -> dict[str, Any]:
+def _no_user_or_system(ex: Example) -> bool:
+    """A chat whose prompt has neither a user nor a system message (the model answers nothing it was asked)."""
+    messages = ex.messages if isinstance(ex, Conversation) else getattr(ex, "prompt", None)
+    return isinstance(messages, list) and not any(m.role in ("user", "system") for m in messages)
+
+
+def _token_stats(
+    tokenizer: Any, stats: DataStats, max_tokens: int | None, overlength: str | None = None, file: str = ""
+) -> dict[str, Any]:
     limit = max_tokens or token_count.context_window(tokenizer)
     rows = np.array([_lengths(tokenizer, ex) for _, ex in stats.reservoir], dtype=np.int64).reshape(-1, 4)  # (S, 4)
     scale = stats.examples / max(1, len(rows))  # 1.0 unless the file was sampled
     total, loss = rows[:, 0], rows[:, 1]
     counts, edges = np.histogram(total, bins=HIST_BINS) if len(total) else (np.zeros(0), np.zeros(0))
     over = int((total > limit).sum())
+    # what training keeps of each example: data.overlength truncate cuts at the limit, drop leaves it out
+    kept = np.where(total > limit, 0, total) if overlength == "drop" else np.minimum(total, limit)
+    out_of_limit = {}
+    if overlength is not None:
+        places = [
+            getattr(ex, "source", "") or f"{file}:{stats.lines[i]}"
+            for (i, ex), n in zip(stats.reservoir, total)
+            if n > limit
+        ]
+        found = length.OverLength(limit, stats.examples, places)
+        out_of_limit["over_max_length"] = {**found.to_dict(overlength), "count": int(round(over * scale))}
     return {
+        **out_of_limit,
+        "trained_tokens": int(round((kept if overlength is not None else total).sum() * scale)),
         "sampled": len(rows),
         "estimated": scale != 1.0,
         "context_limit": limit,

@@ -20,6 +20,7 @@ from tuneforge.data.dedup import first_occurrence
 from tuneforge.data.formats import REFUSED
 from tuneforge.data.hashing import content_hash
 from tuneforge.data.issues import Issue
+from tuneforge.data.length import OverLength
 from tuneforge.data.readers import Checked, Tally, check_format, iter_checked, parse_mapping
 from tuneforge.data.sources import DEFAULT_TEXT_UNIT, MAX_RECORD_BYTES
 from tuneforge.data.types import Conversation, LabelledAnswer, LabelledExample, Message, PreferencePair, TokenExample
@@ -43,6 +44,8 @@ class ValidationReport:
     )  # top-level fields no format reads: kept in metadata, never trained on
     refused: Tally = field(default_factory=Tally)  # records of kinds we recognise but do not support (KTO, multimodal)
     max_issues: int = 1000
+    length: OverLength | None = None  # examples over max_length (with --max-length / --config: data.overlength)
+    overlength: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,7 @@ class ValidationReport:
             "invalid": self.records - self.valid,
             "error_counts": dict(self.error_counts),
             "warning_counts": dict(self.warning_counts),
+            **({"over_max_length": self.length.to_dict(self.overlength)} if self.length and self.overlength else {}),
             "errors": [i.to_dict() for i in self.errors],
             "warnings": [i.to_dict() for i in self.warnings],
             "truncated": self.truncated,
@@ -133,6 +137,7 @@ def validate_file(
     include: tuple[str, ...] | list[str] = (),
     text_unit: str = DEFAULT_TEXT_UNIT,
     system_prompt: str = "keep",
+    overlength: str | None = None,
 ) -> ValidationReport:
     """Check a data file completely; never raises on bad content (only on a bad call).
 
@@ -142,6 +147,9 @@ def validate_file(
     min_examples: fewer valid examples than this is an error (OpenAI asks for 10).
     system_prompt: keep | fold | drop, as data.system_prompt: with a tokenizer, every chat record is
     rendered with its chat template and its assistant tokens located as training will (`chat_template` errors).
+    overlength: data.overlength (truncate | drop | error) - then `max_tokens` is the run's model.max_length, and
+    longer examples are warnings `over_max_length` (truncate, drop) or errors `too_long` (error), counted in
+    `report.length`; None: the context window, every longer example an error.
     """
     check_format(format)  # a wrong call raises; a wrong file only ever gives issues
     if system_prompt not in ("keep", "fold", "drop"):
@@ -150,7 +158,7 @@ def validate_file(
             [Problem("--system-prompt", f"{system_prompt!r} is not a choice", "use keep, fold or drop")],
         )
     mapping = parse_mapping(mapping)
-    report = ValidationReport(str(path), max_issues=max_issues)
+    report = ValidationReport(str(path), max_issues=max_issues, overlength=overlength)
     if isinstance(tokenizer, (str, Path)):
         tokenizer = token_count.load_tokenizer(tokenizer)
     if tokenizer is None:
@@ -162,6 +170,10 @@ def validate_file(
     try:
         for checked in iter_checked(path, format, mapping, max_record_bytes, include, text_unit):
             _check_record(checked, report, dups, allowed, tokenizer, max_tokens, min_answer_chars, system_prompt)
+            if report.length is None and max_tokens is not None and tokenizer is not None:
+                report.length = OverLength(max_tokens, 0)
+            if report.length is not None and checked.example is not None:
+                report.length.examples += 1
     except DataError as exc:  # the path itself is wrong (missing, empty folder)
         for p in exc.problems:
             report.add(Issue("unreadable_file", p.message, p.where, fix=p.fix))
@@ -191,7 +203,11 @@ def _check_record(
         return
     for key in checked.unused:
         report.unused_fields.add(key, f"{checked.file}:{checked.line}")
-    extra = _example_issues(ex, allowed, tokenizer, max_tokens, min_answer_chars, system_prompt)
+    extra = _example_issues(ex, allowed, tokenizer, max_tokens, min_answer_chars, system_prompt, report.overlength)
+    if any(i.kind in ("too_long", "over_max_length") for i in extra):
+        if report.length is None:
+            report.length = OverLength(max_tokens or 0, 0)
+        report.length.places.append(f"{checked.file}:{checked.line}")
     for issue in extra:
         report.add(Issue(issue.kind, issue.message, checked.file, checked.line, issue.field, issue.fix))
     if any(i.severity == "error" for i in extra):
@@ -209,6 +225,7 @@ def _example_issues(
     max_tokens: int | None,
     min_chars: int,
     system_prompt: str = "keep",
+    overlength: str | None = None,
 ) -> list[Issue]:
     issues = []
     if isinstance(ex, LabelledExample) and allowed is not None and ex.label not in allowed:
@@ -241,11 +258,21 @@ def _example_issues(
         chat, n = _chat_issues(ex, tokenizer, system_prompt)
         issues += chat
         n = token_count.count_tokens(tokenizer, ex) if n is None and not chat else n
-        if n is not None and n > max_tokens:
+        if n is not None and n > max_tokens and overlength in ("truncate", "drop"):
+            what = "truncated to" if overlength == "truncate" else "dropped from training:"
+            issues.append(
+                Issue(
+                    "over_max_length",
+                    f"{n} tokens, will be {what} model.max_length={max_tokens} (data.overlength: {overlength})",
+                    fix="shorten or split the example, or raise model.max_length",
+                )
+            )
+        elif n is not None and n > max_tokens:
             issues.append(
                 Issue(
                     "too_long",
-                    f"{n} tokens, more than the context window of {max_tokens}",
+                    f"{n} tokens, more than "
+                    + (f"model.max_length={max_tokens}" if overlength else f"the context window of {max_tokens}"),
                     fix="shorten or split the example, or raise model.max_length",
                 )
             )
