@@ -198,3 +198,74 @@ def test_a_stopped_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run
     assert len(client.search_runs([run.info.experiment_id])) == 1
     # artifacts of a user's SQLite store land beside it, not in ./mlruns of the working folder
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+class _Recorder:
+    """A tracker that keeps what it gets; `fail_on` makes its event() raise for that event type."""
+
+    def __init__(self, name, fail_on=None, fail_close=False):
+        self.name, self.fail_on, self.fail_close = name, fail_on, fail_close
+        self.events, self.closed = [], []
+
+    def event(self, event):
+        if self.fail_on and isinstance(event, self.fail_on):
+            raise ConnectionError("the tracking server went away")
+        self.events.append(event)
+
+    def close(self, failed):
+        if self.fail_close:
+            raise OSError("No space left on device")
+        self.closed.append(failed)
+
+
+def test_a_failing_tracker_is_warned_about_once_and_turned_off_while_the_others_go_on(tmp_path):
+    from tuneforge.train.progress import Events, Message
+
+    (tmp_path / "run").mkdir()
+    run = RunDir(tmp_path / "run")
+    flaky, steady, bad_close = (
+        _Recorder("mlflow", fail_on=TrainStep),
+        _Recorder("tensorboard"),
+        _Recorder("x", None, True),
+    )
+    with Events(run, None, 3, False, [flaky, steady, bad_close]) as events:
+        for step in (1, 2, 3):
+            events.emit(TrainStep(step, 0, 1.0, 1e-3, 10, 100.0))
+    records = run.read_events()
+    assert [e.step for e in records if isinstance(e, TrainStep)] == [1, 2, 3]  # metrics.jsonl has every step
+    warnings = [e for e in records if isinstance(e, Message) and e.level == "warning"]
+    assert len(warnings) == 2  # one for the tracker that failed on events, one for the one that failed to close
+    assert warnings[0].text.startswith("report_to mlflow failed while logging a TrainStep event (ConnectionError: ")
+    assert "it is off for the rest of this run, training goes on" in warnings[0].text
+    assert warnings[1].text.startswith("report_to x failed while closing its run (OSError: No space left on device)")
+    assert flaky.events == [] and flaky.closed == []  # off: nothing more, not even close
+    # the warning reaches the steady tracker (before step 1, which failed the first tracker on its way to it)
+    assert [type(e).__name__ for e in steady.events] == ["Message", "TrainStep", "TrainStep", "TrainStep", "Message"]
+    assert steady.events[0] == warnings[0] and steady.events[-1] == warnings[1] and steady.closed == [False]
+
+
+@pytest.mark.slow  # a real (tiny) run: ~5 s alone, more on a busy machine
+def test_a_run_whose_tracker_fails_mid_run_completes(tiny_model_dir, support_data, tmp_path, monkeypatch):
+    from tuneforge.train import train
+    from tuneforge.train.progress import Message
+    from tuneforge.train.trackers import TensorBoardTracker
+
+    seen = []
+
+    def flaky(self, event):
+        if isinstance(event, TrainStep) and event.step == 2:
+            raise OSError("No space left on device")
+        seen.append(event)
+
+    monkeypatch.setattr(TensorBoardTracker, "event", flaky)
+    run_dir = tmp_path / "run"
+    result = train(
+        make_config(tiny_model_dir, support_data, run_dir, max_steps=2, eval_every=2, report_to=["tensorboard"]),
+        progress=False,
+    )
+    assert result.status == "completed" and result.steps == 2
+    events = RunDir(run_dir).read_events()
+    assert [e.step for e in events if isinstance(e, TrainStep)] == [1, 2]
+    warned = [e for e in events if isinstance(e, Message) and "report_to tensorboard failed" in e.text]
+    assert len(warned) == 1 and "(OSError: No space left on device)" in warned[0].text
+    assert not any(isinstance(e, TrainStep) and e.step > 1 for e in seen)  # off after its failure

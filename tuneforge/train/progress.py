@@ -144,16 +144,28 @@ class Events:
     def __exit__(self, exc_type, *exc) -> None:
         if self.progress:
             self.progress.stop()
-        for tracker in self.trackers:
-            tracker.close(failed=exc_type is not None)
+        for tracker in list(self.trackers):
+            try:
+                tracker.close(failed=exc_type is not None)
+            except Exception as exc:  # the run's result stands: a tracker that cannot finish is warned about
+                self._tracker_failed(tracker, exc, "closing its run")
 
     def emit(self, event: Event, log: bool = True) -> None:
         if log:
             self.run.log({**event.to_record(), "time": round(time.time(), 3)})
         if self.callback:
             self.callback(event)
-        for tracker in self.trackers:
-            tracker.event(event)
+        for tracker in list(self.trackers):
+            try:
+                tracker.event(event)
+            except Exception as exc:  # a tracker never stops training: one warning, then it is off
+                self._tracker_failed(tracker, exc, f"logging a {type(event).__name__} event")
+
+    def _tracker_failed(self, tracker: Tracker, exc: Exception, when: str) -> None:
+        from tuneforge.train.trackers import tracker_failed
+
+        self.trackers.remove(tracker)  # before the warning, which the other trackers still get
+        self.message(tracker_failed(tracker, exc, when), "warning")
 
     def advance(self, step: int, loss: float, tokens_per_s: float) -> None:
         if self.progress:

@@ -7,6 +7,10 @@ and the artifact folder with its model card are logged and the tracker's run is 
 training raised, KILLED when it was stopped to resume later).
 
 mlflow and tensorboard are imported only when a run asks for them: importing mlflow takes ~10 s.
+
+A tracker that raises once training runs (a server gone, a full disk) never stops training: `Events` drops
+it and emits one warning Message naming the tracker and the error (`tracker_failed`); metrics.jsonl and
+the other trackers go on. A store that cannot be opened at the start is a ConfigError before any step.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 class Tracker(Protocol):
+    name: str  # the train.report_to entry
+
     def event(self, event: Event) -> None: ...
 
     def close(self, failed: bool) -> None: ...
@@ -38,6 +44,16 @@ def open_trackers(cfg: RunConfig, run: RunDir) -> list[Tracker]:
     """One tracker per `train.report_to` entry (call after the run directory is prepared)."""
     openers = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
     return [openers[name](cfg, run) for name in dict.fromkeys(cfg.train.report_to)]
+
+
+def tracker_failed(tracker: Tracker, exc: BaseException, when: str) -> str:
+    """The one warning of a tracker that raised and is turned off for the rest of the run."""
+    name = getattr(tracker, "name", type(tracker).__name__)
+    reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return (
+        f"report_to {name} failed while {when} ({type(exc).__name__}: {reason}); it is off for the rest of this "
+        "run, training goes on and metrics.jsonl keeps every event"
+    )
 
 
 def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
@@ -91,6 +107,8 @@ def artifact_root_for(uri: str) -> str | None:
 class TensorBoardTracker:
     """Scalars per step and the config/manifest as text, in <run>/tensorboard (`tensorboard --logdir`)."""
 
+    name = "tensorboard"
+
     def __init__(self, cfg: RunConfig, run: RunDir):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -114,6 +132,8 @@ class TensorBoardTracker:
 class MLflowTracker:
     """One MLflow run per run directory: params = the resolved config, metrics per step, lineage as tags,
     config/manifest/metrics.jsonl and the artifact folder as artifacts."""
+
+    name = "mlflow"
 
     def __init__(self, cfg: RunConfig, run: RunDir):
         from mlflow.tracking import MlflowClient
