@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo lint format test test-fast bench clean
+.PHONY: setup demo lint format test test-fast bench clean browser
 
 setup: $(STAMP)
 
@@ -31,7 +31,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
 
-test: $(STAMP) lint
+# The console's browser tests drive Debian's Chromium (never `playwright install`, which downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -1,0 +1,86 @@
+// Monitoring: requests, latency and tokens per model over time, drift status, and the feedback queue
+// (review a stored correction, accept or edit it, export the accepted ones as a training file).
+import { get, post, request } from "../api.js";
+import { lineChart } from "../charts.js";
+import { clear, errorBox, field, fmtTime, h, table, toast } from "../dom.js";
+
+export const title = "Monitoring";
+
+export async function render(main) {
+  const totals = h("div", {});
+  const charts = h("div", { class: "charts" });
+  const drift = h("div", { class: "card" }, h("h2", {}, "Drift"), h("p", { class: "muted" }, "Loading…"));
+  const queue = h("div", { class: "card" });
+  const bucket = h("select", { name: "bucket" },
+    [["60", "per minute, last hour"], ["3600", "per hour, last 2 days"], ["86400", "per day, last 30 days"]]
+      .map(([v, l]) => h("option", { value: v }, l)));
+  const last = { 60: 60, 3600: 48, 86400: 30 };
+  main.append(h("h1", {}, "Monitoring"), totals, field("Time range", bucket).box, charts, drift, queue);
+
+  async function usage() {
+    const u = await get("/v1/monitoring/usage");
+    clear(totals).append(u.data.length
+      ? table(["Model", "Requests", "Mean latency (ms)", "Max latency (ms)", "Prompt tokens", "Completion tokens"],
+        u.data.map((r) => [r.model, r.requests, r.mean_latency_ms, r.max_latency_ms, r.prompt_tokens, r.completion_tokens]), "Totals")
+      : h("p", { class: "muted" }, "No requests yet: chat with a model in the Playground."));
+    const s = await get(`/v1/tuneforge/monitoring/series?bucket_s=${bucket.value}&last=${last[bucket.value]}`);
+    const t0 = s.start, unit = Number(bucket.value) === 60 ? 60 : Number(bucket.value);
+    const pts = (fn) => s.data.map((m) => ({ name: m.model, points: m.buckets.map((b) => [(b.start - t0) / unit, fn(b)]) }));
+    const xLabel = { 60: "minutes ago → now", 3600: "hours ago → now", 86400: "days ago → now" }[bucket.value];
+    clear(charts).append(
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.requests), { title: "Requests", xLabel, bars: true })),
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.mean_latency_ms), { title: "Mean latency (ms)", xLabel })),
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.prompt_tokens + b.completion_tokens), { title: "Tokens", xLabel, bars: true })));
+  }
+
+  async function driftStatus() {
+    try {
+      const d = await get("/v1/monitoring/drift");
+      clear(drift).append(h("h2", {}, "Drift"), d.data.length
+        ? table(["Model", "Status", "Score / threshold", "Live / reference prompts", "Note"], d.data.map((r) => [r.model,
+          r.drifted === null
+            ? h("span", { class: "status queued" }, "not enough data")
+            : h("span", { class: `status ${r.drifted ? "failed" : "succeeded"}` }, r.drifted ? "drifted" : "no drift"),
+          r.score !== null ? `${Number(r.score).toFixed(3)} / ${r.threshold}` : "",
+          `${r.live_prompts} / ${r.reference_prompts}`, r.note || ""]))
+        : h("p", { class: "muted" }, "No fine-tuned model has served requests yet."));
+    } catch (err) { clear(drift).append(h("h2", {}, "Drift"), errorBox(err)); }
+  }
+
+  async function feedback() {
+    const f = await get("/v1/feedback?limit=200");
+    const accepted = new Set();
+    const exportBtn = h("button", { type: "button", disabled: true }, "Export accepted as a training file");
+    const count = h("span", { class: "muted", "aria-live": "polite" }, "0 accepted");
+    const name = h("input", { type: "text", name: "export_name", value: "feedback.jsonl" });
+    const sync = () => { exportBtn.disabled = !accepted.size; count.textContent = `${accepted.size} accepted`; };
+    clear(queue).append(h("h2", {}, "Feedback queue"));
+    if (!f.data.length) { queue.append(h("p", { class: "muted" }, "No feedback stored (POST /v1/feedback).")); return; }
+    queue.append(h("ol", { class: "feedback" }, f.data.map((item) => {
+      const edit = h("textarea", { rows: 3, name: `correction-${item.id}`, value: item.correction });
+      const accept = h("input", { type: "checkbox", name: `accept-${item.id}` });
+      accept.addEventListener("change", () => { accept.checked ? accepted.add(item.id) : accepted.delete(item.id); sync(); });
+      const save = h("button", { type: "button", onclick: async () => {
+        try { await request("PATCH", `/v1/tuneforge/feedback/${encodeURIComponent(item.id)}`, { json: { correction: edit.value } }); toast("Correction saved"); }
+        catch (err) { toast(err.message, "error"); }
+      } }, "Save edit");
+      const prompt = item.messages.filter((m) => m.role === "user").map((m) => m.content).join("\n");
+      return h("li", { class: "card" },
+        h("p", { class: "muted" }, `${item.model} · ${fmtTime(item.created_at)}${item.rating !== null ? ` · rating ${item.rating}` : ""}`),
+        h("p", {}, h("strong", {}, "Prompt: "), prompt),
+        h("p", {}, h("strong", {}, "Model answered: "), item.completion || "—"),
+        field("Correction", edit).box,
+        h("div", { class: "actions" }, h("label", {}, accept, " Accept"), save));
+    })), h("div", { class: "actions" }, field("File name", name).box, exportBtn, count));
+    exportBtn.addEventListener("click", async () => {
+      try {
+        const file = await post("/v1/tuneforge/feedback/export", { ids: [...accepted], filename: name.value.trim() || "feedback.jsonl" });
+        toast(`Exported ${accepted.size} corrections as ${file.filename} (${file.id}); find it on the Data page`);
+      } catch (err) { toast(err.message, "error"); }
+    });
+  }
+
+  bucket.addEventListener("change", () => usage().catch((err) => charts.append(errorBox(err))));
+  await Promise.all([usage(), feedback()]);
+  driftStatus();
+}
