@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from helpers import serve_in_thread, tiny_service, write_chat_jsonl
-from tuneforge.serve import job_states, jobs, keys, runner
+from tuneforge.serve import files, job_states, jobs, keys, runner
 from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import Sampling, _cost, _Item, _within_tokens
 from tuneforge.serve.settings import ServeSettings
@@ -218,9 +218,9 @@ def test_failed_job_errors_and_events_carry_no_paths_ids_or_tracebacks(server, t
     with store.session() as s:  # the stored copy of the training file, as a reader would quote it
         from tuneforge.serve.tables import File
 
-        train_path = s.get(File, training_file).path
-    quoted = f"{train_path}:3: bad record; see {settings.data_dir}/runs/{server['project']}/{job.id}/x"
-    text = runner.client_text(quoted, store, settings.data_dir, job)
+        train_path = str(files.local_copy(settings, s.get(File, training_file)))  # the row holds its storage key
+    quoted = f"{train_path}:3: bad record; see {settings.data_dir}/runs/{job.id}/x"
+    text = runner.client_text(quoted, store, settings, job)
     assert training_file in text
     _no_server_detail(server, text)
 

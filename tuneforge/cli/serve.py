@@ -133,13 +133,24 @@ class WorkerPool:
                 p.wait()
 
 
-def worker(database_url: str | None = typer.Option(None, help=DB_HELP)) -> None:
+def worker(
+    database_url: str | None = typer.Option(None, help=DB_HELP),
+    gpus: str | None = typer.Option(
+        None,
+        help="GPUs this worker's jobs use, as CUDA_VISIBLE_DEVICES takes them (0,1): two workers on one machine "
+        "get different ones. Default: $CUDA_VISIBLE_DEVICES.",
+    ),
+    max_procs: int | None = typer.Option(
+        None, min=1, help="Without GPUs: the most training processes one job may ask for (default: the cores)."
+    ),
+) -> None:
     """Run one training worker; start several (on any machine) against one database."""
     from tuneforge.serve.settings import ServeSettings
     from tuneforge.serve.worker import main as run_worker
+    from tuneforge.serve.worker import parse_gpus
 
     _build_demo_if_offered(ServeSettings())
-    run_worker(database_url)
+    run_worker(database_url, gpus=parse_gpus(gpus), max_procs=max_procs)
 
 
 def _build_demo_if_offered(settings) -> None:

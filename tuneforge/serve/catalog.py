@@ -1,4 +1,9 @@
-"""Which models a project may use: base models and its own fine-tuned models."""
+"""Which models a project may use: base models and its own fine-tuned models.
+
+A fine-tuned model's row holds its storage key (`runs/<job id>/adapter`); `find_model` answers with a local
+folder the engine loads: the stored folder itself on a shared filesystem, a copy in the home's cache
+(made once) from a bucket. A model whose files are not in the storage is not found.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from sqlalchemy import select
 from tuneforge.config import tuneforge_home
 from tuneforge.serve.db import Store
 from tuneforge.serve.settings import ServeSettings
+from tuneforge.serve.storage import StorageError
 from tuneforge.serve.tables import FineTunedModel
 
 BASE_CREATED = 1767225600  # 2026-01-01: base models have no creation time of their own
@@ -21,7 +27,7 @@ class ModelRef:
     id: str
     base: str  # the base model name (itself for a base model)
     kind: str  # base | adapter | model
-    path: str | None  # adapter or HF folder of a fine-tuned model
+    path: str | None  # a fine-tuned model's adapter or HF folder on this machine (find_model), else None
     owned_by: str
     created: int
 
@@ -50,7 +56,7 @@ def list_models(store: Store, settings: ServeSettings, project_id: str) -> list[
         rows = s.scalars(
             select(FineTunedModel).where(FineTunedModel.project_id == project_id).order_by(FineTunedModel.created_at)
         )
-        refs += [_ft_ref(r, project_id) for r in rows]
+        refs += [_ft_ref(r, project_id, None) for r in rows]  # listed by id: nothing fetched
     return refs
 
 
@@ -61,11 +67,31 @@ def find_model(store: Store, settings: ServeSettings, project_id: str, model_id:
         return ModelRef(model_id, model_id, "base", None, "tuneforge", BASE_CREATED)
     with store.session() as s:
         row = s.get(FineTunedModel, model_id)
-    return (
-        _ft_ref(row, project_id)
-        if row is not None and row.project_id == project_id and Path(row.path).exists()
-        else None
-    )
+    if row is None or row.project_id != project_id:
+        return None
+    folder = local_model_folder(settings, row)
+    return _ft_ref(row, project_id, str(folder)) if folder is not None else None
+
+
+def local_model_folder(settings: ServeSettings, row: FineTunedModel) -> Path | None:
+    """The model's folder on this machine, fetched from the storage if need be; None when it is not stored."""
+    if row.path.startswith("/"):  # a host path the storage-key migration could not convert: this machine only
+        return Path(row.path) if Path(row.path).exists() else None
+    exclude = ("checkpoints",)  # a run served as a model of its own needs its artifact, not its training state
+    try:
+        return settings.storage().local_dir(row.path, settings.cache_dir, exclude=exclude)
+    except StorageError:
+        return None
+
+
+def local_run_folder(settings: ServeSettings, key: str) -> Path | None:
+    """A run directory (without its checkpoints) on this machine, fetched from the storage; None when absent."""
+    if key.startswith("/"):  # a host path the storage-key migration could not convert
+        return Path(key) if Path(key).is_dir() else None
+    try:
+        return settings.storage().local_dir(key, settings.cache_dir, exclude=("checkpoints",))
+    except StorageError:
+        return None
 
 
 def delete_model(store: Store, model_id: str) -> None:
@@ -73,5 +99,5 @@ def delete_model(store: Store, model_id: str) -> None:
         s.delete(s.get(FineTunedModel, model_id))
 
 
-def _ft_ref(row: FineTunedModel, project_id: str) -> ModelRef:
-    return ModelRef(row.id, row.base_model, row.kind, row.path, project_id, row.created_at)
+def _ft_ref(row: FineTunedModel, project_id: str, folder: str | None) -> ModelRef:
+    return ModelRef(row.id, row.base_model, row.kind, folder, project_id, row.created_at)

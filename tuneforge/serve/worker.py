@@ -5,10 +5,17 @@ worker heartbeats the job's lease while the child runs, relays pause/cancel, and
 what happened when the child dies without reporting. Any worker also takes back jobs of
 workers that died (see `jobs.reap_orphans`); every status change is a `job_states`
 transition. Run several against one database with `tuneforge worker`.
+
+A worker owns the devices it is given (`--gpus 0,1`, else $CUDA_VISIBLE_DEVICES): its jobs see only those,
+so two workers on one machine never share a GPU, and a job whose `tuneforge.distributed.nproc_per_node` is
+more than its GPUs (on CPU: more than `--max-procs`, by default the core count) fails with that said. A
+job's process leads its own process group (torchrun and its ranks are in it): stopping a job kills the group.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -22,6 +29,7 @@ from tuneforge.serve import job_states, jobs
 from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id
 from tuneforge.serve.job_states import JobStatus
+from tuneforge.serve.jobspec import distributed_of
 from tuneforge.serve.runner import run_job
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.tables import Job
@@ -49,8 +57,19 @@ def _start_fork_server() -> None:
 
 
 class Worker:
-    def __init__(self, store: Store, settings: ServeSettings, poll_s: float = 1.0, beat_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: ServeSettings,
+        poll_s: float = 1.0,
+        beat_s: float = 1.0,
+        gpus: list[str] | None = None,
+        max_procs: int | None = None,
+    ) -> None:
         self.store, self.settings = store, settings
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.gpus = gpus if gpus is not None else ([g for g in visible.split(",") if g] if visible else None)
+        self.max_procs = max_procs
         self.id = new_id("worker-", 6)
         self.poll_s, self.beat_s = poll_s, beat_s
         self.shutdown = threading.Event()  # set by SIGTERM: finish up and exit
@@ -58,7 +77,19 @@ class Worker:
         self._job_id: str | None = None  # the job being run, whose lease the heartbeat thread refreshes
         self._job_state: Job | None = None  # the job as of the last heartbeat (control requests)
 
+    def capacity(self) -> tuple[int, str]:
+        """How many training processes one job may have here, and how to say so."""
+        if self.gpus:
+            return len(self.gpus), f"{len(self.gpus)} GPU(s) ({','.join(self.gpus)}; set by --gpus)"
+        n = self.max_procs or os.cpu_count() or 1
+        return (
+            n,
+            f"no GPU and at most {n} processes on CPU (--max-procs{'' if self.max_procs else ', default the cores'})",
+        )
+
     def run_forever(self) -> None:
+        if self.gpus is not None:  # before the fork server starts: every job process inherits it
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
         _start_fork_server()
         self._register()
         beats = threading.Thread(target=self._heartbeats, name="tuneforge-heartbeat", daemon=True)
@@ -92,9 +123,28 @@ class Worker:
     def run(self, job: Job) -> None:
         self._job_state, self._job_id = job, job.id
         try:
-            self._supervise(job)
+            if self._fits(job):
+                self._supervise(job)
         finally:
             self._job_id = None
+
+    def _fits(self, job: Job) -> bool:
+        """A job asking for more processes than this worker has devices fails here, saying both numbers."""
+        nproc, _ = distributed_of(job.options)
+        have, what = self.capacity()
+        if nproc <= have:
+            return True
+        job_states.fail(
+            self.store,
+            job.id,
+            "invalid_distributed",
+            f"tuneforge.distributed.nproc_per_node is {nproc} but worker {self.id} has {what}; ask for at most "
+            f"{have} processes, or start a worker with more devices (tuneforge worker --gpus 0,1,...)",
+            param="tuneforge.distributed.nproc_per_node",
+            release=True,
+            when=[Job.worker_id == self.id],
+        )
+        return False
 
     def _supervise(self, job: Job) -> None:
         ctx = _context()
@@ -115,8 +165,9 @@ class Worker:
                 stop.set()
                 deadline = time.time() + STOP_GRACE_S
             if deadline is not None and time.time() > deadline and proc.is_alive():
-                proc.kill()
+                _kill_group(proc)
         proc.join()
+        _kill_group(proc)  # ranks a dead job process left behind
         self._after_exit(job.id, proc.exitcode, stop.is_set())
 
     def _after_exit(self, job_id: str, exitcode: int | None, stopped: bool) -> None:
@@ -168,6 +219,16 @@ class Worker:
             )
 
 
+def _kill_group(proc) -> None:
+    """SIGKILL the job's process group (its process, torchrun and the ranks); the process alone if it has not
+    made its group yet."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        if proc.is_alive():
+            proc.kill()
+
+
 def _shutdown_when_orphaned(shutdown: threading.Event, poll_s: float = 0.5) -> None:
     """`serve` was killed (-9: no SIGTERM reached us): shut down as if it had sent one (the running job is
     re-queued from its checkpoint), so that a restarted serve's workers do not share the database with us."""
@@ -178,11 +239,11 @@ def _shutdown_when_orphaned(shutdown: threading.Event, poll_s: float = 0.5) -> N
         shutdown.wait(poll_s)
 
 
-def main(database_url: str | None = None) -> None:
+def main(database_url: str | None = None, gpus: list[str] | None = None, max_procs: int | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT; a running job is re-queued to resume elsewhere."""
     settings = ServeSettings()
     store = Store(database_url or settings.database_url)
-    worker = Worker(store, settings)
+    worker = Worker(store, settings, gpus=gpus, max_procs=max_procs)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.shutdown.set())
     if os.environ.get("TUNEFORGE_SUPERVISED") == "1":  # started by `tuneforge serve`: end with it
@@ -191,5 +252,15 @@ def main(database_url: str | None = None) -> None:
     store.dispose()
 
 
+def parse_gpus(text: str | None) -> list[str] | None:
+    """'0,1' -> ['0', '1'] (device indexes or UUIDs, as CUDA_VISIBLE_DEVICES takes them); '' -> [] (no GPU)."""
+    return None if text is None else [g.strip() for g in text.split(",") if g.strip()]
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.serve.worker")
+    parser.add_argument("--gpus", default=None, help="devices this worker's jobs use, e.g. 0,1")
+    parser.add_argument("--max-procs", type=int, default=None, help="most processes of a CPU job")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        main(gpus=parse_gpus(args.gpus), max_procs=args.max_procs)

@@ -49,7 +49,7 @@ def reference_prompts(svc: Services, who: Principal, model_id: str) -> list[str]
         )
     texts = [
         "\n".join(m.content for m in ex.prompt_messages if m.role == "user")
-        for ex in read_examples(train_file.path)
+        for ex in read_examples(files.local_copy(svc.settings, train_file))
         if isinstance(ex, Conversation)
     ]
     texts = [t for t in texts if t]
@@ -178,5 +178,6 @@ def export_feedback(body: ExportIn, who: Principal = Depends(principal), svc: Se
         "fine-tune",
         data,
         svc.settings.max_upload_bytes,
+        storage=svc.settings.storage(),
     )
     return files.file_object(row)
