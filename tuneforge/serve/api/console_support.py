@@ -134,13 +134,16 @@ async def file_report(
         raise APIError(400, f"Model {model} is not a base model of this server.", param="model")
     try:
         report = await run_in_threadpool(
-            build_report, row.path, model=catalog.base_model_path(model), measure_hardware=False
+            build_report,
+            files.local_copy(svc.settings, row),
+            model=catalog.base_model_path(model),
+            measure_hardware=False,
         )
     except TuneforgeError as exc:
         raise from_tuneforge(exc, param="file_id") from None
     for key in ("path", "training_file"):  # the server's copy: its path names the project's folder
         report.pop(key, None)
-    quoted = json.dumps(row.path)[1:-1]
+    quoted = json.dumps(str(files.local_copy(svc.settings, row)))[1:-1]
     report = json.loads(json.dumps(report).replace(quoted, json.dumps(row.filename)[1:-1]))
     return {"object": "file.report", "id": file_id, "filename": row.filename, "model": model, **report}
 
@@ -159,8 +162,9 @@ def _fine_tune(svc: Services, who: Principal, model_id: str) -> tuple[FineTunedM
 def eval_report(model_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> Response:
     """The run's eval_report.html (written by `tuneforge eval`), served with scripts disabled."""
     _, job = _fine_tune(svc, who, model_id)
-    path = Path(job.run_dir or "") / "eval_report.html"
-    if not job.run_dir or not path.is_file():
+    run_dir = catalog.local_run_folder(svc.settings, job.run_dir) if job.run_dir else None
+    path = (run_dir or Path("")) / "eval_report.html"
+    if run_dir is None or not path.is_file():
         raise APIError(
             404,
             f"'{model_id}' has no eval report yet. Run `tuneforge eval` on its run directory on the server "
@@ -215,9 +219,11 @@ async def download(
     row, job = _fine_tune(svc, who, model_id)
     safe = model_id.replace(":", "_").replace("/", "_")
     if form == "adapter":
-        data = await run_in_threadpool(_zip_folder, Path(row.path), safe)
+        folder = catalog.local_model_folder(svc.settings, row)  # from the shared storage
+        data = await run_in_threadpool(_zip_folder, folder, safe)
     else:
-        data = await run_in_threadpool(_merged_zip, Path(job.run_dir), f"{safe}-merged")
+        run_dir = catalog.local_run_folder(svc.settings, job.run_dir)
+        data = await run_in_threadpool(_merged_zip, run_dir, f"{safe}-merged")
     name = f"{safe}{'-merged' if form == 'merged' else ''}.zip"
     return Response(
         data, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}
