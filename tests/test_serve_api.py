@@ -177,10 +177,8 @@ def test_chat_completions_and_streaming_on_the_base_model(server):
     assert [c.index for c in several.choices] == [0, 1, 2]
     again = a.chat.completions.create(model="demo", messages=msgs, max_tokens=6, temperature=1.0, n=3, seed=1)
     assert [c.message.content for c in again.choices] == [c.message.content for c in several.choices]
-    with pytest.raises(openai.BadRequestError):
-        a.chat.completions.create(
-            model="demo", messages=msgs, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]
-        )
+    with pytest.raises(openai.BadRequestError):  # the legacy form of tools (tests/test_serve_parity_chat.py: tools)
+        a.chat.completions.create(model="demo", messages=msgs, functions=[{"name": "f", "parameters": {}}])
     with pytest.raises(openai.NotFoundError):
         a.chat.completions.create(model="nope", messages=msgs)
 

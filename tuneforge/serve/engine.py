@@ -44,7 +44,8 @@ class Sampling:
     temperature: float
     top_p: float
     stop: tuple[str, ...]
-    seed: int | None
+    seed: int | None  # choice k of a request draws from its own generator seeded seed + k
+    controls: Any = None  # a tuneforge.models.generate.Controls: penalties, logit_bias, logprobs, grammar
 
 
 @dataclass
@@ -179,7 +180,9 @@ class Engine:
                 return False
             item.tokens = max(len(self._prompt_ids(tokenizer, item.kind, p)) for p in item.prompts)
         except BaseException as exc:  # a broken model folder: this request's error, not the thread's
-            item.future.set_exception(exc)
+            item.future.set_exception(_tools_refused(exc))
+            return False
+        if not self._controls_fit(item, model, tokenizer):
             return False
         if context is None:
             return True
@@ -191,13 +194,55 @@ class Engine:
         return True
 
     @staticmethod
+    def _controls_fit(item: _Item, model, tokenizer) -> bool:
+        """Refuse (400, naming the field) controls this model cannot take: token ids outside its vocabulary in
+        logit_bias, a schema the grammar compiler refuses, or any control on a model that decodes through
+        transformers' generate() (prompt-learning adapters). Compiling here also warms the grammar cache."""
+        from tuneforge.models.constrained import GrammarError
+        from tuneforge.models.generate import _vocab_size, direct_decoding, stop_token_ids
+        from tuneforge.serve.api.errors import APIError
+
+        controls = item.sampling.controls
+        if controls is None or controls == type(controls)():
+            return True
+        try:
+            if not direct_decoding(model):
+                raise APIError(
+                    400,
+                    "This model (a prompt-learning fine-tune) decodes through generate(): penalties, logit_bias, "
+                    "logprobs, response_format and constrained tool_choice are not available for it.",
+                    param="model",
+                    code="unsupported_parameter",
+                )
+            vocab = _vocab_size(model)
+            outside = [t for t, _ in controls.logit_bias if t >= vocab]
+            if outside:
+                raise APIError(
+                    400,
+                    f"logit_bias: token id {outside[0]} is outside this model's vocabulary (0..{vocab - 1}).",
+                    param="logit_bias",
+                )
+            if controls.grammar is not None:
+                try:
+                    controls.grammar.matcher(tokenizer, vocab, stop_token_ids(model, tokenizer))
+                except GrammarError as exc:
+                    param = "tools" if controls.grammar.kind == "tool_call" else "response_format"
+                    raise APIError(
+                        400, f"{param}: the grammar compiler refused the schema: {exc}", param=param
+                    ) from None
+        except APIError as exc:
+            item.future.set_exception(exc)
+            return False
+        return True
+
+    @staticmethod
     def _prompt_ids(tokenizer, kind: str, prompt) -> list[int]:
         """The prompt's tokens, rendered as generation renders them (to measure it)."""
-        from tuneforge.data.tokenize import encode_prompt
         from tuneforge.models.chat_templates import prompt_policy
+        from tuneforge.models.generate import encode_chat
 
         if kind == "chat":
-            return encode_prompt(tokenizer, prompt, prompt_policy(tokenizer))
+            return encode_chat(tokenizer, prompt, prompt_policy(tokenizer))
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _run(self, group: list[_Item]) -> None:
@@ -211,7 +256,20 @@ class Engine:
                     item.future.set_exception(exc)
             return
         for item, result in zip(group, results):
+            if item.kind == "chat" and isinstance(item.prompts[0], dict) and item.prompts[0].get("parse_tools"):
+                self._parse_calls(item, result)
             item.future.set_result(result)
+
+    def _parse_calls(self, item: _Item, results: list) -> None:
+        """Tool calls read back from each answer in the syntax its chat template writes."""
+        from tuneforge.data.tool_calls import parse_tool_calls
+
+        template = getattr(self._model_for(item.ref)[1], "chat_template", None)
+        for result in results:
+            parsed = parse_tool_calls(result.text, template)
+            if parsed.calls:
+                result.tool_calls = parsed.calls
+                result.text = parsed.content
 
     def _execute(self, group: list[_Item]) -> list[Any]:
         head = group[0]
@@ -267,8 +325,9 @@ class Engine:
             temperature=s.temperature,
             top_p=s.top_p,
             stop=list(s.stop) or None,
-            seed=s.seed,
             adapter_names=adapter_names,
+            controls=s.controls,
+            seeds=None if s.seed is None else [s.seed + k for item in group for k in range(len(item.prompts))],
         )
         out, start = [], 0
         for item in group:
@@ -277,41 +336,26 @@ class Engine:
         return out
 
     def _one_by_one(self, model, tokenizer, item: _Item) -> list:
-        from tuneforge.data.tokenize import encode_prompt
-        from tuneforge.models.chat_templates import prompt_policy
-        from tuneforge.serve.streaming import generate_one
+        """One request's choices as one streamed batch (stopped at the next token once its client is gone)."""
+        from tuneforge.serve.streaming import generate_rows
 
         s = item.sampling
-        results = []
-        for index, prompt in enumerate(item.prompts):
-            if item.cancel is not None and item.cancel.is_set():
-                self.cancelled += 1
-                break
-            ids = (
-                encode_prompt(tokenizer, prompt, prompt_policy(tokenizer))
-                if item.kind == "chat"
-                else tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            )
-            emit = (lambda text, i=index: item.on_text(i, text)) if item.on_text else (lambda _: None)
-            # With a seed, choice k uses seed + k so that n > 1 gives different samples.
-            seed = None if s.seed is None else s.seed + index
-            results.append(
-                generate_one(
-                    model,
-                    tokenizer,
-                    ids,
-                    max_new_tokens=s.max_tokens,
-                    temperature=s.temperature,
-                    top_p=s.top_p,
-                    stop=list(s.stop),
-                    seed=seed,
-                    on_text=emit,
-                    cancel=item.cancel,
-                )
-            )
-            if results[-1].finish_reason == "cancelled":
-                self.cancelled += 1
-                break
+        encoded = [self._prompt_ids(tokenizer, item.kind, prompt) for prompt in item.prompts]
+        results = generate_rows(
+            model,
+            tokenizer,
+            encoded,
+            max_new_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop=list(s.stop),
+            seed=s.seed,
+            controls=s.controls,
+            on_text=item.on_text,
+            cancel=item.cancel,
+        )
+        if len(results) < len(item.prompts) or any(r.finish_reason == "cancelled" for r in results):
+            self.cancelled += 1
         return results
 
     # ---- models and the memory bound
@@ -440,6 +484,16 @@ def _family(ref: ModelRef) -> str:
     return ref.base if ref.kind == "base" or (ref.kind == Serving.SHARED_BASE and not _own_prompting(ref)) else ref.id
 
 
+def _tools_refused(exc: BaseException) -> BaseException:
+    """A chat template that fails on the request's tools is the client's 400, not a server error."""
+    from tuneforge.models.generate import ToolsNotRendered
+    from tuneforge.serve.api.errors import APIError
+
+    if isinstance(exc, ToolsNotRendered):
+        return APIError(400, str(exc), param="tools", code="unsupported_parameter")
+    return exc
+
+
 class ClientGone(Exception):
     """The request's client disconnected before its generation started: nothing was generated."""
 
@@ -463,7 +517,11 @@ def _too_long(kind: str, context: int, tokens: str) -> Exception:
 
 def _visible_chars(kind: str, prompt) -> int:
     """Characters other than whitespace (which some tokenizers drop): no token covers more than its longest."""
-    texts = [m["content"] for m in prompt] if kind == "chat" else [prompt]
+    if kind == "chat":
+        messages = prompt["messages"] if isinstance(prompt, dict) else prompt  # {"messages", "tools"}: tools
+        texts = [m.get("content") or "" for m in messages]
+    else:
+        texts = [prompt]
     return sum(len(t) - sum(map(str.isspace, t)) for t in texts)
 
 

@@ -1,9 +1,10 @@
-"""Generation of one prompt token by token, with stop strings found as text arrives.
+"""Streamed generation: the rows of one request (its `n` choices) token by token, with stop strings found
+as text arrives, for server-sent events and raw-text prompts (/v1/completions).
 
-The batched, non-streamed chat path uses `tuneforge.models.generate.generate_batch`;
-this module serves what that helper does not: server-sent-event streaming and raw-text
-prompts (/v1/completions). Sampling follows the same rules (greedy at temperature 0), and the
-text comes from the same `AnswerText`, so a streamed answer joins up to the batched one.
+Models our decode loop drives run all rows as one batch through `generate_ids` (with the request's
+`Controls`); others (prompt-learning adapters) go through transformers' `generate` one prompt at a time,
+without controls. Sampling follows the same rules as the batched path and the text comes from the same
+`AnswerText`, so a streamed answer joins up to the batched one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,72 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from tuneforge.models.generate import AnswerText, GenerationResult, stop_token_ids
+from tuneforge.models.generate import (
+    AnswerText,
+    Controls,
+    GenerationResult,
+    TokenLogprob,
+    direct_decoding,
+    generate_ids,
+    stop_token_ids,
+)
+
+
+def generate_rows(
+    model,
+    tokenizer,
+    encoded: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: list[str],
+    seed: int | None,
+    controls: Controls | None = None,
+    on_text: Callable[[int, str, list[TokenLogprob] | None], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[GenerationResult]:
+    """One request's prompts (its choices), streamed through `on_text(row, piece, logprobs)`; stops once
+    `cancel` is set (the client left). With a seed, row k draws from its own generator seeded seed + k,
+    so choices differ and each is the same whatever ran beside it."""
+    seeds = None if seed is None else [seed + k for k in range(len(encoded))]
+    if direct_decoding(model):
+        return generate_ids(
+            model,
+            tokenizer,
+            encoded,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seeds=seeds,
+            controls=controls,
+            stop_ids=stop_token_ids(model, tokenizer),
+            on_text=on_text,
+            cancel=cancel,
+        )
+    results = []
+    for row, ids in enumerate(encoded):
+        if cancel is not None and cancel.is_set():
+            break
+        emit = (lambda text, r=row: on_text(r, text, None)) if on_text else (lambda _: None)
+        results.append(
+            generate_one(
+                model,
+                tokenizer,
+                ids,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=None if seeds is None else seeds[row],
+                on_text=emit,
+                cancel=cancel,
+            )
+        )
+        if results[-1].finish_reason == "cancelled":
+            break
+    return results
 
 
 class _StopStrings(BaseStreamer, StoppingCriteria):

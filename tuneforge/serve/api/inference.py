@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneforge.serve.api import chat_options as options
 from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, as_api_error
@@ -42,7 +43,7 @@ def generative_model(svc: Services, who: Principal, model_id: str):
 
 
 class _Request(BaseModel):
-    # Unknown OpenAI fields (user, presence_penalty...) are accepted and ignored;
+    # Unknown OpenAI fields (user, metadata, store...) are accepted and ignored;
     # fields that would change the answer and are not supported are refused below.
     model_config = ConfigDict(extra="allow")
     model: str
@@ -50,23 +51,36 @@ class _Request(BaseModel):
     max_completion_tokens: int | None = Field(None, gt=0)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=128)  # the choices run as one batch
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64 range (torch's seeds fit it)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def text_is_unicode(cls, data: Any) -> Any:
         return refuse_unencodable(data)
 
-    def sampling(self) -> Sampling:
+    def sampling(self, top_logprobs: int | None = None, grammar=None) -> Sampling:
+        from tuneforge.models.generate import Controls
+
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > 4:
             raise APIError(400, "At most 4 stop sequences are allowed.", param="stop")
+        controls = Controls(
+            self.presence_penalty, self.frequency_penalty, options.logit_bias(self.logit_bias), top_logprobs, grammar
+        )
         return Sampling(
-            self.max_completion_tokens or self.max_tokens or 256, self.temperature, self.top_p, tuple(stop), self.seed
+            self.max_completion_tokens or self.max_tokens or 256,
+            self.temperature,
+            self.top_p,
+            tuple(stop),
+            self.seed,
+            controls,
         )
 
     def refuse(self, names: tuple[str, ...]) -> None:
@@ -80,10 +94,23 @@ class _Request(BaseModel):
 
 class ChatRequest(_Request):
     messages: list[dict[str, Any]] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def top(self) -> int | None:
+        """How many alternatives each token's logprobs list (None: no logprobs)."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Request):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's count of alternatives per token
 
 
 class EmbeddingRequest(BaseModel):
@@ -99,15 +126,20 @@ class EmbeddingRequest(BaseModel):
         return refuse_unencodable(data)
 
 
-def chat_messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
-    out = []
-    for i, m in enumerate(raw):
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text parts can be used
-            content = "".join(_text_part(part, f"messages[{i}].content[{k}]") for k, part in enumerate(content))
-        if m.get("role") not in ("system", "developer", "user", "assistant", "tool") or not isinstance(content, str):
-            raise APIError(400, f"messages[{i}] needs a role and a text content.", param=f"messages[{i}]")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+def chat_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Role and text of each message; an assistant's tool_calls and a tool result's tool_call_id / name kept."""
+    return options.request_messages(raw, _message)
+
+
+def _message(i: int, m: dict[str, Any]) -> dict[str, Any]:
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: only text parts can be used
+        content = "".join(_text_part(part, f"messages[{i}].content[{k}]") for k, part in enumerate(content))
+    if m.get("role") not in ("system", "developer", "user", "assistant", "tool") or not isinstance(content, str):
+        raise APIError(400, f"messages[{i}] needs a role and a text content.", param=f"messages[{i}]")
+    out = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+    if m["role"] == "tool":
+        out.update({k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)})
     return out
 
 
@@ -137,10 +169,22 @@ def _usage(results: list) -> dict[str, int]:
 async def chat(
     body: ChatRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)
 ):
-    body.refuse(("tools", "functions", "tool_choice", "logprobs", "response_format", "logit_bias"))
+    body.refuse(("functions", "function_call", "audio", "modalities", "prediction"))
     ref = generative_model(svc, who, body.model)
     conv = chat_messages(body.messages)
-    sampling, started = body.sampling(), time.perf_counter()
+    tools, choice = options.read_tools(body)
+    grammar, answer_format = options.call_grammar(tools, choice) if tools else None, body.response_format
+    if grammar is not None and options.response_grammar(answer_format) is not None:
+        raise APIError(
+            400, "response_format cannot be combined with a required or named tool_choice.", param="response_format"
+        )
+    sampling = body.sampling(body.top(), grammar or options.response_grammar(answer_format))
+    parse = bool(tools) and choice != "none"
+    if tools or any("tool_calls" in m or m["role"] == "tool" for m in conv):
+        prompt: Any = {"messages": conv, "tools": tools, "parse_tools": parse}
+    else:
+        prompt = conv
+    started = time.perf_counter()
     prompt_text = "\n".join(m["content"] for m in conv if m["role"] == "user")
     meta = {"id": new_id("chatcmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
 
@@ -159,9 +203,9 @@ async def chat(
         )
 
     if body.stream:
-        return _sse(_stream_chat(svc, ref, conv, body, meta, record))
+        return _sse(_stream_chat(svc, ref, prompt, sampling, body, meta, record, parse))
     try:
-        results = await _while_connected(request, svc.engine.chat, ref, [conv] * body.n, sampling)
+        results = await _while_connected(request, svc.engine.chat, ref, [prompt] * body.n, sampling)
     except Exception:
         svc.monitor.failed(body.model, "chat")
         raise
@@ -169,37 +213,46 @@ async def chat(
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": r.text, "refusal": None},
-            "finish_reason": r.finish_reason,
-            "logprobs": None,
+            "message": {
+                "role": "assistant",
+                "content": r.text,
+                "refusal": None,
+                **({"tool_calls": options.tool_calls_out(r.tool_calls)} if r.tool_calls else {}),
+            },
+            "finish_reason": "tool_calls" if r.tool_calls else r.finish_reason,
+            "logprobs": options.chat_logprobs(r.logprobs),
         }
         for i, r in enumerate(results)
     ]
     return {"object": "chat.completion", **meta, "choices": choices, "usage": _usage(results)}
 
 
-async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, record) -> AsyncIterator[dict]:
+async def _stream_chat(svc: Services, ref, prompt, sampling, body, meta: dict, record, parse: bool):
+    """Content deltas as tokens settle (with their logprobs). With tools to parse, each choice's answer is held
+    until it is complete and sent as one content delta or as OpenAI's tool_call deltas (one per call)."""
     chunk = {"object": "chat.completion.chunk", **meta}
+
+    def one(i: int, delta: dict, finish=None, logprobs=None) -> dict:
+        return {**chunk, "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
+
     for i in range(body.n):
-        yield {
-            **chunk,
-            "choices": [
-                {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
-            ],
-        }
-    pieces, task, cancel = _start(svc.engine.chat, ref, [conv] * body.n, body.sampling())
+        yield one(i, {"role": "assistant", "content": ""})
+    pieces, task, cancel = _start(svc.engine.chat, ref, [prompt] * body.n, sampling)
     try:
-        async for index, text in _drain(pieces, task):
-            yield {
-                **chunk,
-                "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None, "logprobs": None}],
-            }
+        async for index, text, logprobs in _drain(pieces, task):
+            if not parse:
+                yield one(index, {"content": text}, logprobs=options.chat_logprobs(logprobs))
     finally:  # normal end, or the client went away mid-stream: either way nothing more to generate
         cancel.set()
     results = task.result()
     await run_in_threadpool(record, results)
     for i, r in enumerate(results):
-        yield {**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": r.finish_reason, "logprobs": None}]}
+        if parse and r.tool_calls:
+            calls = options.tool_calls_out(r.tool_calls)
+            yield one(i, {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}, None)
+        elif parse and r.text:
+            yield one(i, {"content": r.text}, logprobs=options.chat_logprobs(r.logprobs))
+        yield one(i, {}, "tool_calls" if r.tool_calls else r.finish_reason)
     if (body.stream_options or {}).get("include_usage"):
         yield {**chunk, "choices": [], "usage": _usage(results)}
 
@@ -208,13 +261,13 @@ async def _stream_chat(svc: Services, ref, conv, body: ChatRequest, meta: dict, 
 async def completions(
     body: CompletionRequest, request: Request, who: Principal = Depends(principal), svc: Services = Depends(services)
 ):
-    body.refuse(("logprobs", "echo", "suffix", "best_of", "logit_bias"))
+    body.refuse(("echo", "suffix", "best_of"))
     ref = generative_model(svc, who, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts or any(not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string or a list of non-empty strings.", param="prompt")
     expanded = [p for p in prompts for _ in range(body.n)]  # choice index = prompt index * n + k
-    sampling, started = body.sampling(), time.perf_counter()
+    sampling, started = body.sampling(body.logprobs), time.perf_counter()
     meta = {"id": new_id("cmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
 
     def record(results: list) -> None:
@@ -243,10 +296,13 @@ async def completions(
             chunk = {"object": "text_completion", **meta}
             pieces, task, cancel = _start(svc.engine.complete, ref, expanded, sampling)
             try:
-                async for index, text in _drain(pieces, task):
+                sent = [0] * len(expanded)  # characters streamed per choice: the text_offset of its next token
+                async for index, text, logprobs in _drain(pieces, task):
+                    lp = options.completion_logprobs(logprobs, sent[index])
+                    sent[index] += len(text)
                     yield {
                         **chunk,
-                        "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": None}],
+                        "choices": [{"index": index, "text": text, "finish_reason": None, "logprobs": lp}],
                     }
             finally:  # normal end, or the client went away mid-stream
                 cancel.set()
@@ -264,7 +320,13 @@ async def completions(
     results = await _while_connected(request, svc.engine.complete, ref, expanded, sampling)
     usage = await run_in_threadpool(record, results)
     choices = [
-        {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None} for i, r in enumerate(results)
+        {
+            "index": i,
+            "text": r.text,
+            "finish_reason": r.finish_reason,
+            "logprobs": options.completion_logprobs(r.logprobs),
+        }
+        for i, r in enumerate(results)
     ]
     return {"object": "text_completion", **meta, "choices": choices, "usage": usage}
 
@@ -287,7 +349,7 @@ async def _while_connected(request: Request, fn, ref, prompts, sampling, poll_s:
 
 
 def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, threading.Event]:
-    """Run a generation that pushes (choice index, text) into a queue from the engine thread;
+    """Run a generation that pushes (choice index, text, logprobs) into a queue from the engine thread;
     setting the returned event stops it at the next token."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
@@ -297,7 +359,7 @@ def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, thr
             ref,
             prompts,
             sampling,
-            on_text=lambda i, t: loop.call_soon_threadsafe(pieces.put_nowait, (i, t)),
+            on_text=lambda i, t, lp: loop.call_soon_threadsafe(pieces.put_nowait, (i, t, lp)),
             cancel=cancel,
         )
     )
@@ -305,7 +367,7 @@ def _start(fn, ref, prompts, sampling) -> tuple[asyncio.Queue, asyncio.Task, thr
     return pieces, task, cancel
 
 
-async def _drain(pieces: asyncio.Queue, task: asyncio.Task) -> AsyncIterator[tuple[int, str]]:
+async def _drain(pieces: asyncio.Queue, task: asyncio.Task) -> AsyncIterator[tuple[int, str, list | None]]:
     while (item := await pieces.get()) is not None:
         yield item
     while not pieces.empty():  # text queued before the completion marker was processed
