@@ -3,22 +3,30 @@ the rendering with the model's own template (or the fallback), the labels, and t
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 
+from families import FAMILIES, build_family_tokenizer, labelled_runs
+from tool_templates import LLAMA31_TOOLS, QWEN25_TOOLS
 from tuneforge.data import formats
 from tuneforge.data.readers import iter_checked, read_examples
+from tuneforge.data.tokenize import encode_conversation, encode_prompt
 from tuneforge.data.tool_calls import (
     ParsedToolCalls,
     fallback_messages,
     parse_tool_calls,
     render_call,
+    same_calls,
+    template_messages,
     tool_format,
 )
 from tuneforge.data.types import Message, ToolCall
 from tuneforge.errors import DataError
+from tuneforge.eval.metrics import tool_call_match, tool_name_match
+from tuneforge.models.chat_templates import use_chat_template
 
 WEATHER = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"})
 
@@ -79,8 +87,6 @@ def test_llama3_and_mistral_syntax():
 
 
 def test_format_from_template_source():
-    from tests.tool_templates import LLAMA31_TOOLS, QWEN25_TOOLS
-
     assert tool_format(QWEN25_TOOLS) == "hermes"
     assert tool_format(LLAMA31_TOOLS) == "llama3"
     assert tool_format("{{ '[TOOL_CALLS] ' }}") == "mistral"
@@ -179,3 +185,198 @@ def test_tool_mistakes_are_located_errors(name, expected):
     assert all(c.example is None and e.fix for c in checked for e in c.errors)
     with pytest.raises(DataError, match=f"{len(expected)} invalid record"):
         read_examples(CORPUS / name)
+
+
+# --- rendering and labels ---------------------------------------------------------------------------------
+
+
+def _tokenizer(family: str, template: str | None = None, builtin: str | None = None):
+    tok = build_family_tokenizer(FAMILIES[family])
+    if template:
+        tok.chat_template = template
+    if builtin:
+        use_chat_template(tok, builtin)
+    return tok
+
+
+def _hermes(*calls: ToolCall) -> str:
+    return "\n".join(render_call(c) for c in calls)
+
+
+def _llama(call: ToolCall) -> str:
+    return json.dumps({"name": call.name, "parameters": call.arguments})
+
+
+@pytest.mark.parametrize(
+    "family, template, builtin, eot, write",
+    [
+        ("qwen2.5", QWEN25_TOOLS, None, "<|im_end|>", _hermes),  # Qwen 2.5's own tools branch
+        ("llama3", LLAMA31_TOOLS, None, "<|eot_id|>", _llama),  # Llama 3.1's JSON calls, ipython results
+        ("qwen2.5", None, None, "<|im_end|>", _hermes),  # Qwen 2.5 without its tools branch: the fallback
+        ("gpt2", None, "chatml", "<|im_end|>", _hermes),  # the built-in chatml's tools branch
+    ],
+    ids=["qwen2.5-tools", "llama3.1-tools", "qwen2.5-fallback", "builtin-chatml"],
+)
+def test_labels_are_exactly_the_calls_and_the_answer(family, template, builtin, eot, write):
+    tok = _tokenizer(family, template, builtin)
+    conv = read_examples(CORPUS / "openai_tools.jsonl")[1]  # system, user, call, result, answer
+    enc = encode_conversation(tok, conv, 4096)
+    (call,) = conv.messages[2].tool_calls
+    assert labelled_runs(tok, enc.input_ids, enc.labels) == [write(call) + eot, "Yes, it is 24 degrees in Paris." + eot]
+    text = tok.decode(enc.input_ids)
+    assert "get_local_time" in text and '{"temperature": 24}' in text.replace('\\"', '"')  # schemas, results: seen
+    assert encode_prompt(tok, [{"role": "user", "content": "hi"}])  # a plain prompt still renders
+
+
+@pytest.mark.parametrize(
+    "family, template",
+    [("qwen2.5", QWEN25_TOOLS), ("qwen2.5", None), ("gpt2", "chatml")],
+    ids=["qwen2.5-tools", "qwen2.5-fallback", "builtin-chatml"],
+)
+def test_parallel_calls_with_text_are_one_trained_turn(family, template):
+    tok = _tokenizer(family, None if template == "chatml" else template, "chatml" if template == "chatml" else None)
+    conv = read_examples(CORPUS / "openai_tools.jsonl")[2]
+    enc = encode_conversation(tok, conv, 4096)
+    calls = conv.messages[1].tool_calls
+    assert labelled_runs(tok, enc.input_ids, enc.labels) == [
+        "Checking both.\n" + _hermes(*calls) + "<|im_end|>",
+        "It is 3 degrees and 10:00 in Oslo.<|im_end|>",
+    ]
+
+
+def test_builtin_chatml_renders_tools_as_the_fallback_does():
+    """The built-in chatml with tools writes what the fallback writes through plain ChatML, and what the
+    parser reads back; without tools it renders as before."""
+    tok = _tokenizer("gpt2", builtin="chatml")
+    plain = _tokenizer("gpt2", template=PLAIN_CHATML)
+    for conv in read_examples(CORPUS / "openai_tools.jsonl") + read_examples(CORPUS / "glaive_toolcall.json"):
+        msgs, tools = template_messages(conv.messages, conv.tools, tok.chat_template)
+        native = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
+        assert native == plain.apply_chat_template(fallback_messages(conv.messages, conv.tools), tokenize=False)
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    assert tok.apply_chat_template(turns, tokenize=False) == plain.apply_chat_template(turns, tokenize=False)
+
+
+PLAIN_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_template_whose_calls_cannot_be_parsed_back_is_refused():
+    odd = QWEN25_TOOLS.replace('\'\\n<tool_call>\\n{"name": "\'', '\'\\nCALL {"name": "\'')
+    assert odd != QWEN25_TOOLS
+    tok = _tokenizer("qwen2.5", odd)
+    conv = read_examples(CORPUS / "openai_tools.jsonl")[1]
+    with pytest.raises(DataError) as err:
+        encode_conversation(tok, conv, 4096)
+    problem = err.value.problems[0]
+    assert problem.where.endswith("openai_tools.jsonl:2") and "cannot parse back" in problem.message
+    assert "chatml" in problem.fix
+
+
+def test_llama31_refusals_are_located_with_their_fix():
+    """Llama 3.1's template takes one call per message and drops a calling message's text: both refused."""
+    tok = _tokenizer("llama3", LLAMA31_TOOLS)
+    convs = read_examples(CORPUS / "openai_tools.jsonl")
+    with pytest.raises(DataError) as err:
+        encode_conversation(tok, convs[2], 4096)  # two calls at once
+    assert err.value.problems[0].where.endswith("openai_tools.jsonl:3") and "split them" in err.value.problems[0].fix
+    texted = copy.deepcopy(convs[1])
+    texted.messages[2].content = "Let me look."
+    with pytest.raises(DataError) as err:
+        encode_conversation(tok, texted, 4096)
+    assert "drops messages[2]" in err.value.problems[0].message and "remove its text" in err.value.problems[0].fix
+
+
+@pytest.mark.slow
+def test_tool_calling_sft_run(tmp_path):
+    """A few LoRA steps on tool-calling data with Qwen 2.5's template: the records' calls are what is trained."""
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.config import RunConfig
+    from tuneforge.objectives import objective_for
+    from tuneforge.train import train
+
+    tok = _tokenizer("qwen2.5", QWEN25_TOOLS)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = (CORPUS / "openai_tools.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(rows * 2) + "\n")
+    (tmp_path / "val.jsonl").write_text(rows[1] + "\n")
+    raw = {
+        "objective": "sft",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tmp_path / "model"), "max_length": 2048},
+        "data": {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "val.jsonl")},
+        "method": {"name": "lora", "r": 2, "alpha": 4},
+        "train": {"max_steps": 3, "batch_size": 2, "eval_every": 3, "save_every": 3, "lr": 5e-3},
+    }
+    cfg = RunConfig.model_validate(raw)
+    feats = objective_for(cfg).encode(read_examples(tmp_path / "train.jsonl"), tok, 2048)
+    trained = [run for f in feats[:3] for run in labelled_runs(tok, f.input_ids, f.labels)]
+    assert sum("<tool_call>" in run for run in trained) == 3 and not any("<tool_response>" in r for r in trained)
+    assert not any(f.truncated for f in feats)
+    result = train(cfg, progress=False)
+    assert result.status == "completed" and result.steps == 3 and all(map(math.isfinite, result.losses))
+
+
+# --- eval metric ------------------------------------------------------------------------------------------
+
+
+def test_tool_call_metrics():
+    ref = "Checking.\n" + _hermes(WEATHER, ToolCall("get_time", {"tz": "CET"}))
+    reordered = _hermes(
+        ToolCall("get_time", {"tz": "CET"}), ToolCall("get_weather", {"unit": "celsius", "city": "Paris"})
+    )
+    assert tool_call_match(reordered, ref) == 1.0  # call order and key order aside
+    assert tool_call_match(_hermes(WEATHER), ref) == 0.5  # one of two calls
+    wrong_args = _hermes(WEATHER, ToolCall("get_time", {"tz": "UTC"}))
+    assert tool_call_match(wrong_args, ref) == 0.5 and tool_name_match(wrong_args, ref) == 1.0
+    extra = _hermes(WEATHER, WEATHER, ToolCall("get_time", {"tz": "CET"}))
+    assert tool_call_match(extra, ref) == pytest.approx(2 / 3)
+    assert tool_call_match(_llama(WEATHER), _hermes(WEATHER)) == 1.0  # Llama 3.1's syntax is read too
+    assert (
+        tool_call_match('<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>', _hermes(WEATHER))
+        == 0.0
+    )
+    assert tool_call_match("It is sunny.", "It is sunny.") == 1.0  # neither calls
+    assert tool_call_match(_hermes(WEATHER), "It is sunny.") == 0.0  # a call where none was due
+
+
+def test_eval_scores_tool_calls_with_intervals(tmp_path):
+    """Eval data whose answers call tools: the task is tool_calls, references are the calls, and the per-example
+    scores get the usual bootstrap interval."""
+    from tuneforge.eval.bootstrap import mean_ci
+    from tuneforge.eval.evaluate import load_split
+    from tuneforge.eval.metrics import PRIMARY, select_metrics
+
+    convs, task = load_split(CORPUS / "openai_tools.jsonl", "auto")
+    assert task == "tool_calls" and PRIMARY[task] == "tool_call_match"
+    assert [m.name for m in select_metrics(task)] == ["tool_call_match", "tool_name_match"]
+    assert same_calls(parse_tool_calls(convs[0].reference, "hermes").calls, convs[0].messages[1].tool_calls)
+    assert load_split(CORPUS / "glaive_toolcall.json", "auto")[1] == "qa"  # final answers are text
+    metric = select_metrics(task)[0]
+    predictions = [convs[0].reference, "I do not know."]
+    scores = metric.per_example(predictions, [convs[0].reference, convs[0].reference])
+    assert scores == [1.0, 0.0]
+    interval = mean_ci(scores * 4, 200)
+    assert interval.ci_low < interval.mean == 0.5 < interval.ci_high

@@ -16,6 +16,7 @@ template and the fix. Cost: two template renderings per conversation (prefix-by-
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from typing import Any
 
 import jinja2
 
+from tuneforge.data.tool_calls import parse_tool_calls, same_calls
+from tuneforge.data.types import ToolCall
 from tuneforge.errors import DataError, Problem
+from tuneforge.models.chat_templates import end_of_turn_ids
 
 SYSTEM_PROMPT_POLICIES = ("keep", "fold", "drop")
 _THINK = re.compile(r"^(\s*<think>)(.*?)(</think>)(.*)$", re.DOTALL)  # reasoning, then the answer
@@ -47,6 +51,7 @@ class _Piece:
     text: str  # what the sentinel stands for: the content without its surrounding whitespace
     trail: str = ""  # the content's trailing whitespace (templates that keep it write it before the end-of-turn token)
     reasoning: bool = False
+    calling: bool = False  # a piece (text or call name) of an assistant message with tool calls
 
 
 def where_of(conv: Any) -> str:
@@ -94,7 +99,9 @@ def apply_system_prompt(messages: list[dict], policy: str, where: str) -> tuple[
     return folded, origin[lead:], 0
 
 
-def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prompt: bool = False) -> str:
+def render(
+    tokenizer: Any, messages: list[dict], where: str, add_generation_prompt: bool = False, tools: list | None = None
+) -> str:
     """The template's text; a refused conversation or a missing template is a located DataError."""
     if not getattr(tokenizer, "chat_template", None):
         model = template_name(tokenizer).removeprefix("the chat template of ")
@@ -110,7 +117,10 @@ def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prom
             ],
         )
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        extra = {"tools": tools} if tools else {}
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
+        )
     except jinja2.TemplateError as exc:
         raise DataError(
             f"{template_name(tokenizer)} refuses a conversation",
@@ -120,6 +130,12 @@ def render(tokenizer: Any, messages: list[dict], where: str, add_generation_prom
 
 def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
     roles = [m["role"] for m in messages]
+    parallel = next((i for i, m in enumerate(messages) if len(m.get("tool_calls") or []) > 1), None)
+    if parallel is not None:
+        return (
+            f"messages[{parallel}] makes {len(messages[parallel]['tool_calls'])} tool calls at once: this template may "
+            "take one per assistant message; split them into turns, or use a template with parallel calls (chatml)"
+        )
     if "system" in roles:
         try:
             tokenizer.apply_chat_template(apply_system_prompt(messages, "fold", where)[0], tokenize=False)
@@ -129,7 +145,7 @@ def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
     later = next((i for i, r in enumerate(roles) if r == "system" and any(q != "system" for q in roles[:i])), None)
     if later is not None:
         return f"messages[{later}] is a system message inside the conversation: merge it into a user turn or remove it"
-    chat = [r for r in roles if r != "system"]
+    chat = [r for r in roles if r not in ("system", "tool")]
     twice = next((i for i in range(1, len(chat)) if chat[i] == chat[i - 1]), None)
     if twice is not None:
         return f"roles must alternate user/assistant: merge the two consecutive {chat[twice]} messages into one"
@@ -139,28 +155,51 @@ def _refusal_fix(tokenizer: Any, messages: list[dict], where: str) -> str:
 
 
 def chat_spans(
-    tokenizer: Any, messages: list[dict], trained: set[int], where: str, system_prompt: str = "keep"
+    tokenizer: Any,
+    messages: list[dict],
+    trained: set[int],
+    where: str,
+    system_prompt: str = "keep",
+    tools: list[dict] | None = None,
 ) -> ChatSpans:
-    """The rendering of `messages` and the loss spans of the assistant messages whose index is in `trained`."""
+    """The rendering of `messages` (and `tools`, given to the template) and the loss spans of the assistant
+    messages whose index is in `trained`. An assistant message with `tool_calls` (HF's layout, see
+    `data.tool_calls`) trains from the end of its generation prompt to its end-of-turn token: the calls as
+    the template writes them, checked to parse back into the same calls."""
     kept, origin, dropped = apply_system_prompt(messages, system_prompt, where)
-    text = render(tokenizer, kept, where)
-    pieces, stand_ins = _with_sentinels(kept, origin)
-    shape = render(tokenizer, stand_ins, where)
+    text = render(tokenizer, kept, where, tools=tools)
+    pieces, stand_ins = _with_sentinels(kept, origin, json.dumps([messages, tools], ensure_ascii=False))
+    shape = render(tokenizer, stand_ins, where, tools=tools)
     starts, ends = _substitute(tokenizer, text, shape, pieces, where)
     spans = []
     for i in sorted(trained):
         own = [p for p in pieces if p.message == i and p.sentinel in starts]
-        spans.append(_turn_span(tokenizer, text, own, starts, ends, where, i))
+        k = origin.index(i)
+        if kept[k].get("tool_calls"):
+            spans.append(_call_span(tokenizer, text, kept, k, tools, own, pieces, starts, ends, where))
+        else:
+            spans.append(_turn_span(tokenizer, text, own, starts, ends, where, i))
     return ChatSpans(text, spans, dropped)
 
 
-def _with_sentinels(messages: list[dict], origin: list[int]) -> tuple[list[_Piece], list[dict]]:
-    """Each content replaced by a sentinel (two for `<think>reasoning</think>answer`), its whitespace kept."""
-    used = "".join(m["content"] for m in messages)
-    mark = next(chr(c) for c in range(0xE000, 0xF8FF) if chr(c) not in used)  # a private-use character no content has
+def _with_sentinels(messages: list[dict], origin: list[int], used: str) -> tuple[list[_Piece], list[dict]]:
+    """Each content replaced by a sentinel (two for `<think>reasoning</think>answer`), its whitespace kept;
+    each tool call's name too (its arguments stay: templates write them with tojson, which a sentinel
+    would not survive unchanged). A tool-calling message without text keeps its empty content."""
+    mark = next(chr(c) for c in range(0xE000, 0xF8FF) if chr(c) not in used)  # a private-use character none has
     pieces: list[_Piece] = []
     out = []
     for i, m in enumerate(messages):
+        if m.get("tool_calls"):
+            calls = []
+            for call in m["tool_calls"]:
+                sentinel = f"{mark}{len(pieces)}{mark}"
+                pieces.append(_Piece(origin[i], m["role"], sentinel, call["function"]["name"], calling=True))
+                calls.append({**call, "function": {**call["function"], "name": sentinel}})
+            m = {**m, "tool_calls": calls}
+            if not m["content"].strip():
+                out.append(m)
+                continue
         think = _THINK.match(m["content"]) if m["role"] == "assistant" else None
         parts = (
             [(think.group(1), think.group(2), True), (think.group(3), think.group(4), False)]
@@ -171,7 +210,7 @@ def _with_sentinels(messages: list[dict], origin: list[int]) -> tuple[list[_Piec
         for before, part, reasoning in parts:
             lead, core, trail = _split_space(part)
             sentinel = f"{mark}{len(pieces)}{mark}"
-            pieces.append(_Piece(origin[i], m["role"], sentinel, core, trail, reasoning))
+            pieces.append(_Piece(origin[i], m["role"], sentinel, core, trail, reasoning, bool(m.get("tool_calls"))))
             content += before + lead + sentinel + trail
         out.append({**m, "content": content})
     return pieces, out
@@ -200,20 +239,19 @@ def _substitute(
         if n == 0 and not p.reasoning:  # reasoning left out of earlier turns is the template's own choice (Qwen 3)
             role = p.role
             fix = _SYSTEM_FIX if role == "system" else f"remove the {role} message or use a template that renders it"
+            if p.calling:
+                fix = "this template writes only the calls of a tool-calling message: remove its text (content) or "
+                fix += "use a template that writes both (Qwen 2.5's, chatml)"
             raise _refuse(name, where, f"drops messages[{p.message}] (role {role}) from the conversation", fix)
         if n == 1:
             at[p.sentinel] = shape.index(p.sentinel)
-    rebuilt, starts, ends, prev = [], {}, {}, 0
-    length = 0
-    for p in sorted((p for p in pieces if p.sentinel in at), key=lambda p: at[p.sentinel]):
-        rebuilt.append(shape[prev : at[p.sentinel]])
-        length += at[p.sentinel] - prev
-        starts[p.sentinel], ends[p.sentinel] = length, length + len(p.text)
-        rebuilt.append(p.text)
-        length += len(p.text)
-        prev = at[p.sentinel] + len(p.sentinel)
-    rebuilt.append(shape[prev:])
-    expected = "".join(rebuilt)
+    order = sorted((p for p in pieces if p.sentinel in at), key=lambda p: at[p.sentinel])
+    expected, starts, ends = _rebuild(shape, order, at, {})
+    if expected != text and any(p.role == "tool" for p in order):
+        # Llama 3.1 writes a tool result with tojson (quoted, escaped): the result is not trained, so its
+        # escaped form is accepted where the plain one is not
+        quoted = {p.sentinel: json.dumps(p.text, ensure_ascii=False)[1:-1] for p in order if p.role == "tool"}
+        expected, starts, ends = _rebuild(shape, order, at, quoted)
     if expected != text:
         k = next((j for j, (a, b) in enumerate(zip(expected, text)) if a != b), min(len(expected), len(text)))
         raise _refuse(
@@ -223,6 +261,74 @@ def _substitute(
             "the assistant tokens cannot be located exactly; use a template that writes each content as given",
         )
     return starts, ends
+
+
+def _rebuild(
+    shape: str, order: list[_Piece], at: dict[str, int], written: dict[str, str]
+) -> tuple[str, dict[str, int], dict[str, int]]:
+    """`shape` with each sentinel replaced by its text (or by `written[sentinel]`), and where each one went."""
+    rebuilt, starts, ends, prev, length = [], {}, {}, 0, 0
+    for p in order:
+        text = written.get(p.sentinel, p.text)
+        rebuilt.append(shape[prev : at[p.sentinel]])
+        length += at[p.sentinel] - prev
+        starts[p.sentinel], ends[p.sentinel] = length, length + len(text)
+        rebuilt.append(text)
+        length += len(text)
+        prev = at[p.sentinel] + len(p.sentinel)
+    rebuilt.append(shape[prev:])
+    return "".join(rebuilt), starts, ends
+
+
+def _call_span(
+    tokenizer: Any,
+    text: str,
+    kept: list[dict],
+    k: int,
+    tools: list[dict] | None,
+    own: list[_Piece],
+    pieces: list[_Piece],
+    starts: dict[str, int],
+    ends: dict[str, int],
+    where: str,
+) -> tuple[int, int]:
+    """A tool-calling turn: from the end of its generation prompt (the template's assistant header) to the
+    end-of-turn token after its calls; what lies between must parse back into the message's calls."""
+    name, i = template_name(tokenizer), own[0].message if own else k
+    prompt = render(tokenizer, kept[:k], where, add_generation_prompt=True, tools=tools)
+    if not text.startswith(prompt):
+        raise _refuse(
+            name,
+            where,
+            f"renders the conversation before messages[{i}] (a tool call) differently when it ends there",
+            "the call's tokens cannot be located exactly; use a template whose generation prompt is a prefix of "
+            "the conversation (Mistral's moves the tools and system prompt to the last user turn: one user turn)",
+        )
+    start, last = len(prompt), max(ends[p.sentinel] for p in own)
+    later = [
+        starts[p.sentinel] for p in pieces if p.sentinel in starts and p.message != i and starts[p.sentinel] >= start
+    ]
+    eot = next((tokenizer.convert_ids_to_tokens(t) for t in end_of_turn_ids(tokenizer)), "")
+    stop = text.find(eot, last, min(later, default=len(text))) if eot else -1
+    if stop < 0:
+        raise _refuse(
+            name,
+            where,
+            f"writes no end-of-turn token after the tool calls of messages[{i}]",
+            "use a template that closes each assistant turn with a special token, so the model learns to stop",
+        )
+    calls = [ToolCall(c["function"]["name"], c["function"]["arguments"]) for c in kept[k]["tool_calls"]]
+    parsed = parse_tool_calls(text[start:stop], getattr(tokenizer, "chat_template", None))
+    if not same_calls(parsed.calls, calls):
+        raise _refuse(
+            name,
+            where,
+            f"writes the tool calls of messages[{i}] in a form tuneforge cannot parse back "
+            f"({parsed.reason or 'other calls'}: {text[start:stop][:60]!r})",
+            "use a template with a supported tool-call syntax (<tool_call> blocks, Llama 3.1 JSON, Mistral "
+            "[TOOL_CALLS]) or model.chat_template: chatml, so the service can read what the model learns to write",
+        )
+    return start, stop + len(eot)
 
 
 def _turn_span(

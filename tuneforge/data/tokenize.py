@@ -19,6 +19,7 @@ from tuneforge.data.chat_spans import (
     template_name,
     where_of,
 )
+from tuneforge.data.tool_calls import template_messages
 from tuneforge.data.types import Conversation
 from tuneforge.errors import DataError, Problem
 
@@ -51,9 +52,13 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False
 
 
 def assistant_spans(tokenizer, conv: Conversation, system_prompt: str = "keep") -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans that carry loss (content + end-of-turn token)."""
-    trained = {i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight != 0}
-    found = chat_spans(tokenizer, _messages(conv), trained, where_of(conv), system_prompt)
+    """The rendered conversation and the character spans that carry loss (content + end-of-turn token; a tool
+    call as the template writes it + end-of-turn). Tools and tool calls are rendered by `data.tool_calls`:
+    the model's template when it supports tools, else the fallback; tool results and schemas carry no loss."""
+    messages, tools = template_messages(conv.messages, conv.tools, getattr(tokenizer, "chat_template", None))
+    weights = iter(m.weight for m in conv.messages if m.role == "assistant")  # the fallback keeps assistant turns
+    trained = {i for i, m in enumerate(messages) if m["role"] == "assistant" and next(weights) != 0}
+    found = chat_spans(tokenizer, messages, trained, where_of(conv), system_prompt, tools)
     return found.text, found.spans
 
 

@@ -66,6 +66,15 @@ def tool_format(template: str | None) -> str:
     return "hermes"
 
 
+def sniff_tool_format(text: str) -> str:
+    """The tool-call syntax an answer is written in, from its markers (for scoring answers of any model)."""
+    if _MISTRAL_TAG in text:
+        return "mistral"
+    if "<tool_call>" in text:
+        return "hermes"
+    return "llama3" if text.lstrip().startswith(("{", _PYTHON_TAG)) else "hermes"
+
+
 def supports_tools(template: str | None) -> bool:
     """Whether a chat template renders tools itself (else the fallback is used)."""
     return isinstance(template, str) and "tools" in template and "tool_calls" in template
@@ -197,6 +206,20 @@ def _hf_message(m: Message) -> dict:
     if m.role == "tool":
         d.update({k: v for k, v in (("tool_call_id", m.tool_call_id), ("name", m.name)) if v is not None})
     return d
+
+
+def tool_prompt(messages: list[Message], tools: list[dict] | None) -> dict:
+    """A chat prompt that offers tools, as `models.generate.generate_batch` takes it (and renders it with
+    `template_messages`): {"messages": [{role, content, tool_calls: [{name, arguments, id}], tool_call_id,
+    name}], "tools": [...]}."""
+    out = []
+    for m in messages:
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            d["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "id": c.id} for c in m.tool_calls]
+        d.update({k: v for k, v in (("tool_call_id", m.tool_call_id), ("name", m.name)) if v is not None})
+        out.append(d)
+    return {"messages": out, "tools": tools}
 
 
 def render_call(call: ToolCall) -> str:

@@ -20,12 +20,14 @@ generate, eval, export and serve render prompts as training did.
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.tool_calls import TOOLS_PROMPT
 from tuneforge.errors import ConfigError, Problem
 
 POLICY_KEY = "tuneforge_system_prompt"  # tokenizer_config.json key holding the run's data.system_prompt
@@ -41,8 +43,27 @@ class BuiltinTemplate:
     needs_eos: bool = False  # closes assistant turns with the tokenizer's own eos_token
 
 
+# ChatML; with tools, Qwen 2.5's layout (data.tool_calls.TOOLS_PROMPT in the system turn, <tool_call> blocks,
+# results as <tool_response> blocks of one user turn): the same text as the fallback rendering of any template.
+_TOOLS_HEAD, _TOOLS_TAIL = (json.dumps(part) for part in TOOLS_PROMPT.format(tools="\0").split("\0"))
 _CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ " + _TOOLS_HEAD + " }}{% for tool in tools %}{{ (tool | tojson) + ('' if loop.last else '\n') }}{% endfor %}"
+    "{{ " + _TOOLS_TAIL + " + '<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n' if loop.first or messages[loop.index0 - 1]['role'] != 'tool' else '\n' }}"
+    "{{ '<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{{ '<|im_start|>assistant\n' + (message['content'] + '\n' if message['content'] else '') }}"
+    "{% for call in message.tool_calls %}{% set f = call.function if call.function is defined else call %}"
+    '{{ \'<tool_call>\n{"name": "\' + f.name + \'", "arguments": \' }}'
+    "{{ (f.arguments if f.arguments is string else f.arguments | tojson) + '}\n</tool_call>' }}"
+    "{{ '' if loop.last else '\n' }}{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _LLAMA3 = (
@@ -146,6 +167,9 @@ def use_chat_template(tokenizer: Any, value: str, where: str = "model.chat_templ
     return missing
 
 
+ADDED_ROWS = "tuneforge_added_rows"  # model attribute: the embedding rows fit_embeddings added (not saved)
+
+
 def fit_embeddings(model: Any, tokenizer: Any) -> int:
     """Grow the input embeddings (and an untied output layer) to the tokenizer's length, new rows set to the
     mean of the old ones; returns how many rows were added (0 when the vocabulary already fits)."""
@@ -156,6 +180,7 @@ def fit_embeddings(model: Any, tokenizer: Any) -> int:
     if len(tokenizer) <= old:
         return 0
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    setattr(model, ADDED_ROWS, list(range(old, len(tokenizer))))  # adapter methods train these rows (peft_family)
     with torch.no_grad():
         for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m}.values():
             weight = layer.weight  # (V', H)
