@@ -195,10 +195,31 @@ def _targets(cfg) -> str | list[str]:
     return cfg.target_modules if cfg.target_modules == "all-linear" else list(cfg.target_modules)
 
 
+def new_token_rows(model: nn.Module, trained_whole: list[str]) -> dict:
+    """peft's `trainable_token_indices` for the rows a chat template's special tokens added (fit_embeddings).
+
+    Frozen, they would stay at their mean initialisation and the model could never learn to emit
+    `<|im_end|>`; peft trains just those rows of the input embeddings and of an untied output layer
+    (a tied one follows the input rows) and saves them with the adapter: (rows x hidden) weights each.
+    """
+    from tuneforge.models.chat_templates import ADDED_ROWS
+
+    rows = getattr(model, ADDED_ROWS, None)
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = outputs is not None and inputs is not None and outputs.weight is inputs.weight  # peft ties it to the input
+    layers = [m for m in (inputs, None if tied else outputs) if m is not None]
+    if not rows or not layers:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    picked = {names[id(m)]: list(rows) for m in layers if names[id(m)] not in trained_whole}
+    return {"trainable_token_indices": picked} if picked else {}
+
+
 def lora_config(cfg, model: nn.Module, use_dora: bool):
     from peft import LoraConfig
 
     targets = _targets(cfg)
+    heads = head_placement(model, targets)
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -206,7 +227,8 @@ def lora_config(cfg, model: nn.Module, use_dora: bool):
         target_modules=targets,
         use_dora=use_dora,
         task_type=task_type(model),
-        **head_placement(model, targets),
+        **heads,
+        **new_token_rows(model, heads.get("modules_to_save", [])),
     )
 
 

@@ -188,7 +188,7 @@ def packing_matches_padding(model: torch.nn.Module, pad_id: int) -> bool:
     other and silently train on a different loss; the recipe refuses packing then.
     """
     g = torch.Generator().manual_seed(0)
-    vocab_size = model.get_input_embeddings().num_embeddings
+    vocab_size = model.get_input_embeddings().weight.shape[0]  # (V, H); peft may wrap the layer (trained rows)
     feats = [Encoded(ids, ids) for ids in (torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in (11, 7))]
     was_training = model.training
     model.eval()
