@@ -212,32 +212,41 @@ def test_playground_streams_base_and_fine_tune_side_by_side_and_shows_markup_as_
 
 def test_monitoring_charts_and_feedback_queue_export(env):
     page, model = env["page"], env["model"]
-    r = httpx.post(
-        env["url"] + "/v1/feedback",
-        headers={"Authorization": f"Bearer {env['a']}"},
-        json={
-            "model": model,
-            "messages": [{"role": "user", "content": "Where is my parcel?"}],
-            "completion": "no idea",
-            "correction": "It ships in 2 days.",
-        },
-    )
-    assert r.status_code == 200, r.text
+    for i in range(10):  # an exported training file needs 10 examples, like any upload
+        r = httpx.post(
+            env["url"] + "/v1/feedback",
+            headers={"Authorization": f"Bearer {env['a']}"},
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": f"Where is my parcel {i}?"}],
+                "completion": "no idea",
+                "correction": f"Parcel {i} ships in 2 days.",
+            },
+        )
+        assert r.status_code == 200, r.text
     page.goto(env["url"] + "/#/monitoring")
     sync_api.expect(page.locator("table").first).to_contain_text(model)  # the playground's requests
-    assert page.locator(".charts svg rect.bar").count() >= 2
-    page.get_by_label("Correction").fill("It ships within 2 days.")
-    page.get_by_role("button", name="Save edit").click()
+    sync_api.expect(page.locator(".charts svg").first).to_be_attached()
+    heights = (
+        page.locator(".charts svg")
+        .first.locator("rect.bar")
+        .evaluate_all("rs => rs.map(r => +r.getAttribute('height'))")
+    )
+    assert sum(h > 0 for h in heights) >= 1, heights  # the playground's requests are bars
+    page.get_by_label("Correction").first.fill("It ships within 2 days.")
+    page.get_by_role("button", name="Save edit").first.click()
     sync_api.expect(page.locator("#toast")).to_contain_text("saved")
-    page.get_by_label("Accept").check()
+    for box in page.get_by_label("Accept", exact=True).all():
+        box.check()
     page.get_by_role("button", name="Export accepted as a training file").click()
-    sync_api.expect(page.locator("#toast")).to_contain_text("Exported 1 corrections")
+    sync_api.expect(page.locator("#toast")).to_contain_text("Exported 10 corrections")
     files = httpx.get(env["url"] + "/v1/files", headers={"Authorization": f"Bearer {env['a']}"}).json()["data"]
     exported = next(f for f in files if f["filename"] == "feedback.jsonl")
     content = httpx.get(
         env["url"] + f"/v1/files/{exported['id']}/content", headers={"Authorization": f"Bearer {env['a']}"}
     ).text
-    assert json.loads(content)["messages"][-1] == {"role": "assistant", "content": "It ships within 2 days."}
+    answers = [json.loads(line)["messages"][-1]["content"] for line in content.splitlines()]
+    assert "It ships within 2 days." in answers and len(answers) == 10
     sync_api.expect(page.locator("#main")).to_contain_text("Drift", timeout=30_000)
     shot(page, "monitoring")
 

@@ -2,7 +2,7 @@
 // pause / resume / cancel. Updates by polling the API every 1.5 s while the page is open.
 import { get, post } from "../api.js";
 import { lineChart } from "../charts.js";
-import { clear, errorBox, fmtTime, h, table, toast } from "../dom.js";
+import { append, clear, errorBox, fmtTime, h, table, toast } from "../dom.js";
 
 export const title = "Jobs";
 const DONE = new Set(["succeeded", "failed", "cancelled"]);
@@ -57,13 +57,13 @@ async function renderJob(main, jobId) {
     try {
       const [job, ev, ck] = await Promise.all([get(path), get(`${path}/events?limit=1000`), get(`${path}/checkpoints?limit=100`)]);
       if (stopped) return;
-      clear(head).append(
+      append(clear(head), [
         h("h1", {}, "Job ", h("code", {}, job.id)),
         h("p", { id: "job-status" }, "Status: ", status(job.status), job.fine_tuned_model ? " → " : "",
           job.fine_tuned_model ? h("a", { href: "#/models" }, job.fine_tuned_model) : null),
         h("p", { class: "muted" }, `Base ${job.model} · ${job.method.type} · epochs ${job.hyperparameters.n_epochs}, batch ${job.hyperparameters.batch_size}, lr ${job.tuneforge.learning_rate}` +
           (job.trained_tokens ? ` · ${job.trained_tokens} trained tokens` : "")),
-        job.error && job.error.message ? errorBox(job.error) : null);
+        job.error && job.error.message ? errorBox(job.error) : null]);
       buttons.pause.disabled = !["running", "queued", "validating_files"].includes(job.status);
       buttons.resume.disabled = job.status !== "paused";
       buttons.cancel.disabled = DONE.has(job.status);
@@ -75,7 +75,7 @@ async function renderJob(main, jobId) {
         if (e.data.valid_loss !== undefined) valid.push([e.data.step, e.data.valid_loss]);
       }
       clear(chart).append(lineChart([{ name: "training loss", points: train }, { name: "validation loss", points: valid }],
-        { title: "Loss", xLabel: "step" }));
+        { title: "Loss", xLabel: "step", width: 900, height: 300 }));
       clear(events).append(h("h2", {}, "Events"),
         h("ol", { class: "event-list", reversed: true }, ev.data.slice(0, 200).map((e) =>
           h("li", { class: e.level }, h("time", {}, fmtTime(e.created_at)), " ", e.message))));

@@ -18,8 +18,10 @@ export async function render(main, preselect) {
   };
   const system = h("textarea", { name: "system", rows: 2, placeholder: "optional system message" });
   const prompt = h("textarea", { name: "prompt", rows: 3, required: true, placeholder: "Ask something" });
+  const titles = [0, 1].map((i) => h("h2", { class: "pane-title" }, picks[i].value));
   const panes = [0, 1].map((i) => h("section", { class: "card pane", "aria-label": `Model ${i + 1} conversation` },
-    h("div", { class: "conversation", "aria-live": "polite", id: `conv${i}` })));
+    titles[i], h("div", { class: "conversation", "aria-live": "polite", id: `conv${i}` })));
+  picks.forEach((p, i) => p.addEventListener("change", () => { titles[i].textContent = p.value; }));
   const send = h("button", { type: "submit" }, "Send to both");
   const stop = h("button", { type: "button", disabled: true }, "Stop");
   const clearBtn = h("button", { type: "button" }, "Clear conversation");
@@ -35,7 +37,7 @@ export async function render(main, preselect) {
   const bubble = (role, text) => h("div", { class: `msg ${role}` }, h("span", { class: "role" }, role), h("p", {}, text));
   clearBtn.addEventListener("click", () => {
     histories[0] = []; histories[1] = [];
-    for (const p of panes) clear(p.firstChild);
+    for (const p of panes) clear(p.querySelector('.conversation'));
   });
   stop.addEventListener("click", () => controller?.abort());
   prompt.addEventListener("keydown", (ev) => {
@@ -53,7 +55,7 @@ export async function render(main, preselect) {
       max_tokens: Number(settings.max_tokens.value), seed: Number(settings.seed.value),
     };
     await Promise.all([0, 1].map(async (i) => {
-      const conv = panes[i].firstChild;
+      const conv = panes[i].querySelector('.conversation');
       histories[i].push({ role: "user", content: text });
       conv.append(bubble("user", text));
       const answer = bubble("assistant", "");
