@@ -313,8 +313,11 @@ def _train(store: Store, settings: ServeSettings, job: Job, should_stop) -> None
     sink = EventSink(store, job, total, run)
     try:
         result = train(cfg, resume=resume, on_event=sink, should_stop=should_stop, progress=False)
-    finally:
-        run.sync()  # a stopped or failed run too: its checkpoints resume it elsewhere, its log explains it
+    except BaseException:
+        with contextlib.suppress(Exception):  # a failed run's log and checkpoints too, without hiding its error
+            run.sync()
+        raise
+    run.sync()  # a stopped run too: its checkpoints resume it on any machine
     if result.status == "stopped":
         return  # the worker turns this into paused or cancelled
     _succeed(store, settings, job, result, cfg.method.name, run)
