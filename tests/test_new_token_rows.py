@@ -1,4 +1,5 @@
-"""Issue 12 leftover: the embedding rows a model.chat_template adds train under adapter methods.
+"""Issue 12 leftovers: the embedding rows a model.chat_template adds train under adapter methods, and
+`data validate --chat-template` checks chats as a base model given that template renders them.
 
 Frozen at their mean initialisation, a LoRA fine-tune of a base model could never learn to emit
 `<|im_end|>`; peft's trainable_token_indices trains those rows (input embeddings, and an untied
@@ -76,3 +77,24 @@ def test_lora_trains_the_rows_a_chat_template_added_and_reloads_them(name, tmp_p
         torch.testing.assert_close(rows_in[: old_in.shape[0]], old_in)  # the base's own rows stay frozen
     if name == "pythia":  # untied: the output rows are their own trained weights
         assert not torch.equal(rows_in[new], rows_out[new])
+
+
+def test_data_validate_takes_a_chat_template_for_a_base_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli.main import app
+
+    base_dir = _base("gpt2", tmp_path / "base")  # no chat template of its own
+    row = {"messages": [{"role": "user", "content": "Opening hours?"}, {"role": "assistant", "content": "Nine."}]}
+    data = tmp_path / "chat.jsonl"
+    data.write_text((json.dumps(row) + "\n") * 12)
+    run = CliRunner().invoke
+    without = run(app, ["data", "validate", str(data), "--model", str(base_dir)])
+    assert without.exit_code == 1 and "chat_template" in without.output
+    ok = run(app, ["data", "validate", str(data), "--model", str(base_dir), "--chat-template", "chatml"])
+    assert ok.exit_code == 0, ok.output
+    assert "12/12 valid" in ok.output
+    typo = run(app, ["data", "validate", str(data), "--model", str(base_dir), "--chat-template", "chatlm"])
+    assert typo.exit_code != 0 and "--chat-template" in typo.output and "chatml" in typo.output
+    alone = run(app, ["data", "validate", str(data), "--chat-template", "chatml"])
+    assert alone.exit_code != 0 and "--model" in alone.output

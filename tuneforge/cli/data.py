@@ -12,7 +12,7 @@ from rich.table import Table
 from tuneforge.data.prepare import prepare as run_prepare
 from tuneforge.data.prepare_config import load_prepare_config
 from tuneforge.data.validate import ValidationReport, validate_file
-from tuneforge.errors import DataError, Problem, TuneforgeError
+from tuneforge.errors import ConfigError, DataError, Problem, TuneforgeError
 
 app = typer.Typer(help="Validate, prepare and report on training data.", no_args_is_help=True)
 console = Console(soft_wrap=True)
@@ -71,6 +71,12 @@ def validate(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model or tokenizer folder: enables the chat-template and context-window checks."
     ),
+    chat_template: str | None = typer.Option(
+        None,
+        "--chat-template",
+        help="As model.chat_template: a built-in template (chatml, llama3, mistral, gemma, phi3, alpaca) or a .jinja "
+        "file given to the --model tokenizer (a base model without one), so chats are checked as train renders them.",
+    ),
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", help="Context window in tokens (default: the tokenizer's)."
     ),
@@ -96,6 +102,7 @@ def validate(
         cfg = _run_config(config)
         if cfg is not None:
             model, max_length = model or cfg.model.name, max_length or cfg.model.max_length
+            chat_template = chat_template or cfg.model.chat_template
             overlength, map = overlength or cfg.data.overlength, map or (cfg.data.mapping or None)
             format = cfg.data.format if format == "auto" else format
         if overlength is not None and overlength not in ("truncate", "drop", "error"):
@@ -108,7 +115,7 @@ def validate(
             format,
             mapping=map,
             labels=_labels(labels),
-            tokenizer=model,
+            tokenizer=_tokenizer(model, chat_template),
             max_tokens=max_length or max_tokens,
             overlength=(overlength or "truncate") if max_length else None,
             min_examples=min_examples,
@@ -124,6 +131,32 @@ def validate(
     else:
         _print_validation(report)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _tokenizer(model: str | None, chat_template: str | None):
+    """The --model name (loaded by validate_file) or, with --chat-template, its tokenizer given that template."""
+    if chat_template is None:
+        return model
+    if model is None:
+        raise ConfigError(
+            "--chat-template needs the tokenizer it is applied to",
+            [Problem("--chat-template", "no --model given", "add --model <base model or tokenizer folder>")],
+        )
+    from tuneforge.models.chat_templates import BUILTIN
+    from tuneforge.models.loading import load_tokenizer
+
+    if chat_template not in BUILTIN and not Path(chat_template).expanduser().is_file():
+        raise ConfigError(
+            f"unknown chat template {chat_template!r}",
+            [
+                Problem(
+                    "--chat-template",
+                    "neither a built-in template nor an existing .jinja file",
+                    f"use one of {', '.join(BUILTIN)} or the path of a .jinja file",
+                )
+            ],
+        )
+    return load_tokenizer(model, chat_template)
 
 
 def _print_validation(report: ValidationReport) -> None:
