@@ -13,6 +13,7 @@ from families import FAMILIES, build_family_tokenizer, labelled_runs
 from tool_templates import LLAMA31_TOOLS, QWEN25_TOOLS
 from tuneforge.data import formats
 from tuneforge.data.readers import iter_checked, read_examples
+from tuneforge.data.token_count import count_tokens
 from tuneforge.data.tokenize import encode_conversation, encode_prompt
 from tuneforge.data.tool_calls import (
     ParsedToolCalls,
@@ -226,6 +227,7 @@ def test_labels_are_exactly_the_calls_and_the_answer(family, template, builtin, 
     text = tok.decode(enc.input_ids)
     assert "get_local_time" in text and '{"temperature": 24}' in text.replace('\\"', '"')  # schemas, results: seen
     assert encode_prompt(tok, [{"role": "user", "content": "hi"}])  # a plain prompt still renders
+    assert count_tokens(tok, conv) == len(enc.input_ids)  # validate/report count what training reads
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,38 @@ class ModelSection(Section):
         return self
 
 
+class RetrievalSection(Section):
+    """Retrieval-augmented fine-tuning (RAFT, Zhang et al. 2024): retrieved passages in the training prompts."""
+
+    corpus: str = Field(
+        "train",
+        description="Passages to retrieve from: 'train' (the training split as Q/A passages, an example's own "
+        "left out) or a file/folder of .txt/.md documents.",
+    )
+    k: int = Field(3, ge=1, description="Passages in each training prompt (fewer if model.max_length is reached).")
+    distractors: int = Field(1, ge=0, description="Of the k passages, how many are random ones, not retrieved.")
+    p_oracle: float = Field(
+        0.8, ge=0.0, le=1.0, description="Share of prompts with the retrieved passages; the rest get distractors only."
+    )
+    retriever: Literal["bm25", "embeddings", "hybrid"] = Field("bm25", description="As eval.rag_retriever.")
+
+    @model_validator(mode="after")
+    def _distractors_fit(self) -> RetrievalSection:
+        if self.distractors > self.k:
+            raise ValueError(f"distractors ({self.distractors}) cannot exceed k ({self.k}): lower distractors")
+        return self
+
+
+class ReplaySection(Section):
+    """General examples mixed into training against forgetting."""
+
+    source: str = Field(
+        ..., description="'demo-general' (generated general chats) or a file of examples of the objective's kind."
+    )
+    share: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training examples that are replayed ones.")
+    seed: int = Field(0, description="Seed for drawing the replayed examples.")
+
+
 class DataSection(Section):
     train: Path = Field(..., description="Training file (JSONL chat, prompt/completion, text...).")
     validation: Path | None = Field(
@@ -105,6 +137,10 @@ class DataSection(Section):
         description="Examples longer than model.max_length tokens: truncate (cut, and counted loudly with the "
         "first file:line), drop (left out, listed in the manifest) or error (refused with every file:line).",
     )
+    retrieval: RetrievalSection | None = Field(
+        None, description="Retrieved passages in the training prompts (RAFT); eval's fine_tuned+rag uses the layout."
+    )
+    replay: ReplaySection | None = Field(None, description="General examples mixed into training against forgetting.")
     system_prompt: Literal["keep", "fold", "drop"] = Field(
         "keep",
         description="System messages: keep (passed to the chat template), "
@@ -372,10 +408,10 @@ class EvalSection(Section):
     max_new_tokens: int = Field(64, gt=0, description="Longest generated answer when scoring generations.")
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples (all by default).")
     batch_size: int = Field(16, gt=0, description="Prompts generated at once.")
-    task: Literal["auto", "qa", "classification", "summarization", "translation", "ner"] = Field(
+    task: Literal["auto", "qa", "classification", "summarization", "translation", "ner", "tool_calls"] = Field(
         "auto",
         description="Which task metrics to report; auto: classification (accuracy, macro-F1) for text+label data, "
-        "else qa (exact match, token F1).",
+        "tool_calls (tool_call_match, tool_name_match) when answers call tools, else qa (exact match, token F1).",
     )
     metrics: list[str] | None = Field(
         None,
@@ -586,6 +622,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         for key in ("train", "validation", "test"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(path.parent / data[key])
+        for section, key, named in (("retrieval", "corpus", "train"), ("replay", "source", "demo-general")):
+            value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+            if isinstance(value, str) and value != named and not Path(value).is_absolute():
+                data[section][key] = str(path.parent / value)
     return validate_config(raw, source=str(path))
 
 

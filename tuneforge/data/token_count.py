@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.tool_calls import template_messages
 from tuneforge.data.types import (
     Conversation,
     Example,
@@ -36,8 +37,9 @@ def _ids(encoded: Any) -> list[int]:
 
 def count_tokens(tokenizer: Any, example: Example) -> int:
     """Tokens the model reads for one example (the longest side for preference pairs)."""
-    if isinstance(example, Conversation):
-        return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in example.messages])
+    if isinstance(example, Conversation):  # tools and tool calls as training renders them
+        template = getattr(tokenizer, "chat_template", None)
+        return _chat_tokens(tokenizer, *template_messages(example.messages, example.tools, template))
     if isinstance(example, PreferencePair):
         prompt = [{"role": m.role, "content": m.content} for m in example.prompt]
         return max(
@@ -54,9 +56,10 @@ def count_tokens(tokenizer: Any, example: Example) -> int:
     raise TypeError(f"not an example: {type(example).__name__}")
 
 
-def _chat_tokens(tokenizer: Any, messages: list[dict]) -> int:
+def _chat_tokens(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> int:
     if getattr(tokenizer, "chat_template", None):
-        return len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
+        extra = {"tools": tools} if tools else {}
+        return len(_ids(tokenizer.apply_chat_template(messages, tokenize=True, **extra)))
     # No template: role-tagged lines are a fair stand-in for what a template adds.
     return len(tokenizer("\n".join(f"{m['role']}: {m['content']}" for m in messages))["input_ids"])
 

@@ -79,9 +79,17 @@ class Conversation:
 
     @property
     def reference(self) -> str:
-        """The final assistant message: the expected answer."""
+        """The final assistant message: the expected answer (its tool calls in the fallback syntax,
+        `<tool_call>` blocks after its text, which `parse_tool_calls(text, "hermes")` reads back)."""
         last = self.last_assistant_index()
-        return self.messages[last].content if last is not None else ""
+        if last is None:
+            return ""
+        message = self.messages[last]
+        if not message.tool_calls:
+            return message.content
+        from tuneforge.data.tool_calls import render_call  # tool_calls builds on these types
+
+        return "\n".join([message.content] * bool(message.content) + [render_call(c) for c in message.tool_calls])
 
     def last_assistant_index(self) -> int | None:
         for i in range(len(self.messages) - 1, -1, -1):

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.data.tokenize import IGNORE, Encoded, encode_conversation
+from tuneforge.data.tool_calls import tool_prompt
 from tuneforge.data.types import Conversation, Message
 from tuneforge.eval.baselines import PromptBuilder, as_dicts, zero_shot
 from tuneforge.eval.bootstrap import (
@@ -74,10 +75,18 @@ def sequence_nll(model, feats: Sequence[Encoded], batch_size: int, pad_id: int) 
 
 
 def answer_losses(
-    model, tokenizer, prompts: Sequence[list[Message]], references: Sequence[str], batch_size: int, max_length: int
+    model,
+    tokenizer,
+    prompts: Sequence[list[Message]],
+    references: Sequence[str | Message],
+    batch_size: int,
+    max_length: int,
+    tools: Sequence[list[dict] | None] | None = None,
 ) -> tuple[list[float], list[int]]:
-    """Summed loss of each reference answer given its prompt (demonstrations have weight 0), and its token count."""
-    convs = [Conversation(list(p) + [Message("assistant", r)]) for p, r in zip(prompts, references)]
+    """Summed loss of each reference answer given its prompt (demonstrations have weight 0), and its token count.
+    A reference may be the answer message itself (tool calls, rendered as training renders them, with `tools`)."""
+    answers = [r if isinstance(r, Message) else Message("assistant", r) for r in references]
+    convs = [Conversation(list(p) + [a], tools=t) for p, a, t in zip(prompts, answers, tools or [None] * len(answers))]
     return sequence_nll(
         model, [encode_conversation(tokenizer, c, max_length) for c in convs], batch_size, tokenizer.pad_token_id
     )
@@ -102,23 +111,27 @@ def score_approach(
     t_start = time.perf_counter()
     prompts = [builder(c) for c in conversations]
     references = [c.reference for c in conversations]
-    sums, counts = answer_losses(model, tokenizer, prompts, references, batch_size, context_window(model))
+    answers = [
+        replace(c.messages[c.last_assistant_index()], weight=None) if c.tools else r
+        for c, r in zip(conversations, references)
+    ]
+    tools = [c.tools for c in conversations]
+    sums, counts = answer_losses(model, tokenizer, prompts, answers, batch_size, context_window(model), tools)
+    asked = [tool_prompt(p, t) if t else as_dicts(p) for p, t in zip(prompts, tools)]  # tools rendered as trained
     predictions, p_tokens, c_tokens = [], [], []
     started = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
-        for r in generate_batch(model, tokenizer, [as_dicts(p) for p in prompts[i : i + batch_size]], max_new_tokens):
+        for r in generate_batch(model, tokenizer, asked[i : i + batch_size], max_new_tokens):
             predictions.append(r.text)
             p_tokens.append(r.prompt_tokens)
             c_tokens.append(r.completion_tokens)
     batched = (time.perf_counter() - started) / max(len(prompts), 1)
     latencies = []
     if latency_samples:
-        generate_batch(
-            model, tokenizer, [as_dicts(prompts[0])], max_new_tokens
-        )  # warm-up: first call pays one-off costs
-    for p in prompts[:latency_samples]:  # one request at a time: what a single user waits
+        generate_batch(model, tokenizer, asked[:1], max_new_tokens)  # warm-up: first call pays one-off costs
+    for p in asked[:latency_samples]:  # one request at a time: what a single user waits
         t0 = time.perf_counter()
-        generate_batch(model, tokenizer, [as_dicts(p)], max_new_tokens)
+        generate_batch(model, tokenizer, [p], max_new_tokens)
         latencies.append(time.perf_counter() - t0)
     return ApproachResult(
         name,
@@ -133,7 +146,7 @@ def score_approach(
         batched,
         time.perf_counter() - t_start,
         latencies,
-        [as_dicts(p) for p in prompts],
+        [as_dicts(p) for p in prompts],  # the messages' text, for the report (tools are in `asked`)
     )
 
 

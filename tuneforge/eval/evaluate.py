@@ -135,6 +135,9 @@ def load_split(path: Path, fmt: str, limit: int | None = None) -> tuple[list[Con
     examples = read_examples(path, fmt)
     task = "classification" if examples and all(isinstance(ex, LabelledExample) for ex in examples) else "qa"
     convs = [as_conversation(ex, f"{path}: example {i}") for i, ex in enumerate(examples)]
+    last = [c.messages[i] for c in convs if (i := c.last_assistant_index()) is not None]
+    if any(m.tool_calls for m in last):  # answers that call tools are scored on the calls (tool_call_match)
+        task = "tool_calls"
     return (convs[:limit] if limit else convs), task
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 import string
 from collections import Counter
@@ -135,6 +136,40 @@ def entity_f1(predictions: Sequence[str | Sequence[str]], references: Sequence[s
     return 2 * tp / (n_pred + n_ref)
 
 
+def _calls(prediction: str, reference: str) -> tuple[list, list]:
+    from tuneforge.data.tool_calls import parse_tool_calls, sniff_tool_format
+
+    expected = parse_tool_calls(reference, "hermes").calls  # references are written in the fallback syntax
+    return expected, parse_tool_calls(prediction, sniff_tool_format(prediction)).calls
+
+
+def _matched(expected: list, predicted: list, key: Callable) -> float:
+    """Calls paired one to one by `key` (any order), over the larger count; 1 when neither side calls."""
+    if not expected and not predicted:
+        return 1.0
+    left = [key(c) for c in predicted]
+    hits = 0
+    for want in map(key, expected):
+        if want in left:
+            left.remove(want)
+            hits += 1
+    return hits / max(len(expected), len(predicted))
+
+
+def tool_call_match(prediction: str, reference: str) -> float:
+    """Share of calls right: same function name and arguments equal as parsed JSON (key order aside), each
+    expected call paired with one predicted call in any order, over the larger of the two counts (an extra or
+    missing call costs). An answer whose call does not parse has no calls. 1 when neither calls a tool."""
+    expected, predicted = _calls(prediction, reference)
+    return _matched(expected, predicted, lambda c: (c.name, json.dumps(c.arguments, sort_keys=True)))
+
+
+def tool_name_match(prediction: str, reference: str) -> float:
+    """As tool_call_match on the function names only: did the model pick the right tools?"""
+    expected, predicted = _calls(prediction, reference)
+    return _matched(expected, predicted, lambda c: c.name)
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -158,6 +193,8 @@ METRICS: dict[str, Metric] = {
         Metric("bleu", "corpus", bleu, scale=100.0),
         Metric("chrf", "corpus", chrf, scale=100.0),
         Metric("entity_f1", "corpus", entity_f1),
+        Metric("tool_call_match", "example", tool_call_match),
+        Metric("tool_name_match", "example", tool_name_match),
     )
 }
 TASK_METRICS: dict[str, list[str]] = {
@@ -166,6 +203,7 @@ TASK_METRICS: dict[str, list[str]] = {
     "summarization": ["rouge_l"],
     "translation": ["bleu", "chrf"],
     "ner": ["entity_f1"],
+    "tool_calls": ["tool_call_match", "tool_name_match"],
 }
 PRIMARY: dict[str, str] = {task: names[-1] if task == "qa" else names[0] for task, names in TASK_METRICS.items()}
 
