@@ -382,3 +382,21 @@ def test_eval_scores_tool_calls_with_intervals(tmp_path):
     assert scores == [1.0, 0.0]
     interval = mean_ci(scores * 4, 200)
     assert interval.ci_low < interval.mean == 0.5 < interval.ci_high
+
+
+def test_tool_calls_in_preference_and_kto_data_are_refused_by_name():
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}],
+    }
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    pair = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "chosen": call,
+        "rejected": {"role": "assistant", "content": "No"},
+    }
+    kto = {"messages": [{"role": "user", "content": "Hi"}, call], "tools": tools, "label": True}
+    for record, fmt in ((pair, "preference"), (kto, "kto")):
+        example, issues = formats.parse(record, fmt)
+        assert example is None and "tools_unsupported" in [i.kind for i in issues]

@@ -670,6 +670,8 @@ def parse_preference(record: dict) -> ParseResult:
             )
         )
         return None, issues
+    for key, msgs in (("prompt", prompt), (chosen_key, answers[0]), (rejected_key, answers[1])):
+        _no_tools(msgs, key, issues)
     chosen, rejected = (_one_answer(a[cut:], k, issues) for a, k in zip(answers, (chosen_key, rejected_key)))
     if _errors(issues):
         return None, issues
@@ -764,6 +766,20 @@ def _one_answer(msgs: list[Message], key: str, issues: list[Issue]) -> str | Non
     return msgs[0].content
 
 
+def _no_tools(msgs: list[Message] | None, key: str, issues: list[Issue]) -> None:
+    """Preference and KTO objectives train text answers: tool calls and results there are refused, not dropped."""
+    at = next((i for i, m in enumerate(msgs or []) if m.tool_calls or m.role == "tool"), None)
+    if at is not None:
+        issues.append(
+            Issue(
+                "tools_unsupported",
+                "tool calls and tool results in preference or KTO data are not supported yet",
+                field=f"{key}[{at}]",
+                fix="train tool calling with objective sft on chat data (assistant tool_calls, role tool)",
+            )
+        )
+
+
 def _kto_layout(record: dict) -> str:
     """The SFT layout a KTO record's conversation is written in (the label aside)."""
     layouts = (("messages", "chat"), ("conversations", "sharegpt"), ("instruction", "alpaca"))
@@ -796,12 +812,14 @@ def parse_kto(record: dict) -> ParseResult:
         meta = _metadata(record, issues)
         prompt = _preference_prompt(rest, "prompt", issues)
         answer = _answer_messages(record.get("completion"), "completion", "prompt", issues)
+        _no_tools((prompt or []) + (answer or []), "prompt", issues)
         completion = _one_answer(answer, "completion", issues) if answer is not None and not _errors(issues) else None
     else:  # a whole conversation whose last message is the judged answer
         conv, issues = PARSERS[layout](rest)
         if conv is None:
             return None, issues
         meta, prompt, last = conv.metadata, conv.messages[:-1], conv.messages[-1]
+        _no_tools(conv.messages, layout if layout != "chat" else "messages", issues)
         completion = last.content if last.role == "assistant" else None
         if completion is None:
             issues.append(

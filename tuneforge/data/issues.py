@@ -13,7 +13,8 @@ Kinds (errors unless noted):
   split_at_limit (warning), kto_unsupported, multimodal_unsupported, format_conflict, no_prompt, not_one_answer,
   duplicate_system, chat_template (the model's chat template refuses the record or its assistant tokens
   cannot be located), system_prompt_dropped (warning), invalid_tools, invalid_arguments, unknown_tool,
-  orphan_tool_result, unanswered_tool_call, parallel_tool_calls (tool calling: `data.tool_calls`).
+  orphan_tool_result, unanswered_tool_call, parallel_tool_calls (tool calling: `data.tool_calls`),
+  tools_unsupported (tool calls in preference or KTO data).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from tuneforge.data.chat_spans import render, where_of
 from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
+from tuneforge.data.tool_calls import template_messages
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
 from tuneforge.objectives.base import causal_lm_loss, pack_batch, pad_batch, require_examples
@@ -90,9 +91,7 @@ class CausalLM(_NextTokenObjective):
             "give text or chat records, or pick the objective these examples are for",
         )
         texts = [
-            ex.text
-            if isinstance(ex, TextExample)
-            else render(tokenizer, [{"role": m.role, "content": m.content} for m in ex.messages], where_of(ex))
+            ex.text if isinstance(ex, TextExample) else _render_chat(tokenizer, ex)
             for ex in examples
             if isinstance(ex, (TextExample, Conversation))
         ]
@@ -109,3 +108,9 @@ class CausalLM(_NextTokenObjective):
                 ],
             )
         return blocks
+
+
+def _render_chat(tokenizer, conv: Conversation) -> str:
+    """A chat as its template renders it, tools and tool calls included (`data.tool_calls`)."""
+    messages, tools = template_messages(conv.messages, conv.tools, getattr(tokenizer, "chat_template", None))
+    return render(tokenizer, messages, where_of(conv), tools=tools)
