@@ -11,14 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError
+from tuneforge.serve.api.errors import APIError, declared
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.tables import Worker
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", responses=declared(503))
 def health(svc: Services = Depends(services)) -> JSONResponse:
     try:
         with svc.store.session() as s:
