@@ -295,19 +295,10 @@ def test_llama31_refusals_are_located_with_their_fix():
     assert "drops messages[2]" in err.value.problems[0].message and "remove its text" in err.value.problems[0].fix
 
 
-@pytest.mark.slow
-def test_tool_calling_sft_run(tmp_path):
-    """A few LoRA steps on tool-calling data with Qwen 2.5's template: the records' calls are what is trained."""
-    import math
-
+def _tiny_model(tok):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneforge.config import RunConfig
-    from tuneforge.objectives import objective_for
-    from tuneforge.train import train
-
-    tok = _tokenizer("qwen2.5", QWEN25_TOOLS)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -319,7 +310,20 @@ def test_tool_calling_sft_run(tmp_path):
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
     )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.slow
+def test_tool_calling_sft_run(tmp_path):
+    """A few LoRA steps on tool-calling data with Qwen 2.5's template: the records' calls are what is trained."""
+    import math
+
+    from tuneforge.config import RunConfig
+    from tuneforge.objectives import objective_for
+    from tuneforge.train import train
+
+    tok = _tokenizer("qwen2.5", QWEN25_TOOLS)
+    _tiny_model(tok).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     rows = (CORPUS / "openai_tools.jsonl").read_text().splitlines()
     (tmp_path / "train.jsonl").write_text("\n".join(rows * 2) + "\n")
@@ -400,3 +404,21 @@ def test_tool_calls_in_preference_and_kto_data_are_refused_by_name():
     for record, fmt in ((pair, "preference"), (kto, "kto")):
         example, issues = formats.parse(record, fmt)
         assert example is None and "tools_unsupported" in [i.kind for i in issues]
+
+
+@pytest.mark.slow
+def test_eval_prompts_and_losses_render_the_tools():
+    """score_approach on tool-calling answers: the answer loss covers exactly the tokens training labels (the
+    call as the template writes it), the prompt sent carries the tools, and the metric scores the answers."""
+    from tuneforge.eval.compare import score_approach
+
+    tok = _tokenizer("qwen2.5", QWEN25_TOOLS)
+    model = _tiny_model(tok)
+    convs = read_examples(CORPUS / "openai_tools.jsonl")[:1]  # the answer is a call
+    result = score_approach("base", "tiny", model, tok, convs, max_new_tokens=4, batch_size=2)
+    trained = sum(label != -100 for label in encode_conversation(tok, convs[0], 4096).labels)
+    assert result.loss_tokens == [trained]
+    asked = len(encode_prompt(tok, [{"role": "user", "content": convs[0].messages[0].content}]))
+    assert result.prompt_tokens[0] > asked + 100  # the tool schemas are in the prompt
+    assert tool_call_match(result.predictions[0], result.references[0]) == 0.0  # an untrained model calls nothing
+    assert tool_call_match(result.references[0], result.references[0]) == 1.0
