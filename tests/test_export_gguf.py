@@ -10,6 +10,7 @@ and logits within f16 rounding; q8_0 agrees on most tokens.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -241,3 +242,103 @@ def test_q4_k_m_without_llama_cpp_is_refused_naming_the_types_offered(tmp_path, 
     text = str(refused.value)
     assert "--quant q4_k_m: the gguf package quantizes only f32/f16/bf16/q8_0" in text
     assert "llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M" in text
+
+
+# ----------------------------------------------------------------------------------------------- llama.cpp
+
+
+def _prompt_ids(tok, messages) -> tuple[str, list[int]]:
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> tuple[np.ndarray, list[int]]:
+    """(logits of the prompt positions, n greedy tokens) of the merged HF model, without stopping at EOS."""
+    seq = list(ids)
+    with torch.no_grad():
+        prompt_logits = model(torch.tensor([seq])).logits[0].float().numpy()
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return prompt_logits, seq[len(ids) :]
+
+
+def _llama_cpp_greedy(llm, ids: list[int], n: int) -> tuple[np.ndarray, list[int]]:
+    llm.reset()
+    llm.eval(ids)
+    prompt_logits = np.array(llm.scores[: len(ids)])
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return prompt_logits, out
+
+
+def _load_llama_cpp(path):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+
+
+def _round_trip(model, tok, path) -> tuple[int, int, float, int]:
+    """(greedy tokens that agree, tokens, max |logit difference| / max |logit|, prompt positions whose top-1 agree)."""
+    llm = _load_llama_cpp(path)
+    same = total = top1 = 0
+    worst = 0.0
+    for messages in PROMPTS:
+        text, ids = _prompt_ids(tok, messages)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids  # llama.cpp's tokenizer agrees
+        hf_logits, hf_tokens = _hf_greedy(model, ids, NEW_TOKENS)
+        cpp_logits, cpp_tokens = _llama_cpp_greedy(llm, ids, NEW_TOKENS)
+        prefix = next((i for i, (a, b) in enumerate(zip(hf_tokens, cpp_tokens)) if a != b), NEW_TOKENS)
+        same, total = same + prefix, total + NEW_TOKENS
+        worst = max(worst, float(np.abs(cpp_logits - hf_logits).max() / np.abs(hf_logits).max()))
+        top1 += int((cpp_logits.argmax(-1) == hf_logits.argmax(-1)).sum())
+    llm.close()
+    return same, total, worst, top1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_llama_cpp_runs_the_file_with_the_merged_models_greedy_tokens(name, exported):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    model, tok, folder = exported(name)
+    same, total, worst, _ = _round_trip(model, tok, folder / gguf_file_name("f16"))
+    assert same == total, f"f16: {same}/{total} greedy tokens as the merged HF model"
+    assert worst < 0.01, f"f16 logits differ by {worst:.4f} of their range"
+    same, total, worst, top1 = _round_trip(model, tok, folder / gguf_file_name("q8_0"))
+    positions = sum(len(_prompt_ids(tok, m)[1]) for m in PROMPTS)
+    assert top1 >= 0.9 * positions and worst < 0.05, f"q8_0: top-1 {top1}/{positions}, logits off by {worst:.4f}"
+
+
+@pytest.mark.slow  # a 2-step LoRA run on the tiny Llama, exported by the CLI: ~10 s alone
+def test_the_cli_exports_a_trained_lora_run_that_llama_cpp_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli.main import app
+    from tuneforge.config import DataSection, LoraMethod, ModelSection, RunConfig, TrainSection
+    from tuneforge.models.loading import load_for_inference
+    from tuneforge.train.recipe import train
+
+    _build("llama", tmp_path / "base")
+    row = {"messages": [PROMPTS[1][0], {"role": "assistant", "content": "We are open from nine to five."}]}
+    (tmp_path / "train.jsonl").write_text((json.dumps(row) + "\n") * 16)
+    cfg = RunConfig(
+        objective="sft",
+        output_dir=tmp_path / "run",
+        method=LoraMethod(r=4, alpha=8),
+        train=TrainSection(max_steps=2, batch_size=8, lr=5e-3, eval_every=100, save_every=100, warmup_ratio=0.0),
+        model=ModelSection(name=str(tmp_path / "base"), max_length=64),
+        data=DataSection(train=tmp_path / "train.jsonl", validation_fraction=0.0),
+    )
+    run_dir = train(cfg, progress=False).run_dir
+    out = tmp_path / "gguf"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--format", "gguf", "--quant", "q8_0"])
+    assert result.exit_code == 0, result.output
+    assert f"{out / gguf_file_name('q8_0')}\tq8_0" in result.output and (out / "Modelfile").exists()
+    assert "FROM ./model-q8_0.gguf" in (out / "Modelfile").read_text()  # the first --quant is the one Ollama gets
+    refused = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--quant", "q8_0"])
+    assert refused.exit_code != 0 and "--quant applies to --format gguf only" in refused.output
+    if importlib.util.find_spec("llama_cpp") is not None:
+        merged, tok = load_for_inference(run_dir, merge=True)
+        same, total, _, top1 = _round_trip(merged, tok, out / gguf_file_name("q8_0"))
+        positions = sum(len(_prompt_ids(tok, m)[1]) for m in PROMPTS)
+        assert top1 >= 0.9 * positions, f"q8_0 of the trained run: top-1 {top1}/{positions}"

@@ -216,10 +216,14 @@ def chat(
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
-    out: Path = typer.Option(..., help="Folder for the standalone HF model."),
+    out: Path = typer.Option(..., help="Folder for the standalone HF model (or the GGUF files and Modelfile)."),
     merge: bool = typer.Option(True, help="Fold the adapter into the base weights."),
+    fmt: str = typer.Option("hf", "--format", help="hf (a transformers folder) or gguf (llama.cpp, Ollama)."),
+    quant: list[str] | None = typer.Option(
+        None, "--quant", help="GGUF type, repeatable: f16 (default), q8_0, f32, bf16; q4_k_m needs llama-cpp-python."
+    ),
 ) -> None:
-    """Write a standalone Hugging Face model folder (adapter merged into the base)."""
+    """Write a standalone Hugging Face model folder (adapter merged into the base), or GGUF files for llama.cpp."""
     from tuneforge.errors import ModelLoadError, Problem
     from tuneforge.models.artifact import read_artifact
     from tuneforge.models.loading import load_for_inference
@@ -228,6 +232,16 @@ def export(
         raise typer.BadParameter(
             "only --merge export is supported; the unmerged artifact is already in the run directory"
         )
+    if fmt not in ("hf", "gguf"):
+        raise typer.BadParameter(f"--format {fmt}: use hf or gguf")
+    if quant and fmt != "gguf":
+        raise typer.BadParameter("--quant applies to --format gguf only")
+    if fmt == "gguf":
+        from tuneforge.export.gguf import describe, export_gguf
+
+        for line in describe(export_gguf(run, out, quant or ["f16"])):
+            print(line)
+        return
     artifact = read_artifact(run)
     if not artifact.can_merge:
         raise ModelLoadError(
