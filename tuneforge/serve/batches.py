@@ -4,8 +4,9 @@ Batches run in the API process, not in a training worker: the API process holds 
 (loaded models, the batching scheduler, the fair queue), so batch requests share the weights online
 requests use and are scheduled beside them, a few at a time, instead of loading a second copy of every
 model in a worker. Each request line goes through the same route function as an online request (the
-same checks, limits and answers). A batch left in progress by a stopped API process starts over when
-the next one starts (its requests are answered again; nothing half-written is kept).
+same checks, limits and answers). API processes sharing the database claim batches with a compare-and-set
+and hold them by a heartbeat; a batch whose process stopped is taken over after LEASE_S by another (or the
+restarted) one and starts over (its requests are answered again; nothing half-written is kept).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from tuneforge.serve import files
 from tuneforge.serve.api.errors import APIError, as_api_error, not_found
@@ -33,6 +35,7 @@ MAX_REQUESTS = 50_000  # OpenAI's limit per batch
 WINDOW_S = {"24h": 24 * 3600}
 CONCURRENCY = 4  # requests of one batch in the engine at once: enough to batch them, few enough for online traffic
 ACTIVE = ("validating", "in_progress", "cancelling")
+LEASE_S = 30.0  # a batch whose API process has not written for this long is taken over by another
 DONE = ("completed", "failed", "expired", "cancelled")
 
 
@@ -221,6 +224,7 @@ class BatchRunner:
 
     def __init__(self, services) -> None:
         self.svc = services
+        self.id = new_id("runner_", 8)
         self.task: asyncio.Task | None = None
         self.wake = asyncio.Event()
 
@@ -253,8 +257,32 @@ class BatchRunner:
                 await asyncio.sleep(1.0)
 
     def _next(self) -> str | None:
+        """Claim the oldest batch nobody answers: new, or left by an API process whose lease ran out (several
+        API processes may share the database; a compare-and-set UPDATE makes one of them the owner)."""
+        stale = time.time() - LEASE_S
         with self.svc.store.session() as s:
-            return s.scalar(select(Batch.id).where(Batch.status.in_(ACTIVE)).order_by(Batch.created_at, Batch.id))
+            candidates = list(
+                s.scalars(
+                    select(Batch.id)
+                    .where(Batch.status.in_(ACTIVE), or_(Batch.runner_id.is_(None), Batch.heartbeat_at < stale))
+                    .order_by(Batch.created_at, Batch.id)
+                    .limit(5)
+                )
+            )
+        for batch_id in candidates:
+            with self.svc.store.session() as s:
+                claimed = s.execute(
+                    update(Batch)
+                    .where(
+                        Batch.id == batch_id,
+                        Batch.status.in_(ACTIVE),
+                        or_(Batch.runner_id.is_(None), Batch.heartbeat_at < stale),
+                    )
+                    .values(runner_id=self.id, heartbeat_at=time.time())
+                ).rowcount
+            if claimed:
+                return batch_id
+        return None
 
     def _set(self, batch_id: str, **values: Any) -> None:
         with self.svc.store.session() as s:
@@ -303,7 +331,7 @@ class BatchRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished.wait(), timeout=0.5)
                 status = await asyncio.to_thread(self._status, batch_id)
-                await asyncio.to_thread(self._set, batch_id, request_counts=dict(counts))
+                await asyncio.to_thread(self._set, batch_id, request_counts=dict(counts), heartbeat_at=time.time())
                 if status == "cancelling" or now() >= batch.expires_at:
                     stopped.set()
 

@@ -100,6 +100,8 @@ class Batch(Base):
     expired_at: Mapped[int | None] = mapped_column(Integer)
     cancelling_at: Mapped[int | None] = mapped_column(Integer)
     cancelled_at: Mapped[int | None] = mapped_column(Integer)
+    runner_id: Mapped[str | None] = mapped_column(String(64))  # the API process answering it (its lease)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):

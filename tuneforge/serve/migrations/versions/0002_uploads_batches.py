@@ -74,6 +74,8 @@ def upgrade() -> None:
         sa.Column("expired_at", sa.Integer(), nullable=True),
         sa.Column("cancelling_at", sa.Integer(), nullable=True),
         sa.Column("cancelled_at", sa.Integer(), nullable=True),
+        sa.Column("runner_id", sa.String(length=64), nullable=True),
+        sa.Column("heartbeat_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"]),
         sa.PrimaryKeyConstraint("id"),
     )
