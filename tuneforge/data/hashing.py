@@ -16,6 +16,7 @@ from tuneforge.data.types import (
     LabelledAnswer,
     LabelledExample,
     PreferencePair,
+    PromptExample,
     TextExample,
     TokenExample,
 )
@@ -38,6 +39,9 @@ def content_text(example: Example) -> str:
         return example.text
     if isinstance(example, TokenExample):
         return " ".join(example.tokens)
+    if isinstance(example, PromptExample):  # an RFT prompt: the same question with another answer key differs
+        prompt = "\n".join(f"{m.role}: {m.content}" for m in example.prompt)
+        return f"{prompt}\nitem: {sorted(example.item.items(), key=lambda kv: kv[0])!r}"
     raise TypeError(f"not an example: {type(example).__name__}")
 
 
