@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU check (issue 12 part 8, issue 20 part 5), on a CUDA machine, in under 8 minutes:
+#   1. the tests marked `gpu` (bf16 autocast training with fp32 masters, QLoRA with bitsandbytes on CUDA,
+#      packed rows through sdpa / flash attention, generation), at most 4 minutes;
+#   2. ~3 minutes of training throughput, tuneforge vs TRL's SFTTrainer, LoRA on a ~0.5B Qwen2-shaped model
+#      built with from_config in bf16 (bench/gpu_throughput.py), printing tokens/s and the ratio.
+# Figures and logs go to $OUT when it is set (gpu_check.log, gpu_tests.xml, gpu_throughput.json).
+#
+#   bench/gpu_check.sh             # on a CUDA machine
+#   bench/gpu_check.sh --dry-run   # anywhere: the gpu tests skip, the throughput code runs a tiny model on CPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+DRY=()
+if [ "${1:-}" = "--dry-run" ]; then DRY=(--dry-run); fi
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+fi
+status=0
+started=$(date +%s)
+
+echo "== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+"$PY" -c 'import torch; c = torch.cuda.is_available(); print("torch", torch.__version__, "cuda", torch.version.cuda,
+  torch.cuda.get_device_name(0) if c else "no CUDA device", "bf16" if c and torch.cuda.is_bf16_supported() else "")'
+
+echo "== tests marked gpu"
+junit=()
+if [ -n "${OUT:-}" ]; then junit=(--junitxml "$OUT/gpu_tests.xml"); fi
+timeout 240 "$PY" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider "${junit[@]}" || status=1
+
+echo "== training throughput: tuneforge vs TRL"
+seconds=75
+if [ ${#DRY[@]} -gt 0 ]; then seconds=5; fi
+timeout 300 "$PY" bench/gpu_throughput.py "${DRY[@]}" --seconds "$seconds" ${OUT:+--out "$OUT"} || status=1
+
+echo "== gpu_check: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - started )) s"
+exit $status
