@@ -114,7 +114,8 @@ def test_prepare_never_crashes_and_reconciles(records):
 
 
 content = st.text(min_size=1, max_size=40).filter(lambda s: s.strip())
-messages = st.lists(st.tuples(st.sampled_from(["system", "user", "tool"]), content), max_size=3)
+# a tool result needs the call it answers (an orphan one is a located error): tool calls round-trip in test_tool_calls
+messages = st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), content), max_size=3)
 examples = st.one_of(
     st.builds(
         lambda pre, answer, w: Conversation([Message(r, c) for r, c in pre] + [Message("assistant", answer, w)]),

@@ -422,3 +422,42 @@ def test_eval_prompts_and_losses_render_the_tools():
     assert result.prompt_tokens[0] > asked + 100  # the tool schemas are in the prompt
     assert tool_call_match(result.predictions[0], result.references[0]) == 0.0  # an untrained model calls nothing
     assert tool_call_match(result.references[0], result.references[0]) == 1.0
+
+
+def test_prepare_keeps_tool_calls_and_tells_arguments_apart(tmp_path):
+    """Cleaning leaves a call-only message alone; records that differ only in a call's arguments are not
+    duplicates; the prepared splits read back with their calls and tools."""
+    from tuneforge.data.prepare import prepare
+    from tuneforge.data.prepare_config import load_prepare_config
+
+    row = json.loads((CORPUS / "openai_tools.jsonl").read_text().splitlines()[0])
+    rows = []
+    for i in range(20):
+        args = json.dumps({"location": f"City {i}, Country", "format": "celsius"})
+        rows.append(
+            {
+                **row,
+                "messages": [
+                    row["messages"][0],
+                    {
+                        **row["messages"][1],
+                        "tool_calls": [
+                            {
+                                **row["messages"][1]["tool_calls"][0],
+                                "function": {"name": "get_current_weather", "arguments": args},
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    (tmp_path / "calls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_prepare_config(tmp_path / "calls.jsonl")
+    cfg.dedup = cfg.dedup.model_copy(update={"near": False})  # near-duplicates by wording: on purpose here
+    manifest = prepare(cfg, tmp_path / "out")
+    assert manifest["counts"]["kept"] == 20, manifest["counts"]
+    back = [c for s in ("train", "validation", "test") for c in read_examples(tmp_path / "out" / f"{s}.jsonl")]
+    assert len(back) == 20 and all(c.tools == back[0].tools for c in back)
+    assert sorted(c.messages[1].tool_calls[0].arguments["location"] for c in back) == sorted(
+        f"City {i}, Country" for i in range(20)
+    )

@@ -59,11 +59,17 @@ def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...]
     """A copy of `example` with `fn` applied to each text field (messages of `roles` only, if given)."""
 
     def msgs(ms: list[Message]) -> list[Message]:
-        return [Message(m.role, fn(m.content), m.weight) if roles is None or m.role in roles else m for m in ms]
+        # a tool-calling message without text has no text field (its calls are JSON, never cleaned)
+        return [
+            dataclasses.replace(m, content=fn(m.content))
+            if (roles is None or m.role in roles) and (m.content or not m.tool_calls)
+            else m
+            for m in ms
+        ]
 
     meta = dict(example.metadata)
-    if isinstance(example, Conversation):
-        return Conversation(msgs(example.messages), meta)
+    if isinstance(example, Conversation):  # its tools, tool calls and source kept
+        return dataclasses.replace(example, messages=msgs(example.messages), metadata=meta)
     if isinstance(example, PreferencePair):
         answers = (
             (fn(example.chosen), fn(example.rejected))

@@ -7,6 +7,7 @@ case, Unicode form and whitespace differences do not hide a duplicate.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 
@@ -26,8 +27,13 @@ _SPACES = re.compile(r"\s+")
 
 def content_text(example: Example) -> str:
     """All the text of an example, roles included, in a stable layout."""
-    if isinstance(example, Conversation):
-        return "\n".join(f"{m.role}: {m.content}" for m in example.messages)
+    if isinstance(example, Conversation):  # tool calls and tools count: other arguments are another example
+        calls = [
+            f" {json.dumps([c.to_dict()['function'] for c in m.tool_calls])}" if m.tool_calls else ""
+            for m in example.messages
+        ]
+        text = "\n".join(f"{m.role}: {m.content}{c}" for m, c in zip(example.messages, calls))
+        return text + (f"\ntools: {json.dumps(example.tools, sort_keys=True)}" if example.tools else "")
     if isinstance(example, PreferencePair):
         prompt = "\n".join(f"{m.role}: {m.content}" for m in example.prompt)
         return f"{prompt}\nchosen: {example.chosen}\nrejected: {example.rejected}"
