@@ -388,7 +388,7 @@ def test_eval_scores_tool_calls_with_intervals(tmp_path):
     assert interval.ci_low < interval.mean == 0.5 < interval.ci_high
 
 
-def test_tool_calls_in_preference_and_kto_data_are_refused_by_name():
+def test_tool_calls_in_preference_kto_and_rft_data_are_refused_by_name():
     call = {
         "role": "assistant",
         "content": None,
@@ -401,7 +401,16 @@ def test_tool_calls_in_preference_and_kto_data_are_refused_by_name():
         "rejected": {"role": "assistant", "content": "No"},
     }
     kto = {"messages": [{"role": "user", "content": "Hi"}, call], "tools": tools, "label": True}
-    for record, fmt in ((pair, "preference"), (kto, "kto")):
+    rft = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            call,
+            {"role": "tool", "content": "1"},
+            {"role": "user", "content": "So?"},
+        ],
+        "tools": tools,
+    }
+    for record, fmt in ((pair, "preference"), (kto, "kto"), (rft, "rft")):
         example, issues = formats.parse(record, fmt)
         assert example is None and "tools_unsupported" in [i.kind for i in issues]
 

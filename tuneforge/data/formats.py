@@ -767,13 +767,14 @@ def _one_answer(msgs: list[Message], key: str, issues: list[Issue]) -> str | Non
 
 
 def _no_tools(msgs: list[Message] | None, key: str, issues: list[Issue]) -> None:
-    """Preference and KTO objectives train text answers: tool calls and results there are refused, not dropped."""
+    """Preference, KTO and RFT objectives train text answers: tool calls and results there are refused, not
+    dropped."""
     at = next((i for i, m in enumerate(msgs or []) if m.tool_calls or m.role == "tool"), None)
     if at is not None:
         issues.append(
             Issue(
                 "tools_unsupported",
-                "tool calls and tool results in preference or KTO data are not supported yet",
+                "tool calls and tool results in preference, KTO or RFT data are not supported yet",
                 field=f"{key}[{at}]",
                 fix="train tool calling with objective sft on chat data (assistant tool_calls, role tool)",
             )
@@ -851,6 +852,7 @@ def parse_rft(record: dict) -> ParseResult:
     issues: list[Issue] = []
     meta = _metadata(record, issues)
     msgs = _messages(record.get("messages"), "messages", issues, needs_assistant=False)
+    _no_tools(msgs, "messages", issues)
     if msgs is not None and msgs[-1].role != "user":
         issues.append(
             Issue(
