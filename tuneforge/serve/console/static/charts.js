@@ -18,7 +18,7 @@ const fmt = (v) => (Math.abs(v) >= 1000 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.t
 
 /** series: [{name, points: [[x, y], ...]}] -> an <svg> with axes, one path per series and a legend. */
 export function lineChart(series, { title = "", xLabel = "", width = 560, height = 240, bars = false } = {}) {
-  const pad = { l: 48, r: 12, t: 22, b: 34 };
+  const pad = { l: 48, r: 12, t: 40, b: 34 };
   const all = series.flatMap((s) => s.points).filter(([, y]) => y !== null && Number.isFinite(y));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart" });
   const label = svg("title");
@@ -60,9 +60,10 @@ export function lineChart(series, { title = "", xLabel = "", width = 560, height
       root.append(svg("path", { d, fill: "none", stroke: color, "stroke-width": 2, class: "series", "data-name": s.name }));
       if (pts.length === 1) root.append(svg("circle", { cx: sx(pts[0][0]), cy: sy(pts[0][1]), r: 3, fill: color }));
     }
-    const lx = width - pad.r - (series.length - i) * 150;
-    root.append(svg("rect", { x: lx, y: 6, width: 10, height: 10, fill: color }));
-    root.append(text(lx + 14, 15, s.name.length > 22 ? `${s.name.slice(0, 21)}…` : s.name));
+    const slot = (width - pad.l - pad.r) / series.length, chars = Math.max(6, Math.floor((slot - 20) / 6.5));
+    const lx = pad.l + i * slot;
+    root.append(svg("rect", { x: lx, y: 21, width: 10, height: 10, fill: color }));
+    root.append(text(lx + 14, 30, s.name.length > chars ? `${s.name.slice(0, chars - 1)}…` : s.name));
   });
   return root;
 }

@@ -6,6 +6,8 @@ import { append, clear, errorBox, fmtTime, h, table, toast } from "../dom.js";
 
 export const title = "Jobs";
 const DONE = new Set(["succeeded", "failed", "cancelled"]);
+// the SVG's own size follows its box, so its text stays ~11 px on a phone and on a wide screen
+const chartSize = (box) => { const w = Math.max(340, Math.min(1240, (box.clientWidth || 900) - 34)); return { width: w, height: Math.round(Math.max(220, w / 3)) }; };
 const status = (s) => h("span", { class: `status ${s}` }, s);
 
 export function render(main, jobId) {
@@ -51,7 +53,9 @@ async function renderJob(main, jobId) {
   };
   controls.append(buttons.pause, buttons.resume, buttons.cancel);
 
-  let timer, stopped = false;
+  let timer, stopped = false, curves = [];
+  const drawChart = () => clear(chart).append(lineChart(curves, { title: "Loss", xLabel: "step", ...chartSize(chart) }));
+  window.addEventListener("resize", drawChart);
   async function refresh() {
     clearTimeout(timer);
     try {
@@ -74,8 +78,8 @@ async function renderJob(main, jobId) {
         if (e.data.train_loss !== undefined) train.push([e.data.step, e.data.train_loss]);
         if (e.data.valid_loss !== undefined) valid.push([e.data.step, e.data.valid_loss]);
       }
-      clear(chart).append(lineChart([{ name: "training loss", points: train }, { name: "validation loss", points: valid }],
-        { title: "Loss", xLabel: "step", width: 900, height: 300 }));
+      curves = [{ name: "training loss", points: train }, { name: "validation loss", points: valid }];
+      drawChart();
       clear(events).append(h("h2", {}, "Events"),
         h("ol", { class: "event-list", reversed: true }, ev.data.slice(0, 200).map((e) =>
           h("li", { class: e.level }, h("time", {}, fmtTime(e.created_at)), " ", e.message))));
@@ -89,5 +93,5 @@ async function renderJob(main, jobId) {
     }
   }
   await refresh();
-  return () => { stopped = true; clearTimeout(timer); };
+  return () => { stopped = true; clearTimeout(timer); window.removeEventListener("resize", drawChart); };
 }

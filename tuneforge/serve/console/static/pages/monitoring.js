@@ -5,6 +5,7 @@ import { lineChart } from "../charts.js";
 import { clear, errorBox, field, fmtTime, h, table, toast } from "../dom.js";
 
 export const title = "Monitoring";
+const SIZE = { width: 420, height: 240 };
 
 export async function render(main) {
   const totals = h("div", {});
@@ -15,7 +16,7 @@ export async function render(main) {
     [["60", "per minute, last hour"], ["3600", "per hour, last 2 days"], ["86400", "per day, last 30 days"]]
       .map(([v, l]) => h("option", { value: v }, l)));
   const last = { 60: 60, 3600: 48, 86400: 30 };
-  main.append(h("h1", {}, "Monitoring"), totals, field("Time range", bucket).box, charts, drift, queue);
+  main.append(h("h1", {}, "Monitoring"), totals, h("div", { class: "inline-field" }, field("Time range", bucket).box), charts, drift, queue);
 
   async function usage() {
     const u = await get("/v1/monitoring/usage");
@@ -28,9 +29,9 @@ export async function render(main) {
     const pts = (fn) => s.data.map((m) => ({ name: m.model, points: m.buckets.map((b) => [(b.start - t0) / unit, fn(b)]) }));
     const xLabel = { 60: "minutes ago → now", 3600: "hours ago → now", 86400: "days ago → now" }[bucket.value];
     clear(charts).append(
-      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.requests), { title: "Requests", xLabel, bars: true })),
-      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.mean_latency_ms), { title: "Mean latency (ms)", xLabel })),
-      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.prompt_tokens + b.completion_tokens), { title: "Tokens", xLabel, bars: true })));
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.requests), { title: "Requests", xLabel, bars: true, ...SIZE })),
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.mean_latency_ms), { title: "Mean latency (ms)", xLabel, ...SIZE })),
+      h("div", { class: "card chart-box" }, lineChart(pts((b) => b.prompt_tokens + b.completion_tokens), { title: "Tokens", xLabel, bars: true, ...SIZE })));
   }
 
   async function driftStatus() {
