@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from families import FAMILIES, build_family_tokenizer, labelled_runs
-from tool_templates import LLAMA31_TOOLS, QWEN25_TOOLS
+from tool_templates import LLAMA31_TOOLS, MISTRAL_V03_TOOLS, QWEN25_TOOLS
 from tuneforge.data import formats
 from tuneforge.data.readers import iter_checked, read_examples
 from tuneforge.data.token_count import count_tokens
@@ -470,3 +470,33 @@ def test_prepare_keeps_tool_calls_and_tells_arguments_apart(tmp_path):
     assert sorted(c.messages[1].tool_calls[0].arguments["location"] for c in back) == sorted(
         f"City {i}, Country" for i in range(20)
     )
+
+
+def test_mistral_v03_tool_calls_are_trained_with_their_ids():
+    tok = _tokenizer("mistral-v0.3", MISTRAL_V03_TOOLS)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {
+        "id": "abc123xyz",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    record = {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "abc123xyz", "content": "21C"},
+            {"role": "assistant", "content": "It is 21C."},
+        ],
+        "tools": tools,
+    }
+    conv, _ = formats.parse(record, "chat")
+    enc = encode_conversation(tok, conv, 4096)
+    written = '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abc123xyz"}]'
+    assert labelled_runs(tok, enc.input_ids, enc.labels) == [written + "</s>", " It is 21C.</s>"]
+    assert parse_tool_calls(written, tok.chat_template).calls == [
+        ToolCall("get_weather", {"city": "Paris"}, "abc123xyz")
+    ]
+    record["messages"][1]["tool_calls"][0]["id"] = record["messages"][2]["tool_call_id"] = "c1"
+    with pytest.raises(DataError, match="refuses a conversation") as err:
+        encode_conversation(tok, formats.parse(record, "chat")[0], 4096)
+    assert "length 9" in err.value.problems[0].message
