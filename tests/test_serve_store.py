@@ -380,7 +380,7 @@ def test_training_events_become_job_events_checkpoints_and_the_result_csv(store,
     rows, _ = jobs.list_events(store, job.id, None, 50)
     assert [e.data for e in rows if e.type == "metrics"][::-1] == [
         {"step": 1, "train_loss": 2.5, "learning_rate": 1e-3, "tokens": 100, "tokens_per_s": 50.0},
-        {"step": 1, "valid_loss": 2.25},
+        {"step": 1, "valid_loss": 2.25, "full_valid_loss": 2.25, "accuracy": 0.5},  # OpenAI's names and its own
         {"step": 2, "train_loss": 2.0, "learning_rate": 5e-4, "tokens": 200, "tokens_per_s": 60.0},
     ]
     by_message = {e.message: e for e in rows}
@@ -388,11 +388,12 @@ def test_training_events_become_job_events_checkpoints_and_the_result_csv(store,
     assert by_message["Training finished"].data == {"steps": 2, "train_loss": 2.0}  # no server path for the client
     (ckpt,), _ = jobs.list_checkpoints(store, job.id, None, 10)
     assert (ckpt.step, ckpt.path) == (1, "/srv/runs/ckpt-1")
-    assert ckpt.metrics == {"step": 1, "train_loss": 2.5, "valid_loss": 2.25}
+    assert ckpt.metrics == {"step": 1, "train_loss": 2.5, "valid_loss": 2.25, "full_valid_loss": 2.25, "accuracy": 0.5}
+    # OpenAI's columns; a classifier's accuracy is not a token accuracy, so those stay empty
     assert _metrics_csv(tmp_path).decode().splitlines() == [
-        "step,train_loss,valid_loss,learning_rate,tokens",
-        "1,2.5,2.25,0.001,100",
-        "2,2.0,,0.0005,200",
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy",
+        "1,2.5,,2.25,",
+        "2,2.0,,,",
     ]
 
 

@@ -49,6 +49,7 @@ from tuneforge.serve.db import Store
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.job_states import JobStatus
 from tuneforge.serve.jobspec import build_config, distributed_of
+from tuneforge.serve.jobspec_rft import reward_event_data
 from tuneforge.serve.settings import ServeSettings
 from tuneforge.serve.storage import FilesystemStorage, Storage, join
 from tuneforge.serve.tables import FineTunedModel, Job
@@ -58,6 +59,9 @@ if TYPE_CHECKING:  # the training stack (torch, transformers) loads in the job's
 
 
 WORKER_GONE_GRACE_S = 15.0
+# An objective's metric that is OpenAI's token accuracy (OpenAI's *_mean_token_accuracy); objectives report it
+# under this name where they measure it, and no other metric (a classifier's accuracy) is shown as it.
+TOKEN_ACCURACY = "mean_token_accuracy"
 log = logging.getLogger(__name__)
 
 
@@ -133,19 +137,27 @@ class EventSink:
                     "step": step,
                     "train_loss": loss,
                     **({"total_steps": self.total_steps} if self.total_steps else {}),
-                    **({"train_mean_token_accuracy": event.metrics["accuracy"]} if "accuracy" in event.metrics else {}),
+                    **(
+                        {"train_mean_token_accuracy": event.metrics[TOKEN_ACCURACY]}
+                        if TOKEN_ACCURACY in event.metrics
+                        else {}
+                    ),
                     "learning_rate": event.lr,
                     "tokens": event.tokens,
                     "tokens_per_s": event.tokens_per_s,
+                    **reward_event_data(event.metrics, "train"),  # grpo: reward mean/std, graders, KL, length
                 }
                 jobs.add_event(self.store, job_id, f"Step {step}: training loss={loss:.4f}", type="metrics", data=data)
             case EvalDone(step=step, val_loss=val_loss):
                 # tuneforge validates on the whole validation file: the loss is OpenAI's full_valid_loss,
                 # and valid_loss too (OpenAI's is a validation batch's).
-                data = {"step": step, "valid_loss": val_loss, "full_valid_loss": val_loss}
-                if "accuracy" in event.metrics:
-                    data["valid_mean_token_accuracy"] = event.metrics["accuracy"]
-                    data["full_valid_mean_token_accuracy"] = event.metrics["accuracy"]
+                # The objective's own metrics (a classifier's accuracy, macro_f1...) keep their names.
+                data = {"step": step, "valid_loss": val_loss, "full_valid_loss": val_loss, **event.metrics}
+                if TOKEN_ACCURACY in data:
+                    data["valid_mean_token_accuracy"] = data["full_valid_mean_token_accuracy"] = data.pop(
+                        TOKEN_ACCURACY
+                    )
+                data.update(reward_event_data(event.metrics, "valid"))  # grpo: the validation reward
                 self.last_metrics.update(data)
                 jobs.add_event(
                     self.store, job_id, f"Step {step}: validation loss={val_loss:.4f}", type="metrics", data=data
@@ -481,7 +493,8 @@ def _fail(store: Store, job: Job, code: str, message: str) -> None:
 
 def _metrics_csv(run_dir: Path) -> bytes:
     """OpenAI's result file: one row per logged step with OpenAI's columns (step, train_loss, train_accuracy,
-    valid_loss, valid_mean_token_accuracy); an accuracy is empty where the objective does not measure one."""
+    valid_loss, valid_mean_token_accuracy); an accuracy is empty where the objective does not measure token
+    accuracy (tuneforge's SFT does not today)."""
     from tuneforge.train.progress import EvalDone, TrainStep
     from tuneforge.train.rundir import RunDir
 
@@ -489,10 +502,10 @@ def _metrics_csv(run_dir: Path) -> bytes:
     for event in RunDir(Path(run_dir)).read_events():
         if isinstance(event, TrainStep):
             row = rows.setdefault(event.step, {"step": event.step})
-            row.update(train_loss=event.loss, train_accuracy=event.metrics.get("accuracy"))
+            row.update(train_loss=event.loss, train_accuracy=event.metrics.get(TOKEN_ACCURACY))
         elif isinstance(event, EvalDone):
             row = rows.setdefault(event.step, {"step": event.step})
-            row.update(valid_loss=event.val_loss, valid_mean_token_accuracy=event.metrics.get("accuracy"))
+            row.update(valid_loss=event.val_loss, valid_mean_token_accuracy=event.metrics.get(TOKEN_ACCURACY))
     out = io.StringIO()
     writer = csv.DictWriter(out, ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
     writer.writeheader()
