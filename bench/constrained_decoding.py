@@ -142,7 +142,7 @@ def run(lib, model, prompt: torch.Tensor, max_tokens: int, stops: list[int]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size to train")
+    parser.add_argument("--vocab", type=int, default=512, help="BPE vocabulary to train (over 1000: on code too)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
@@ -151,18 +151,28 @@ def main() -> None:
     from tuneforge.models.demo import build_tiny_llama, build_tokenizer
 
     texts = [m.content for c in support_desk_dataset(200, seed=0) for m in c.messages]
+    if args.vocab > 1000:  # the support-desk text has too few distinct pairs: add transformers' own source
+        import pathlib
+
+        import transformers
+
+        files = sorted(pathlib.Path(transformers.__file__).parent.glob("models/*/modeling_*.py"))[:60]
+        texts += [f.read_text() for f in files]
     tok = build_tokenizer(texts, vocab_size=args.vocab)
     torch.manual_seed(0)
     model = build_tiny_llama(tok, hidden=64, layers=2).eval()
     vocab = model.config.vocab_size
     stops = [tok.eos_token_id]
     prompt = torch.tensor([tok("Give me the customer as JSON:")["input_ids"]])
-    print(f"vocab {len(tok)} (logits {vocab}), greedy, up to {args.tokens} tokens, {args.runs} runs, 1 thread")
+    print(
+        f"vocab {len(tok)} (logits {vocab}), greedy, up to {args.tokens} tokens, {args.runs} runs, 1 thread", flush=True
+    )
     rows = []
     for cls in (XGrammar, LLGuidance, OutlinesCore):
         t0 = time.perf_counter()
         lib = cls(tok, vocab, stops)
         compile_s = time.perf_counter() - t0
+        print(f"  {cls.name}: compiled in {compile_s:.2f} s", flush=True)
         per_token, text = [], ""
         with torch.inference_mode():
             for _ in range(args.runs):

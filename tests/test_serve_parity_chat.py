@@ -113,6 +113,7 @@ def test_logprobs_are_the_log_softmax_of_the_models_logits(demo):
     assert b"".join(e.bytes for e in result.logprobs).decode() == result.text
 
 
+@pytest.mark.slow
 def test_seeded_rows_do_not_depend_on_the_rest_of_the_batch(demo):
     model, tok = demo
     a, b = encode_chat(tok, MSGS), encode_chat(tok, [{"role": "user", "content": "Ship to Oslo?"}])
@@ -161,6 +162,7 @@ def test_out_of_range_or_unusable_options_are_400s_naming_the_field(server, kw, 
     assert exc.value.body["param"] == (param or "response_format.json_schema")
 
 
+@pytest.mark.slow
 def test_logit_bias_forces_a_token_and_n_runs_128_choices(server, demo):
     _, tok = demo
     token = tok.convert_tokens_to_ids("ĠLumora") if "ĠLumora" in tok.get_vocab() else tok("the")["input_ids"][0]

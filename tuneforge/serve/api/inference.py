@@ -86,7 +86,7 @@ class _Request(BaseModel):
     def refuse(self, names: tuple[str, ...]) -> None:
         extra = self.model_extra or {}
         for name in names:
-            if extra.get(name) not in (None, False, [], "text", {"type": "text"}):
+            if extra.get(name) not in (None, False, [], ["text"], "text", {"type": "text"}):
                 raise APIError(
                     400, f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter"
                 )
