@@ -29,3 +29,52 @@ def test_pretrain_from_config_writes_a_loadable_model(tmp_path):
     ]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert not (tmp_path / "out" / ".model-work").exists()  # scratch space is cleaned up
+
+
+def test_reading_chats_answer_from_one_of_their_passages_in_the_rag_layout():
+    import random
+
+    from tuneforge.data.synthetic import _GREETINGS, PRODUCTS, demonstration_chat, reading_chat
+    from tuneforge.eval.baselines import RAG_HEADER
+
+    rng = random.Random(0)
+    for _ in range(200):
+        system, user, answer = reading_chat(rng)
+        instructions, block = system["content"].split(f"\n\n{RAG_HEADER}\n")
+        passages = block.split("\n[")
+        assert 2 <= len(passages) <= 3 and block.startswith("[1] ") and user["role"] == "user"
+        assert sum(answer["content"] in p for p in passages) == 1  # read from exactly one passage
+        assert not any(product in system["content"] for product in PRODUCTS)  # not the support desk's products
+    for _ in range(200):
+        chat = demonstration_chat(rng)
+        turns = [m for m in chat if m["role"] != "system"]
+        assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2) and 4 <= len(turns) <= 8
+        shots, final = [m["content"] for m in turns[1:-1:2]], turns[-1]["content"]
+        for greeting in filter(None, _GREETINGS):  # the house greeting of the demonstrations
+            assert final.startswith(greeting) == shots[0].startswith(greeting)
+
+
+def test_the_generated_corpus_keeps_the_rag_layout_and_the_demo_recipe_is_versioned(tmp_path, monkeypatch):
+    import tuneforge.train.pretrain as pretrain_module
+    from tuneforge.models.demo import DEMO_RECIPE, demo_model_built, demo_model_stale
+    from tuneforge.train.pretrain import PretrainConfig, _corpus, demo_pretrain_config, ensure_demo_model
+
+    texts = _corpus(
+        PretrainConfig(output=tmp_path / "m", generated_documents=5, generated_chats=5, generated_reading=5)
+    )
+    assert sum("\n\nUse these passages" in t for t in texts) == 5 and len(texts) == 15
+    recipe = demo_pretrain_config(tmp_path / "m")
+    assert recipe.generated_reading and recipe.generated_demonstrations and recipe.block_size >= 256
+
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "models" / "demo"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "pretrain_manifest.json", ".complete"):  # a demo of the first recipe
+        (folder / name).write_text("{}")
+    assert demo_model_stale() and not demo_model_built()
+    built = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda cfg, progress=True: built.append(cfg.generated_reading))
+    assert ensure_demo_model(progress=False) == folder and built == [recipe.generated_reading]
+    assert (folder / ".recipe").read_text().strip() == DEMO_RECIPE and demo_model_built()
+    ensure_demo_model(progress=False)
+    assert len(built) == 1  # cached

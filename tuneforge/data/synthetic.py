@@ -317,3 +317,203 @@ def support_desk_dataset(n: int, seed: int = 0) -> list[Conversation]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------- reading and following demonstrations (pretraining)
+# Invented brands and products with facts drawn afresh for every chat: the only way to answer is to read the passages
+# or the demonstrations in the prompt. None of them is a Lumora product, so the base cannot have memorised a test fact.
+
+_SYLLABLES = ["va", "kor", "mi", "tel", "zu", "ran", "pe", "lo", "dax", "qui", "sen", "bo", "ny", "ter", "fal", "ix"]
+_KINDS = [
+    "Kettle",
+    "Toaster",
+    "Blender",
+    "Heater",
+    "Router",
+    "Scale",
+    "Clock",
+    "Radio",
+    "Fan",
+    "Projector",
+    "Drone",
+    "Printer",
+    "Mixer",
+    "Monitor",
+    "Charger",
+    "Juicer",
+    "Grill",
+    "Tablet",
+    "Keyboard",
+    "Headset",
+]
+_MODELS = ["Mini", "Max", "Pro", "Go", "Air", "One", "Plus", "Neo", "Duo", "Nano", "2", "3", "X", "S"]
+_COLOURS = ["white", "black", "grey", "blue", "silver", "sand", "amber", "red", "green", "copper", "gold", "navy"]
+_GREETINGS = ["Thanks for asking!", "Hello!", "Great question.", "Hi there!", "Happy to help.", "Good news:", ""]
+_SIGN_OFFS = ["Have a nice day!", "Anything else? The {b} team", "Cheers, {b} support", "Best, the {b} crew", ""]
+_FACT_SENTENCES: dict[str, list[str]] = {
+    "price": ["The {n} costs ${v}.", "The {n} is priced at ${v}.", "The {n} sells for ${v}."],
+    "warranty": ["The {n} has a {v} year warranty.", "The {n} comes with a {v} year warranty."],
+    "battery": ["The {n} battery lasts {v} hours.", "On one charge the {n} runs for {v} hours."],
+    "colours": ["The {n} comes in {v}.", "You can get the {n} in {v}."],
+    "shipping": ["We ship the {n} in {v} days.", "The {n} is delivered in {v} days."],
+    "weight": ["The {n} weighs {v} grams.", "The {n} has a weight of {v} grams."],
+    "year": ["The {n} came out in {v}.", "The {n} was launched in {v}."],
+    "city": ["The {n} is made in {v}.", "The {n} is built in {v}."],
+}
+_NO_BATTERY = ["The {n} has no battery; it runs on mains power.", "The {n} has no battery and runs on mains power."]
+_EXTRA_QUESTIONS = {
+    "weight": ["How heavy is the {p}?", "What does the {p} weigh?", "How many grams is the {p}?"],
+    "year": ["When did the {p} come out?", "What year was the {p} launched?", "When was the {p} released?"],
+    "city": ["Where is the {p} made?", "In which city is the {p} built?", "Where do you make the {p}?"],
+}
+
+
+def _brand(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def _product(rng: random.Random, brand: str) -> str:
+    name = rng.choice(_KINDS) + (f" {rng.choice(_MODELS)}" if rng.random() < 0.6 else "")
+    return name if name.split()[0] != brand else f"{name} {rng.choice(_MODELS)}"
+
+
+def _value(rng: random.Random, topic: str) -> str | int:
+    if topic == "colours":
+        a, b = rng.sample(_COLOURS, 2)
+        return f"{a} and {b}"
+    if topic == "city":
+        return rng.choice(_FILL["city"])
+    low, high = {
+        "price": (5, 400),
+        "warranty": (1, 6),
+        "battery": (0, 24),
+        "shipping": (1, 12),
+        "weight": (50, 2000),
+        "year": (1995, 2025),
+    }[topic]
+    return rng.randint(low, high)
+
+
+def _fact_sentence(rng: random.Random, name: str, topic: str, value) -> str:
+    if topic == "battery" and value == 0:
+        return rng.choice(_NO_BATTERY).format(n=name)
+    return rng.choice(_FACT_SENTENCES[topic]).format(n=name, v=value)
+
+
+def _question(rng: random.Random, brand: str, product: str, topic: str) -> str:
+    templates = _QUESTIONS.get(topic) or _EXTRA_QUESTIONS[topic]
+    name = f"{brand} {product}" if rng.random() < 0.5 else product
+    opener = rng.choice(_OPENERS)
+    question = rng.choice(templates).format(p=name)
+    return opener + (question[0].lower() + question[1:] if opener.endswith(", ") else question)
+
+
+def _world(rng: random.Random, products: int) -> tuple[str, dict[str, dict[str, object]]]:
+    """One invented brand, its products and their facts (drawn afresh for each chat)."""
+    brand = _brand(rng)
+    names: dict[str, dict[str, object]] = {}
+    while len(names) < products:
+        names[_product(rng, brand)] = {t: _value(rng, t) for t in _FACT_SENTENCES}
+    return brand, names
+
+
+def _system_instruction(rng: random.Random, brand: str) -> str:
+    return rng.choice(
+        [
+            "You are a helpful assistant.",
+            f"You are the customer support assistant of {brand}, a {rng.choice(['smart-home', 'kitchen', 'gadget', 'electronics'])} company.",  # noqa: E501
+            f"You answer questions about {brand} products.",
+        ]
+    )
+
+
+def reading_chat(rng: random.Random) -> list[dict[str, str]]:
+    """Passages (support answers or fact sheets) in the system message, a question, and the answer read from them.
+
+    The layout is the one `eval.baselines.RAG` builds: the instructions, a header, numbered passages. The
+    distractors are the hard ones a retriever returns: the same product on another topic, or another product on
+    the same topic. The answer copies the fact sentence of the passage that holds it.
+    """
+    from tuneforge.eval.baselines import RAG_HEADER
+
+    brand, world = _world(rng, rng.randint(2, 3))
+    products, topics = list(world), list(_FACT_SENTENCES)
+    product, topic = rng.choice(products), rng.choice(topics)
+    full = f"{brand} {product}"
+    answer = _fact_sentence(rng, full, topic, world[product][topic])
+    chosen = {(product, topic)}
+    while len(chosen) < rng.randint(2, 3):
+        chosen.add(
+            (product, rng.choice(topics)) if rng.random() < 0.5 else (rng.choice(products), topic)
+        )  # hard distractors
+    passages = []
+    for p, t in chosen:
+        sentence = answer if (p, t) == (product, topic) else _fact_sentence(rng, f"{brand} {p}", t, world[p][t])
+        if rng.random() < 0.7:  # a support answer as the RAG baseline retrieves it from a training split
+            greet, sign = rng.choice(_GREETINGS), rng.choice(_SIGN_OFFS).format(b=brand)
+            passages.append(f"Q: {_question(rng, brand, p, t)}\nA: {' '.join(x for x in (greet, sentence, sign) if x)}")
+        else:
+            passages.append(sentence)
+    rng.shuffle(passages)
+    block = "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
+    return [
+        {"role": "system", "content": f"{_system_instruction(rng, brand)}\n\n{RAG_HEADER}\n{block}"},
+        {"role": "user", "content": _question(rng, brand, product, topic)},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def demonstration_chat(rng: random.Random) -> list[dict[str, str]]:
+    """k question/answer turns in one house style, then a question: the answer follows the demonstrations' pattern
+    (greeting, fact sentence, sign-off) and, where a demonstration holds the asked fact, copies it."""
+    brand, world = _world(rng, rng.randint(2, 3))
+    products, topics = list(world), list(_FACT_SENTENCES)
+    greet, sign = rng.choice(_GREETINGS), rng.choice(_SIGN_OFFS).format(b=brand)
+    # a house style keeps one sentence template per topic, so the demonstrations show the wording to use
+    style = {t: rng.choice(_FACT_SENTENCES[t]) for t in topics}
+
+    def reply(p: str, t: str) -> str:
+        value = world[p][t]
+        sentence = (
+            _NO_BATTERY[0].format(n=f"{brand} {p}")
+            if t == "battery" and value == 0
+            else style[t].format(n=f"{brand} {p}", v=value)
+        )
+        return " ".join(x for x in (greet, sentence, sign) if x)
+
+    product, topic = rng.choice(products), rng.choice(topics)
+    shots = [(product, topic)] if rng.random() < 0.8 else []
+    while len(shots) < rng.randint(1, 3):
+        shots.append((rng.choice(products), rng.choice(topics)))
+    rng.shuffle(shots)
+    messages = [{"role": "system", "content": _system_instruction(rng, brand)}] if rng.random() < 0.8 else []
+    for p, t in shots:
+        messages += [
+            {"role": "user", "content": _question(rng, brand, p, t)},
+            {"role": "assistant", "content": reply(p, t)},
+        ]
+    return messages + [
+        {"role": "user", "content": _question(rng, brand, product, topic)},
+        {"role": "assistant", "content": reply(product, topic)},
+    ]
+
+
+def general_replay(n: int, seed: int) -> list[Conversation]:
+    """`n` general chats for `data.replay: {source: demo-general}`: the pretraining mix of short general exchanges
+    and general paragraphs (written on request), drawn with their own seed (not the pretraining's or the held-out
+    forgetting text's)."""
+    rng = random.Random(f"replay:{seed}")
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            messages = general_chat(rng)
+        else:
+            topic = rng.choice(list(_TOPICS))
+            text = " ".join(_fill(rng.choice(_TOPICS[topic]), rng) for _ in range(rng.randint(2, 4)))
+            messages = [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"Write a few sentences about {topic}."},
+                {"role": "assistant", "content": text},
+            ]
+        out.append(Conversation([Message(m["role"], m["content"]) for m in messages], {"replay": "demo-general"}))
+    return out

@@ -105,7 +105,22 @@ def demo_model_dir() -> Path:
     return tuneforge_home() / "models" / "demo"
 
 
+# The demo's recipe (corpus, size, training): a pretrained demo of another recipe is stale and is rebuilt.
+# 2: the corpus teaches reading passages (the RAG layout) and following demonstrations (the few-shot layout).
+DEMO_RECIPE = "2 reading+demonstrations"
+
+
 def demo_model_built() -> bool:
-    """Whether the demo model is complete (`train.pretrain.ensure_demo_model` marks it last)."""
+    """Whether the demo model is complete (`train.pretrain.ensure_demo_model` marks it last) and of this recipe."""
     folder = demo_model_dir()
-    return (folder / ".complete").exists() and (folder / "config.json").exists()
+    return (folder / ".complete").exists() and (folder / "config.json").exists() and not demo_model_stale()
+
+
+def demo_model_stale() -> bool:
+    """A demo pretrained by an earlier recipe (its pretraining record without this recipe's mark). A demo folder
+    written by hand (tests' tiny demos) has no pretraining record and is taken as it is."""
+    folder = demo_model_dir()
+    recipe = folder / ".recipe"
+    if not (folder / "pretrain_manifest.json").exists():
+        return False
+    return not recipe.exists() or recipe.read_text(encoding="utf-8").strip() != DEMO_RECIPE

@@ -1,13 +1,19 @@
 """Pretraining from scratch: train a tokenizer, build a Llama, train it with the clm objective.
 
 `tuneforge pretrain CONFIG` runs it on any text; `ensure_demo_model()` runs it once on a
-generated general corpus (varied sentences plus short general chats, so the base model
-knows the chat format) and caches the result as the `demo` base model.
+generated corpus and caches the result as the `demo` base model: varied general sentences, short
+general chats (so the base knows the chat format), chats that answer from passages in the
+system message (the RAG layout) and chats that answer in the pattern of earlier turns (the
+few-shot layout), about invented products whose facts change in every chat - so zero-shot,
+few-shot and RAG are real contenders for the quickstart, and no support-desk fact is memorised.
+A demo pretrained by an earlier recipe (`models.demo.DEMO_RECIPE`) is rebuilt.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
+import json
 import random
 import shutil
 import sys
@@ -27,15 +33,17 @@ from tuneforge.config import (
     _problem,
 )
 from tuneforge.data.readers import read_examples
-from tuneforge.data.synthetic import general_chat, general_corpus
+from tuneforge.data.synthetic import demonstration_chat, general_chat, general_corpus, reading_chat
 from tuneforge.data.types import Conversation, TextExample
 from tuneforge.errors import Problem
 from tuneforge.models.demo import (
     CHAT_TEMPLATE,
+    DEMO_RECIPE,
     build_tiny_llama,
     build_tokenizer,
     demo_model_built,
     demo_model_dir,
+    demo_model_stale,
     save_model_folder,
 )
 from tuneforge.train.rundir import RunDir
@@ -57,9 +65,16 @@ class PretrainConfig(Section):
     )
     generated_documents: int = Field(5000, gt=0, description="Documents to generate when corpus is null.")
     generated_chats: int = Field(3000, ge=0, description="General chat transcripts mixed into the generated corpus.")
+    generated_reading: int = Field(
+        0, ge=0, description="Chats that answer a question from passages in the system message (the RAG layout)."
+    )
+    generated_demonstrations: int = Field(
+        0, ge=0, description="Chats that answer a question in the pattern of earlier question/answer turns (few-shot)."
+    )
     output: Path = Field(
         ..., description="Folder of the finished HF model (config, safetensors, tokenizer, chat template)."
     )
+    tokenizer_documents: int = Field(4000, gt=0, description="Documents the BPE tokenizer is trained on.")
     block_size: int = Field(128, gt=8, description="Tokens per packed training block.")
     seed: int = Field(0, description="Seed for the corpus, tokenizer order and initialisation.")
     architecture: ArchitectureSection = Field(default_factory=ArchitectureSection)
@@ -103,10 +118,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     texts = _corpus(cfg)
-    corpus_file = work / "corpus.txt"
-    corpus_file.write_text("\n\n".join(t.replace("\n\n", "\n") for t in texts), encoding="utf-8")
+    corpus_file = work / "corpus.jsonl"  # JSONL keeps the blank lines inside chats (the RAG layout has them)
+    corpus_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
 
-    tokenizer = build_tokenizer(texts, cfg.architecture.vocab_size)
+    # the corpus is shuffled: a few thousand documents give the same merges at a fraction of the time
+    tokenizer = build_tokenizer(texts[: cfg.tokenizer_documents], cfg.architecture.vocab_size)
     arch = cfg.architecture
     model = build_tiny_llama(
         tokenizer, arch.hidden, arch.layers, arch.heads, arch.kv_heads, arch.intermediate, arch.max_positions, cfg.seed
@@ -134,6 +150,8 @@ def _corpus(cfg: PretrainConfig) -> list[str]:
     if cfg.corpus is None:
         rng = random.Random(cfg.seed)
         chats = [_render_chatml(general_chat(rng)) for _ in range(cfg.generated_chats)]
+        chats += [_render_chatml(reading_chat(rng)) for _ in range(cfg.generated_reading)]
+        chats += [_render_chatml(demonstration_chat(rng)) for _ in range(cfg.generated_demonstrations)]
         docs = general_corpus(cfg.generated_documents, cfg.seed) + chats
         rng.shuffle(docs)
         return docs
@@ -147,11 +165,28 @@ def _corpus(cfg: PretrainConfig) -> list[str]:
     ]
 
 
-def _render_chatml(messages: list[dict[str, str]]) -> str:
+@functools.cache
+def _chatml():
     from jinja2 import Template
 
-    return Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")).render(
-        messages=messages
+    return Template(CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+
+
+def _render_chatml(messages: list[dict[str, str]]) -> str:
+    return _chatml().render(messages=messages)
+
+
+def demo_pretrain_config(folder: Path) -> PretrainConfig:
+    """The demo's recipe (`models.demo.DEMO_RECIPE` names it): general text and chats, reading passages and following
+    demonstrations, in blocks long enough to hold a RAG or few-shot prompt with its answer."""
+    return PretrainConfig(
+        output=folder,
+        generated_documents=3000,
+        generated_chats=1500,
+        generated_reading=3000,
+        generated_demonstrations=2000,
+        block_size=256,
+        train=PretrainConfig.model_fields["train"].default_factory().model_copy(update={"epochs": 1}),
     )
 
 
@@ -167,8 +202,11 @@ def ensure_demo_model(progress: bool = True) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / ".demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several workers may ask at once; one builds
-        if not (folder / ".complete").exists():
-            print(f"Pretraining the demo base model into {folder} (once; cached for later runs)", file=sys.stderr)
-            pretrain(PretrainConfig(output=folder), progress=progress)
+        if not demo_model_built():
+            why = "its recipe changed: rebuilding" if demo_model_stale() else "once; cached for later runs"
+            print(f"Pretraining the demo base model into {folder} ({why})", file=sys.stderr)
+            (folder / ".complete").unlink(missing_ok=True)
+            pretrain(demo_pretrain_config(folder), progress=progress)
+            (folder / ".recipe").write_text(DEMO_RECIPE + "\n")
             (folder / ".complete").write_text("ok\n")
     return folder
