@@ -22,6 +22,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data import length
 from tuneforge.data.lineage import dataset_fingerprint
 from tuneforge.data.readers import read_examples
+from tuneforge.data.retrieval_mix import mix_for_training
 from tuneforge.errors import ConfigError, Problem, TrainingError
 from tuneforge.export.model_card import write_model_card
 from tuneforge.methods import get_method, trainable_parameters
@@ -182,6 +183,8 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
     set_prompt_policy(tokenizer, cfg.data.system_prompt)  # saved with the tokenizer: inference prompts the same way
     train_examples, val_examples = _load_splits(cfg)
+    # data.retrieval (RAFT passages in the prompts) and data.replay (general examples against forgetting)
+    train_examples, val_examples, mixing = mix_for_training(cfg, train_examples, val_examples, tokenizer)
     objective.prepare(train_examples)  # fixes the label set of labelled objectives from the training data
     train_feats = objective.encode(train_examples, tokenizer, cfg.model.max_length)
     val_feats = objective.encode(val_examples, tokenizer, cfg.model.max_length) if val_examples else []
@@ -248,7 +251,7 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
     dropped = {"dropped": over.places} if cfg.data.overlength == "drop" else {}
     s.overlength = over.to_dict(cfg.data.overlength) | dropped
     run.prepare(cfg, resume)
-    lineage = _dataset_lineage(cfg, train_examples, val_examples)
+    lineage = _dataset_lineage(cfg, train_examples, val_examples) | mixing
     _write_start_manifest(s, resume, new_manifest(cfg, base_path, lineage), per_epoch)
     distributed.barrier(d)  # the run directory exists before any rank writes a checkpoint shard into it
     s.setup_s = time.perf_counter() - started
