@@ -127,13 +127,18 @@ def test_quickstart_json_shows_fine_tuning_wins(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # the only stdout is one JSON object
-    assert set(summary["base"]) == set(summary["fine_tuned"]) >= {"loss", "token_f1", "exact_match"}
-    assert summary["fine_tuned"]["token_f1"] > summary["base"]["token_f1"] + 0.3
+    assert set(summary["base"]) == set(summary["fine_tuned+rag"]) >= {"loss", "token_f1", "exact_match"}
+    # the house style is what fine-tuning teaches; the base reads passages in plain sentences
+    assert summary["fine_tuned"]["token_f1"] > summary["base"]["token_f1"] + 0.1
     assert summary["fine_tuned"]["loss"] < summary["base"]["loss"]
-    for name in ("base", "few_shot", "rag", "fine_tuned"):  # the facts family beside the style metrics, with intervals
+    for name in ("base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"):  # both families, with intervals
         assert 0 <= summary[name]["fact_accuracy"] <= 1
         assert set(summary["intervals"][name]["fact_accuracy"]) == {"mean", "ci_low", "ci_high"}
     assert set(summary["winners"]) == {"facts", "style"} and summary["winners"]["facts"]["metric"] == "fact_accuracy"
+    raft, replay = summary["training_data"]["retrieval"], summary["training_data"]["replay"]
+    assert raft["k"] == 2 and raft["train"]["passages_in_prompts"] > raft["train"]["examples"]
+    assert replay["replayed_examples"] == round(0.1 * replay["task_examples"] / 0.9)
+    assert set(summary["forgetting"]["change_percent_vs_base"]) == {"fine_tuned"}
     run = Path(summary["run_dir"])
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "manifest.json").exists()
     assert (tmp_path / "home" / "models" / "demo" / "model.safetensors").exists()  # cached for the next run

@@ -2,9 +2,10 @@
 
 1. a base model (the demo Llama, pretrained once and cached),
 2. a company's support-desk data in OpenAI chat JSONL, split train/validation/test,
-3. LoRA fine-tuning with assistant-only loss, validated while it trains,
-4. `tuneforge eval` on the held-out test split: base (zero-shot), few-shot, RAG and
-   fine-tuned, with bootstrap intervals, slices, forgetting, cost and a verdict.
+3. LoRA fine-tuning with assistant-only loss, validated while it trains, with retrieved passages in
+   the prompts (RAFT, `data.retrieval`) and general chats replayed against forgetting (`data.replay`),
+4. `tuneforge eval` on the held-out test split: base (zero-shot), few-shot, RAG, fine-tuned and
+   fine-tuned+RAG, with bootstrap intervals, slices, forgetting, cost and a verdict.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import DataSection, EvalSection, LoraMethod, ModelSection, RunConfig, TrainSection
+from tuneforge.config import (
+    DataSection,
+    EvalSection,
+    LoraMethod,
+    ModelSection,
+    ReplaySection,
+    RetrievalSection,
+    RunConfig,
+    TrainSection,
+)
 from tuneforge.data.readers import write_jsonl
 from tuneforge.data.synthetic import support_desk_dataset
 from tuneforge.eval.evaluate import EvalTarget, run_eval
@@ -28,7 +38,9 @@ REPORTED = ("loss", "perplexity", "exact_match", "token_f1", "fact_accuracy")
 FACT_ACCURACY = StringCheck(
     name="fact_accuracy", input="{{sample.output_text}}", reference="{{item.fact}}", operation="ilike", family="facts"
 )
-QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned")  # fine_tuned+rag: `tuneforge eval RUN`
+QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag")
+FORGETTING_BUDGET_PERCENT = 50  # data.replay's aim: general-text perplexity at most +50% of the base's
+RAG_K = 2  # passages in a RAG prompt: at test time (eval.rag_k) and in training (data.retrieval.k)
 
 
 def write_support_splits(folder: Path, n: int = 900, seed: int = 0) -> dict[str, Path]:
@@ -53,7 +65,15 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
         objective="sft",
         output_dir=run_dir,
         model=ModelSection(name="demo", max_length=256),
-        data=DataSection(train=data["train"], validation=data["validation"], test=data["test"]),
+        data=DataSection(
+            train=data["train"],
+            validation=data["validation"],
+            test=data["test"],
+            # RAFT: the fine-tune learns to read retrieved passages (1 retrieved + 1 random in 80% of the prompts)
+            retrieval=RetrievalSection(corpus="train", k=RAG_K, distractors=1, p_oracle=0.8),
+            # general chats against forgetting general text (the report's forgetting figure)
+            replay=ReplaySection(source="demo-general", share=0.1),
+        ),
         method=LoraMethod(r=16, alpha=32, target_modules="all-linear"),
         train=TrainSection(
             epochs=5,
@@ -72,7 +92,7 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
             batch_size=32,
             approaches=list(QUICKSTART_APPROACHES),
             few_shot_k=2,
-            rag_k=2,
+            rag_k=RAG_K,
             latency_samples=2,
             graders=[FACT_ACCURACY],
         ),
@@ -92,9 +112,10 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
     say("3/4 fine-tuning with LoRA (assistant tokens only, validated while training)")
     result = train(cfg, progress=progress)
 
-    say("4/4 tuneforge eval: base, few-shot, RAG and fine-tuned on the held-out test split")
+    say("4/4 tuneforge eval: base, few-shot, RAG, fine-tuned and fine-tuned+RAG on the held-out test split")
     report = run_eval(EvalTarget(cfg, run_dir), run_dir, say=say)
     approaches = {a["name"]: a for a in report["approaches"]}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     summary = {
         "run_dir": str(run_dir),
         **{name: {k: a["metrics"][k]["mean"] for k in REPORTED} for name, a in approaches.items()},
@@ -106,6 +127,12 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
             for family, v in report["verdict"]["families"].items()
         },
         "test_examples": report["test_examples"],
+        "forgetting": {
+            "general_perplexity": {k: v["mean"] for k, v in report["forgetting"].get("perplexity", {}).items()},
+            "change_percent_vs_base": report["forgetting"].get("change_percent_vs_base", {}),
+            "budget_percent": FORGETTING_BUDGET_PERCENT,
+        },
+        "training_data": {k: manifest["datasets"][k] for k in ("retrieval", "replay") if k in manifest["datasets"]},
         "train_status": result.status,
         "train_steps": result.steps,
         "eval_seconds": report["seconds"],

@@ -52,6 +52,9 @@ def quickstart(
     )
     table.add_row("prompt tokens", *(f"{summary['prompt_tokens_per_request'][name]:.0f}" for name in shown))
     Console().print(table)
+    for name, pct in summary.get("forgetting", {}).get("change_percent_vs_base", {}).items():
+        budget = summary["forgetting"]["budget_percent"]
+        Console().print(f"- general-text perplexity of {name}: {pct:+.1f}% vs the base (aim: at most +{budget}%)")
     for line in summary["verdict"] if isinstance(summary["verdict"], list) else [summary["verdict"]]:
         Console().print(f"- {line}")
     Console().print(f"run directory: {summary['run_dir']}   total time: {summary['seconds']:.0f} s")
