@@ -77,6 +77,18 @@ def test_upload_sizes_purposes_and_expiry(server):
     with pytest.raises(openai.APIStatusError) as exc:
         a.uploads.create(bytes=10**9, filename="huge.jsonl", mime_type="text/jsonl", purpose="fine-tune")
     assert exc.value.status_code == 413 and exc.value.body["param"] == "bytes"
+    up = a.uploads.create(
+        bytes=5,
+        filename="n.txt",
+        mime_type="text/plain",
+        purpose="user_data",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    with pytest.raises(openai.APIStatusError) as exc:  # a part cannot be larger than the whole upload
+        a.uploads.parts.create(up.id, data=b"0123456789")
+    assert exc.value.status_code == 413 and exc.value.body["param"] == "data"
+    done = a.uploads.complete(up.id, part_ids=[a.uploads.parts.create(up.id, data=b"hello").id])
+    assert done.file.expires_at == done.file.created_at + 3600  # the upload's expires_after goes to its File
     for purpose, why in (("assistants", "Assistants"), ("vision", "text models"), ("evals", "Evals")):
         with pytest.raises(openai.BadRequestError) as exc:
             a.uploads.create(bytes=5, filename="f.jsonl", mime_type="text/jsonl", purpose=purpose)
