@@ -287,3 +287,19 @@ def test_tools_are_rendered_and_a_call_round_trips(server):
     follow = client.chat.completions.create(model="demo", messages=history, max_tokens=3, tools=[WEATHER])
     assert follow.usage.prompt_tokens > offered.usage.prompt_tokens
     assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_prompt_tuned_models_take_row_seeds_but_no_controls(demo):
+    import copy
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    from tuneforge.models.generate import generate_batch
+
+    model, tok = demo
+    prompted = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    kw = dict(max_new_tokens=5, temperature=1.0)
+    alone = generate_batch(prompted.eval(), tok, [MSGS], seeds=[4], **kw)[0]
+    assert generate_batch(prompted, tok, [[{"role": "user", "content": "Oslo?"}], MSGS], seeds=[1, 4], **kw)[1] == alone
+    with pytest.raises(ValueError, match="no controls"):
+        generate_batch(prompted, tok, [MSGS], controls=Controls(frequency_penalty=1.0), **kw)

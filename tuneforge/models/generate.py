@@ -185,12 +185,19 @@ def generate_ids(
     stops = set(stop_ids)
     controls = controls or Controls()
     if not direct_decoding(model):  # prompt-learning adapters and other models whose generate() adds to the inputs
-        if controls != Controls() or seeds is not None or on_text is not None or cancel is not None:
-            raise ValueError("this model decodes through generate(): no controls, row seeds or streaming")
-        new_ids = _generate(
-            model, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, stop_ids, pad, forward_kwargs
-        )
-        return [_result(tokenizer, stop, stops, e, new_ids[row].tolist(), None) for row, e in enumerate(encoded)]
+        if controls != Controls() or on_text is not None or cancel is not None:
+            raise ValueError("this model decodes through generate(): no controls or streaming")
+        args = (max_new_tokens, temperature, top_p, stop_ids, pad, forward_kwargs)
+        if seeds is None:
+            rows = _generate(model, ids.to(device), mask.to(device), *args).tolist()
+        else:  # one generate() per row, each from its own seed (a batch shares one generator there)
+            rows = []
+            for row, row_seed in enumerate(seeds):
+                torch.manual_seed(row_seed)
+                one = {k: v[row : row + 1] for k, v in (forward_kwargs or {}).items()}  # adapter_names
+                out = _generate(model, ids[row : row + 1].to(device), mask[row : row + 1].to(device), *args[:-1], one)
+                rows.append(out[0].tolist())
+        return [_result(tokenizer, stop, stops, e, rows[row], None) for row, e in enumerate(encoded)]
     steer = controls.steer(len(encoded), _vocab_size(model), device, tokenizer, stop_ids)
     answers = [AnswerText(tokenizer, stop) for _ in encoded]
     sent = [0] * len(encoded)  # logprobs already streamed, per row
@@ -386,6 +393,7 @@ def decode(
     steer: Steer | None = None,
     generators: list[torch.Generator] | None = None,
     on_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    repeat: int = 1,
 ) -> torch.Tensor:
     """Greedy (temperature 0) or temperature / nucleus sampling with a KV cache: new tokens (B, <= max_new_tokens).
 
@@ -396,6 +404,9 @@ def decode(
     `forward_kwargs` go to every forward call (peft's per-row `adapter_names`). `steer` adjusts each
     step's logits (`Controls`), `generators` give each row its own random draws, and `on_step(token,
     finished)` may end rows early (a stop string, a client gone) by returning a (B,) mask.
+    `repeat` samples that many answers per prompt from one prefill: the prompt's KV cache and last logits are
+    expanded to B x repeat rows (row b * repeat + k is prompt b's k-th answer), as GRPO's groups want; `steer`,
+    `generators` and `on_step` then see B x repeat rows.
     """
     fixed = forward_kwargs or {}
     batch, length = ids.shape
@@ -410,6 +421,12 @@ def decode(
         **extra,
         **fixed,
     )
+    if repeat > 1:  # one prefill per prompt, shared by its answers: (B, ...) -> (B x repeat, ...)
+        out.past_key_values.batch_repeat_interleave(repeat)
+        out.logits = out.logits.repeat_interleave(repeat, dim=0)
+        mask, positions = mask.repeat_interleave(repeat, dim=0), positions.repeat_interleave(repeat, dim=0)
+        extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
+        batch *= repeat
     stops = torch.tensor(stop_ids or [-1], device=ids.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     chosen: list[torch.Tensor] = []
