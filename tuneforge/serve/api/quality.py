@@ -17,7 +17,7 @@ from tuneforge.data.types import Conversation
 from tuneforge.serve import drift, files
 from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError
+from tuneforge.serve.api.errors import APIError, declared
 from tuneforge.serve.api.inference import chat_messages
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.ids import new_id, now
@@ -82,7 +82,7 @@ async def drift_all(who: Principal = Depends(principal), svc: Services = Depends
     return {"object": "list", "data": [await drift_one(m, who, svc) for m in models]}
 
 
-@router.get("/monitoring/drift/{model_id:path}")
+@router.get("/monitoring/drift/{model_id:path}", responses=declared(409))
 async def drift_one(model_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
     reference = await run_in_threadpool(reference_prompts, svc, who, model_id)
     live = live_prompts(svc, who, model_id)
