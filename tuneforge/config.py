@@ -356,6 +356,9 @@ class GrpoSection(Section):
         description="Answers sampled per prompt (TRL's num_generations); advantages are "
         "each answer's reward against its group's mean.",
     )
+    eval_samples: int | None = Field(
+        None, gt=0, description="Answers sampled per validation prompt for the validation reward (group_size when null)."
+    )
     temperature: float = Field(
         1.0,
         gt=0,

@@ -126,11 +126,11 @@ class GroupRelative:
     # ---- sampling and reward
 
     @torch.no_grad()
-    def sample(self, model, batch: dict[str, torch.Tensor]) -> Completions:
-        """`group_size` answers per prompt from the current policy, through the KV-cache decode loop.
+    def sample(self, model, batch: dict[str, torch.Tensor], answers: int | None = None) -> Completions:
+        """`answers` (group_size) answers per prompt from the current policy, through the KV-cache decode loop.
 
-        Each prompt is repeated group_size times (one prefill per answer, not per prompt: `decode` has no
-        shared-prefix cache); the rows are sampled together in one batch.
+        One prefill per prompt: its KV cache is expanded to the group's rows (`decode(repeat=g)`), which are
+        sampled together in one batch; row b * g + k is prompt b's k-th answer.
         """
         if not direct_decoding(model):
             raise ConfigError(
@@ -143,15 +143,19 @@ class GroupRelative:
                     )
                 ],
             )
-        g = self.cfg.group_size
-        ids = batch["input_ids"].repeat_interleave(g, dim=0)  # (N, P)
+        g = answers or self.cfg.group_size
+        ids = batch["input_ids"].repeat_interleave(g, dim=0)  # (N, P): the rows the loss reads
         mask = batch["attention_mask"].repeat_interleave(g, dim=0)
         was_training = model.training
         model.eval()  # no dropout while sampling
         try:
             stops = stop_token_ids(model, self.tokenizer)
             pad = self.tokenizer.pad_token_id
-            new = decode(model, ids, mask, self.cfg.max_new_tokens, self.cfg.temperature, self.cfg.top_p, stops, pad)
+            cfg = self.cfg
+            prompts, prompt_mask = batch["input_ids"], batch["attention_mask"]  # (B, P)
+            new = decode(
+                model, prompts, prompt_mask, cfg.max_new_tokens, cfg.temperature, cfg.top_p, stops, pad, repeat=g
+            )
         finally:
             model.train(was_training)
         is_stop = torch.isin(new, torch.tensor(stops or [-1], device=new.device))  # (N, L)
@@ -216,12 +220,14 @@ class GroupRelative:
 
     @torch.no_grad()
     def metrics(self, model, features: Sequence[Encoded], batch_size: int, pad_id: int, device) -> dict[str, float]:
-        """Validation reward: mean and std over group_size sampled answers per validation prompt, per grader."""
+        """Validation reward: mean and std over eval_samples (group_size) sampled answers per validation prompt,
+        per grader."""
         rewards, sums, n = [], {}, 0
+        answers = self.cfg.eval_samples or self.cfg.group_size
         for i in range(0, len(features), batch_size):
             batch = {k: v.to(device) for k, v in self.collate(features[i : i + batch_size], pad_id).items()}
-            done = self.sample(model, batch)
-            items = [self.items[j] for j in batch["index"].tolist() for _ in range(self.cfg.group_size)]
+            done = self.sample(model, batch, answers)
+            items = [self.items[j] for j in batch["index"].tolist() for _ in range(answers)]
             r, graded = self.rewards(done.texts, items)
             rewards.append(r)
             for k, v in graded.items():

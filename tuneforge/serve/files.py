@@ -6,7 +6,8 @@ storage; with the default storage (the data dir itself) it is already in place. 
 `local_copy` (the stored file on a shared folder, a cached copy from a bucket).
 
 Fine-tune uploads are validated with `tuneforge.data.validate.validate_file`; a file with
-errors is refused and every problem is reported with its line, as OpenAI does.
+errors is refused and every problem is reported with its line, as OpenAI does. A file whose only error is
+records ending in a user turn is checked again as RFT prompts (format rft: reinforcement jobs only).
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def register_file(
     validation = None
     if purpose == "fine-tune":
         report = validate_file(path, min_examples=1)
+        if not report.ok and set(report.to_dict()["error_counts"]) == {"no_assistant"}:  # prompts: RFT JSONL?
+            rft = validate_file(path, "rft", min_examples=1)
+            report = rft if rft.ok else report
         if not report.ok:
             path.unlink()
             raise validation_error(report, filename)

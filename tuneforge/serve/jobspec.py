@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuneforge.config import RunConfig, TrainSection, validate_config
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.methods.registry import DEFAULT_METHOD, available_methods, get_method
+from tuneforge.serve.jobspec_rft import ReinforcementDetail
 
 Auto = Literal["auto"]
 SERVER_OWNED = {"data", "output_dir"}  # the service fills these in from the job
@@ -43,9 +44,10 @@ class MethodDetail(BaseModel):
 
 class MethodSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["supervised", "dpo"] = "supervised"
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: MethodDetail | None = None
     dpo: MethodDetail | None = None
+    reinforcement: ReinforcementDetail | None = None  # objective grpo: jobspec_rft.py
 
 
 class CreateJob(BaseModel):
@@ -65,6 +67,8 @@ class CreateJob(BaseModel):
 
     def resolved_method(self) -> MethodSpec:
         method = self.method or MethodSpec()
+        if method.type == "reinforcement":  # its grader has no default; top-level hyperparameters are refused
+            return method
         detail = getattr(method, method.type) or MethodDetail()
         if self.hyperparameters is not None:  # the older top-level form
             detail = MethodDetail(hyperparameters=self.hyperparameters)

@@ -133,7 +133,11 @@ class Events:
         self.callback = callback
         self.trackers = trackers or []
         self.progress = _bar() if show else None
-        self.task = self.progress.add_task("training", total=total_steps, loss="-", tps="-") if self.progress else None
+        self.task = (
+            self.progress.add_task("training", total=total_steps, loss="-", tps="-", reward="")
+            if self.progress
+            else None
+        )
         self.started = time.perf_counter()
 
     def __enter__(self) -> Events:
@@ -155,6 +159,8 @@ class Events:
             self.run.log({**event.to_record(), "time": round(time.time(), 3)})
         if self.callback:
             self.callback(event)
+        if self.progress and isinstance(event, TrainStep) and "reward" in event.metrics:
+            self.progress.update(self.task, reward=reward_field(event.metrics))
         for tracker in list(self.trackers):
             try:
                 tracker.event(event)
@@ -177,6 +183,14 @@ class Events:
             self.progress.console.print(f"[dim]{text}[/dim]")
 
 
+def reward_field(metrics: dict[str, float]) -> str:
+    """The progress line's reward part (objective grpo): mean ± spread of the last logged step, and the share
+    of groups without learning signal (every answer rewarded alike) when there are any."""
+    text = f"reward {metrics['reward']:.3f}±{metrics.get('reward_std', 0.0):.3f}"
+    flat = metrics.get("zero_advantage_groups", 0.0)
+    return text + (f" ({flat:.0%} flat groups)" if flat > 0 else "")
+
+
 def _bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -184,6 +198,7 @@ def _bar() -> Progress:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("{task.fields[reward]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

@@ -10,6 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.serve import catalog, files, job_states, jobs
+from tuneforge.serve import jobspec_rft as rft
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
 from tuneforge.serve.job_states import JobStatus
@@ -33,7 +34,8 @@ def job_object(job: Job, store=None) -> dict[str, Any]:
     that know only OpenAI's statuses see it in `status`; `tuneforge.openai_status` maps it to `queued`
     (a paused job waits, like a queued one, and goes back to queued when resumed)."""
     method = dict(job.method)
-    method[job.method["type"]] = {"hyperparameters": _openai_hyper(job.hyperparameters)}
+    kind = job.method["type"]  # the resolved hyperparameters, beside the rest of the detail (a reinforcement grader)
+    method[kind] = {**(job.method.get(kind) or {}), "hyperparameters": _openai_hyper(job.hyperparameters)}
     return {
         "object": "fine_tuning.job",
         "id": job.id,
@@ -109,7 +111,11 @@ def create(
         else None
     )
     method = body.resolved_method()
-    if problems := check_method(method, top_level=body.hyperparameters is not None):
+    if method.type == "reinforcement":  # objective grpo with the request's grader: jobspec_rft.py
+        problems = rft.check_reinforcement(method.reinforcement, body.hyperparameters is not None, val_file is not None)
+    else:
+        problems = check_method(method, top_level=body.hyperparameters is not None)
+    if problems:
         raise from_tuneforge(
             ConfigError("unsupported hyperparameters", problems),
             param=problems[0].where,
@@ -135,6 +141,12 @@ def create(
     hyper = resolve_hyperparameters(
         getattr(method, method.type).hyperparameters, n_examples, method_name(options), method.type
     )
+    try:  # reinforcement: the grader and its settings become tuneforge.objective/grpo; files must fit the method
+        hyper, options = rft.job_options(
+            method, hyper, options, train_file, val_file, svc.settings.allow_unsafe_job_options
+        )
+    except ConfigError as exc:
+        raise from_tuneforge(exc, param=exc.problems[0].where, code=rft.error_code(exc)) from None
     seed = body.seed if body.seed is not None else 42
     try:  # the whole run config is checked now, so a bad option is a 400 and not a failed job
         build_config(
