@@ -187,6 +187,10 @@ def test_models_page_downloads_the_adapter_and_says_when_no_eval_report(env):
         page.get_by_role("button", name=f"Download adapter of {model}").click()
     names = zipfile.ZipFile(io.BytesIO(Path(info.value.path()).read_bytes())).namelist()
     assert any(n.endswith("adapter_config.json") for n in names), names
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name=f"Download merged model of {model}").click()
+    names = zipfile.ZipFile(io.BytesIO(Path(info.value.path()).read_bytes())).namelist()
+    assert any(n.endswith("config.json") for n in names) and not any("adapter_config" in n for n in names), names
     page.get_by_role("button", name=f"Eval report of {model}").click()
     sync_api.expect(page.locator("#eval-report")).to_contain_text("tuneforge eval")
     shot(page, "models")

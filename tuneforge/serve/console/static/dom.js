@@ -51,12 +51,13 @@ export function fmtBytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-export function table(headers, rows, caption) {
-  return h("div", { class: "table-wrap" },
+/** A table; on a phone each row becomes a card of label/value lines, except `keyValue` tables (already two columns). */
+export function table(headers, rows, caption, { keyValue = false } = {}) {
+  return h("div", { class: keyValue ? "table-wrap kv" : "table-wrap" },
     h("table", {},
       caption ? h("caption", {}, caption) : null,
       h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c, i) => h("td", { "data-label": headers[i] }, c)))))));
 }
 
 export function toast(message, kind = "info") {

@@ -50,7 +50,7 @@ function tokenView(r) {
     ["Training compute", c.flops ? `${Number(c.flops).toExponential(2)} FLOPs (${Number(c.params).toLocaleString()} parameters)` : "—"],
   ];
   return h("section", { class: "report", "aria-label": "Token statistics and cost" },
-    h("h2", {}, `Tokens and cost (${r.model} tokenizer)`), table(["", "value"], rows), t.estimated ? h("p", { class: "muted" }, `Estimated from ${t.sampled} sampled examples.`) : null);
+    h("h2", {}, `Tokens and cost (${r.model} tokenizer)`), table(["", "value"], rows, null, { keyValue: true }), t.estimated ? h("p", { class: "muted" }, `Estimated from ${t.sampled} sampled examples.`) : null);
 }
 
 async function showDetails(box, file) {

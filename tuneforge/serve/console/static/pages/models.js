@@ -41,7 +41,8 @@ export async function render(main) {
             try { await del(`/v1/models/${id}`); toast(`Deleted ${m.id}`); await refresh(); }
             catch (e) { toast(e.message, "error"); }
           } }, "Delete"))
-        : h("a", { class: "button", href: `#/playground/${id}` }, "Chat")];
+        : kind === "embedding" ? h("span", { class: "muted" }, "for /v1/embeddings")
+          : h("a", { class: "button", href: `#/playground/${id}` }, "Chat")];
     });
     clear(list).append(table(["Model", "Kind", "Base", "Created", ""], rows));
   }
