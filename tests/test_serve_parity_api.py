@@ -218,6 +218,8 @@ def test_openapi_declares_the_errors_each_route_sends_and_no_422(server):
             if "{" in path:
                 assert "404" in codes, (method, path)
     assert "409" in doc["paths"]["/v1/uploads/{upload_id}/complete"]["post"]["responses"]
+    assert "404" in doc["paths"]["/v1/batches"]["post"]["responses"]  # input_file_id names a file
+    assert "404" not in doc["paths"]["/v1/uploads"]["post"]["responses"]  # names nothing
     assert doc["paths"]["/v1/files"]["get"]["responses"]["401"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorResponse"
     }

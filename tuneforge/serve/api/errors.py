@@ -77,9 +77,12 @@ def declared(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in statuses}
 
 
+NAMING = {"model", "training_file", "validation_file", "input_file_id", "file_id", "ids"}  # body fields naming objects
+
+
 def _statuses(route: APIRoute) -> set[int]:
     """What any route sends by its shape: 400 for bad input (the app maps validation errors to 400),
-    401 when it needs a key, 404 when it names an object (path ids, or a body naming models and files),
+    401 when it needs a key, 404 when it names an object (path ids, or a body field naming models or files),
     413 when it has a body (BodyLimit caps every body)."""
 
     def calls(dep, fn) -> bool:
@@ -92,7 +95,8 @@ def _statuses(route: APIRoute) -> set[int]:
     out = {400} if has_input or has_body else set()
     if calls(route.dependant, principal):
         out |= {400, 401}
-    if route.dependant.path_params or (route.body_field and "POST" in route.methods):
+    body = route.body_field.field_info.annotation if route.body_field is not None else None
+    if route.dependant.path_params or NAMING & set(getattr(body, "model_fields", ())):
         out.add(404)
     if has_body:
         out.add(413)
