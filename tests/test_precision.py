@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.helpers import make_config
 from tuneforge.config import FullMethod, LoraMethod
+from tuneforge.errors import ConfigError
 from tuneforge.train.optim import build_optimizer
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.recipe import train
@@ -33,6 +34,12 @@ def test_auto_is_fp32_on_cpu_and_bf16_on_cuda(monkeypatch):
     assert frozen.weights == torch.bfloat16 and frozen.master_weights and frozen.warning() is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", "auto", torch.device("cuda"), trains_base=False).name == "fp32"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    with pytest.raises(ConfigError) as err:  # asked for explicitly on a GPU without bf16: refused, not downgraded
+        resolve_precision("bf16", "auto", torch.device("cuda"), trains_base=True)
+    assert err.value.problems[0].where == "train.precision" and "fp16" in err.value.problems[0].fix
+    assert resolve_precision("fp32", "auto", CPU, True).summary() == "precision: fp32 (weights float32)"
+    assert frozen.summary() == "precision: bf16 autocast, trained weights fp32 (base bfloat16)"
 
 
 def test_16_bit_trained_weights_are_described_and_warned():

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from tuneforge.errors import ConfigError, Problem
+
 _NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -71,6 +73,14 @@ class Precision:
             "loss_scaling": self.name == "fp16",
         }
 
+    def summary(self) -> str:
+        """One line for the start of a run."""
+        if self.compute is None:
+            return f"precision: fp32 (weights {self.weights})".replace("torch.", "")
+        kept = "trained weights fp32" if self.master_weights else f"trained weights {self.weights}, no fp32 master"
+        scaled = ", loss scaling" if self.name == "fp16" else ""
+        return f"precision: {self.name} autocast, {kept}{scaled} (base {self.weights})".replace("torch.", "")
+
     def warning(self) -> str | None:
         if self.master_weights:
             return None
@@ -90,6 +100,11 @@ def resolve_precision(precision: str, model_dtype: str, device: torch.device, tr
     name = precision
     if name == "auto":
         name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    elif name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            "train.precision: bf16 is not supported by this GPU",
+            [Problem("train.precision", f"{torch.cuda.get_device_name(device)} has no bf16", "use fp16 (or auto)")],
+        )
     if model_dtype != "auto":
         weights = getattr(torch, model_dtype)
     elif trains_base or name == "fp32":

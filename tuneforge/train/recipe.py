@@ -316,8 +316,7 @@ def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
     events.message(f"batches: {s.layout.describe()}")
     share = 100 * s.trainable / s.total
     events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
-    if s.precision.warning():
-        events.message(s.precision.warning())
+    events.message(s.precision.warning() or s.precision.summary())
 
 
 def _due(step: int, every: int, total_steps: int) -> bool:
