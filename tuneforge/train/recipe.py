@@ -31,7 +31,7 @@ from tuneforge.methods.registry import artifact_folders
 from tuneforge.models.chat_templates import fit_embeddings, set_prompt_policy
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, resolve_model_path
 from tuneforge.objectives import objective_for
-from tuneforge.train import distributed
+from tuneforge.train import distributed, utilisation
 from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, rank_shard, row_chunks, steps_per_epoch
 from tuneforge.train.checkpoint import (
     LoopState,
@@ -101,6 +101,8 @@ class Session:
     wrapped: torch.nn.Module | None = None  # the DDP / FSDP2 module training forwards go through, None in one process
     precision: Precision = field(default_factory=Precision.fp32)  # train.precision resolved: autocast, master weights
     scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scale that keeps small gradients from underflowing
+    meter: utilisation.Meter | None = None  # real tokens, attention work and batch-building time vs the matmul peak
+    prior_threads: int = 0  # torch's intra-op threads before train.threads, restored when the run ends
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -153,8 +155,9 @@ def train(
                 status = RunStatus.STOPPED
                 break
             step_loss = _optimizer_step(s)
-            tps = (state.tokens - tokens_at_start) / max(time.perf_counter() - loop_start, 1e-9)
-            events.advance(state.step, step_loss, tps)
+            elapsed = max(time.perf_counter() - loop_start, 1e-9)
+            tps = (state.tokens - tokens_at_start) / elapsed
+            events.advance(state.step, step_loss, tps, s.meter.share(elapsed) if s.meter else None)
             if _due(state.step, every.log_every, s.total_steps):
                 lr = s.scheduler.get_last_lr()[0]
                 extra = s.objective.step_metrics() if hasattr(s.objective, "step_metrics") else {}  # grpo: rewards
@@ -178,6 +181,11 @@ def train(
 def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, started: float, d: Dist) -> Session:
     """Data, model, method, optimizer and schedule (from the checkpoint when resuming); then the run directory."""
     device = distributed.rank_device(pick_device(cfg.train.device), d)
+    prior_threads = torch.get_num_threads()
+    threads, why_threads = (
+        utilisation.thread_count(cfg.train.threads) if device.type == "cpu" else (prior_threads, "not a CPU run")
+    )
+    torch.set_num_threads(threads)
     set_seed(cfg.train.seed)
     objective = objective_for(cfg)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
@@ -246,6 +254,10 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         wrapped=wrapped,
         precision=prec,
         scaler=prec.scaler(),
+        meter=utilisation.Meter(
+            utilisation.model_work(model), utilisation.matmul_peak(device) if d.is_main else None, threads, why_threads
+        ),
+        prior_threads=prior_threads,
     )
 
     dropped = {"dropped": over.places} if cfg.data.overlength == "drop" else {}
@@ -316,7 +328,15 @@ def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
     events.message(f"batches: {s.layout.describe()}")
     share = 100 * s.trainable / s.total
     events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
-    events.message(s.precision.warning() or s.precision.summary())
+    if s.precision.compute is not None or s.precision.warning():  # fp32 runs (CPU's default) print nothing new
+        events.message(s.precision.warning() or s.precision.summary())
+    if s.meter and s.meter.peak:
+        peak = s.meter.peak
+        measured = "cached" if peak["cached"] else "measured now"
+        events.message(
+            f"threads: {s.meter.threads} ({s.meter.why_threads}); fp32 matmul peak "
+            f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({measured})"
+        )
 
 
 def _due(step: int, every: int, total_steps: int) -> bool:
@@ -358,6 +378,8 @@ def _optimizer_step(s: Session) -> float:
     s.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     state.tokens += n_tokens
+    if s.meter:
+        s.meter.supervised += n_tokens
     step_loss = loss_sum / max(n_tokens, 1)
     s.losses.append(step_loss)
     return step_loss
@@ -427,9 +449,14 @@ def _accumulate(s: Session) -> tuple[float, int]:
     Gradients hold the *sum* over tokens (over every rank's tokens once the step's last backward reduced them);
     the caller divides by the step's token count.
     """
+    built = time.perf_counter()
     parts = _step_parts(s)
+    if s.meter:
+        s.meter.data_s += time.perf_counter() - built
     loss_total, n_total = 0.0, 0
     for i, (part, weight) in enumerate(parts):
+        if s.meter and weight:
+            s.meter.add(part, s.pad_id)
         with distributed.gradient_sync(s.wrapped, sync=i == len(parts) - 1):  # one reduction per step
             with s.precision.autocast():  # forward in bf16/fp16; backward follows the forward's dtypes
                 loss, n = s.loss({k: v.to(s.device) for k, v in part.items()})
@@ -547,6 +574,9 @@ def _finish(s: Session, status: RunStatus, result: dict[str, Any], train_s: floa
     }
     memory = peak_memory()
     per_rank = distributed.peak_memory_per_rank(memory, s.dist)  # a collective: every rank finishes
+    if s.meter and train_s:  # how close the run came to the machine's matmul peak, and what held it back
+        manifest["utilisation"] = s.meter.report(train_s)
+    torch.set_num_threads(s.prior_threads or torch.get_num_threads())
     manifest.update(
         {
             "status": status.value,
