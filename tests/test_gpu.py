@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_config
+from helpers import make_config
 from tuneforge.config import FullMethod, LoraMethod, QLoraMethod
 from tuneforge.train.recipe import train
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tests.helpers import make_config
+from helpers import make_config
 from tuneforge.config import FullMethod, LoraMethod
 from tuneforge.errors import ConfigError
 from tuneforge.train.optim import build_optimizer
