@@ -221,6 +221,20 @@ class TrainSection(Section):
     )
     log_every: int = Field(10, gt=0, description="Log training loss every N optimizer steps.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU intra-op threads (torch.set_num_threads) while training. auto: the usable cores minus the "
+        "load other processes put on them (1-minute load average), at least 1 - threads that wait on a busy "
+        "neighbour slow every step; a number is used as given.",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, v: int | str) -> int | str:
+        if v != "auto" and v <= 0:
+            raise ValueError("threads must be at least 1 (or auto)")
+        return v
+
     packing: bool | None = Field(
         None,
         description="Pack the examples of each micro-batch into rows of up to model.max_length tokens "
@@ -427,7 +441,24 @@ class EvalSection(Section):
     )
     approaches: list[str] = Field(
         ["base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag"],
-        description="Approaches to compare on the test split.",
+        description="Approaches to compare on the test split. For objective classification on an encoder (a base "
+        "that cannot generate) this default becomes zero_shot_embedding, knn, linear_probe, fine_tuned; the chat "
+        "approaches (base, few_shot, rag, fine_tuned+rag) are refused there.",
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="label -> a sentence describing it, embedded by zero_shot_embedding instead of the label's "
+        "name (data can also carry one per example in metadata.label_description).",
+    )
+    knn_k: int = Field(5, ge=1, description="knn: training examples (nearest frozen embeddings) that vote.")
+    knn_vote: Literal["weighted", "majority"] = Field(
+        "weighted", description="knn: votes weighted by cosine similarity, or one vote each (ties: higher similarity)."
+    )
+    probe_steps: int = Field(
+        300, ge=1, description="linear_probe: full-batch L-BFGS iterations of the logistic regression."
+    )
+    probe_l2: float = Field(
+        1e-3, ge=0, description="linear_probe: L2 penalty on the weights (added to the mean cross-entropy)."
     )
     few_shot_k: int = Field(
         4, ge=1, description="Training examples put in a few-shot prompt (fewer if the context budget is reached)."

@@ -134,7 +134,7 @@ class Events:
         self.trackers = trackers or []
         self.progress = _bar() if show else None
         self.task = (
-            self.progress.add_task("training", total=total_steps, loss="-", tps="-", reward="")
+            self.progress.add_task("training", total=total_steps, loss="-", tps="-", util="", reward="")
             if self.progress
             else None
         )
@@ -173,9 +173,11 @@ class Events:
         self.trackers.remove(tracker)  # before the warning, which the other trackers still get
         self.message(tracker_failed(tracker, exc, when), "warning")
 
-    def advance(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def advance(self, step: int, loss: float, tokens_per_s: float, peak_share: float | None = None) -> None:
+        """Move the bar; `peak_share` is the share of the device's matmul peak so far (train/utilisation.py)."""
         if self.progress:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}")
+            util = f"({100 * peak_share:.0f}% of matmul peak)" if peak_share is not None else ""
+            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}", util=util)
 
     def message(self, text: str, level: str = "info") -> None:
         self.emit(Message(text, level))
@@ -198,6 +200,7 @@ def _bar() -> Progress:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("{task.fields[util]}"),
         TextColumn("{task.fields[reward]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
