@@ -158,6 +158,7 @@ def test_chat_completions_and_streaming_on_the_base_model(server):
     r = a.chat.completions.create(model="demo", messages=msgs, max_tokens=8, temperature=0)
     choice = r.choices[0]
     assert r.object == "chat.completion" and choice.message.role == "assistant"
+    assert r.system_fingerprint.startswith("tuneforge-")  # a string, as OpenAI's schema requires (was null)
     assert choice.finish_reason in ("stop", "length") and r.usage.completion_tokens <= 8
     assert r.usage.prompt_tokens > 5 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     chunks = list(

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneforge import __version__
 from tuneforge.serve.api import chat_options as options
 from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
@@ -27,6 +28,8 @@ from tuneforge.serve.engine import ClientGone, Sampling
 from tuneforge.serve.ids import new_id, now
 from tuneforge.serve.keys import Principal
 
+# OpenAI's schema types this as a string (never null): the serving build, which is what changes outputs for a seed
+SYSTEM_FINGERPRINT = f"tuneforge-{__version__}"
 router = APIRouter(prefix="/v1")
 
 
@@ -186,7 +189,7 @@ async def chat(
         prompt = conv
     started = time.perf_counter()
     prompt_text = "\n".join(m["content"] for m in conv if m["role"] == "user")
-    meta = {"id": new_id("chatcmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
+    meta = {"id": new_id("chatcmpl-"), "created": now(), "model": body.model, "system_fingerprint": SYSTEM_FINGERPRINT}
 
     def record(results: list) -> None:
         usage = _usage(results)
@@ -268,7 +271,7 @@ async def completions(
         raise APIError(400, "prompt must be a non-empty string or a list of non-empty strings.", param="prompt")
     expanded = [p for p in prompts for _ in range(body.n)]  # choice index = prompt index * n + k
     sampling, started = body.sampling(body.logprobs), time.perf_counter()
-    meta = {"id": new_id("cmpl-"), "created": now(), "model": body.model, "system_fingerprint": None}
+    meta = {"id": new_id("cmpl-"), "created": now(), "model": body.model, "system_fingerprint": SYSTEM_FINGERPRINT}
 
     def record(results: list) -> None:
         completion = sum(r.completion_tokens for r in results)
