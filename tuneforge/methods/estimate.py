@@ -100,7 +100,7 @@ def estimate(
     from tuneforge.train.precision import resolve_precision
 
     trains_base = not get_method(method_cfg.name).fp32_adapters
-    weights = resolve_precision(precision, dtype, torch.device("cuda"), trains_base).weights
+    weights = resolve_precision(precision, dtype, torch.device("meta"), trains_base).weights  # any device's choice
     dtype = str(weights).removeprefix("torch.")
     config = load_model_config(ref)
     head = {"num_labels": num_labels} if task in ("sequence_classification", "token_classification") else {}
