@@ -330,13 +330,6 @@ def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
     events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
     if s.precision.compute is not None or s.precision.warning():  # fp32 runs (CPU's default) print nothing new
         events.message(s.precision.warning() or s.precision.summary())
-    if s.meter and s.meter.peak:
-        peak = s.meter.peak
-        measured = "cached" if peak["cached"] else "measured now"
-        events.message(
-            f"threads: {s.meter.threads} ({s.meter.why_threads}); fp32 matmul peak "
-            f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({measured})"
-        )
 
 
 def _due(step: int, every: int, total_steps: int) -> bool:
