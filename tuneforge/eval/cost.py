@@ -19,7 +19,10 @@ from tuneforge.config import RunConfig
 from tuneforge.data.costs import PriceTable, load_prices
 from tuneforge.data.report import build_report
 
-BASELINES = ("base", "few_shot", "rag")  # approaches that need no training; every other approach is a tuned model
+CHAT_BASELINES = ("base", "few_shot", "rag")  # prompts a generative base answers
+# a frozen encoder's alternatives for classification (eval/encoder_baselines.py): embeddings, no fine-tuning
+ENCODER_BASELINES = ("zero_shot_embedding", "knn", "linear_probe")
+BASELINES = CHAT_BASELINES + ENCODER_BASELINES  # approaches that need no fine-tuning; every other is a tuned model
 
 
 def epochs_run(cfg: RunConfig, run_dir: Path | None) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tuneforge.config import RunConfig, apply_overrides, load_config, validate_config
+from tuneforge.config import EvalSection, RunConfig, apply_overrides, load_config, validate_config
 from tuneforge.data.readers import read_examples
 from tuneforge.data.types import Conversation, LabelledExample, Message
 from tuneforge.errors import ConfigError, DataError, Problem
@@ -31,6 +31,7 @@ from tuneforge.eval.compare import (
     summarise,
     write_predictions,
 )
+from tuneforge.eval.encoder_baselines import can_generate, score_classifier, score_embedding_baselines
 from tuneforge.eval.forgetting import (
     forgetting_summary,
     general_texts,
@@ -45,13 +46,16 @@ from tuneforge.eval.retrieval import build_retriever, conversation_passage, read
 from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import metric_families, verdict
 from tuneforge.export.model_card import write_model_card
-from tuneforge.models.artifact import find_artifact
+from tuneforge.models.artifact import find_artifact, saved_task
 from tuneforge.models.chat_templates import prompt_like_training
 from tuneforge.models.loading import load_for_inference, load_tokenizer
 
 BASELINES = costs.BASELINES
 TUNED = ("fine_tuned", "fine_tuned+rag")
 APPROACHES = BASELINES + TUNED
+# what an encoder cannot do: answer a chat prompt (the classifier head has no prompt to add passages to)
+CHAT_ONLY = (*costs.CHAT_BASELINES, "fine_tuned+rag")
+ENCODER_DEFAULT = [*costs.ENCODER_BASELINES, "fine_tuned"]
 
 
 @dataclass
@@ -151,7 +155,8 @@ def run_eval(
     cfg, ev = target.cfg, target.cfg.eval
     out_dir = Path(out_dir or target.run_dir or Path(cfg.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = _check_approaches(approaches or ev.approaches, target)
+    encoder = not can_generate(cfg.model.name)
+    wanted = _check_approaches(approaches, target, encoder, say)
     if target.run_dir is None:
         say(f"no trained run in {cfg.output_dir}: scoring the baselines only (is fine-tuning needed at all?)")
     test, implied = load_split(cfg.data.test, cfg.data.format, ev.max_examples)
@@ -162,22 +167,58 @@ def run_eval(
             [Problem("data.test", "the file holds no examples", "point data.test at the held-out split")],
         )
     task = implied if ev.task == "auto" else ev.task
+    if implied != "classification" and any(n in costs.ENCODER_BASELINES for n in wanted):
+        raise DataError(
+            "the embedding baselines classify texts",
+            [
+                Problem(
+                    "eval.approaches",
+                    f"{', '.join(n for n in wanted if n in costs.ENCODER_BASELINES)} need text+label data; "
+                    f"{cfg.data.test} is not",
+                    "use classification data (records with text and label) or drop them",
+                )
+            ],
+        )
     metrics = select_metrics(task, ev.metrics, ev.custom_metric)
     primary = next(m for m in metrics if m.name == (ev.metrics[0] if ev.metrics else PRIMARY[task]))
     # graders are checked against the test examples before any model loads
     check_item_fields(ev.graders, [item_of(c.reference, c.metadata) for c in test], str(cfg.data.test))
     graders = build_graders(ev.graders)
     budget = ev.context_budget or cfg.model.max_length - ev.max_new_tokens
-    general = general_texts(cfg)
+    general = None if encoder else general_texts(cfg)  # an encoder has no next-token perplexity
+    classifier = cfg.objective == "classification"  # the fine-tune answers through its head, not by generating
     results: list[ApproachResult] = []
     general_ppl: dict[str, dict[str, float]] = {}
     retriever = None
 
     def score(name: str, ref: str, model, tok, builder) -> None:
         say(f"  {name}: {len(test)} test examples")
-        results.append(
+        record(
             score_approach(name, ref, model, tok, test, builder, ev.max_new_tokens, ev.batch_size, ev.latency_samples)
         )
+
+    def score_head(name: str, run: Path) -> None:
+        say(f"  {name}: {len(test)} test examples through its classification head")
+        model, tok = _load_run(run)
+        record(
+            score_classifier(
+                name,
+                str(run),
+                model,
+                tok,
+                labelled(cfg.data.test),
+                cfg.model.max_length,
+                ev.batch_size,
+                ev.latency_samples,
+            )
+        )
+
+    def labelled(path: Path):
+        examples = read_examples(path, cfg.data.format)
+        return examples[: ev.max_examples] if path == cfg.data.test and ev.max_examples else examples
+
+    def record(result: ApproachResult) -> None:
+        results.append(result)
         grade(results[-1], graders)
         for g, errors in results[-1].grade_errors.items():
             failed = [e for e in errors if e]
@@ -200,17 +241,36 @@ def run_eval(
             general_ppl[name] = perplexity_interval(sums, counts, ev.bootstrap_samples, ev.confidence)
 
     say(f"base model {cfg.model.name}")
-    model, tok = load_for_inference(cfg.model.name)
-    prompt_like_training(model, tok, cfg.model.chat_template, cfg.data.system_prompt)  # as the fine-tune is prompted
-    for name, builder in (
-        ("base", lambda: zero_shot),
-        ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
-        ("rag", lambda: rag_builder(tok)),
-    ):
-        if name in wanted:
-            score(name, cfg.model.name, model, tok, builder())
-    forget("base", model, tok)
-    if target.run_dir is not None and any(n in wanted for n in TUNED):
+    if general or any(n in costs.CHAT_BASELINES for n in wanted):
+        model, tok = load_for_inference(cfg.model.name)
+        prompt_like_training(model, tok, cfg.model.chat_template, cfg.data.system_prompt)  # as the fine-tune's
+        for name, builder in (
+            ("base", lambda: zero_shot),
+            ("few_shot", lambda: FewShot(train, tok, ev.few_shot_k, budget, ev.few_shot_selection, cfg.train.seed)),
+            ("rag", lambda: rag_builder(tok)),
+        ):
+            if name in wanted:
+                score(name, cfg.model.name, model, tok, builder())
+        forget("base", model, tok)
+        del model
+    encoder_info: dict[str, Any] = {}
+    if any(n in costs.ENCODER_BASELINES for n in wanted):
+        embedded, encoder_info = score_embedding_baselines(
+            wanted,
+            cfg.model.name,
+            labelled(cfg.data.train),
+            labelled(cfg.data.test),
+            ev,
+            cfg.model.max_length,
+            str(cfg.data.train),
+            say,
+        )
+        for result in embedded:
+            record(result)
+    if target.run_dir is not None and classifier and "fine_tuned" in wanted:
+        say(f"fine-tuned run {target.run_dir}")
+        score_head("fine_tuned", target.run_dir)
+    elif target.run_dir is not None and any(n in wanted for n in TUNED):
         say(f"fine-tuned run {target.run_dir}")
         model, tok = _load_run(target.run_dir)
         if "fine_tuned" in wanted:
@@ -218,13 +278,17 @@ def run_eval(
         if "fine_tuned+rag" in wanted:
             score("fine_tuned+rag", str(target.run_dir), model, tok, rag_builder(tok))
         forget("fine_tuned", model, tok)
+        del model
     for run in target.other_runs:
         name = _unique(Path(run).name, [r.name for r in results])
         say(f"other run {run} as '{name}'")
+        if saved_task(find_artifact(run).folder)[0] == "sequence_classification":
+            score_head(name, run)
+            continue
         model, tok = _load_run(run)
         score(name, str(run), model, tok, zero_shot)
         forget(name, model, tok)
-    del model
+        del model
 
     report = assemble(
         target,
@@ -234,6 +298,10 @@ def run_eval(
         general_ppl,
         general[1] if general else None,
     )
+    if encoder_info:
+        report["encoder_baselines"] = encoder_info
+    if encoder:
+        report["forgetting"] = {"skipped": f"{cfg.model.name} is an encoder: it has no next-token perplexity"}
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(report, results, out_dir)
     if target.run_dir is not None and out_dir.resolve() == Path(target.run_dir).resolve():
@@ -258,6 +326,7 @@ def assemble(
         fields,
         ev.bootstrap_samples,
         ev.confidence,
+        reference=next((n for n in BASELINES if n in {r.name for r in results}), "base"),
         tuned=tuple(r.name for r in results if r.name not in BASELINES),
     )
     flags = [f for s in slices["fields"].values() for f in s["flags"]]
@@ -355,21 +424,50 @@ def write_outputs(report: dict[str, Any], results: list[ApproachResult], out_dir
     (out_dir / "eval_report.html").write_text(render_html(report, results), encoding="utf-8")
 
 
-def _check_approaches(names: list[str], target: EvalTarget) -> list[str]:
+def _check_approaches(
+    asked: list[str] | None, target: EvalTarget, encoder: bool, say: Callable[[str], None]
+) -> list[str]:
+    """The approaches to score: `asked` (--approaches), else eval.approaches; on an encoder the default list
+    becomes the embedding baselines, and chat approaches asked for by name are refused with the reason."""
+    cfg = target.cfg
+    names = asked or cfg.eval.approaches
+    where = "--approaches" if asked else "eval.approaches"
+    if not asked and names == EvalSection.model_fields["approaches"].default and _is_head(cfg):
+        if encoder:
+            say(
+                f"{cfg.model.name} is an encoder: scoring {', '.join(ENCODER_DEFAULT)} "
+                f"(it cannot answer the chat prompts of {', '.join(CHAT_ONLY)})"
+            )
+            names = list(ENCODER_DEFAULT)
+        else:  # a generative base can still be prompted; its classifier fine-tune cannot
+            say("objective classification: scoring the embedding baselines too, and no fine_tuned+rag (a head)")
+            names = [*costs.BASELINES, "fine_tuned"]
     unknown = [n for n in names if n not in APPROACHES]
     if unknown:
         raise ConfigError(
             "unknown approach(es)",
-            [
-                Problem("eval.approaches", f"'{n}'", f"use {', '.join(APPROACHES)}; other runs go in --run")
-                for n in unknown
-            ],
+            [Problem(where, f"'{n}'", f"use {', '.join(APPROACHES)}; other runs go in --run") for n in unknown],
+        )
+    refused = [n for n in names if n in CHAT_ONLY and (encoder or (n == "fine_tuned+rag" and _is_head(cfg)))]
+    if refused:
+        why = (
+            f"{cfg.model.name} is an encoder: it cannot generate an answer to a chat prompt"
+            if encoder
+            else "a classifier's head takes the text alone: there is no prompt to put passages in"
+        )
+        raise ConfigError(
+            "approach(es) that do not fit this model",
+            [Problem(where, f"'{n}': {why}", f"use {', '.join(ENCODER_DEFAULT)}") for n in refused],
         )
     if target.run_dir is None:
         return [
             n for n in names if n not in TUNED
         ]  # not trained yet: the baselines still answer "is fine-tuning needed?"
     return names
+
+
+def _is_head(cfg: RunConfig) -> bool:
+    return cfg.objective == "classification"
 
 
 def _unique(name: str, taken: list[str]) -> str:
