@@ -45,7 +45,9 @@ def eval_command(
         None, "--run", help="Another run directory to compare (repeatable): LoRA vs full, r=8 vs r=32..."
     ),
     approaches: str | None = typer.Option(
-        None, help="Comma-separated subset of base,few_shot,rag,fine_tuned,fine_tuned+rag."
+        None,
+        help="Comma-separated subset of base,few_shot,rag,fine_tuned,fine_tuned+rag; for classification also "
+        "zero_shot_embedding,knn,linear_probe (an encoder's default; chat approaches refused there).",
     ),
     out: Path | None = typer.Option(
         None, help="Folder for eval.json, predictions/ and eval_report.html (default: the run directory)."
@@ -55,7 +57,8 @@ def eval_command(
         None, "--set", help="Config override key=value, e.g. eval.max_examples=50."
     ),
 ) -> None:
-    """Compare base (zero-shot), few-shot, RAG, fine-tuned and fine-tuned+RAG on the test split, with intervals."""
+    """Compare base (zero-shot), few-shot, RAG, fine-tuned and fine-tuned+RAG on the test split, with intervals
+    (on an encoder classifier: zero-shot embedding similarity, kNN, a linear probe and the fine-tuned heads)."""
     from tuneforge.eval.evaluate import resolve_target, run_eval
 
     if output not in ("table", "json"):

@@ -5,6 +5,9 @@ the answer). Few-shot examples are earlier user/assistant turns with weight 0, s
 of the reference answer is measured on the final answer only; RAG passages go into the
 system message. Both stop adding examples/passages before the prompt exceeds its token
 budget, so the prompt always leaves room for the answer.
+
+They need a model that generates. An encoder classifier's cheaper alternatives (zero-shot embedding
+similarity, kNN, a linear probe) are in `encoder_baselines.py`.
 """
 
 from __future__ import annotations
