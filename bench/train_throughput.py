@@ -20,12 +20,21 @@ Configurations (each run in a fresh subprocess, interleaved across repeats):
   trl_lora_pack1   TRL packing, batch 1 row x gradient accumulation 8 (TRL's best on CPU)
   tf_full / trl_full   full fine-tuning, tuneforge defaults vs TRL defaults
   tf_full_allrows  as tf_full with every packed row of the micro-batch in one pass
+  tf_lora_drop / trl_lora_pack1_drop   LoRA with dropout 0.05 (peft's default placement: on the input of lora_A)
+  tf_lora_auto     as tf_lora_packed with train.threads auto (fewer threads when other processes load the CPU);
+                   every other tuneforge configuration runs with train.threads = --threads, as TRL does
+
+--busy starts one spin-loop neighbour process for the whole run (a CPU that someone else is using).
+Each row's "util" is the share of the matmul peak by tuneforge's own convention (train/utilisation.py:
+(4 N + 2 N_trained) per real token + causal attention, i.e. ~4N for LoRA, 6N for full); "MFU" keeps the
+PaLM 6N convention for every tool; "tf util" is what the tuneforge run itself wrote to manifest.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +53,9 @@ CONFIGS = {
     "tf_full": dict(tool="tuneforge", method="full", packing=True),
     "tf_full_allrows": dict(tool="tuneforge", method="full", packing=True, rows_per_pass=64),
     "trl_full": dict(tool="trl", method="full", packing=False, batch=8, accum=1),
+    "tf_lora_drop": dict(tool="tuneforge", method="lora", packing=True, dropout=0.05),
+    "trl_lora_pack1_drop": dict(tool="trl", method="lora", packing=True, batch=1, accum=8, dropout=0.05),
+    "tf_lora_auto": dict(tool="tuneforge", method="lora", packing=True, threads="auto"),
 }
 # ratio rows: (tuneforge config, TRL config)
 RATIOS = [
@@ -55,6 +67,9 @@ RATIOS = [
     ("tf_lora", "trl_lora"),
     ("tf_full", "trl_full"),
     ("tf_full_allrows", "trl_full"),
+    ("tf_lora_drop", "trl_lora_pack1_drop"),
+    ("tf_lora_auto", "trl_lora_pack1"),
+    ("tf_lora_auto", "tf_lora_packed"),
 ]
 LR = {"lora": 5e-4, "full": 1e-4}
 WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
@@ -143,7 +158,7 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     work = Path(args.work)
     out = work / "runs" / f"{name}-{time.time_ns()}"
     method = (
-        LoraMethod(r=16, alpha=32, dropout=0.0, target_modules=C.TARGET_MODULES)
+        LoraMethod(r=16, alpha=32, dropout=spec.get("dropout", 0.0), target_modules=C.TARGET_MODULES)
         if spec["method"] == "lora"
         else FullMethod()
     )
@@ -166,6 +181,7 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
             packing=spec["packing"],
             device="cpu",
             packed_rows_per_pass=spec.get("rows_per_pass"),
+            threads=spec.get("threads", args.threads),
         ),
     )
     stamps: list[float] = []
@@ -191,6 +207,7 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     )
     model, tokenizer = load_for_inference(out, device=torch.device("cpu"))
     stats["heldout_loss"] = C.heldout_loss(model, tokenizer, json.loads((work / "heldout.json").read_text()))
+    stats["tf_util"] = json.loads((out / "manifest.json").read_text())["utilisation"]
     return stats
 
 
@@ -208,7 +225,13 @@ def worker_trl(name: str, spec: dict, args) -> dict:
     rss_before, peak_before = C.rss_bytes(), C.peak_rss_bytes()
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
     peft_config = (
-        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=C.TARGET_MODULES, task_type="CAUSAL_LM")
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=spec.get("dropout", 0.0),
+            target_modules=C.TARGET_MODULES,
+            task_type="CAUSAL_LM",
+        )
         if spec["method"] == "lora"
         else None
     )
@@ -281,7 +304,7 @@ def worker(name: str, args) -> None:
 # ---------------------------------------------------------------- driver
 
 
-def summarise(runs: list[dict], meta: dict, peak: float) -> dict:
+def summarise(runs: list[dict], meta: dict, peak: float, method: str) -> dict:
     """Per-repeat figures (steps after warm-up) -> medians across repeats."""
     per = []
     n_params = meta["params"]
@@ -295,6 +318,10 @@ def summarise(runs: list[dict], meta: dict, peak: float) -> dict:
         # model FLOPs (PaLM appendix B convention): 6 N per real token + causal attention
         # 6 * layers * d * len per token, i.e. 6*layers*d*sum(len^2) per sequence set; padding counts as nothing
         flops = 6 * n_matmul * real + 6 * layers * d * sq
+        # tuneforge's convention: (4 N + 2 N_trained) per token; LoRA r16 on q/k/v/o trains r (d + d) per module
+        n_trained = n_matmul if method == "full" else layers * 4 * 16 * 2 * d
+        work = (4 * n_matmul + 2 * n_trained) * real + 6 * layers * d * sq
+        own = r.get("tf_util", {}).get("peak_share")
         per.append(
             {
                 "sup_tps": sup / t,
@@ -304,6 +331,9 @@ def summarise(runs: list[dict], meta: dict, peak: float) -> dict:
                 "train_mb": (r["peak_rss"] - r["rss_before"]) / 2**20,
                 "loss": r["heldout_loss"],
                 "mfu": flops / t / (peak * 1e9),
+                "util": work / t / (peak * 1e9),
+                "tf_util": own if own is not None else float("nan"),
+                "threads": r.get("tf_util", {}).get("threads", float("nan")),
                 "sup_per_step": sup / len(steps),
             }
         )
@@ -320,6 +350,7 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--busy", action="store_true", help="one spin-loop neighbour process runs for the whole benchmark")
     p.add_argument(
         "--configs",
         default="tf_lora_packed,tf_lora_allrows,trl_lora,trl_lora_pack1,tf_lora,tf_full,trl_full",
@@ -351,8 +382,14 @@ def main() -> None:
         results, peaks = loaded["raw"], loaded["peaks"]
     else:
         passed = ["--steps", str(args.steps), "--threads", str(args.threads), "--work", args.work]
-        results, peaks = C.interleaved(Path(__file__), configs, args.repeats, passed, args.threads, saved)
-    summary = {c: summarise(r, meta, C.median(peaks)) for c, r in results.items() if r}
+        neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+        try:
+            results, peaks = C.interleaved(Path(__file__), configs, args.repeats, passed, args.threads, saved)
+        finally:
+            if neighbour is not None:
+                neighbour.kill()
+                neighbour.wait()
+    summary = {c: summarise(r, meta, C.median(peaks), CONFIGS[c]["method"]) for c, r in results.items() if r}
     print_report(summary, peaks, args)
 
 
@@ -371,6 +408,9 @@ def print_report(summary: dict, peaks: list[float], args) -> None:
         "train MB",
         "held-out loss",
         "MFU",
+        "util",
+        "tf util",
+        "tf threads",
     ]
     rows = [
         [
@@ -383,6 +423,9 @@ def print_report(summary: dict, peaks: list[float], args) -> None:
             f"{s['train_mb']:.0f}",
             f"{s['loss']:.4f}",
             f"{100 * s['mfu']:.1f}%",
+            f"{100 * s['util']:.1f}%",
+            f"{100 * s['tf_util']:.1f}%" if s["tf_util"] == s["tf_util"] else "-",
+            f"{s['threads']:.0f}" if s["threads"] == s["threads"] else "-",
         ]
         for c, s in summary.items()
     ]
@@ -410,6 +453,8 @@ def print_report(summary: dict, peaks: list[float], args) -> None:
     print(
         "\nMFU = (6 N real_tokens + 6 L d sum(len^2)) / time / matmul peak, N = matmul parameters "
         "(tied embedding counted once as the LM head), PaLM convention; padding is not counted.\n"
+        "util = ((4 N + 2 N_trained) real_tokens + 6 L d sum(len^2)) / time / matmul peak (~4N for LoRA); "
+        "tf util = the same share as the tuneforge run computed it (its own cached peak probe).\n"
         "train MB = peak RSS minus RSS before the model was loaded. held-out loss: same evaluator, 64 chats."
     )
 
