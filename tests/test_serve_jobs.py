@@ -160,6 +160,7 @@ def test_job_to_fine_tuned_model_and_chat(env):
             },
         )
         assert r["correction"].startswith("Two years")
+        c.post(f"/feedback/{r['id']}", cast_to=object, body={"status": "accepted"})  # reviewed: only accepted export
     exported = c.post("/feedback/export", cast_to=object, body={"model": cur.fine_tuned_model})
     assert exported["purpose"] == "fine-tune" and b"Two years, answer 9." in c.files.content(exported["id"]).read()
     from tuneforge.data.synthetic import support_desk_dataset

@@ -185,14 +185,10 @@ def test_upload_and_feedback_export_errors_name_no_server_path(server):
         )
         assert r.status_code == 400 and name in r.text
         _no_server_detail(server, r.text)
-    assert (
-        post(
-            server,
-            "/v1/feedback",
-            {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "correction": "hello"},
-        ).status_code
-        == 200
-    )
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "correction": "hello"}
+    fb = post(server, "/v1/feedback", body)
+    assert fb.status_code == 200
+    assert post(server, f"/v1/feedback/{fb.json()['id']}", {"status": "accepted"}).status_code == 200
     r = post(server, "/v1/feedback/export", {"model": "demo"})
     _no_server_detail(server, r.text)
 

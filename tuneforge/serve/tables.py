@@ -181,9 +181,13 @@ class Feedback(Base):
     model: Mapped[str] = mapped_column(String(500), index=True)
     messages: Mapped[list[Any]] = mapped_column(JSON)  # the prompt conversation
     completion: Mapped[str | None] = mapped_column(Text)  # what the model answered
-    correction: Mapped[str] = mapped_column(Text)  # what it should have answered
+    correction: Mapped[str] = mapped_column(Text)  # what it should have answered, as sent (never rewritten)
     rating: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer)
+    # The review (migration 0004): pending | accepted | rejected; the reviewer's version of the answer.
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    reviewed_at: Mapped[int | None] = mapped_column(Integer)
+    edited_correction: Mapped[str | None] = mapped_column(Text)
 
 
 class RequestLog(Base):
@@ -204,3 +208,4 @@ class RequestLog(Base):
 
 
 Index("ix_request_logs_model_seq", RequestLog.model, RequestLog.seq)
+Index("ix_feedback_project_id_status", Feedback.project_id, Feedback.status)

@@ -3,7 +3,7 @@
 Every route is authenticated and project-scoped like the rest of /v1 (the console has no other
 way in): the methods and their fields, a training-memory estimate before a job is submitted, a
 stored file's token statistics and cost, a fine-tune's eval report and its download as a zip,
-and the request log as a time series per model.
+and the request log as a time series per model. (Feedback review and export are `/v1/feedback` routes.)
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from sqlalchemy import select
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve import catalog, files
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError, from_tuneforge, not_found
+from tuneforge.serve.api.errors import APIError, from_tuneforge
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.keys import Principal
-from tuneforge.serve.tables import Feedback, FineTunedModel, Job, RequestLog
+from tuneforge.serve.tables import FineTunedModel, Job, RequestLog
 
 router = APIRouter(prefix="/v1/tuneforge")
 
@@ -284,58 +284,3 @@ def usage_series(
 
 def _bucket(start: int) -> dict[str, Any]:
     return {"start": start, "requests": 0, "latency_ms_sum": 0.0, "prompt_tokens": 0, "completion_tokens": 0}
-
-
-class FeedbackEdit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    correction: str = Field(min_length=1, description="The reviewed answer: the new training target.")
-
-
-@router.patch("/feedback/{feedback_id}")
-def edit_feedback(
-    feedback_id: str, body: FeedbackEdit, who: Principal = Depends(principal), svc: Services = Depends(services)
-) -> dict:
-    """A reviewer's edit of a stored correction."""
-    from tuneforge.serve.api.quality import _feedback_object
-
-    with svc.store.session() as s:
-        row = s.get(Feedback, feedback_id)
-        if row is None or row.project_id != who.project_id:
-            raise not_found("feedback", feedback_id, "feedback_id")
-        row.correction = body.correction
-        s.flush()
-        return _feedback_object(row)
-
-
-class AcceptedExport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(min_length=1, description="The feedback the reviewer accepted, in this order.")
-    filename: str = Field("feedback.jsonl", max_length=200)
-
-
-@router.post("/feedback/export")
-def export_accepted(
-    body: AcceptedExport, who: Principal = Depends(principal), svc: Services = Depends(services)
-) -> dict:
-    """The accepted corrections as a chat JSONL training file (validated like any upload)."""
-    with svc.store.session() as s:
-        rows = {r.id: r for r in s.scalars(select(Feedback).where(Feedback.id.in_(body.ids)))}
-    missing = [i for i in body.ids if i not in rows or rows[i].project_id != who.project_id]
-    if missing:
-        raise not_found("feedback", missing[0], "ids")
-    lines = [
-        json.dumps({"messages": [*rows[i].messages, {"role": "assistant", "content": rows[i].correction}]})
-        for i in dict.fromkeys(body.ids)
-    ]
-    data = io.BytesIO(("\n".join(lines) + "\n").encode())
-    row = files.create_file(
-        svc.store,
-        svc.settings.files_dir,
-        who.project_id,
-        body.filename,
-        "fine-tune",
-        data,
-        svc.settings.max_upload_bytes,
-        storage=svc.settings.storage(),
-    )
-    return files.file_object(row)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 import random
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -17,7 +17,7 @@ from tuneforge.data.types import Conversation
 from tuneforge.serve import drift, files
 from tuneforge.serve.api.checks import refuse_unencodable
 from tuneforge.serve.api.deps import Services, principal, services
-from tuneforge.serve.api.errors import APIError, declared
+from tuneforge.serve.api.errors import APIError, declared, not_found
 from tuneforge.serve.api.inference import chat_messages
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.ids import new_id, now
@@ -105,6 +105,10 @@ class FeedbackIn(BaseModel):
         return refuse_unencodable(data)
 
 
+REVIEW_STATUSES = ("pending", "accepted", "rejected")
+ReviewStatus = Literal["pending", "accepted", "rejected"]
+
+
 def _feedback_object(f: Feedback) -> dict:
     return {
         "object": "feedback",
@@ -112,10 +116,18 @@ def _feedback_object(f: Feedback) -> dict:
         "model": f.model,
         "messages": f.messages,
         "completion": f.completion,
-        "correction": f.correction,
+        "correction": f.correction,  # as it was sent
+        "edited_correction": f.edited_correction,  # the reviewer's version, or null
         "rating": f.rating,
+        "status": f.status,
+        "reviewed_at": f.reviewed_at,
         "created_at": f.created_at,
     }
+
+
+def training_target(f: Feedback) -> str:
+    """The answer a training file learns: the reviewer's edit when there is one, else the correction as sent."""
+    return f.edited_correction if f.edited_correction is not None else f.correction
 
 
 @router.post("/feedback")
@@ -130,6 +142,7 @@ def create_feedback(body: FeedbackIn, who: Principal = Depends(principal), svc: 
         correction=body.correction,
         rating=body.rating,
         created_at=now(),
+        status="pending",
     )
     with svc.store.session() as s:
         s.add(row)
@@ -138,7 +151,11 @@ def create_feedback(body: FeedbackIn, who: Principal = Depends(principal), svc: 
 
 @router.get("/feedback")
 def list_feedback(
-    model: str | None = None, limit: int = 100, who: Principal = Depends(principal), svc: Services = Depends(services)
+    model: str | None = None,
+    status: ReviewStatus | None = Query(None, description="Only feedback in this review state (the queue: pending)."),
+    limit: int = Query(100, ge=1, le=10000),
+    who: Principal = Depends(principal),
+    svc: Services = Depends(services),
 ) -> dict:
     with svc.store.session() as s:
         query = (
@@ -148,27 +165,63 @@ def list_feedback(
         )
         if model:
             query = query.where(Feedback.model == model)
-        rows = list(s.scalars(query.limit(max(1, min(limit, 10000)))))
+        if status:
+            query = query.where(Feedback.status == status)
+        rows = list(s.scalars(query.limit(limit)))
     return {"object": "list", "data": [_feedback_object(f) for f in rows]}
 
 
 class ExportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    filename: str = "feedback.jsonl"
+    model: str | None = Field(None, description="Only feedback on this model.")
+    ids: list[str] | None = Field(
+        None, min_length=1, description="Only these feedback items, in this order (each must be the project's)."
+    )
+    include: list[ReviewStatus] = Field(
+        default_factory=lambda: ["accepted"],
+        min_length=1,
+        description="The review states exported; the others are skipped and counted. Default: accepted only.",
+    )
+    filename: str = Field("feedback.jsonl", min_length=1, max_length=200)
 
 
 @router.post("/feedback/export")
 def export_feedback(body: ExportIn, who: Principal = Depends(principal), svc: Services = Depends(services)) -> dict:
-    """Corrected answers as a chat JSONL training file (validated like any upload)."""
+    """Reviewed corrections as a chat JSONL training file (validated like any upload): the accepted ones by
+    default, each with the reviewer's edit when there is one. The File object says how many were exported and
+    how many the review states skipped."""
     with svc.store.session() as s:
         query = select(Feedback).where(Feedback.project_id == who.project_id).order_by(Feedback.created_at, Feedback.id)
         if body.model:
             query = query.where(Feedback.model == body.model)
+        if body.ids is not None:
+            query = query.where(Feedback.id.in_(body.ids))
         rows = list(s.scalars(query))
+    if body.ids is not None:
+        by_id = {f.id: f for f in rows}
+        missing = [i for i in body.ids if i not in by_id]
+        if missing:  # another project's id reads as missing
+            where = " on model " + body.model if body.model else ""
+            raise APIError(404, f"No such feedback object{where}: {missing[0]}", param="ids", code="not_found")
+        rows = [by_id[i] for i in dict.fromkeys(body.ids)]
     if not rows:
         raise APIError(400, "There is no feedback to export.", param="model", code="no_feedback")
-    lines = [json.dumps({"messages": [*f.messages, {"role": "assistant", "content": f.correction}]}) for f in rows]
+    chosen = [f for f in rows if f.status in body.include]
+    skipped = {
+        status: sum(f.status == status for f in rows) for status in REVIEW_STATUSES if status not in body.include
+    }
+    if not chosen:
+        counts = ", ".join(f"{n} {status}" for status, n in skipped.items() if n)
+        raise APIError(
+            400,
+            f"No feedback is {' or '.join(body.include)} ({counts}): review the queue first "
+            f"(POST /v1/feedback/{{id}} with status accepted), or name the states to export in include.",
+            param="include",
+            code="no_feedback",
+        )
+    lines = [
+        json.dumps({"messages": [*f.messages, {"role": "assistant", "content": training_target(f)}]}) for f in chosen
+    ]
     data = io.BytesIO(("\n".join(lines) + "\n").encode())
     row = files.create_file(
         svc.store,
@@ -180,4 +233,59 @@ def export_feedback(body: ExportIn, who: Principal = Depends(principal), svc: Se
         svc.settings.max_upload_bytes,
         storage=svc.settings.storage(),
     )
-    return files.file_object(row)
+    return {
+        **files.file_object(row),
+        "exported": len(chosen),
+        "skipped": sum(skipped.values()),
+        "skipped_by_status": skipped,
+    }
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: ReviewStatus | None = Field(
+        None, description="accepted (exported), rejected (skipped), or pending (back in the queue)."
+    )
+    correction: str | None = Field(
+        None,
+        description="The reviewer's version of the answer, kept beside the original correction; null drops the edit.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def text_is_unicode(cls, data: Any) -> Any:
+        return refuse_unencodable(data)
+
+
+def _check_review(body: ReviewIn) -> None:
+    given = body.model_fields_set & {"status", "correction"}
+    if not given:
+        raise APIError(
+            400, "Nothing to review: give status (pending, accepted or rejected), correction, or both.", param="status"
+        )
+    if "status" in given and body.status is None:
+        raise APIError(400, "status: must be pending, accepted or rejected (not null).", param="status")
+    if body.correction is not None and not body.correction.strip():
+        raise APIError(
+            400, "correction: empty; send the reviewed answer, or null to drop the edit.", param="correction"
+        )
+
+
+@router.post("/feedback/{feedback_id}", responses=declared(400, 404))
+def review_feedback(
+    feedback_id: str, body: ReviewIn, who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> dict:
+    """Review a stored correction: accept, reject or return it to the queue, and/or edit the answer. The original
+    correction is kept; an edit equal to it is no edit."""
+    _check_review(body)
+    with svc.store.session() as s:
+        row = s.get(Feedback, feedback_id)
+        if row is None or row.project_id != who.project_id:
+            raise not_found("feedback", feedback_id, "feedback_id")
+        if body.status is not None:
+            row.status = body.status
+        if "correction" in body.model_fields_set:
+            row.edited_correction = None if body.correction in (None, row.correction) else body.correction
+        row.reviewed_at = now()
+        s.flush()
+        return _feedback_object(row)
