@@ -216,10 +216,11 @@ def test_playground_streams_base_and_fine_tune_side_by_side_and_shows_markup_as_
 
 def test_monitoring_charts_and_feedback_queue_export(env):
     page, model = env["page"], env["model"]
-    for i in range(10):  # an exported training file needs 10 examples, like any upload
+    auth = {"Authorization": f"Bearer {env['a']}"}
+    for i in range(11):  # an exported training file needs 10 examples, like any upload; one is rejected
         r = httpx.post(
             env["url"] + "/v1/feedback",
-            headers={"Authorization": f"Bearer {env['a']}"},
+            headers=auth,
             json={
                 "model": model,
                 "messages": [{"role": "user", "content": f"Where is my parcel {i}?"}],
@@ -237,20 +238,34 @@ def test_monitoring_charts_and_feedback_queue_export(env):
         .evaluate_all("rs => rs.map(r => +r.getAttribute('height'))")
     )
     assert sum(h > 0 for h in heights) >= 1, heights  # the playground's requests are bars
+    # The review goes through the API and is stored: edit, reject, accept; each reviewed item leaves the queue.
+    items = page.locator("ol.feedback > li")
+    sync_api.expect(items).to_have_count(11)
     page.get_by_label("Correction").first.fill("It ships within 2 days.")
     page.get_by_role("button", name="Save edit").first.click()
     sync_api.expect(page.locator("#toast")).to_contain_text("saved")
-    for box in page.get_by_label("Accept", exact=True).all():
-        box.check()
+    page.get_by_role("button", name="Accept", exact=True).first.click()
+    sync_api.expect(items).to_have_count(10)
+    rejected_text = items.first.locator("textarea").input_value()
+    page.get_by_role("button", name="Reject", exact=True).first.click()
+    sync_api.expect(items).to_have_count(9)
+    for left in range(8, -1, -1):
+        page.get_by_role("button", name="Accept", exact=True).first.click()
+        sync_api.expect(items).to_have_count(left)
+    sync_api.expect(page.locator("#main")).to_contain_text("0 pending review · 10 accepted")
+    stored = httpx.get(env["url"] + "/v1/feedback?limit=1000", headers=auth).json()["data"]
+    ours = [f for f in stored if f["model"] == model]
+    assert sorted(f["status"] for f in ours) == ["accepted"] * 10 + ["rejected"]
+    edited = next(f for f in ours if f["edited_correction"] == "It ships within 2 days.")
+    assert edited["correction"].startswith("Parcel ") and edited["status"] == "accepted"  # the original is kept
     page.get_by_role("button", name="Export accepted as a training file").click()
-    sync_api.expect(page.locator("#toast")).to_contain_text("Exported 10 corrections")
-    files = httpx.get(env["url"] + "/v1/files", headers={"Authorization": f"Bearer {env['a']}"}).json()["data"]
+    sync_api.expect(page.locator("#toast")).to_contain_text("Exported 10 accepted corrections")
+    sync_api.expect(page.locator("#toast")).to_contain_text("skipped 1 not accepted")
+    files = httpx.get(env["url"] + "/v1/files", headers=auth).json()["data"]
     exported = next(f for f in files if f["filename"] == "feedback.jsonl")
-    content = httpx.get(
-        env["url"] + f"/v1/files/{exported['id']}/content", headers={"Authorization": f"Bearer {env['a']}"}
-    ).text
+    content = httpx.get(env["url"] + f"/v1/files/{exported['id']}/content", headers=auth).text
     answers = [json.loads(line)["messages"][-1]["content"] for line in content.splitlines()]
-    assert "It ships within 2 days." in answers and len(answers) == 10
+    assert "It ships within 2 days." in answers and len(answers) == 10 and rejected_text not in answers
     sync_api.expect(page.locator("#main")).to_contain_text("Drift", timeout=30_000)
     shot(page, "monitoring")
 

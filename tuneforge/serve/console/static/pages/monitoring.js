@@ -1,6 +1,6 @@
 // Monitoring: requests, latency and tokens per model over time, drift status, and the feedback queue
 // (review a stored correction, accept or edit it, export the accepted ones as a training file).
-import { get, post, request } from "../api.js";
+import { get, post } from "../api.js";
 import { lineChart } from "../charts.js";
 import { clear, errorBox, field, fmtTime, h, table, toast } from "../dom.js";
 
@@ -48,35 +48,59 @@ export async function render(main) {
     } catch (err) { clear(drift).append(h("h2", {}, "Drift"), errorBox(err)); }
   }
 
+  // The review is stored: Accept / Reject / Save edit are POST /v1/feedback/{id}; the queue is the pending items;
+  // Export writes the accepted ones (with their edits) as a training file.
   async function feedback() {
-    const f = await get("/v1/feedback?limit=200");
-    const accepted = new Set();
-    const exportBtn = h("button", { type: "button", disabled: true }, "Export accepted as a training file");
-    const count = h("span", { class: "muted", "aria-live": "polite" }, "0 accepted");
+    const [pending, accepted] = await Promise.all([
+      get("/v1/feedback?status=pending&limit=500"), get("/v1/feedback?status=accepted&limit=10000")]);
+    let acceptedCount = accepted.data.length;
+    const exportBtn = h("button", { type: "button" }, "Export accepted as a training file");
+    const count = h("p", { class: "muted", "aria-live": "polite" });
     const name = h("input", { type: "text", name: "export_name", value: "feedback.jsonl" });
-    const sync = () => { exportBtn.disabled = !accepted.size; count.textContent = `${accepted.size} accepted`; };
-    clear(queue).append(h("h2", {}, "Feedback queue"));
-    if (!f.data.length) { queue.append(h("p", { class: "muted" }, "No feedback stored (POST /v1/feedback).")); return; }
-    queue.append(h("ol", { class: "feedback" }, f.data.map((item) => {
-      const edit = h("textarea", { rows: 3, name: `correction-${item.id}`, value: item.correction });
-      const accept = h("input", { type: "checkbox", name: `accept-${item.id}` });
-      accept.addEventListener("change", () => { accept.checked ? accepted.add(item.id) : accepted.delete(item.id); sync(); });
-      const save = h("button", { type: "button", onclick: async () => {
-        try { await request("PATCH", `/v1/tuneforge/feedback/${encodeURIComponent(item.id)}`, { json: { correction: edit.value } }); toast("Correction saved"); }
-        catch (err) { toast(err.message, "error"); }
-      } }, "Save edit");
+    const list = h("ol", { class: "feedback" });
+    const sync = () => {
+      const left = list.children.length;
+      exportBtn.disabled = !acceptedCount;
+      count.textContent = `${left} pending review · ${acceptedCount} accepted, ready to export`;
+      if (!left && !list.nextSibling) list.after(h("p", { class: "muted" }, "The queue is empty: every stored correction is reviewed."));
+    };
+    const review = async (item, body, li, errorSlot) => {
+      errorSlot.textContent = "";
+      try {
+        const out = await post(`/v1/feedback/${encodeURIComponent(item.id)}`, body);
+        if (out.status === "pending") { item.edited_correction = out.edited_correction; toast("Edit saved (the original correction is kept)"); return; }
+        li.remove();
+        if (out.status === "accepted") acceptedCount += 1;
+        toast(out.status === "accepted" ? "Accepted: it goes into the next export" : "Rejected: it will not be exported");
+        sync();
+      } catch (err) {
+        if (err.param === "correction") errorSlot.textContent = err.message; else toast(err.message, "error");
+      }
+    };
+    for (const item of pending.data) {
+      const edit = h("textarea", { rows: 3, name: `correction-${item.id}`, value: item.edited_correction ?? item.correction });
+      const box = field("Correction", edit, item.edited_correction !== null ? `Edited; as sent: ${item.correction}` : null);
+      const li = h("li", { class: "card" });
       const prompt = item.messages.filter((m) => m.role === "user").map((m) => m.content).join("\n");
-      return h("li", { class: "card" },
+      li.append(
         h("p", { class: "muted" }, `${item.model} · ${fmtTime(item.created_at)}${item.rating !== null ? ` · rating ${item.rating}` : ""}`),
         h("p", {}, h("strong", {}, "Prompt: "), prompt),
         h("p", {}, h("strong", {}, "Model answered: "), item.completion || "—"),
-        field("Correction", edit).box,
-        h("div", { class: "actions" }, h("label", {}, accept, " Accept"), save));
-    })), h("div", { class: "actions" }, field("File name", name).box, exportBtn, count));
+        box.box,
+        h("div", { class: "actions" },
+          h("button", { type: "button", onclick: () => review(item, { status: "accepted", correction: edit.value }, li, box.error) }, "Accept"),
+          h("button", { type: "button", class: "danger", onclick: () => review(item, { status: "rejected" }, li, box.error) }, "Reject"),
+          h("button", { type: "button", onclick: () => review(item, { correction: edit.value }, li, box.error) }, "Save edit")));
+      list.append(li);
+    }
+    clear(queue).append(h("h2", {}, "Feedback queue"), count, list,
+      h("div", { class: "actions" }, field("File name", name).box, exportBtn));
+    if (!pending.data.length && !acceptedCount) list.after(h("p", { class: "muted" }, "No feedback stored (POST /v1/feedback)."));
+    sync();
     exportBtn.addEventListener("click", async () => {
       try {
-        const file = await post("/v1/tuneforge/feedback/export", { ids: [...accepted], filename: name.value.trim() || "feedback.jsonl" });
-        toast(`Exported ${accepted.size} corrections as ${file.filename} (${file.id}); find it on the Data page`);
+        const file = await post("/v1/feedback/export", { filename: name.value.trim() || "feedback.jsonl" });
+        toast(`Exported ${file.exported} accepted corrections as ${file.filename} (${file.id}), skipped ${file.skipped} not accepted; find it on the Data page`);
       } catch (err) { toast(err.message, "error"); }
     });
   }
