@@ -253,6 +253,7 @@ def test_monitoring_charts_and_feedback_queue_export(env):
         page.get_by_role("button", name="Accept", exact=True).first.click()
         sync_api.expect(items).to_have_count(left)
     sync_api.expect(page.locator("#main")).to_contain_text("0 pending review · 10 accepted")
+    sync_api.expect(page.locator("#main")).to_contain_text("No feedback is waiting for review")
     stored = httpx.get(env["url"] + "/v1/feedback?limit=1000", headers=auth).json()["data"]
     ours = [f for f in stored if f["model"] == model]
     assert sorted(f["status"] for f in ours) == ["accepted"] * 10 + ["rejected"]

@@ -58,11 +58,12 @@ export async function render(main) {
     const count = h("p", { class: "muted", "aria-live": "polite" });
     const name = h("input", { type: "text", name: "export_name", value: "feedback.jsonl" });
     const list = h("ol", { class: "feedback" });
+    const empty = h("p", { class: "muted" });
     const sync = () => {
       const left = list.children.length;
       exportBtn.disabled = !acceptedCount;
       count.textContent = `${left} pending review · ${acceptedCount} accepted, ready to export`;
-      if (!left && !list.nextSibling) list.after(h("p", { class: "muted" }, "The queue is empty: every stored correction is reviewed."));
+      empty.textContent = left ? "" : "No feedback is waiting for review (new corrections come from POST /v1/feedback).";
     };
     const review = async (item, body, li, errorSlot) => {
       errorSlot.textContent = "";
@@ -93,9 +94,8 @@ export async function render(main) {
           h("button", { type: "button", onclick: () => review(item, { correction: edit.value }, li, box.error) }, "Save edit")));
       list.append(li);
     }
-    clear(queue).append(h("h2", {}, "Feedback queue"), count, list,
+    clear(queue).append(h("h2", {}, "Feedback queue"), count, list, empty,
       h("div", { class: "actions" }, field("File name", name).box, exportBtn));
-    if (!pending.data.length && !acceptedCount) list.after(h("p", { class: "muted" }, "No feedback stored (POST /v1/feedback)."));
     sync();
     exportBtn.addEventListener("click", async () => {
       try {
