@@ -81,6 +81,17 @@ def test_threads_setting_is_validated():
         TrainSection(threads=0)
 
 
+def test_objectives_with_other_work_claim_no_share():
+    work = utilisation.ModelWork(1000, 1000, 2, 8)
+    batch = pad_batch(_features([4, 6]), 0)
+    sft = utilisation.Meter(work, {"flops_per_s": 1e9}, 1, "train.threads=1")
+    sft.add(batch, 0)
+    assert sft.share(1.0) == pytest.approx(work.flops(10, 52) / 1e9)
+    grpo = utilisation.Meter(work, {"flops_per_s": 1e9}, 1, "train.threads=1", objective="grpo")
+    grpo.add(batch, 0)
+    assert grpo.share(1.0) is None and "sampling" in grpo.report(1.0)["not_counted"]
+
+
 def test_hints_name_the_setting_to_change():
     base = {"cores": 2, "threads": 2, "load_average": 0.3, "data_time_share": 0.02, "peak_share": 0.6}
     assert utilisation.hints(base) == []

@@ -255,7 +255,11 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         precision=prec,
         scaler=prec.scaler(),
         meter=utilisation.Meter(
-            utilisation.model_work(model), utilisation.matmul_peak(device) if d.is_main else None, threads, why_threads
+            utilisation.model_work(model),
+            utilisation.matmul_peak(device) if d.is_main else None,
+            threads,
+            why_threads,
+            cfg.objective,
         ),
         prior_threads=prior_threads,
     )

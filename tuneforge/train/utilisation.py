@@ -36,6 +36,12 @@ CONVENTION = (
     "recomputation (gradient checkpointing) and padding not counted; peak = best fp32 GEMM of a short probe"
 )
 CACHE_NAME = "matmul_peak.json"
+# objectives whose step is more than one forward/backward of its batch: no share is claimed for them
+OTHER_WORK = {
+    "dpo": "a reference-model forward per row besides the trained one",
+    "kto": "a reference-model forward per row besides the trained one",
+    "grpo": "sampling the answers (generation) before the loss",
+}
 
 
 # ---------------------------------------------------------------- the model's work
@@ -209,14 +215,17 @@ def thread_count(setting: int | str, cores: int | None = None, load: float | Non
 class Meter:
     """Adds up a run's real tokens, attention work and time spent building batches; reports the peak share."""
 
-    def __init__(self, work: ModelWork, peak: dict[str, Any] | None, threads: int, why_threads: str):
+    def __init__(
+        self, work: ModelWork, peak: dict[str, Any] | None, threads: int, why_threads: str, objective: str = "sft"
+    ):
         self.work = work
         self.peak = peak
         self.threads = threads
         self.why_threads = why_threads
         self.real_tokens = 0
         self.sum_len_sq = 0
-        self.counted = True  # False once a batch could not be counted (another FLOP convention)
+        self.objective = objective
+        self.counted = objective not in OTHER_WORK  # False too once a batch could not be counted
         self.data_s = 0.0
         self.supervised = 0  # supervised tokens of the optimizer steps (all ranks')
 
@@ -258,7 +267,8 @@ class Meter:
             },
         }
         if not self.counted:
-            out["not_counted"] = "this objective's batches (pairs, groups, generation) follow another FLOP convention"
+            why = OTHER_WORK.get(self.objective, "its batches are not one token sequence per row")
+            out["not_counted"] = f"objective {self.objective}: {why}; the FLOP convention above does not cover it"
         out["hints"] = hints(out)
         return out
 
