@@ -153,8 +153,8 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
             tally.record(batch)
             return batch
 
-    real_get = recipe.get_objective
-    recipe.get_objective = lambda n: Counting(real_get(n))
+    real_objective_for = recipe.objective_for
+    recipe.objective_for = lambda cfg: Counting(real_objective_for(cfg))
     work = Path(args.work)
     out = work / "runs" / f"{name}-{time.time_ns()}"
     method = (
