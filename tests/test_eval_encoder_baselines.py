@@ -223,12 +223,13 @@ def test_chat_baselines_refused_on_an_encoder_with_the_reason(encoder_run, tmp_p
     with pytest.raises(ConfigError) as err:
         run_eval(resolve_target(config, overrides=["eval.approaches=[rag]"]), tmp_path, say=lambda m: None)
     assert err.value.problems[0].where == "eval.approaches"
-    result = CliRunner().invoke(
-        app, ["eval", str(config), "--approaches", "knn,fine_tuned", "--out", str(tmp_path), "--output", "json"]
-    )
+    run = encoder_run[1].output_dir
+    args = ["eval", str(config), "--run", str(run), "--approaches", "knn,fine_tuned", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--output", "json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [a["name"] for a in report["approaches"]] == ["knn", "fine_tuned"]
+    assert [a["name"] for a in report["approaches"]] == ["knn", "fine_tuned", "run"]
+    assert report["approaches"][1]["metrics"] == report["approaches"][2]["metrics"]  # another run: its head too
 
 
 @pytest.mark.slow  # MiniLM embeds 120 training and 60 test texts (~10 s idle, ~50 s on 2 busy cores)

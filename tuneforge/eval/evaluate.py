@@ -46,7 +46,7 @@ from tuneforge.eval.retrieval import build_retriever, conversation_passage, read
 from tuneforge.eval.slices import slice_fields, slice_report
 from tuneforge.eval.verdict import metric_families, verdict
 from tuneforge.export.model_card import write_model_card
-from tuneforge.models.artifact import find_artifact, saved_task
+from tuneforge.models.artifact import find_artifact
 from tuneforge.models.chat_templates import prompt_like_training
 from tuneforge.models.loading import load_for_inference, load_tokenizer
 
@@ -282,7 +282,7 @@ def run_eval(
     for run in target.other_runs:
         name = _unique(Path(run).name, [r.name for r in results])
         say(f"other run {run} as '{name}'")
-        if saved_task(find_artifact(run).folder)[0] == "sequence_classification":
+        if find_artifact(run).task == "sequence_classification":
             score_head(name, run)
             continue
         model, tok = _load_run(run)
