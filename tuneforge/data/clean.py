@@ -22,6 +22,7 @@ from tuneforge.data.types import (
     LabelledExample,
     Message,
     PreferencePair,
+    PromptExample,
     TextExample,
     TokenExample,
 )
@@ -86,6 +87,8 @@ def map_texts(example: Example, fn: Callable[[str], str], roles: tuple[str, ...]
         return TextExample(fn(example.text), meta)
     if isinstance(example, TokenExample):
         return TokenExample([fn(t) for t in example.tokens], list(example.tags), meta)
+    if isinstance(example, PromptExample):  # an RFT prompt: the grader's fields are references, never cleaned
+        return dataclasses.replace(example, prompt=msgs(example.prompt), metadata=meta)
     raise TypeError(f"not an example: {type(example).__name__}")
 
 

@@ -16,6 +16,7 @@ from tuneforge.data.types import (
     LabelledAnswer,
     LabelledExample,
     PreferencePair,
+    PromptExample,
     TextExample,
     TokenExample,
 )
@@ -53,6 +54,8 @@ def count_tokens(tokenizer: Any, example: Example) -> int:
         return len(tokenizer(example.text)["input_ids"])
     if isinstance(example, TokenExample):
         return len(tokenizer(example.tokens, is_split_into_words=True)["input_ids"])
+    if isinstance(example, PromptExample):  # an RFT prompt: its answers are sampled in training, not in the file
+        return _chat_tokens(tokenizer, [{"role": m.role, "content": m.content} for m in example.prompt])
     raise TypeError(f"not an example: {type(example).__name__}")
 
 
