@@ -122,3 +122,21 @@ def test_validation_samples_eval_samples_answers_per_prompt(tiny, monkeypatch):
     out = grpo.metrics(model, feats, 2, tok.pad_token_id, torch.device("cpu"))
     assert graded == [2 * 5, 1 * 5]  # batches of 2 and 1 prompts, 5 answers each
     assert out["reward"] == 1.0 and out["grader/always"] == 1.0
+
+
+def test_the_data_report_of_rft_prompts_counts_their_prompt_tokens(tmp_path, tiny):
+    """What tuneforge eval's training cost reads for a grpo run: its RFT file, prompts only (answers are sampled)."""
+    import json
+
+    from tuneforge.data.report import build_report
+    from tuneforge.data.token_count import count_tokens
+
+    _, tok = tiny
+    rows = [{"messages": [{"role": "user", "content": f"How much is plan {i}?"}], "fact": f"${i}"} for i in range(6)]
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = build_report(path, tok, model=None, format="rft", measure_hardware=False)
+    assert report["examples"] == 6 and report["invalid"] == 0
+    prompt = PromptExample([Message("user", "How much is plan 1?")], {"fact": "$1"})
+    ids = tok.apply_chat_template([{"role": "user", "content": "How much is plan 1?"}])["input_ids"]
+    assert count_tokens(tok, prompt) == len(ids)
