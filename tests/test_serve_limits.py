@@ -97,6 +97,19 @@ def test_a_non_streamed_generation_stops_when_its_client_hangs_up(server, monkey
     import tuneforge.serve.streaming as streaming
 
     monkeypatch.setattr(streaming, "stop_token_ids", lambda model, tokenizer: [])
+    real = streaming.generate_ids
+
+    def slow_generate_ids(*args, on_text=None, **kwargs):
+        """~10 ms a token, so the answer outlasts the client's 1 s however fast the machine decodes."""
+
+        def paced(*piece):
+            time.sleep(0.01)
+            if on_text is not None:
+                on_text(*piece)
+
+        return real(*args, on_text=paced, **kwargs)
+
+    monkeypatch.setattr(streaming, "generate_ids", slow_generate_ids)
     engine = server["app"].state.services.engine
     before = engine.cancelled
     with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s and closes the connection

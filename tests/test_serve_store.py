@@ -338,6 +338,8 @@ def test_worker_records_a_pause_a_shutdown_and_crashes_until_attempts_run_out(st
 
 # Generation finish reasons that share a word with a job status, and are not job statuses.
 NOT_JOB_STATUSES = {("streaming.py", "cancelled"), ("engine.py", "cancelled")}
+# objects with statuses of their own (OpenAI's batch and upload objects, the feedback review), owned by their modules
+OTHER_STATUS_OWNERS = {"batches.py", "uploads.py", "quality.py"}
 
 
 def test_job_statuses_change_only_in_job_states():
@@ -346,7 +348,7 @@ def test_job_statuses_change_only_in_job_states():
     serve = Path(tuneforge.__file__).parent / "serve"
     found = []
     for path in sorted(serve.rglob("*.py")):
-        if path.name == "job_states.py":
+        if path.name == "job_states.py" or path.name in OTHER_STATUS_OWNERS:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             where = f"{path.relative_to(serve)}:{getattr(node, 'lineno', '?')}"

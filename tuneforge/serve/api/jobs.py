@@ -62,7 +62,7 @@ def job_object(job: Job, store=None) -> dict[str, Any]:
             "learning_rate": job.hyperparameters.get("learning_rate"),
             "attempts": job.attempts,
             "worker_id": job.worker_id,
-            "openai_status": "queued" if job.status == JobStatus.PAUSED else job.status,
+            "openai_status": JobStatus.QUEUED.value if job.status == JobStatus.PAUSED else job.status,
         },
     }
 
