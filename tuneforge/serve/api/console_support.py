@@ -26,6 +26,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.serve import catalog, files
 from tuneforge.serve.api.deps import Services, principal, services
 from tuneforge.serve.api.errors import APIError, from_tuneforge
+from tuneforge.serve.api.jobs import require_base_model
 from tuneforge.serve.api.models import require_model
 from tuneforge.serve.keys import Principal
 from tuneforge.serve.tables import FineTunedModel, Job, RequestLog
@@ -103,13 +104,7 @@ async def estimate(body: EstimateIn, who: Principal = Depends(principal), svc: S
     """`tuneforge estimate` for a base model of this server x a method: parameters and training memory."""
     from tuneforge.methods.estimate import estimate as run_estimate
 
-    if body.model not in catalog.base_models(svc.settings):
-        raise APIError(
-            400,
-            f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.",
-            param="model",
-            code="model_not_available",
-        )
+    require_base_model(svc, body.model)
     cfg = method_section(body.method)
     try:
         result = await run_in_threadpool(

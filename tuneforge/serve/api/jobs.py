@@ -93,17 +93,22 @@ def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
     return {"object": "list", "data": data, "has_more": more}
 
 
+def require_base_model(svc: Services, model: str) -> None:
+    """A 400 naming `model` unless this server can fine-tune it (jobs and the console's estimate)."""
+    if model not in catalog.base_models(svc.settings):
+        raise APIError(
+            400,
+            f"Model {model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.",
+            param="model",
+            code="model_not_available",
+        )
+
+
 @router.post("")
 def create(
     body: CreateJob, background: BackgroundTasks, who: Principal = Depends(principal), svc: Services = Depends(services)
 ) -> dict:
-    if body.model not in catalog.base_models(svc.settings):
-        raise APIError(
-            400,
-            f"Model {body.model} is not available for fine-tuning; use one of {catalog.base_models(svc.settings)}.",
-            param="model",
-            code="model_not_available",
-        )
+    require_base_model(svc, body.model)
     train_file = files.get_file(svc.store, who.project_id, body.training_file, param="training_file")
     val_file = (
         files.get_file(svc.store, who.project_id, body.validation_file, param="validation_file")
