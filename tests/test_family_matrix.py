@@ -167,8 +167,29 @@ def test_labels_are_the_answers_and_end_of_turn(name, base_dirs):
     assert got == [m.content + _end_of_turn(case) for m in TURNS if m.role == "assistant"]
 
 
+def _served_answer(base, run_dir, chat, tmp_path) -> str:
+    """The service engine's greedy answer from a run's adapter over its base, loaded as `tuneforge serve` does."""
+    from tuneforge.serve.catalog import ModelRef
+    from tuneforge.serve.engine import Engine, Sampling
+    from tuneforge.serve.settings import ServeSettings
+
+    ref = ModelRef("ft:base:x:1", str(base), "adapter", str(run_dir / "adapter"), "p1", 0)
+    settings = ServeSettings(
+        database_url=f"sqlite:///{tmp_path / 'tf.db'}", data_dir=tmp_path / "serve", inference_threads=1
+    )
+    engine = Engine(settings)
+    try:
+        greedy = Sampling(max_tokens=8, temperature=0.0, top_p=1.0, stop=(), seed=None)
+        return asyncio.run(engine.chat(ref, [chat], greedy))[0].text
+    finally:
+        engine.stop()
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_lora_trains_and_the_merged_export_gives_the_adapter_logits(name, base_dirs, chat_data, tmp_path):
+def test_lora_trains_the_merged_export_gives_the_adapter_logits_and_the_service_answers(
+    name, base_dirs, chat_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     from typer.testing import CliRunner
 
     from tuneforge.cli.main import app
@@ -186,6 +207,11 @@ def test_lora_trains_and_the_merged_export_gives_the_adapter_logits(name, base_d
     ids = torch.tensor([encode_conversation(tok, Conversation(list(TURNS)), 96).input_ids])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-5, rtol=1e-4)
+    chat = [{"role": "user", "content": QUESTION}]  # the service answers with the fine-tune as generate does
+    assert (
+        _served_answer(base_dirs(name), result.run_dir, chat, tmp_path)
+        == generate_batch(adapter, tok, [chat], 8)[0].text
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -235,10 +261,6 @@ def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(
 ):
     """GPT-2 with model.chat_template: chatml (two tokens added) and data.system_prompt: fold: the engine
     serves the fine-tune with its own tokenizer and answers as `generate` does."""
-    from tuneforge.serve.catalog import ModelRef
-    from tuneforge.serve.engine import Engine, Sampling
-    from tuneforge.serve.settings import ServeSettings
-
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     cfg = _config("gpt2", base_dirs("gpt2"), chat_data, tmp_path / "run", LoraMethod(r=4, alpha=8))
     cfg.data.system_prompt = "fold"
@@ -252,16 +274,7 @@ def test_service_answers_a_chat_with_a_fine_tune_trained_with_its_own_template(
     assert prompt_policy(tok) == "fold"
     assert tok.decode(encode_prompt(tok, chat, "fold")).startswith("<|im_start|>user\nBe brief.\n\n")
     want = generate_batch(model, tok, [chat], max_new_tokens=8)[0].text
-    ref = ModelRef("ft:base-gpt2:x:1", str(base_dirs("gpt2")), "adapter", str(result.run_dir / "adapter"), "p1", 0)
-    engine = Engine(
-        ServeSettings(database_url=f"sqlite:///{tmp_path / 'tf.db'}", data_dir=tmp_path / "serve", inference_threads=1)
-    )
-    try:
-        greedy = Sampling(max_tokens=8, temperature=0.0, top_p=1.0, stop=(), seed=None)
-        got = asyncio.run(engine.chat(ref, [chat], greedy))
-    finally:
-        engine.stop()
-    assert got[0].text == want
+    assert _served_answer(base_dirs("gpt2"), result.run_dir, chat, tmp_path) == want
 
 
 @pytest.mark.parametrize(
