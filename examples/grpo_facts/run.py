@@ -1,6 +1,6 @@
 """Does GRPO add what SFT left half-learned? SFT, then GRPO from the SFT model, compared on held-out prompts.
 
-    python examples/grpo_facts/run.py [--out runs/grpo_facts] [--sft-steps 120] [--grpo-steps 30]
+    python examples/grpo_facts/run.py [--out runs/grpo_facts] [--sft-steps 120] [--grpo-steps 60]
 
 1. data: Lumora support-desk chats (`tuneforge.data.synthetic`), split into SFT chats, RFT prompts (system + user
    turn, plus the `fact` the answer must state) and a held-out test split whose questions occur in neither.
