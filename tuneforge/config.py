@@ -371,7 +371,7 @@ class GrpoSection(Section):
         "each answer's reward against its group's mean.",
     )
     eval_samples: int | None = Field(
-        None, gt=0, description="Answers sampled per validation prompt for the validation reward (group_size when null)."
+        None, gt=0, description="Answers sampled per validation prompt for the validation reward (null: group_size)."
     )
     temperature: float = Field(
         1.0,
