@@ -14,6 +14,7 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,8 +67,10 @@ def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def moto_s3(bucket: str = "tuneforge-test") -> Iterator[tuple[str, dict]]:
-    """moto's S3 server on 127.0.0.1 with one bucket; yields (s3://BUCKET, s3fs options) for S3Storage."""
+def moto_s3(bucket: str | None = None) -> Iterator[tuple[str, dict]]:
+    """moto's S3 server on 127.0.0.1 with one new bucket; yields (s3://BUCKET, s3fs options) for S3Storage.
+    moto keeps its buckets in process memory shared by every server it starts, so each call gets its own name."""
+    bucket = bucket or f"tuneforge-test-{uuid.uuid4().hex[:8]}"
     import s3fs
     from moto.server import ThreadedMotoServer
 

@@ -79,9 +79,10 @@ def estimated_finish(store, job: Job) -> int | None:
         return None
     (t_last, last), (t_first, first) = steps[0], steps[-1]  # newest first
     done = last["step"] - first["step"]
-    if done <= 0 or t_last <= t_first:
+    if done <= 0:
         return None
-    per_step = (t_last - t_first) / done
+    # event times have whole-second resolution: steps logged within one second took under a second
+    per_step = max(t_last - t_first, 1) / done
     return int(t_last + per_step * max(0, last["total_steps"] - last["step"]))
 
 
