@@ -3,7 +3,8 @@
 #   1. the tests marked `gpu` (bf16 autocast training with fp32 masters, QLoRA with bitsandbytes on CUDA,
 #      packed rows through sdpa / flash attention, generation), at most 4 minutes;
 #   2. ~3 minutes of training throughput, tuneforge vs TRL's SFTTrainer, LoRA on a ~0.5B Qwen2-shaped model
-#      built with from_config in bf16 (bench/gpu_throughput.py), printing tokens/s and the ratio.
+#      built with from_config in bf16 (bench/gpu_throughput.py), printing tokens/s and the ratio;
+#   3. with 2+ GPUs: 2-rank DDP/FSDP2 over NCCL against one process (bench/gpu_ranks.py; skipped on one GPU).
 # Figures and logs go to $OUT when it is set (gpu_check.log, gpu_tests.xml, gpu_throughput.json).
 #
 #   bench/gpu_check.sh             # on a CUDA machine
@@ -35,6 +36,13 @@ echo "== training throughput: tuneforge vs TRL"
 seconds=75
 if [ ${#DRY[@]} -gt 0 ]; then seconds=5; fi
 timeout 300 "$PY" bench/gpu_throughput.py "${DRY[@]}" --seconds "$seconds" ${OUT:+--out "$OUT"} || status=1
+
+echo "== 2 ranks over NCCL (DDP LoRA, FSDP2 full) vs 1 process, when the machine has 2 GPUs"
+if [ ${#DRY[@]} -gt 0 ]; then
+  echo "dry run: skipped here (bench/gpu_ranks.py --dry-run runs it on CPU with gloo, ~75 s)"
+else
+  timeout 300 "$PY" bench/gpu_ranks.py ${OUT:+--out "$OUT"} || status=1
+fi
 
 echo "== gpu_check: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - started )) s"
 exit $status
