@@ -109,8 +109,8 @@ def start(kind: str, home: Path, gguf: dict[str, Path], port: int, threads: int)
                 client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
                 client.models.list()
                 return proc, f"http://127.0.0.1:{port}/v1", key
-            except Exception:
-                pass
+            except (openai.APIConnectionError, openai.APIStatusError):
+                pass  # still starting (not listening yet, or models not loaded): poll again
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"{kind} did not start")
