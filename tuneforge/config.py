@@ -291,6 +291,23 @@ class TrainSection(Section):
         description="Recompute each layer's activations during the backward pass instead of storing them: "
         "activation memory drops to about one layer's worth, for ~20-30% more compute per step.",
     )
+    fused_loss: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="objectives sft and clm: compute the LM head and its cross-entropy over chunks of supervised "
+        "tokens, with the gradients in the same pass, never holding the [tokens, vocab] logits (Liger's fused "
+        "linear cross-entropy in plain PyTorch): the same loss and gradients to float noise, a fraction of the "
+        "step's peak memory for large vocabularies (bench/fused_loss.py). auto: on for vocabularies of 32k tokens "
+        "and more when the head is a plain linear layer (not with a LoRA or quantised lm_head); on: always, or "
+        "refuse the model; off: the standard path.",
+    )
+
+    @field_validator("fused_loss", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        if isinstance(v, bool):  # YAML 1.1 (yaml.safe_load) reads on / off as booleans
+            return "on" if v else "off"
+        return v
+
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Compute precision: bf16/fp16 run forward and backward under torch.autocast while trained "
@@ -358,6 +375,7 @@ OBJECTIVE_OPTIONS = {
     "kto_desirable_weight": ("kto", "desirable_weight"),
     "kto_undesirable_weight": ("kto", "undesirable_weight"),
 }
+FUSED_LOSS_OBJECTIVES = ("sft", "clm")  # objectives whose loss is causal_lm_loss (train.fused_loss)
 REFERENCE_OBJECTIVES = ("dpo", "kto")  # objectives whose reference model is the base with the adapter switched off
 
 
@@ -564,6 +582,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"grpo applies to objective grpo only (this config trains {self.objective}): remove it "
                 "or set objective: grpo"
+            )
+        if self.train.fused_loss != "auto" and self.objective not in FUSED_LOSS_OBJECTIVES:
+            raise ValueError(
+                f"train.fused_loss applies to objectives {' and '.join(FUSED_LOSS_OBJECTIVES)} only (this config "
+                f"trains {self.objective}): remove it"
             )
         for key, (objective, _) in OBJECTIVE_OPTIONS.items():
             # a value away from the default (a saved config.yaml spells out every default)

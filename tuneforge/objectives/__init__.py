@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tuneforge.config import OBJECTIVE_OPTIONS, RunConfig
+from tuneforge.config import FUSED_LOSS_OBJECTIVES, OBJECTIVE_OPTIONS, RunConfig
 from tuneforge.errors import ConfigError, Problem
 from tuneforge.objectives.base import Objective
 from tuneforge.objectives.classification import SequenceClassification
@@ -46,6 +46,8 @@ def objective_for(cfg: RunConfig) -> Objective:
     }
     if cfg.objective == "sft":  # how system messages meet the chat template
         options["system_prompt"] = cfg.data.system_prompt
+    if cfg.objective in FUSED_LOSS_OBJECTIVES:  # the LM head's loss in chunks
+        options["fused_loss"] = cfg.train.fused_loss
     if cfg.objective == "grpo":  # sampling, reward and loss settings: the grpo section
         options["settings"] = cfg.grpo
     return get_objective(cfg.objective, **options)

@@ -13,6 +13,7 @@ from tuneforge.data.tokenize import IGNORE, Encoded, pack_rows
 from tuneforge.data.types import Example, LabelledAnswer
 from tuneforge.errors import DataError, Problem
 from tuneforge.methods.registry import reference_context
+from tuneforge.objectives.fused_ce import fused_head, linear_cross_entropy, not_fusable
 
 
 class Objective(Protocol):
@@ -133,13 +134,17 @@ def pack_batch(features: Sequence[Encoded], pad_id: int, capacity: int) -> dict[
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def causal_lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], fused_loss: str = "auto"
+) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy summed over labelled positions, for padded or packed batches.
 
     Only the supervised positions go through the LM head when the model allows it (see
     `decoder_and_head`): with assistant-only labels that skips ~35% of the head's FLOPs
     and never materialises the (B, T, V) logits, the largest activation of a small-vocab
-    model's step and the dominant one for a 128k vocabulary.
+    model's step and the dominant one for a 128k vocabulary. `fused_loss` (train.fused_loss:
+    auto | on | off) also spares the (N, V) logits of those positions: chunked head + loss
+    (`fused_ce.linear_cross_entropy`), the same sum to float noise.
     """
     targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted at position t-1
     keep = targets != IGNORE  # (B, T-1)
@@ -153,12 +158,24 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
         inputs["attention_mask"] = batch["attention_mask"]
     split = decoder_and_head(model)
     if split is None:
+        if fused_loss == "on":
+            kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+            raise not_fusable(
+                f"{kind} is not one of the architectures whose logits are the LM head's output "
+                f"({', '.join(sorted(_PLAIN_HEAD | _SOFTCAPPED_HEAD))}), or a prompt-learning adapter wraps it"
+            )
         logits = model(**inputs).logits[:, :-1][keep]  # (N, V)
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+    decoder, head = split
+    hidden = decoder(**inputs).last_hidden_state[:, :-1][keep]  # (N, d)
+    softcap = head_softcap(model)
+    if fused_head(head, fused_loss, getattr(head, "out_features", 0)):
+        loss = linear_cross_entropy(hidden, head.weight, targets[keep], head.bias, softcap)
     else:
-        decoder, head = split
-        hidden = decoder(**inputs).last_hidden_state[:, :-1][keep]  # (N, d)
-        logits = head(hidden)  # (N, V)
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        logits = head(hidden).float()  # (N, V)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     return loss, int(keep.sum())
 
 
@@ -166,18 +183,35 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 # soft-capping after the head (Gemma 2 caps, Cohere and Granite scale), so the head can
 # be applied to a subset of positions.
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
+# ... and those whose logits are cap * tanh(lm_head(h) / cap), cap = config.final_logit_softcapping
+_SOFTCAPPED_HEAD = {"gemma2"}
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The transformers model under a peft wrapper (None for prompt learning: PeftModel.forward adds tokens)."""
+    if hasattr(model, "active_peft_config"):  # a peft wrapper
+        if model.active_peft_config.is_prompt_learning:  # virtual tokens are added by PeftModel.forward
+            return None
+        return model.get_base_model()
+    return model
 
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, LM head) of a causal LM whose head may run on selected positions only, else None."""
-    base = model
-    if hasattr(model, "active_peft_config"):  # a peft wrapper
-        if model.active_peft_config.is_prompt_learning:  # virtual tokens are added by PeftModel.forward
-            return None
-        base = model.get_base_model()
-    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD or not hasattr(base, "get_decoder"):
+    base = _base_model(model)
+    if base is None or not hasattr(base, "get_decoder"):
+        return None
+    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD | _SOFTCAPPED_HEAD:
         return None
     return base.get_decoder(), base.get_output_embeddings()
+
+
+def head_softcap(model: torch.nn.Module) -> float | None:
+    """The cap of a `_SOFTCAPPED_HEAD` model's logits (None: uncapped)."""
+    base = _base_model(model)
+    if base is None or getattr(base.config, "model_type", None) not in _SOFTCAPPED_HEAD:
+        return None
+    return base.config.final_logit_softcapping
 
 
 @torch.no_grad()

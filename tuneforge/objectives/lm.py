@@ -19,7 +19,12 @@ class _NextTokenObjective:
     task = "causal_lm"
     collate = staticmethod(pad_batch)
     pack = staticmethod(pack_batch)
-    loss = staticmethod(causal_lm_loss)
+
+    def __init__(self, fused_loss: str = "auto") -> None:
+        self.fused_loss = fused_loss  # train.fused_loss: auto | on | off
+
+    def loss(self, model, batch: dict) -> tuple:
+        return causal_lm_loss(model, batch, self.fused_loss)
 
     def prepare(self, train_examples: Sequence[Example]) -> None:
         pass  # encode checks the example types
@@ -36,7 +41,8 @@ class SupervisedChat(_NextTokenObjective):
 
     name = "sft"
 
-    def __init__(self, system_prompt: str = "keep") -> None:
+    def __init__(self, system_prompt: str = "keep", fused_loss: str = "auto") -> None:
+        super().__init__(fused_loss)
         self.system_prompt = system_prompt  # data.system_prompt: keep | fold | drop
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
