@@ -31,6 +31,7 @@ from tuneforge.methods.registry import artifact_folders
 from tuneforge.models.chat_templates import fit_embeddings, set_prompt_policy
 from tuneforge.models.loading import load_model, load_tokenizer, pick_device, resolve_model_path
 from tuneforge.objectives import objective_for
+from tuneforge.train import compile as layer_compile
 from tuneforge.train import distributed, utilisation
 from tuneforge.train.batching import BatchLayout, batch_layout, micro_batches, rank_shard, row_chunks, steps_per_epoch
 from tuneforge.train.checkpoint import (
@@ -103,6 +104,7 @@ class Session:
     scaler: torch.amp.GradScaler | None = None  # fp16 only: the loss scale that keeps small gradients from underflowing
     meter: utilisation.Meter | None = None  # real tokens, attention work and batch-building time vs the matmul peak
     prior_threads: int = 0  # torch's intra-op threads before train.threads, restored when the run ends
+    compiled: layer_compile.CompilePlan = field(default_factory=layer_compile.CompilePlan.off)  # train.compile
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -263,6 +265,11 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         ),
         prior_threads=prior_threads,
     )
+    # train.compile: decoder layers compiled in place (after the method and DDP wrapping; auto estimates the run)
+    lengths = layer_compile.example_lengths(train_feats)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * d.world  # examples per optimizer step, all ranks
+    run_s = layer_compile.estimate_run_seconds(s.meter.work, s.meter.peak, lengths, total_steps, per_step)
+    s.compiled = layer_compile.prepare(cfg.train.compile, model, device, d.strategy if d.active else None, run_s)
 
     dropped = {"dropped": over.places} if cfg.data.overlength == "drop" else {}
     s.overlength = over.to_dict(cfg.data.overlength) | dropped
@@ -304,6 +311,7 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
     manifest["params"] = {"trainable": s.trainable, "total": s.total, "trainable_share": s.trainable / s.total}
     manifest["distributed"] = {"world_size": s.dist.world, "strategy": s.dist.strategy}
     manifest["precision"] = s.precision.describe()
+    manifest["compile"] = s.compiled.describe()
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
     rows = (layout.rows_per_pass or cfg.train.batch_size) if layout.packing else cfg.train.batch_size
@@ -334,6 +342,8 @@ def _announce(s: Session, events: Events, checkpoint: Path | None) -> None:
     events.message(f"{s.cfg.method.name}: {s.trainable:,} of {s.total:,} parameters trainable ({share:.2f}%)")
     if s.precision.compute is not None or s.precision.warning():  # fp32 runs (CPU's default) print nothing new
         events.message(s.precision.warning() or s.precision.summary())
+    if s.compiled.enabled or s.compiled.warning:
+        events.message(s.compiled.summary(), "warning" if s.compiled.warning else "info")
 
 
 def _due(step: int, every: int, total_steps: int) -> bool:
@@ -385,7 +395,7 @@ def _optimizer_step(s: Session) -> float:
 def _validate(s: Session, events: Events) -> ValidationOutcome:
     """Validation loss and metrics; tracks the best loss (and weights, when early stopping may restore them)."""
     train_cfg, state = s.cfg.train, s.state
-    with s.precision.autocast():  # validated as it trains
+    with s.precision.autocast(), s.compiled.eager():  # validated as it trains; eagerly (no extra graph)
         val_loss = evaluate_loss(s.model, s.eval_objective, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     improved = val_loss < state.best_val_loss
     state.best_val_loss = min(state.best_val_loss, val_loss)
@@ -393,7 +403,7 @@ def _validate(s: Session, events: Events) -> ValidationOutcome:
     patience = train_cfg.early_stopping_patience
     if improved and patience:
         s.best_weights = trainable_state(s.model)
-    with s.precision.autocast():
+    with s.precision.autocast(), s.compiled.eager():
         metrics = s.objective.metrics(s.model, s.val_feats, train_cfg.batch_size, s.pad_id, s.device)
     events.emit(EvalDone(state.step, val_loss, state.best_val_loss, metrics))
     should_stop = distributed.agree(bool(patience) and state.evals_without_improvement >= patience, s.dist, s.device)
@@ -425,7 +435,7 @@ def _final_result(s: Session, status: RunStatus, events: Events, tokens_per_s: f
         _load_trainable(s.model, s.best_weights)
     if s.val_feats:
         batch_size = s.cfg.train.batch_size
-        with s.precision.autocast():
+        with s.precision.autocast(), s.compiled.eager():
             final["val_loss"] = evaluate_loss(s.model, s.eval_objective, s.val_feats, batch_size, s.pad_id, s.device)
             final.update(s.objective.metrics(s.model, s.val_feats, batch_size, s.pad_id, s.device))
     artifact = s.run.root / s.method.folder
@@ -573,6 +583,8 @@ def _finish(s: Session, status: RunStatus, result: dict[str, Any], train_s: floa
     per_rank = distributed.peak_memory_per_rank(memory, s.dist)  # a collective: every rank finishes
     if s.meter and train_s:  # how close the run came to the machine's matmul peak, and what held it back
         manifest["utilisation"] = s.meter.report(train_s)
+    manifest["compile"] = s.compiled.describe(with_seconds=True)  # with the seconds spent compiling
+    s.compiled.finish()
     torch.set_num_threads(s.prior_threads or torch.get_num_threads())
     manifest.update(
         {
