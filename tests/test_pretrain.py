@@ -78,3 +78,38 @@ def test_the_generated_corpus_keeps_the_rag_layout_and_the_demo_recipe_is_versio
     assert (folder / ".recipe").read_text().strip() == DEMO_RECIPE and demo_model_built()
     ensure_demo_model(progress=False)
     assert len(built) == 1  # cached
+
+
+def test_document_blocks_keep_each_document_whole_and_cut_only_long_ones(tiny_tokenizer):
+    from tuneforge.data.tokenize import document_blocks, pack_texts
+
+    texts = ["a short one", "another short document", "word " * 40]
+    eot = tiny_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    lengths = [len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    blocks = document_blocks(tiny_tokenizer, texts, 16)
+    # every token kept, each document starts its own feature, the long one is cut into <= 16-token pieces
+    assert [len(b.input_ids) for b in blocks[:2]] == lengths[:2]
+    assert sum(len(b.input_ids) for b in blocks) == sum(lengths)
+    assert all(len(b.input_ids) <= 16 and b.labels == b.input_ids for b in blocks)
+    assert blocks[0].input_ids[-1] == eot and blocks[1].input_ids[-1] == eot
+    # stream blocks run across documents (the group_texts recipe) and drop the tail
+    assert all(len(b.input_ids) == 16 for b in pack_texts(tiny_tokenizer, texts, 16))
+
+
+def test_text_blocks_documents_trains_clm_and_is_refused_for_other_objectives(tmp_path, tiny_model_dir):
+    import pytest
+
+    from tuneforge.config import ConfigError, validate_config
+    from tuneforge.objectives import objective_for
+
+    train_file = tmp_path / "corpus.txt"
+    train_file.write_text("first document here\n\nsecond document, a little longer than the first\n")
+    raw = {
+        "objective": "clm",
+        "model": {"name": str(tiny_model_dir), "max_length": 32},
+        "data": {"train": str(train_file), "format": "text", "text_blocks": "documents"},
+    }
+    cfg = validate_config(raw)
+    assert objective_for(cfg).text_blocks == "documents"
+    with pytest.raises(ConfigError, match="data.text_blocks: documents is for objective clm"):
+        validate_config({**raw, "objective": "sft"})

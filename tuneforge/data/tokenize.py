@@ -29,6 +29,7 @@ __all__ = [
     "SYSTEM_PROMPT_POLICIES",
     "Encoded",
     "assistant_spans",
+    "document_blocks",
     "encode_conversation",
     "encode_prompt",
     "pack_rows",
@@ -113,11 +114,7 @@ def pack_texts(tokenizer, texts: list[str], block_size: int) -> list[Encoded]:
 
     The tail shorter than one block is dropped, as in the usual `group_texts` recipe.
     """
-    eos = (
-        tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        if "<|endoftext|>" in tokenizer.get_vocab()
-        else tokenizer.eos_token_id
-    )
+    eos = _end_of_text(tokenizer)
     stream: list[int] = []
     for t in texts:
         stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
@@ -127,6 +124,28 @@ def pack_texts(tokenizer, texts: list[str], block_size: int) -> list[Encoded]:
         Encoded(stream[i * block_size : (i + 1) * block_size], stream[i * block_size : (i + 1) * block_size])
         for i in range(blocks)
     ]
+
+
+def document_blocks(tokenizer, texts: list[str], block_size: int) -> list[Encoded]:
+    """One feature per document (+ end-of-text), cut into `block_size` pieces only where it is longer.
+
+    The batcher packs these whole into rows, each with its own positions and attention block, so a chat's question,
+    passages and answer are seen together (with `pack_texts` a third of 200-token chats in 256-token blocks would be
+    cut apart). Where a document is cut, the first token of each later piece is not predicted (as with any feature).
+    """
+    eos = _end_of_text(tokenizer)
+    out: list[Encoded] = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+        for start in range(0, len(ids), block_size):
+            piece = ids[start : start + block_size]
+            out.append(Encoded(piece, list(piece)))
+    return out
+
+
+def _end_of_text(tokenizer) -> int:
+    vocab = tokenizer.get_vocab()
+    return tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in vocab else tokenizer.eos_token_id
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

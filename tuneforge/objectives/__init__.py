@@ -46,6 +46,8 @@ def objective_for(cfg: RunConfig) -> Objective:
     }
     if cfg.objective == "sft":  # how system messages meet the chat template
         options["system_prompt"] = cfg.data.system_prompt
+    if cfg.objective == "clm":  # group_texts blocks, or whole documents
+        options["text_blocks"] = cfg.data.text_blocks
     if cfg.objective in FUSED_LOSS_OBJECTIVES:  # the LM head's loss in chunks
         options["fused_loss"] = cfg.train.fused_loss
     if cfg.objective == "grpo":  # sampling, reward and loss settings: the grpo section

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from tuneforge.data.chat_spans import render, where_of
-from tuneforge.data.tokenize import Encoded, encode_conversation, pack_texts
+from tuneforge.data.tokenize import Encoded, document_blocks, encode_conversation, pack_texts
 from tuneforge.data.tool_calls import template_messages
 from tuneforge.data.types import Conversation, Example, TextExample
 from tuneforge.errors import DataError, Problem
@@ -85,9 +85,13 @@ class SupervisedChat(_NextTokenObjective):
 
 
 class CausalLM(_NextTokenObjective):
-    """Pretraining / domain adaptation: every token of raw text, packed into full blocks."""
+    """Pretraining / domain adaptation: every token of raw text, in full blocks or whole documents (text_blocks)."""
 
     name = "clm"
+
+    def __init__(self, fused_loss: str = "auto", text_blocks: str = "stream") -> None:
+        super().__init__(fused_loss)
+        self.text_blocks = text_blocks  # data.text_blocks: stream (group_texts) | documents
 
     def encode(self, examples: Sequence[Example], tokenizer, max_length: int) -> list[Encoded]:
         require_examples(
@@ -101,7 +105,7 @@ class CausalLM(_NextTokenObjective):
             for ex in examples
             if isinstance(ex, (TextExample, Conversation))
         ]
-        blocks = pack_texts(tokenizer, texts, max_length)
+        blocks = (document_blocks if self.text_blocks == "documents" else pack_texts)(tokenizer, texts, max_length)
         if not blocks:
             raise DataError(
                 "not enough text for one training block",

@@ -18,6 +18,7 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -76,6 +77,12 @@ class PretrainConfig(Section):
     )
     tokenizer_documents: int = Field(4000, gt=0, description="Documents the BPE tokenizer is trained on.")
     block_size: int = Field(128, gt=8, description="Tokens per packed training block.")
+    text_blocks: Literal["stream", "documents"] = Field(
+        "stream",
+        description="stream: documents joined and cut into full blocks (group_texts); documents: each document "
+        "whole in a packed row with its own attention block (cut only where longer than block_size) - for corpora "
+        "of chats whose question, passages and answer must be seen together.",
+    )
     seed: int = Field(0, description="Seed for the corpus, tokenizer order and initialisation.")
     architecture: ArchitectureSection = Field(default_factory=ArchitectureSection)
     train: TrainSection = Field(
@@ -134,7 +141,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
         output_dir=work / "run",
         method=FullMethod(),
         model=ModelSection(name=str(work / "init"), max_length=cfg.block_size),
-        data=DataSection(train=corpus_file, validation_fraction=0.02, format="text"),
+        data=DataSection(train=corpus_file, validation_fraction=0.02, format="text", text_blocks=cfg.text_blocks),
         train=cfg.train.model_copy(update={"seed": cfg.seed}),
     )
     result = train(run_cfg, progress=progress)
