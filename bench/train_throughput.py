@@ -23,6 +23,10 @@ Configurations (each run in a fresh subprocess, interleaved across repeats):
   tf_lora_drop / trl_lora_pack1_drop   LoRA with dropout 0.05 (peft's default placement: on the input of lora_A)
   tf_lora_auto     as tf_lora_packed with train.threads auto (fewer threads when other processes load the CPU);
                    every other tuneforge configuration runs with train.threads = --threads, as TRL does
+  tf_lora_compiled / tf_lora_drop_compiled / tf_full_compiled   as tf_lora_packed / tf_lora_drop / tf_full with
+                   train.compile on (decoder layers compiled in place); every other tuneforge configuration runs
+                   with train.compile off. The first step (most of the compiling) is excluded like every first step;
+                   "compile s" is what the run's manifest.json records (all compiling, a row-length recompile too)
 
 --busy starts one spin-loop neighbour process for the whole run (a CPU that someone else is using).
 Each row's "util" is the share of the matmul peak by tuneforge's own convention (train/utilisation.py:
@@ -56,6 +60,9 @@ CONFIGS = {
     "tf_lora_drop": dict(tool="tuneforge", method="lora", packing=True, dropout=0.05),
     "trl_lora_pack1_drop": dict(tool="trl", method="lora", packing=True, batch=1, accum=8, dropout=0.05),
     "tf_lora_auto": dict(tool="tuneforge", method="lora", packing=True, threads="auto"),
+    "tf_lora_compiled": dict(tool="tuneforge", method="lora", packing=True, compile="on"),
+    "tf_lora_drop_compiled": dict(tool="tuneforge", method="lora", packing=True, dropout=0.05, compile="on"),
+    "tf_full_compiled": dict(tool="tuneforge", method="full", packing=True, compile="on"),
 }
 # ratio rows: (tuneforge config, TRL config)
 RATIOS = [
@@ -70,6 +77,11 @@ RATIOS = [
     ("tf_lora_drop", "trl_lora_pack1_drop"),
     ("tf_lora_auto", "trl_lora_pack1"),
     ("tf_lora_auto", "tf_lora_packed"),
+    ("tf_lora_compiled", "trl_lora_pack1"),
+    ("tf_lora_compiled", "tf_lora_packed"),
+    ("tf_lora_drop_compiled", "trl_lora_pack1_drop"),
+    ("tf_lora_drop_compiled", "tf_lora_drop"),
+    ("tf_full_compiled", "tf_full"),
 ]
 LR = {"lora": 5e-4, "full": 1e-4}
 WARMUP_STEPS = 1  # excluded from throughput (allocator warm-up, first-call overheads)
@@ -182,6 +194,7 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
             device="cpu",
             packed_rows_per_pass=spec.get("rows_per_pass"),
             threads=spec.get("threads", args.threads),
+            compile=spec.get("compile", "off"),
         ),
     )
     stamps: list[float] = []
@@ -207,7 +220,9 @@ def worker_tuneforge(name: str, spec: dict, args) -> dict:
     )
     model, tokenizer = load_for_inference(out, device=torch.device("cpu"))
     stats["heldout_loss"] = C.heldout_loss(model, tokenizer, json.loads((work / "heldout.json").read_text()))
-    stats["tf_util"] = json.loads((out / "manifest.json").read_text())["utilisation"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    stats["tf_util"] = manifest["utilisation"]
+    stats["compile_s"] = manifest.get("compile", {}).get("compile_s", 0.0)
     return stats
 
 
@@ -335,6 +350,7 @@ def summarise(runs: list[dict], meta: dict, peak: float, method: str) -> dict:
                 "tf_util": own if own is not None else float("nan"),
                 "threads": r.get("tf_util", {}).get("threads", float("nan")),
                 "sup_per_step": sup / len(steps),
+                "compile_s": r.get("compile_s", float("nan")),
             }
         )
     return {k: C.median([p[k] for p in per]) for k in per[0]} | {
@@ -411,6 +427,7 @@ def print_report(summary: dict, peaks: list[float], args) -> None:
         "util",
         "tf util",
         "tf threads",
+        "compile s",
     ]
     rows = [
         [
@@ -426,6 +443,7 @@ def print_report(summary: dict, peaks: list[float], args) -> None:
             f"{100 * s['util']:.1f}%",
             f"{100 * s['tf_util']:.1f}%" if s["tf_util"] == s["tf_util"] else "-",
             f"{s['threads']:.0f}" if s["threads"] == s["threads"] else "-",
+            f"{s['compile_s']:.0f}" if s["compile_s"] == s["compile_s"] and s["compile_s"] else "-",
         ]
         for c, s in summary.items()
     ]
