@@ -7,9 +7,9 @@ that fuse RMSNorm, rotary, SiLU x up, LoRA scaling and dropout into a few loops;
 
 What it costs and gains (bench/README.md, issue 20, 25.7M Llama, 8 layers, 2 cores, LoRA r16 dropout 0.05, packed one
 512-token row per pass; figures in the why-comment of `decide`): compiling is a matter of minutes on a small CPU, the
-gain a few per cent, so `auto` turns it on only for runs long enough to pay the compile back, and never where it was
-not measured (CUDA, several processes). A failing compiler (no C++ compiler, a broken inductor) is not fatal: the run
-trains eagerly, says so and records why in manifest.json (`compile`).
+gain ~15-30% on steady steps, so `auto` turns it on only for runs long enough to pay the compile back, and never
+where it was not measured (CUDA, several processes). A failing compiler (no C++ compiler, a broken inductor) is not
+fatal: the run trains eagerly, says so and records why in manifest.json (`compile`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from tuneforge.train.distributed import decoder_layers
 WARM_NAME = "compiled.json"  # which (model, method, torch) compiled before here, and in how many seconds
 
 # ---- measured figures behind `auto` (bench/README.md, "train.compile", 2 Dec 2026; 2 cores shared, load 4-6)
-# Cold compile for a LoRA run (/tmp/exp_pair-style paired runs: forward + backward of every variant a packed LoRA run
-# meets: the first layer's frozen input, rows with and without a block mask, a second row length): ~210 s of the
+# Cold compile for a LoRA run (paired runs, now bench/profile_step.py --compare; forward + backward of every
+# variant a packed LoRA run meets: the first layer's frozen input, rows with and without a block mask, a second
+# row length): ~210 s of the
 # first steps on 2 busy cores. With inductor's on-disk cache warm (same model, method and torch; the cache lives under
 # $TUNEFORGE_HOME/inductor) dynamo still traces and guards: ~30 s. Steady-state step time eager / compiled, same
 # batches alternating in one process: 7 pairs 0.87-1.80x, median 1.29x, pooled 1.19x (load 4-6 on 2 cores: noisy);
