@@ -71,6 +71,20 @@ def test_thread_choice_leaves_the_busy_cores_alone():
     assert utilisation.thread_count(3, cores=2, load=5.0) == (3, "train.threads=3")
 
 
+def test_busy_elsewhere_sees_a_spinning_neighbour():
+    import subprocess
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = utilisation.busy_elsewhere()
+    finally:
+        spinner.kill()
+    assert busy >= 0.6  # one core spun; other users of the machine only add to it
+
+
 def test_threads_setting_is_validated():
     from pydantic import ValidationError
 

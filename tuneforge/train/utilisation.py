@@ -198,15 +198,37 @@ def usable_cores() -> int:
 
 def thread_count(setting: int | str, cores: int | None = None, load: float | None = None) -> tuple[int, str]:
     """(intra-op threads, why) for `train.threads`: a number is used as given; auto takes the usable cores minus
-    what other processes keep busy (the 1-minute load average, rounded), at least one."""
+    what other processes keep busy now (`busy_elsewhere`, in cores, rounded), at least one."""
     cores = cores or usable_cores()
     if setting != "auto":
         return int(setting), f"train.threads={setting}"
-    load = os.getloadavg()[0] if load is None else load
+    load = busy_elsewhere() if load is None else load
     free = max(1, min(cores, round(cores - load)))
     if free == cores:
-        return cores, f"auto: {cores} cores, load {load:.1f}"
-    return free, f"auto: {cores} cores, load {load:.1f} from other processes, so {free} thread(s)"
+        return cores, f"auto: {cores} cores, {load:.1f} busy elsewhere"
+    return free, f"auto: {cores} cores, {load:.1f} busy elsewhere, so {free} thread(s)"
+
+
+def busy_elsewhere(interval: float = 0.3) -> float:
+    """Cores other processes keep busy now: the machine's busy CPU time over a short sleep of this process (from
+    /proc/stat), in cores. Not the 1-minute load average: that counts this very process's own work of the last
+    minute (reading data, building a tokenizer, pretraining before a fine-tune), which made auto pick one thread
+    on an otherwise idle 2-core machine and halved the quickstart's speed. Load average where /proc is missing."""
+    try:
+        before = _cpu_ticks()
+        time.sleep(interval)
+        after = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return 0.0 if total <= 0 else os.cpu_count() * busy / total
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs: /proc/stat's first line (user nice system idle iowait irq softirq steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
 # ---------------------------------------------------------------- the run's tally
