@@ -2,7 +2,7 @@
 
 1. a base model (the demo Llama, pretrained once and cached),
 2. a company's support-desk data in OpenAI chat JSONL, split train/validation/test,
-3. LoRA fine-tuning with assistant-only loss, validated while it trains, with retrieved passages in
+3. full fine-tuning with assistant-only loss, validated while it trains, with retrieved passages in
    the prompts (RAFT, `data.retrieval`) and general chats replayed against forgetting (`data.replay`),
 4. `tuneforge eval` on the held-out test split: base (zero-shot), few-shot, RAG, fine-tuned and
    fine-tuned+RAG, with bootstrap intervals, slices, forgetting, cost and a verdict.
@@ -19,7 +19,7 @@ from typing import Any
 from tuneforge.config import (
     DataSection,
     EvalSection,
-    LoraMethod,
+    FullMethod,
     ModelSection,
     ReplaySection,
     RetrievalSection,
@@ -74,11 +74,15 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
             # general chats against forgetting general text (the report's forgetting figure)
             replay=ReplaySection(source="demo-general", share=0.1),
         ),
-        method=LoraMethod(r=16, alpha=32, target_modules="all-linear"),
+        # full fine-tuning: the demo base has 1.55M parameters, so a full step costs little, and it is what stores the
+        # facts here. Measured on the demo base (same data, 150 steps): LoRA r16 all-linear ended at validation loss
+        # 1.47 (lr 3e-3; 1.48 at lr 1e-2) and fact accuracy 0.09-0.21; full fine-tuning 0.066 and 0.60. On a real
+        # pretrained model, LoRA is the usual choice (method: {name: lora}); the rest of this config is unchanged.
+        method=FullMethod(),
         train=TrainSection(
-            epochs=3,  # RAFT prompts are ~2.5x the tokens of plain ones (196 vs 80 on the demo tokenizer)
+            epochs=5,  # 3 epochs left 40% of the facts wrong (right product and topic, wrong value); 5 store them
             batch_size=16,
-            lr=3e-3,
+            lr=2e-3,
             scheduler="cosine",
             warmup_ratio=0.05,
             eval_every=30,
@@ -109,7 +113,7 @@ def run_quickstart(out: Path, progress: bool = True, say=print) -> dict[str, Any
     data = write_support_splits(run_dir / "data")
     cfg = quickstart_config(run_dir, data)
 
-    say("3/4 fine-tuning with LoRA (assistant tokens only, validated while training)")
+    say("3/4 full fine-tuning (assistant tokens only, retrieved passages in the prompts, validated while training)")
     result = train(cfg, progress=progress)
 
     say("4/4 tuneforge eval: base, few-shot, RAG, fine-tuned and fine-tuned+RAG on the held-out test split")

@@ -193,7 +193,8 @@ def demo_pretrain_config(folder: Path) -> PretrainConfig:
         generated_reading=3000,
         generated_demonstrations=2000,
         block_size=256,
-        train=PretrainConfig.model_fields["train"].default_factory().model_copy(update={"epochs": 1}),
+        # epochs as a float, as validation makes it: model_copy skips validation and an int warns when serialised
+        train=PretrainConfig.model_fields["train"].default_factory().model_copy(update={"epochs": 1.0}),
     )
 
 
