@@ -233,8 +233,8 @@ class TrainSection(Section):
     threads: int | Literal["auto"] = Field(
         "auto",
         description="CPU intra-op threads (torch.set_num_threads) while training. auto: the usable cores minus the "
-        "load other processes put on them (1-minute load average), at least 1 - threads that wait on a busy "
-        "neighbour slow every step; a number is used as given.",
+        "cores other processes keep busy (a 0.3 s /proc/stat probe at start), at least 1 - threads that wait on a "
+        "busy neighbour slow every step; a number is used as given.",
     )
 
     @field_validator("threads")
