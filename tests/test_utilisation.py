@@ -71,6 +71,13 @@ def test_thread_choice_leaves_the_busy_cores_alone():
     assert utilisation.thread_count(3, cores=2, load=5.0) == (3, "train.threads=3")
 
 
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2: 2 threads each would oversubscribe
+    expected = (1, "auto: 2 cores shared by 2 ranks, 0.0 busy elsewhere")
+    assert utilisation.thread_count("auto", cores=2, load=0.0) == expected
+    assert utilisation.thread_count("auto", cores=8, load=0.0)[0] == 4
+
+
 def test_busy_elsewhere_sees_a_spinning_neighbour():
     import subprocess
     import sys

@@ -203,10 +203,13 @@ def thread_count(setting: int | str, cores: int | None = None, load: float | Non
     if setting != "auto":
         return int(setting), f"train.threads={setting}"
     load = busy_elsewhere() if load is None else load
-    free = max(1, min(cores, round(cores - load)))
-    if free == cores:
-        return cores, f"auto: {cores} cores, {load:.1f} busy elsewhere"
-    return free, f"auto: {cores} cores, {load:.1f} busy elsewhere, so {free} thread(s)"
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's processes on this machine share it
+    share = max(1, cores // ranks)
+    free = max(1, min(share, round(cores - load)))
+    machine = f"{cores} cores" + (f" shared by {ranks} ranks" if ranks > 1 else "")
+    if free == share:
+        return free, f"auto: {machine}, {load:.1f} busy elsewhere"
+    return free, f"auto: {machine}, {load:.1f} busy elsewhere, so {free} thread(s)"
 
 
 def busy_elsewhere(interval: float = 0.3) -> float:
