@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneforge.errors import ModelLoadError
+from tuneforge.quickstart import FORGETTING_BUDGET_PERCENT, REPLAY_SHARE
 
 NOT_BUILT = r"model.name: 'demo' is not built yet; run `tuneforge models pull-demo`"
 
@@ -139,8 +140,10 @@ def test_quickstart_json_shows_fine_tuning_wins(tmp_path):
     assert set(summary["winners"]) == {"facts", "style"} and summary["winners"]["facts"]["metric"] == "fact_accuracy"
     raft, replay = summary["training_data"]["retrieval"], summary["training_data"]["replay"]
     assert raft["k"] == 2 and raft["train"]["passages_in_prompts"] > raft["train"]["examples"]
-    assert replay["replayed_examples"] == round(0.1 * replay["task_examples"] / 0.9)
+    assert replay["replayed_examples"] == round(REPLAY_SHARE * replay["task_examples"] / (1 - REPLAY_SHARE))
     assert set(summary["forgetting"]["change_percent_vs_base"]) == {"fine_tuned"}
+    # replay holds general-text perplexity within the budget (measured: -0.9% at share 0.3, +78.3% at 0.1)
+    assert summary["forgetting"]["change_percent_vs_base"]["fine_tuned"] <= FORGETTING_BUDGET_PERCENT
     run = Path(summary["run_dir"])
     assert (run / "model" / "model.safetensors").exists() and (run / "manifest.json").exists()  # full fine-tune
     assert (tmp_path / "home" / "models" / "demo" / "model.safetensors").exists()  # cached for the next run

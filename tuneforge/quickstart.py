@@ -40,6 +40,7 @@ FACT_ACCURACY = StringCheck(
 )
 QUICKSTART_APPROACHES = ("base", "few_shot", "rag", "fine_tuned", "fine_tuned+rag")
 FORGETTING_BUDGET_PERCENT = 50  # data.replay's aim: general-text perplexity at most +50% of the base's
+REPLAY_SHARE = 0.3  # data.replay.share: general chats' share of the fine-tune's training examples
 RAG_K = 2  # passages in a RAG prompt: at test time (eval.rag_k) and in training (data.retrieval.k)
 
 
@@ -71,8 +72,10 @@ def quickstart_config(run_dir: Path, data: dict[str, Path]) -> RunConfig:
             test=data["test"],
             # RAFT: the fine-tune learns to read retrieved passages (1 retrieved + 1 random in 80% of the prompts)
             retrieval=RetrievalSection(corpus="train", k=RAG_K, distractors=1, p_oracle=0.8),
-            # general chats against forgetting general text (the report's forgetting figure)
-            replay=ReplaySection(source="demo-general", share=0.1),
+            # general chats against forgetting general text (the report's forgetting figure). Measured on the demo
+            # base (fresh quickstart, 5 epochs): share 0.1 left general-text perplexity +78.3%, 0.3 -0.9%, 0.5 -8.2%,
+            # fact accuracy 1.000 in all three; 0.3 keeps the task the larger part of each batch
+            replay=ReplaySection(source="demo-general", share=REPLAY_SHARE),
         ),
         # full fine-tuning: the demo base has 1.55M parameters, so a full step costs little, and it is what stores the
         # facts here. Measured on the demo base (same data, 150 steps): LoRA r16 all-linear ended at validation loss
