@@ -53,6 +53,24 @@ def test_bf16_autocast_trains_with_fp32_masters_and_tracks_fp32(tiny_model_dir, 
 
 
 @gpu
+def test_auto_attention_trains_packed_rows_with_flash_attention(tiny_model_dir, support_data, tmp_path):
+    """model.attn_implementation auto: flash_attention_2 under bf16 autocast where flash-attn is installed, and the
+    packed loss within bf16 rounding of sdpa's (the varlen path sees the same documents as sdpa's block mask)."""
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed on this machine")
+    runs = {}
+    for kernel in ("auto", "sdpa"):
+        cfg = make_config(
+            tiny_model_dir, support_data, tmp_path / kernel, FullMethod(), precision="bf16", device="cuda"
+        )
+        cfg.model.attn_implementation = kernel
+        runs[kernel] = train(cfg, progress=False)
+    assert _manifest(runs["auto"])["attn_implementation"] == "flash_attention_2"
+    assert _manifest(runs["auto"])["batch_layout"]["packing"]
+    flash, sdpa = runs["auto"].losses, runs["sdpa"].losses
+    assert max(abs(a - b) / b for a, b in zip(flash, sdpa, strict=True)) < 0.02
+
+
+@gpu
 def test_qlora_with_bitsandbytes_on_cuda(tiny_model_dir, support_data, tmp_path):
     from tuneforge.models.generate import generate_batch
     from tuneforge.models.loading import load_for_inference

@@ -66,6 +66,12 @@ class ModelSection(Section):
         "mistral, gemma, phi3, alpaca) or the path of a .jinja file. Special tokens it needs are added "
         "(the embeddings grow); the template is saved with the artifact's tokenizer.",
     )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel. auto: flash_attention_2 on a CUDA GPU with the flash-attn package and a 16-bit "
+        "train.precision (packed rows then run as variable-length sequences, no block mask over the row), else "
+        "the model's default (sdpa where the family supports it). A kernel that cannot run here is a located error.",
+    )
 
     @model_validator(mode="after")
     def _known_chat_template(self) -> ModelSection:

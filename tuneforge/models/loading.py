@@ -7,6 +7,7 @@ machines tests exercise it with local folders.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -120,16 +121,40 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return getattr(torch, requested)
 
 
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def pick_attn_implementation(setting: str, device: torch.device, compute: torch.dtype | None) -> str | None:
+    """The `attn_implementation` a model loads with (`model.attn_implementation`); None: transformers' default.
+
+    auto picks flash_attention_2 only where it runs and pays: a CUDA device, the flash-attn package, and 16-bit
+    compute (its kernels take no fp32). Packed rows then go through its variable-length path (transformers reads
+    the position_ids restarts), instead of sdpa with a block-diagonal mask over the whole row.
+    """
+    if setting != "auto":
+        return setting
+    half = compute in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if device.type == "cuda" and half and flash_attn_installed() else None
+
+
 def load_model(
     name: str | Path,
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
     trust_remote_code: bool = False,
     task: str = "causal_lm",
+    attn_implementation: str | None = None,
+    attn_required: bool = True,
     **kwargs,
 ):
-    """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...)."""
+    """Load a base model with the head `task` needs; kwargs go to `from_pretrained` (num_labels...).
+
+    `attn_implementation` None leaves the kernel to transformers. A kernel the model or machine cannot run is a
+    located error when the user asked for it (`attn_required`); when `auto` chose it, the default is used instead.
+    """
     source = resolve_model_path(name)
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model, info = MODEL_CLASSES[task].from_pretrained(
             source,
@@ -137,12 +162,40 @@ def load_model(
             revision=revision,
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
+            **attn,
             **kwargs,
         )
-    except (OSError, ValueError) as exc:
+    except (ImportError, ValueError) as exc:
+        if attn and _is_attn_error(exc):
+            if attn_required:
+                raise _attn_error(attn_implementation, exc) from None
+            return load_model(name, dtype, revision, trust_remote_code, task, None, **kwargs)
+        if isinstance(exc, ImportError):
+            raise
+        raise _load_error(name, exc) from None
+    except OSError as exc:
         raise _load_error(name, exc) from None
     record_new_weights(model, info["missing_keys"])  # a head or pooler the checkpoint lacks: methods train and save it
     return model
+
+
+def _is_attn_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("attention", "attn", "flash"))
+
+
+def _attn_error(kernel: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"attention kernel '{kernel}' cannot run here",
+        [
+            Problem(
+                "model.attn_implementation",
+                str(exc).splitlines()[0][:300],
+                "use auto (flash_attention_2 where it runs, else the model's default), sdpa or eager; "
+                "flash_attention_2 needs a CUDA GPU, `pip install flash-attn` and train.precision bf16 or fp16",
+            )
+        ],
+    )
 
 
 def base_model_of_run(run_dir: Path) -> str:

@@ -29,7 +29,13 @@ from tuneforge.methods import get_method, trainable_parameters
 from tuneforge.methods.estimate import estimate_for_model
 from tuneforge.methods.registry import artifact_folders
 from tuneforge.models.chat_templates import fit_embeddings, set_prompt_policy
-from tuneforge.models.loading import load_model, load_tokenizer, pick_device, resolve_model_path
+from tuneforge.models.loading import (
+    load_model,
+    load_tokenizer,
+    pick_attn_implementation,
+    pick_device,
+    resolve_model_path,
+)
 from tuneforge.objectives import objective_for
 from tuneforge.train import compile as layer_compile
 from tuneforge.train import distributed, utilisation
@@ -215,6 +221,8 @@ def _setup(cfg: RunConfig, run: RunDir, checkpoint: Path | None, resume: bool, s
         cfg.model.revision,
         cfg.model.trust_remote_code,
         task=objective.task,
+        attn_implementation=pick_attn_implementation(cfg.model.attn_implementation, device, prec.compute),
+        attn_required=cfg.model.attn_implementation != "auto",
         **objective.model_kwargs(train_examples),
         **method.load_kwargs(cfg.method),
     )
@@ -311,6 +319,7 @@ def _write_start_manifest(s: Session, resume: bool, fresh: dict[str, Any], per_e
     manifest["params"] = {"trainable": s.trainable, "total": s.total, "trainable_share": s.trainable / s.total}
     manifest["distributed"] = {"world_size": s.dist.world, "strategy": s.dist.strategy}
     manifest["precision"] = s.precision.describe()
+    manifest["attn_implementation"] = getattr(s.model.config, "_attn_implementation", None)  # the kernel that ran
     manifest["compile"] = s.compiled.describe()
     # the estimate before the run; the measured peak is written beside it when the run ends (`memory`)
     # (activations of one forward/backward pass: packed rows per pass, else the padded micro-batch)
