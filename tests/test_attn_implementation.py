@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import tuneforge.models.loading as loading
 from helpers import make_config
@@ -41,8 +42,10 @@ def test_auto_picks_flash_attention_only_where_it_runs(monkeypatch, setting, dev
 
 
 def test_a_kernel_that_cannot_run_is_a_located_error_when_asked_and_skipped_when_auto(tiny_model_dir):
-    if loading.flash_attn_installed() and torch.cuda.is_available():
-        pytest.skip("flash-attn runs on this machine")
+    if loading.flash_attn_installed() and torch.cuda.is_available():  # here it can run: asked for, it loads
+        model = loading.load_model(tiny_model_dir, torch.bfloat16, attn_implementation="flash_attention_2")
+        assert model.config._attn_implementation == "flash_attention_2"
+        return
     with pytest.raises(ModelLoadError) as err:
         loading.load_model(tiny_model_dir, attn_implementation="flash_attention_2")
     problem = err.value.problems[0]
@@ -57,18 +60,40 @@ def test_unknown_kernel_name_is_rejected_by_the_config():
         ModelSection(attn_implementation="flash")
 
 
-def test_eager_and_sdpa_give_the_same_packed_loss_as_padding(tiny_model_dir):
+_DECODER = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory, tiny_model_dir) -> dict:
+    """Tiny from_config models of several families (vocabulary 512, enough for `mixed_features`' ids)."""
+    dirs = {"llama": tiny_model_dir}
+    for model_type, extra in (("qwen2", {}), ("mistral", {}), ("phi3", {}), ("qwen3", {"head_dim": 16})):
+        torch.manual_seed(0)
+        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # family defaults point past a 512 vocabulary
+        config = AutoConfig.for_model(
+            model_type, vocab_size=512, max_position_embeddings=256, **_DECODER, **extra, **ids
+        )
+        dirs[model_type] = tmp_path_factory.mktemp(model_type)
+        AutoModelForCausalLM.from_config(config).save_pretrained(dirs[model_type])
+    return dirs
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "phi3", "qwen3"])
+def test_eager_and_sdpa_give_the_same_packed_loss_as_padding(family_dirs, family):
     feats = mixed_features(12, 500, seed=4)
     padded, packed = pad_batch(feats, 0), pack_batch(feats, 0, 192)
     losses = {}
     for kernel in ("eager", "sdpa"):
-        model = loading.load_model(tiny_model_dir, torch.float64, attn_implementation=kernel).eval()
+        model = loading.load_model(family_dirs[family], torch.float64, attn_implementation=kernel).eval()
         assert model.config._attn_implementation == kernel
         with torch.no_grad():
             losses[kernel, "packed"] = causal_lm_loss(model, packed)[0].item()
             losses[kernel, "padded"] = causal_lm_loss(model, padded)[0].item()
     reference = losses["eager", "padded"]
-    assert all(v == pytest.approx(reference, rel=1e-9) for v in losses.values()), losses
+    # float64 weights, fp32 logits (causal_lm_loss casts): a token seeing another document would move it by far more
+    assert all(v == pytest.approx(reference, rel=1e-6) for v in losses.values()), losses
 
 
 def test_the_manifest_names_the_kernel_that_ran(tiny_model_dir, support_data, tmp_path):
